@@ -1,0 +1,203 @@
+//! The `Prefetch` API (`cache.techsquad.rocks/v1`). Field names are snake_case like the
+//! original Go operator's, so its users' existing objects apply unchanged. The CRD in
+//! `manifests/crd/` is generated from these types (`make crd`); a test fails when they drift.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::limits;
+
+/// Desired state: which Deployments' images to keep pre-pulled on which nodes, and how often.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "cache.techsquad.rocks",
+    version = "v1",
+    kind = "Prefetch",
+    plural = "prefetches",
+    shortname = "pf",
+    namespaced,
+    status = "PrefetchStatus",
+    doc = "Prefetch keeps the images of selected Deployments pulled on matching nodes, so \
+           rollouts and scale-ups start without waiting on registry pulls.",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Phase of the last round"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.ready",
+        description = "Node x image pairs pulled in the last round"
+    ),
+    printcolumn(
+        name = "Total",
+        type_ = "integer",
+        json_path = ".status.total",
+        description = "Node x image pairs targeted in the last round"
+    ),
+    printcolumn(
+        name = "Nodes",
+        type_ = "string",
+        json_path = ".status.nodes",
+        description = "Nodes targeted"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct PrefetchSpec {
+    /// Labels that select Deployments in this Prefetch's namespace (all must match). Their
+    /// containers' and initContainers' images are prefetched. At least one entry.
+    #[schemars(extend("minProperties" = 1))]
+    pub filter_by_labels: BTreeMap<String, String>,
+
+    /// Only nodes whose name contains this substring are targeted. Empty (the default)
+    /// targets every node. Lower-case letters, digits, '.' and '-' only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub node_filter: Option<String>,
+
+    /// Seconds between refresh rounds (default 300). A rollout signalled by the webhook
+    /// starts a round at once, without waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub retry_after: Option<i64>,
+
+    /// Nodes must carry all of these labels to be targeted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// At most this many nodes have a prefetch pod in flight for this Prefetch at once
+    /// (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_parallel: Option<i64>,
+
+    /// Seconds a node has to pull a round's images before its prefetch pod is stopped and
+    /// the pull counted as failed (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub pull_timeout: Option<i64>,
+
+    /// Tolerations given to prefetch pods, so they can reach tainted nodes. Nodes whose
+    /// NoSchedule/NoExecute taints are not tolerated are skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// PriorityClass given to prefetch pods. Unset by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+impl PrefetchSpec {
+    pub fn node_filter(&self) -> &str {
+        self.node_filter.as_deref().unwrap_or("")
+    }
+    pub fn retry_after_seconds(&self) -> i64 {
+        self.retry_after.unwrap_or(limits::DEFAULT_RETRY_AFTER)
+    }
+    pub fn max_parallel(&self) -> i64 {
+        self.max_parallel.unwrap_or(limits::DEFAULT_MAX_PARALLEL)
+    }
+    pub fn pull_timeout_seconds(&self) -> i64 {
+        self.pull_timeout.unwrap_or(limits::DEFAULT_PULL_TIMEOUT)
+    }
+}
+
+/// Phase of the last round, with the original operator's names plus SUCCEEDED.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Phase {
+    /// Accepted; no round has started yet.
+    #[default]
+    Pending,
+    /// A round is in progress.
+    Running,
+    /// The last round pulled every targeted image on every targeted node.
+    Succeeded,
+    /// The last round ended with at least one failed pull.
+    Failed,
+}
+
+/// One failed pull of the last round.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PullFailure {
+    /// Node that failed to pull.
+    pub node: String,
+    /// Normalized image reference.
+    pub image: String,
+    /// Machine-readable reason (ErrImagePull, ImagePullBackOff, InvalidImageName, DeadlineExceeded, ...).
+    pub reason: String,
+    /// Human-readable detail from the kubelet.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The most recent rollout signal acted upon.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct RolloutRecord {
+    /// Deployment whose rollout brought new images.
+    pub deployment: String,
+    /// Images new in that rollout.
+    pub images: Vec<String>,
+    /// When the webhook saw the rollout.
+    pub requested_at: Option<Time>,
+    /// When the reconciler started prefetching for it.
+    pub observed_at: Option<Time>,
+}
+
+/// Observed state, written by prefetch-controller.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct PrefetchStatus {
+    /// PENDING, RUNNING, SUCCEEDED or FAILED.
+    #[serde(default)]
+    pub phase: Phase,
+    /// metadata.generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Images of the selected Deployments (normalized, sorted, de-duplicated).
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Nodes targeted by the last round.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Node x image pairs of the last round.
+    #[serde(default)]
+    pub total: i64,
+    /// Node x image pairs pulled (or already present) in the last round.
+    #[serde(default)]
+    pub ready: i64,
+    /// Node x image pairs that failed in the last round.
+    #[serde(default)]
+    pub failed: i64,
+    /// Up to 20 failures of the last round.
+    #[serde(default)]
+    pub failures: Vec<PullFailure>,
+    /// Image -> imageID reported by the kubelet.
+    #[serde(default)]
+    pub digests: BTreeMap<String, String>,
+    /// When the last round started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_round_start: Option<Time>,
+    /// When the last round ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_round_end: Option<Time>,
+    /// When the next periodic round is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_round: Option<Time>,
+    /// The most recent rollout signal acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollout: Option<RolloutRecord>,
+    /// Ready, Progressing and Degraded conditions.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,13 @@
+//! Shared core of kube-prefetch: the `Prefetch` API types, validation and defaulting, image
+//! reference normalization and the pod-template logic. Pure functions only; no I/O.
+
+pub mod annotations;
+pub mod api;
+pub mod crd;
+pub mod defaulting;
+pub mod images;
+pub mod labels;
+pub mod limits;
+pub mod validation;
+
+pub use api::{Phase, Prefetch, PrefetchSpec, PrefetchStatus, PullFailure, RolloutRecord};

@@ -1,0 +1,19 @@
+//! Defaults and bounds of the Prefetch spec, in one place for the types, the validator, the
+//! defaulter and the webhook's flags.
+
+pub const DEFAULT_RETRY_AFTER: i64 = 300;
+pub const MIN_RETRY_AFTER: i64 = 30;
+pub const MAX_RETRY_AFTER: i64 = 86_400;
+
+pub const DEFAULT_MAX_PARALLEL: i64 = 20;
+pub const MIN_MAX_PARALLEL: i64 = 1;
+pub const MAX_MAX_PARALLEL: i64 = 1_000;
+
+pub const DEFAULT_PULL_TIMEOUT: i64 = 600;
+pub const MIN_PULL_TIMEOUT: i64 = 30;
+pub const MAX_PULL_TIMEOUT: i64 = 86_400;
+
+pub const MAX_NODE_FILTER_LEN: usize = 253;
+
+/// At most this many failures are kept in `status.failures`.
+pub const MAX_STATUS_FAILURES: usize = 20;

@@ -1,0 +1,688 @@
+//! Validation of a Prefetch as the API server hands it to the webhook: raw JSON, because a
+//! mutating webhook sees objects before schema validation, and a wrongly typed field must be
+//! reported by name rather than fail deserialization as a whole. Every violation is collected.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Toleration;
+use serde_json::{Map, Value};
+
+use crate::labels::{dns1123_subdomain_error, label_key_error, label_value_error};
+use crate::limits::*;
+
+/// One rule broken by one field, e.g. `spec.retry_after: must be >= 30, got 5`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// What the validator found: errors deny the object; warnings reach the user but allow it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub errors: Vec<FieldError>,
+    pub warnings: Vec<String>,
+}
+
+impl Verdict {
+    pub fn is_allowed(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// All errors in one message, in field order, as `kubectl apply` shows it.
+    pub fn denial_message(&self) -> String {
+        let parts: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
+        format!("Prefetch is invalid: {}", parts.join("; "))
+    }
+
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// What the validator may know about the cluster beyond the object itself.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidationContext<'a> {
+    /// Lowest `retry_after` this cluster accepts (the webhook's `--min-retry-after`, >= 30).
+    pub min_retry_after: i64,
+    /// Names of the cluster's nodes, when known, to warn about a node_filter matching none.
+    pub node_names: Option<&'a BTreeSet<String>>,
+}
+
+impl Default for ValidationContext<'_> {
+    fn default() -> Self {
+        Self {
+            min_retry_after: MIN_RETRY_AFTER,
+            node_names: None,
+        }
+    }
+}
+
+const KNOWN_SPEC_FIELDS: [&str; 8] = [
+    "filter_by_labels",
+    "node_filter",
+    "retry_after",
+    "node_selector",
+    "max_parallel",
+    "pull_timeout",
+    "tolerations",
+    "priority_class_name",
+];
+
+/// Validates a whole Prefetch object (`{"apiVersion", "kind", "metadata", "spec"}`).
+pub fn validate_prefetch(object: &Value, ctx: &ValidationContext<'_>) -> Verdict {
+    let mut verdict = Verdict::default();
+    let Some(spec) = object.get("spec") else {
+        verdict.error(
+            "spec",
+            "required: a Prefetch needs at least spec.filter_by_labels",
+        );
+        return verdict;
+    };
+    let Some(spec) = spec.as_object() else {
+        verdict.error(
+            "spec",
+            format!("must be an object, got {}", type_name(spec)),
+        );
+        return verdict;
+    };
+
+    validate_filter_by_labels(spec, &mut verdict);
+    validate_node_filter(spec, ctx, &mut verdict);
+    let floor = ctx.min_retry_after.max(MIN_RETRY_AFTER);
+    integer_in_range(spec, "retry_after", floor, MAX_RETRY_AFTER, &mut verdict);
+    validate_label_map(spec, "node_selector", &mut verdict);
+    integer_in_range(
+        spec,
+        "max_parallel",
+        MIN_MAX_PARALLEL,
+        MAX_MAX_PARALLEL,
+        &mut verdict,
+    );
+    integer_in_range(
+        spec,
+        "pull_timeout",
+        MIN_PULL_TIMEOUT,
+        MAX_PULL_TIMEOUT,
+        &mut verdict,
+    );
+    validate_tolerations(spec, &mut verdict);
+    validate_priority_class_name(spec, &mut verdict);
+
+    for field in spec
+        .keys()
+        .filter(|k| !KNOWN_SPEC_FIELDS.contains(&k.as_str()))
+    {
+        verdict.warnings.push(format!(
+            "spec.{field}: unknown field, ignored (known fields: {})",
+            KNOWN_SPEC_FIELDS.join(", ")
+        ));
+    }
+    verdict
+}
+
+/// A present, non-null field. `null` counts as absent, as in a merge patch.
+fn field<'a>(spec: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    spec.get(name).filter(|v| !v.is_null())
+}
+
+fn validate_filter_by_labels(spec: &Map<String, Value>, verdict: &mut Verdict) {
+    const FIELD: &str = "spec.filter_by_labels";
+    match field(spec, "filter_by_labels") {
+        None => verdict.error(
+            FIELD,
+            "required: at least one label that selects Deployments",
+        ),
+        Some(Value::Object(map)) if map.is_empty() => verdict.error(
+            FIELD,
+            "must have at least one entry (an empty selector would select every Deployment)",
+        ),
+        Some(_) => validate_label_map(spec, "filter_by_labels", verdict),
+    }
+}
+
+fn validate_label_map(spec: &Map<String, Value>, name: &str, verdict: &mut Verdict) {
+    let Some(value) = field(spec, name) else {
+        return;
+    };
+    let Some(map) = value.as_object() else {
+        verdict.error(
+            format!("spec.{name}"),
+            format!(
+                "must be a map of label keys to values, got {}",
+                type_name(value)
+            ),
+        );
+        return;
+    };
+    for (key, value) in map {
+        let path = format!("spec.{name}[{key}]");
+        if let Some(why) = label_key_error(key) {
+            verdict.error(&path, why);
+        }
+        match value.as_str() {
+            Some(value) => {
+                if let Some(why) = label_value_error(value) {
+                    verdict.error(&path, why);
+                }
+            }
+            None => verdict.error(
+                &path,
+                format!("label value must be a string, got {}", type_name(value)),
+            ),
+        }
+    }
+}
+
+fn validate_node_filter(
+    spec: &Map<String, Value>,
+    ctx: &ValidationContext<'_>,
+    verdict: &mut Verdict,
+) {
+    const FIELD: &str = "spec.node_filter";
+    let Some(value) = field(spec, "node_filter") else {
+        return;
+    };
+    let Some(filter) = value.as_str() else {
+        verdict.error(FIELD, format!("must be a string, got {}", type_name(value)));
+        return;
+    };
+    if filter.len() > MAX_NODE_FILTER_LEN {
+        verdict.error(
+            FIELD,
+            format!(
+                "must be at most {MAX_NODE_FILTER_LEN} characters, got {}",
+                filter.len()
+            ),
+        );
+    }
+    let bad: BTreeSet<char> = filter
+        .chars()
+        .filter(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '.' || *c == '-'))
+        .collect();
+    if !bad.is_empty() {
+        let bad: String = bad.into_iter().collect();
+        verdict.error(
+            FIELD,
+            format!(
+                "{filter:?} may contain only a-z, 0-9, '.' and '-' (node names are lower-case), found {bad:?}"
+            ),
+        );
+    } else if let Some(nodes) = ctx.node_names
+        && !filter.is_empty()
+        && !nodes.iter().any(|node| node.contains(filter))
+    {
+        verdict.warnings.push(format!(
+            "spec.node_filter: {filter:?} matches none of the cluster's {} nodes now",
+            nodes.len()
+        ));
+    }
+}
+
+fn integer_in_range(
+    spec: &Map<String, Value>,
+    name: &str,
+    min: i64,
+    max: i64,
+    verdict: &mut Verdict,
+) {
+    let Some(value) = field(spec, name) else {
+        return;
+    };
+    let path = format!("spec.{name}");
+    let Some(n) = value.as_i64() else {
+        let got = match value.as_u64() {
+            Some(big) => big.to_string(),
+            None => type_name(value).to_string(),
+        };
+        verdict.error(
+            path,
+            format!("must be an integer between {min} and {max}, got {got}"),
+        );
+        return;
+    };
+    if n < min {
+        verdict.error(path, format!("must be >= {min}, got {n}"));
+    } else if n > max {
+        verdict.error(path, format!("must be <= {max}, got {n}"));
+    }
+}
+
+fn validate_tolerations(spec: &Map<String, Value>, verdict: &mut Verdict) {
+    let Some(value) = field(spec, "tolerations") else {
+        return;
+    };
+    let Some(items) = value.as_array() else {
+        verdict.error(
+            "spec.tolerations",
+            format!("must be a list, got {}", type_name(value)),
+        );
+        return;
+    };
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("spec.tolerations[{i}]");
+        let toleration: Toleration = match serde_json::from_value(item.clone()) {
+            Ok(t) => t,
+            Err(err) => {
+                verdict.error(path, format!("is not a core/v1 Toleration: {err}"));
+                continue;
+            }
+        };
+        for message in toleration_errors(&toleration) {
+            verdict.error(&path, message);
+        }
+    }
+}
+
+/// The API server's own rules for a pod's tolerations (`validateTolerations`), so a Prefetch
+/// never produces prefetch pods the API server would reject.
+fn toleration_errors(t: &Toleration) -> Vec<String> {
+    let mut errors = Vec::new();
+    let key = t.key.as_deref().unwrap_or("");
+    let operator = t.operator.as_deref().unwrap_or("Equal");
+    let effect = t.effect.as_deref().unwrap_or("");
+    if !key.is_empty()
+        && let Some(why) = label_key_error(key)
+    {
+        errors.push(format!("key: {why}"));
+    }
+    if key.is_empty() && operator != "Exists" {
+        errors.push("operator: must be Exists when key is empty (to tolerate every taint)".into());
+    }
+    match operator {
+        "Equal" => {
+            if let Some(why) = t.value.as_deref().and_then(label_value_error) {
+                errors.push(format!("value: {why}"));
+            }
+        }
+        "Exists" => {
+            if t.value.as_deref().is_some_and(|v| !v.is_empty()) {
+                errors.push("value: must be empty when operator is Exists".into());
+            }
+        }
+        other => errors.push(format!("operator: must be Equal or Exists, got {other:?}")),
+    }
+    if !matches!(effect, "" | "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+        errors.push(format!(
+            "effect: must be NoSchedule, PreferNoSchedule, NoExecute or empty, got {effect:?}"
+        ));
+    }
+    if t.toleration_seconds.is_some() && effect != "NoExecute" {
+        errors.push("tolerationSeconds: only allowed with effect NoExecute".into());
+    }
+    errors
+}
+
+fn validate_priority_class_name(spec: &Map<String, Value>, verdict: &mut Verdict) {
+    const FIELD: &str = "spec.priority_class_name";
+    let Some(value) = field(spec, "priority_class_name") else {
+        return;
+    };
+    match value.as_str() {
+        Some(name) => {
+            if let Some(why) = dns1123_subdomain_error(name) {
+                verdict.error(FIELD, why);
+            }
+        }
+        None => verdict.error(FIELD, format!("must be a string, got {}", type_name(value))),
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a fractional number",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn prefetch(spec: Value) -> Value {
+        json!({"apiVersion": "cache.techsquad.rocks/v1", "kind": "Prefetch",
+               "metadata": {"name": "p", "namespace": "default"}, "spec": spec})
+    }
+
+    fn check(spec: Value) -> Verdict {
+        validate_prefetch(&prefetch(spec), &ValidationContext::default())
+    }
+
+    fn messages(spec: Value) -> Vec<String> {
+        check(spec).errors.iter().map(ToString::to_string).collect()
+    }
+
+    fn sample() -> Value {
+        json!({"filter_by_labels": {"app": "nginx"}, "retry_after": 60, "node_filter": "worker"})
+    }
+
+    #[test]
+    fn the_original_sample_is_valid() {
+        let verdict = check(sample());
+        assert_eq!(verdict, Verdict::default());
+        assert!(verdict.is_allowed());
+    }
+
+    #[test]
+    fn every_field_at_its_bounds_is_valid() {
+        let spec = json!({
+            "filter_by_labels": {"app.kubernetes.io/name": "web", "tier": ""},
+            "node_filter": "a".repeat(253),
+            "retry_after": 86400,
+            "node_selector": {"kubernetes.io/os": "linux"},
+            "max_parallel": 1000,
+            "pull_timeout": 30,
+            "tolerations": [
+                {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+                {"operator": "Exists"},
+                {"key": "dedicated", "value": "gpu", "effect": "NoExecute", "tolerationSeconds": 60}
+            ],
+            "priority_class_name": "system-node-critical"
+        });
+        assert_eq!(check(spec).errors, vec![]);
+        let low = json!({"filter_by_labels": {"a": "b"}, "retry_after": 30, "max_parallel": 1, "pull_timeout": 86400});
+        assert_eq!(check(low).errors, vec![]);
+    }
+
+    #[test]
+    fn missing_or_empty_selector_is_denied() {
+        assert_eq!(
+            messages(json!({"retry_after": 60})),
+            ["spec.filter_by_labels: required: at least one label that selects Deployments"]
+        );
+        assert_eq!(
+            messages(json!({"filter_by_labels": {}})),
+            [
+                "spec.filter_by_labels: must have at least one entry (an empty selector would select every Deployment)"
+            ]
+        );
+        assert_eq!(
+            messages(json!({"filter_by_labels": null})),
+            ["spec.filter_by_labels: required: at least one label that selects Deployments"]
+        );
+        assert_eq!(
+            messages(json!({"filter_by_labels": ["app"]})),
+            ["spec.filter_by_labels: must be a map of label keys to values, got a list"]
+        );
+    }
+
+    #[test]
+    fn missing_or_mistyped_spec_is_denied() {
+        let no_spec = json!({"apiVersion": "cache.techsquad.rocks/v1", "kind": "Prefetch", "metadata": {"name": "p"}});
+        let verdict = validate_prefetch(&no_spec, &ValidationContext::default());
+        assert_eq!(verdict.errors[0].field, "spec");
+        assert_eq!(
+            messages(json!("x")),
+            ["spec: must be an object, got a string"]
+        );
+    }
+
+    #[test]
+    fn label_keys_and_values_are_checked() {
+        let got = messages(json!({"filter_by_labels": {"bad key": "x", "app": "-bad", "n": 1}}));
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got[0].starts_with("spec.filter_by_labels[app]: invalid label value \"-bad\""),
+            "{got:?}"
+        );
+        assert!(
+            got[1].starts_with("spec.filter_by_labels[bad key]: invalid label key \"bad key\""),
+            "{got:?}"
+        );
+        assert_eq!(
+            got[2],
+            "spec.filter_by_labels[n]: label value must be a string, got a number"
+        );
+        let got = messages(
+            json!({"filter_by_labels": {"a": "b"}, "node_selector": {"Bad.Prefix/x": "y"}}),
+        );
+        assert!(
+            got[0].starts_with("spec.node_selector[Bad.Prefix/x]: invalid label key"),
+            "{got:?}"
+        );
+        assert_eq!(
+            messages(json!({"filter_by_labels": {"a": "b"}, "node_selector": "linux"})),
+            ["spec.node_selector: must be a map of label keys to values, got a string"]
+        );
+    }
+
+    #[test]
+    fn retry_after_bounds_name_the_field_and_value() {
+        let with = |v: Value| messages(json!({"filter_by_labels": {"a": "b"}, "retry_after": v}));
+        assert_eq!(with(json!(5)), ["spec.retry_after: must be >= 30, got 5"]);
+        assert_eq!(with(json!(29)), ["spec.retry_after: must be >= 30, got 29"]);
+        assert_eq!(with(json!(-1)), ["spec.retry_after: must be >= 30, got -1"]);
+        assert_eq!(
+            with(json!(100000)),
+            ["spec.retry_after: must be <= 86400, got 100000"]
+        );
+        assert_eq!(
+            with(json!(86401)),
+            ["spec.retry_after: must be <= 86400, got 86401"]
+        );
+        assert_eq!(
+            with(json!("60")),
+            ["spec.retry_after: must be an integer between 30 and 86400, got a string"]
+        );
+        assert_eq!(
+            with(json!(60.5)),
+            ["spec.retry_after: must be an integer between 30 and 86400, got a fractional number"]
+        );
+        assert_eq!(
+            with(json!(u64::MAX)),
+            [format!(
+                "spec.retry_after: must be an integer between 30 and 86400, got {}",
+                u64::MAX
+            )]
+        );
+        assert_eq!(with(Value::Null), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_raised_floor_applies_but_never_lowers() {
+        let spec = prefetch(json!({"filter_by_labels": {"a": "b"}, "retry_after": 60}));
+        let strict = ValidationContext {
+            min_retry_after: 120,
+            ..Default::default()
+        };
+        let got = validate_prefetch(&spec, &strict);
+        assert_eq!(
+            got.errors[0].to_string(),
+            "spec.retry_after: must be >= 120, got 60"
+        );
+        let lax = ValidationContext {
+            min_retry_after: 1,
+            ..Default::default()
+        };
+        let spec = prefetch(json!({"filter_by_labels": {"a": "b"}, "retry_after": 10}));
+        assert_eq!(
+            validate_prefetch(&spec, &lax).errors[0].message,
+            "must be >= 30, got 10"
+        );
+    }
+
+    #[test]
+    fn max_parallel_and_pull_timeout_bounds() {
+        let with = |k: &str, v: i64| messages(json!({"filter_by_labels": {"a": "b"}, k: v}));
+        assert_eq!(
+            with("max_parallel", 0),
+            ["spec.max_parallel: must be >= 1, got 0"]
+        );
+        assert_eq!(
+            with("max_parallel", 1001),
+            ["spec.max_parallel: must be <= 1000, got 1001"]
+        );
+        assert_eq!(
+            with("pull_timeout", 29),
+            ["spec.pull_timeout: must be >= 30, got 29"]
+        );
+        assert_eq!(
+            with("pull_timeout", 86401),
+            ["spec.pull_timeout: must be <= 86400, got 86401"]
+        );
+    }
+
+    #[test]
+    fn node_filter_rules() {
+        let with = |v: Value| messages(json!({"filter_by_labels": {"a": "b"}, "node_filter": v}));
+        assert_eq!(
+            with(json!("Worker_1")),
+            [
+                "spec.node_filter: \"Worker_1\" may contain only a-z, 0-9, '.' and '-' (node names are lower-case), found \"W_\""
+            ]
+        );
+        assert_eq!(with(json!("")), Vec::<String>::new());
+        assert_eq!(
+            with(json!("ip-10-0-1-2.ec2.internal")),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            with(json!(3)),
+            ["spec.node_filter: must be a string, got a number"]
+        );
+        assert_eq!(
+            with(json!("a".repeat(254))),
+            ["spec.node_filter: must be at most 253 characters, got 254"]
+        );
+    }
+
+    #[test]
+    fn node_filter_matching_no_node_warns() {
+        let nodes: BTreeSet<String> = ["kind-control-plane", "kind-worker"]
+            .map(String::from)
+            .into();
+        let ctx = ValidationContext {
+            node_names: Some(&nodes),
+            ..Default::default()
+        };
+        let spec = |f: &str| prefetch(json!({"filter_by_labels": {"a": "b"}, "node_filter": f}));
+        let verdict = validate_prefetch(&spec("gpu"), &ctx);
+        assert!(verdict.is_allowed());
+        assert_eq!(
+            verdict.warnings,
+            ["spec.node_filter: \"gpu\" matches none of the cluster's 2 nodes now"]
+        );
+        assert_eq!(
+            validate_prefetch(&spec("worker"), &ctx).warnings,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            validate_prefetch(&spec(""), &ctx).warnings,
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn tolerations_follow_the_api_server_rules() {
+        let with = |t: Value| messages(json!({"filter_by_labels": {"a": "b"}, "tolerations": t}));
+        assert_eq!(
+            with(json!({})),
+            ["spec.tolerations: must be a list, got an object"]
+        );
+        let got = with(json!([
+            {"key": "k", "operator": "Sometimes"},
+            {"operator": "Equal", "value": "v"},
+            {"key": "k", "operator": "Exists", "value": "v"},
+            {"key": "k", "effect": "NoWhere"},
+            {"key": "k", "effect": "NoSchedule", "tolerationSeconds": 5},
+            {"key": "bad key"},
+            {"key": "k", "tolerationSeconds": "soon"}
+        ]));
+        assert_eq!(
+            got[0],
+            "spec.tolerations[0]: operator: must be Equal or Exists, got \"Sometimes\""
+        );
+        assert_eq!(
+            got[1],
+            "spec.tolerations[1]: operator: must be Exists when key is empty (to tolerate every taint)"
+        );
+        assert_eq!(
+            got[2],
+            "spec.tolerations[2]: value: must be empty when operator is Exists"
+        );
+        assert_eq!(
+            got[3],
+            "spec.tolerations[3]: effect: must be NoSchedule, PreferNoSchedule, NoExecute or empty, got \"NoWhere\""
+        );
+        assert_eq!(
+            got[4],
+            "spec.tolerations[4]: tolerationSeconds: only allowed with effect NoExecute"
+        );
+        assert!(
+            got[5].starts_with("spec.tolerations[5]: key: invalid label key"),
+            "{got:?}"
+        );
+        assert!(
+            got[6].starts_with("spec.tolerations[6]: is not a core/v1 Toleration"),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 7);
+    }
+
+    #[test]
+    fn priority_class_name_must_be_a_dns_subdomain() {
+        let with =
+            |v: Value| messages(json!({"filter_by_labels": {"a": "b"}, "priority_class_name": v}));
+        assert_eq!(with(json!("high-priority")), Vec::<String>::new());
+        assert!(
+            with(json!("High"))[0].starts_with(
+                "spec.priority_class_name: \"High\" must be a lower-case DNS subdomain"
+            )
+        );
+        assert_eq!(
+            with(json!(1)),
+            ["spec.priority_class_name: must be a string, got a number"]
+        );
+    }
+
+    #[test]
+    fn all_violations_come_back_together() {
+        let verdict = check(json!({
+            "filter_by_labels": {},
+            "retry_after": 5,
+            "node_filter": "Worker_1",
+            "max_parallel": 0
+        }));
+        let fields: Vec<&str> = verdict.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.filter_by_labels",
+                "spec.node_filter",
+                "spec.retry_after",
+                "spec.max_parallel"
+            ]
+        );
+        let message = verdict.denial_message();
+        assert!(message.starts_with(
+            "Prefetch is invalid: spec.filter_by_labels: must have at least one entry"
+        ));
+        assert!(
+            message.contains("; spec.retry_after: must be >= 30, got 5; "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_warn_without_denying() {
+        let verdict = check(json!({"filter_by_labels": {"a": "b"}, "retry_afer": 60}));
+        assert!(verdict.is_allowed());
+        assert!(verdict.warnings[0].starts_with("spec.retry_afer: unknown field, ignored"));
+    }
+}
