@@ -261,13 +261,29 @@ pub struct TemplateImages {
 }
 
 pub fn pod_spec_images(spec: &PodSpec) -> TemplateImages {
-    let mut out = TemplateImages::default();
     let init = spec.init_containers.iter().flatten();
-    for container in spec.containers.iter().chain(init) {
-        let Some(image) = container.image.as_deref() else {
-            continue;
-        };
-        match normalize(image) {
+    collect_images(
+        spec.containers
+            .iter()
+            .chain(init)
+            .filter_map(|c| c.image.as_deref()),
+    )
+}
+
+/// Same as [`pod_spec_images`] for a pod spec still in JSON (`spec.template.spec` of a
+/// Deployment in an admission request), without deserializing the whole object.
+pub fn pod_spec_json_images(spec: &serde_json::Value) -> TemplateImages {
+    let containers = ["containers", "initContainers"]
+        .into_iter()
+        .filter_map(|field| spec.get(field)?.as_array())
+        .flatten();
+    collect_images(containers.filter_map(|c| c.get("image")?.as_str()))
+}
+
+fn collect_images<'a>(references: impl Iterator<Item = &'a str>) -> TemplateImages {
+    let mut out = TemplateImages::default();
+    for reference in references {
+        match normalize(reference) {
             Ok(image) => {
                 out.images.insert(image);
             }
@@ -429,5 +445,11 @@ mod tests {
             ]
         );
         assert_eq!(got.invalid.len(), 1);
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(pod_spec_json_images(&json), pod_spec_images(&spec));
+        assert_eq!(
+            pod_spec_json_images(&serde_json::json!({"containers": "x"})),
+            TemplateImages::default()
+        );
     }
 }

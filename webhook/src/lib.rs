@@ -1,1 +1,16 @@
+//! prefetch-webhook: admission for kube-prefetch.
+//!
+//! - `/mutate/prefetch` fills absent spec defaults (JSON patch).
+//! - `/validate/prefetch` denies invalid specs with every violation named by field.
+//! - `/mutate/deployment` annotates a Deployment whose rollout brings new images, when a
+//!   Prefetch in its namespace selects it: the durable signal the reconciler acts on.
 
+pub mod admission;
+pub mod config;
+pub mod http;
+pub mod index;
+mod locks;
+pub mod metrics;
+pub mod serve;
+pub mod telemetry;
+pub mod tls;

@@ -1,1 +1,135 @@
-fn main() {}
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::Parser;
+use prefetch_webhook::config::Args;
+use prefetch_webhook::http::{AppState, admission_router, ops_router};
+use prefetch_webhook::index::{NodeNames, PrefetchIndex, run_node_watch, run_prefetch_watch};
+use prefetch_webhook::metrics::Metrics;
+use prefetch_webhook::serve::{ServeLimits, serve_tls};
+use prefetch_webhook::telemetry;
+use prefetch_webhook::tls::{CertFiles, ReloadingCert, server_config, watch_cert_files};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    telemetry::init(args.log_format);
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // One process-wide backend, chosen explicitly (kube's client uses it too).
+    let _ = provider.as_ref().clone().install_default();
+
+    let cert = Arc::new(
+        ReloadingCert::load(
+            CertFiles {
+                cert_path: args.tls_cert_file.clone(),
+                key_path: args.tls_key_file.clone(),
+            },
+            provider.clone(),
+        )
+        .context("loading the serving certificate")?,
+    );
+    let tls =
+        Arc::new(server_config(cert.clone(), provider).context("building the TLS configuration")?);
+
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the cluster (KUBECONFIG or in-cluster)")?;
+    let metrics = Arc::new(Metrics::default());
+    let state = AppState {
+        prefetches: Arc::new(PrefetchIndex::default()),
+        nodes: Arc::new(NodeNames::default()),
+        metrics: metrics.clone(),
+        min_retry_after: args.min_retry_after,
+        serving: Arc::new(AtomicBool::new(true)),
+    };
+
+    let admission_listener = TcpListener::bind(args.listen_addr)
+        .await
+        .with_context(|| format!("binding {}", args.listen_addr))?;
+    let ops_listener = TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(
+        admission = %admission_listener.local_addr()?,
+        ops = %ops_listener.local_addr()?,
+        min_retry_after = args.min_retry_after,
+        "prefetch-webhook listening"
+    );
+
+    let shutdown = CancellationToken::new();
+    let watches = tokio::spawn(run_prefetch_watch(
+        client.clone(),
+        state.prefetches.clone(),
+        metrics.clone(),
+    ));
+    let node_watch = args
+        .warn_unmatched_node_filter
+        .then(|| tokio::spawn(run_node_watch(client, state.nodes.clone(), metrics.clone())));
+    tokio::spawn(watch_cert_files(
+        cert,
+        args.tls_reload_interval,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let ops = {
+        let shutdown = shutdown.clone();
+        let app = ops_router(state.clone());
+        tokio::spawn(async move {
+            axum::serve(ops_listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        })
+    };
+    tokio::spawn(signal_shutdown(shutdown.clone(), state.serving.clone()));
+
+    let limits = ServeLimits {
+        max_connections: args.max_connections,
+        drain_timeout: args.shutdown_timeout,
+        ..ServeLimits::default()
+    };
+    serve_tls(
+        admission_listener,
+        tls,
+        admission_router(state),
+        limits,
+        shutdown,
+    )
+    .await;
+
+    watches.abort();
+    if let Some(node_watch) = node_watch {
+        node_watch.abort();
+    }
+    match ops.await {
+        Ok(Err(err)) => tracing::warn!(error = %err, "ops server ended with an error"),
+        Err(err) => tracing::warn!(error = %err, "ops server task failed"),
+        Ok(Ok(())) => {}
+    }
+    tracing::info!("prefetch-webhook stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C: report not-ready, stop accepting, let in-flight requests finish.
+async fn signal_shutdown(shutdown: CancellationToken, serving: Arc<AtomicBool>) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; shutting down"),
+    }
+    serving.store(false, Ordering::Release);
+    shutdown.cancel();
+}

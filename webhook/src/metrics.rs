@@ -1,0 +1,111 @@
+//! Prometheus metrics, served on the plain-HTTP metrics address.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: &'static str,
+    /// allowed, patched, denied, bad_request, error.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    pub resource: &'static str,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<EndpointLabel, Histogram>,
+    pub rollout_signals: Counter,
+    pub deployment_errors: Family<ReasonLabel, Counter>,
+    pub cert_reloads: Family<ReasonLabel, Counter>,
+    pub watch_errors: Family<ResourceLabel, Counter>,
+    pub watched_prefetches: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("prefetch_webhook");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Admission requests by endpoint and result",
+            requests.clone(),
+        );
+        let duration = Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+            ])
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time to answer an admission request",
+            duration.clone(),
+        );
+        let rollout_signals = Counter::default();
+        registry.register(
+            "rollout_signals",
+            "Deployment changes annotated with new images for the reconciler",
+            rollout_signals.clone(),
+        );
+        let deployment_errors = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "deployment_errors",
+            "Deployment reviews allowed without a signal because of an internal error",
+            deployment_errors.clone(),
+        );
+        let cert_reloads = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "cert_reloads",
+            "Serving certificate reloads by result",
+            cert_reloads.clone(),
+        );
+        let watch_errors = Family::<ResourceLabel, Counter>::default();
+        registry.register(
+            "watch_errors",
+            "Watch failures by resource (retried with backoff)",
+            watch_errors.clone(),
+        );
+        let watched_prefetches = Gauge::default();
+        registry.register(
+            "watched_prefetches",
+            "Prefetches in the watch cache",
+            watched_prefetches.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            duration,
+            rollout_signals,
+            deployment_errors,
+            cert_reloads,
+            watch_errors,
+            watched_prefetches,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
