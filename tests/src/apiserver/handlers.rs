@@ -1,0 +1,396 @@
+//! HTTP routing of the test API server: paths, verbs, lists and watch streams.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use super::SharedState;
+use super::resources::{ResourceType, lookup};
+use super::selector::{FieldSelector, LabelSelector};
+use super::store::{ApiError, WatchFilter, merge_patch};
+
+#[derive(Clone)]
+struct AppState {
+    shared: SharedState,
+    stop: CancellationToken,
+}
+
+pub fn router(shared: SharedState, stop: CancellationToken) -> Router {
+    Router::new()
+        .route(
+            "/version",
+            axum::routing::get(|| async {
+                axum::Json(json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-prefetch-test", "platform": "linux/amd64"}))
+            }),
+        )
+        .fallback(serve)
+        .with_state(AppState { shared, stop })
+}
+
+/// What a path names.
+struct Target {
+    rt: ResourceType,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match parts.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, plural, rest @ ..]
+            if lookup(group, version, plural).is_some_and(|r| r.namespaced) =>
+        {
+            (Some(ns.to_string()), [&[*plural][..], rest].concat())
+        }
+        _ => (None, rest.to_vec()),
+    };
+    let rt = lookup(group, version, rest.first()?)?;
+    if rt.namespaced != namespace.is_some() && rest.len() > 1 {
+        // A namespaced object must be addressed within its namespace.
+        return None;
+    }
+    Some(Target {
+        rt,
+        namespace,
+        name: rest.get(1).map(|s| s.to_string()),
+        subresource: rest.get(2).map(|s| s.to_string()),
+    })
+}
+
+fn error(err: ApiError) -> Response {
+    let code = StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (code, axum::Json(err.body)).into_response();
+    if code == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn ok(value: Value) -> Response {
+    axum::Json(value).into_response()
+}
+
+fn created(value: Value) -> Response {
+    (StatusCode::CREATED, axum::Json(value)).into_response()
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))
+}
+
+async fn serve(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(target) = parse_path(uri.path()) else {
+        return error(ApiError::new(
+            404,
+            "NotFound",
+            format!(
+                "the server could not find the requested resource ({})",
+                uri.path()
+            ),
+        ));
+    };
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb: &'static str = match (&method, target.name.is_some()) {
+        (&Method::GET, false) if watching => "watch",
+        (&Method::GET, false) => "list",
+        (&Method::GET, true) => "get",
+        (&Method::POST, false) => "create",
+        (&Method::PUT, true) => "update",
+        (&Method::PATCH, true) => "patch",
+        (&Method::DELETE, true) => "delete",
+        _ => {
+            return error(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!("{method} is not supported on {}", uri.path()),
+            ));
+        }
+    };
+    let resource = match &target.subresource {
+        Some(sub) => format!("{}/{sub}", target.rt.plural),
+        None => target.rt.plural.to_string(),
+    };
+    state.shared.count(verb, &resource);
+    if let Some(code) = state.shared.take_fault(verb, target.rt.plural) {
+        return error(ApiError::new(
+            code,
+            "InternalError",
+            format!("injected fault {code} for {verb} {resource}"),
+        ));
+    }
+    let shared = &state.shared;
+    let ns = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().unwrap_or_default();
+    let status_only = match target.subresource.as_deref() {
+        None => false,
+        Some("status") if target.rt.status_subresource => true,
+        Some(other) => {
+            return error(ApiError::new(
+                404,
+                "NotFound",
+                format!("subresource {other} is not served"),
+            ));
+        }
+    };
+    match verb {
+        "get" => shared.get(target.rt, &ns, &name).map_or_else(error, ok),
+        "list" => list(shared, &target, &query),
+        "watch" => watch(&state, &target, &query),
+        "create" => match parse_body(&body) {
+            Ok(obj) => shared
+                .create(target.rt, &ns, obj)
+                .map_or_else(error, created),
+            Err(e) => error(e),
+        },
+        "update" => match parse_body(&body) {
+            Ok(obj) => shared
+                .update(target.rt, &ns, &name, status_only, |_| Ok(obj))
+                .map_or_else(error, ok),
+            Err(e) => error(e),
+        },
+        "patch" => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let patch = match parse_body(&body) {
+                Ok(p) => p,
+                Err(e) => return error(e),
+            };
+            let content_type = content_type
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            shared
+                .update(target.rt, &ns, &name, status_only, |old| {
+                    apply_patch(old, &content_type, &patch)
+                })
+                .map_or_else(error, ok)
+        }
+        "delete" => {
+            let options = if body.is_empty() {
+                Value::Null
+            } else {
+                parse_body(&body).unwrap_or(Value::Null)
+            };
+            let preconditions = options.get("preconditions").cloned().unwrap_or(Value::Null);
+            shared
+                .delete(target.rt, &ns, &name, &preconditions)
+                .map_or_else(error, ok)
+        }
+        _ => error(ApiError::new(405, "MethodNotAllowed", verb)),
+    }
+}
+
+fn apply_patch(old: &Value, content_type: &str, patch: &Value) -> Result<Value, ApiError> {
+    let mut new = old.clone();
+    match content_type {
+        "application/json-patch+json" => {
+            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            json_patch::patch(&mut new, &ops).map_err(|e| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the JSON patch does not apply: {e}"),
+                )
+            })?;
+        }
+        // Strategic merge and server-side apply are approximated by a merge patch: lists are
+        // replaced, not merged by key. Our code only patches maps and scalars.
+        "application/merge-patch+json"
+        | "application/strategic-merge-patch+json"
+        | "application/apply-patch+yaml" => {
+            merge_patch(&mut new, patch);
+        }
+        other => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {other:?})"
+                ),
+            ));
+        }
+    }
+    // A patch carrying a resourceVersion is a precondition; one without never conflicts.
+    if patch.pointer("/metadata/resourceVersion").is_none()
+        && let Some(rv) = old.pointer("/metadata/resourceVersion")
+    {
+        new["metadata"]["resourceVersion"] = rv.clone();
+    }
+    Ok(new)
+}
+
+fn filter_from(target: &Target, query: &HashMap<String, String>) -> Result<WatchFilter, ApiError> {
+    let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    Ok(WatchFilter {
+        rt: target.rt,
+        namespace: target.namespace.clone(),
+        labels,
+        fields,
+    })
+}
+
+fn list(shared: &SharedState, target: &Target, query: &HashMap<String, String>) -> Response {
+    let filter = match filter_from(target, query) {
+        Ok(f) => f,
+        Err(e) => return error(e),
+    };
+    let limit = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
+    let continue_after = match query.get("continue").filter(|c| !c.is_empty()) {
+        Some(token) => match decode_continue(token) {
+            Some(key) => Some(key),
+            None => return error(ApiError::bad_request("invalid continue token")),
+        },
+        None => None,
+    };
+    let (items, rv, next) = shared.list(&filter, limit, continue_after);
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if let Some(next) = next {
+        metadata["continue"] = json!(encode_continue(&next));
+    }
+    ok(json!({
+        "apiVersion": target.rt.api_version(),
+        "kind": format!("{}List", target.rt.kind),
+        "metadata": metadata,
+        "items": items,
+    }))
+}
+
+fn encode_continue((ns, name): &(String, String)) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&json!([ns, name])).unwrap_or_default())
+}
+
+fn decode_continue(token: &str) -> Option<(String, String)> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()?;
+    let (ns, name): (String, String) = serde_json::from_slice(&bytes).ok()?;
+    Some((ns, name))
+}
+
+fn watch(state: &AppState, target: &Target, query: &HashMap<String, String>) -> Response {
+    let filter = match filter_from(target, query) {
+        Ok(f) => f,
+        Err(e) => return error(e),
+    };
+    let from_rv = match query.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => match rv.parse::<u64>() {
+            Ok(rv) => Some(rv),
+            Err(_) => {
+                return error(ApiError::bad_request(format!(
+                    "invalid resourceVersion {rv:?}"
+                )));
+            }
+        },
+    };
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_secs(1800), Duration::from_secs);
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|v| v == "true");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
+    let line = |kind: &str, object: &Value| {
+        let mut bytes =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        bytes.push(b'\n');
+        Ok(Bytes::from(bytes))
+    };
+    match state.shared.watch_start(&filter, from_rv) {
+        Err(expired) => {
+            // The real server answers 200 and then an ERROR event carrying the 410 Status.
+            let _ = tx.try_send(line("ERROR", &expired.body));
+        }
+        Ok((initial, mut last_rv, mut changes)) => {
+            let mut epoch = state.shared.watch_epoch();
+            epoch.mark_unchanged();
+            let stop = state.stop.clone();
+            let rt = target.rt;
+            tokio::spawn(async move {
+                for (kind, object) in initial {
+                    if tx.send(line(kind, &object)).await.is_err() {
+                        return;
+                    }
+                }
+                let deadline = tokio::time::sleep(timeout);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = epoch.changed() => return,
+                        _ = &mut deadline => {
+                            if bookmarks {
+                                let bookmark = json!({"apiVersion": rt.api_version(), "kind": rt.kind,
+                                    "metadata": {"resourceVersion": last_rv.to_string()}});
+                                let _ = tx.send(line("BOOKMARK", &bookmark)).await;
+                            }
+                            return;
+                        }
+                        change = changes.recv() => match change {
+                            Ok(change) => {
+                                if change.rv <= last_rv {
+                                    continue;
+                                }
+                                last_rv = change.rv;
+                                if let Some(kind) = filter.event_type(&change)
+                                    && tx.send(line(kind, &change.object)).await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            // A watcher that fell too far behind is cut off, as the real
+                            // server does; the client re-watches from its last version.
+                            Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
+                        },
+                    }
+                }
+            });
+        }
+    }
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,139 @@
+//! A Kubernetes API server for tests, in process, on 127.0.0.1 over plain HTTP, reached by the
+//! real binaries through a kubeconfig like any cluster.
+//!
+//! No maintained crate serves a kube-runtime Controller (STACK.md), so this is ours. It behaves
+//! like kube-apiserver where our code depends on it: a global resourceVersion; optimistic
+//! concurrency (409 Conflict on a stale resourceVersion); 404/409 Status bodies; list then
+//! watch from a resourceVersion, with selector transitions sent as ADDED/DELETED and a 410
+//! Expired ERROR event when the version has been compacted away; namespaces must exist; the
+//! status subresource ignores spec and the main resource ignores status; generation bumps on
+//! spec changes; ownerReference garbage collection on delete. It is not a conformance target:
+//! no admission, no schema validation, no RBAC. Tests may inject faults and count requests.
+
+mod handlers;
+mod resources;
+mod selector;
+mod store;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use resources::{RESOURCES, ResourceType};
+pub use selector::{FieldSelector, LabelSelector};
+pub use store::{Fault, RequestKey};
+
+use store::Shared;
+
+/// A running test API server. Dropping it stops the server.
+pub struct TestApiServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl TestApiServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_history(store::DEFAULT_HISTORY).await
+    }
+
+    /// `history` bounds the watch event log; a watch from an older resourceVersion gets 410.
+    pub async fn start_with_history(history: usize) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(history));
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            shared.seed(
+                "",
+                "v1",
+                "namespaces",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            )?;
+        }
+        let stop = CancellationToken::new();
+        let app = handlers::router(shared.clone(), stop.clone());
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await;
+        });
+        Ok(Self { addr, shared, stop })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A kubeconfig (JSON is YAML) pointing at this server.
+    pub fn kubeconfig(&self) -> String {
+        json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": self.url()}}],
+            "users": [{"name": "test", "user": {"token": "test"}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "default"}}]
+        })
+        .to_string()
+    }
+
+    pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.kubeconfig())
+    }
+
+    /// Requests served so far, by verb and resource.
+    pub fn request_counts(&self) -> BTreeMap<RequestKey, u64> {
+        self.shared.request_counts()
+    }
+
+    pub fn reset_request_counts(&self) {
+        self.shared.reset_request_counts();
+    }
+
+    /// Answers the next `count` requests matching `fault` with its status instead of serving.
+    pub fn inject(&self, fault: Fault, count: u32) {
+        self.shared.inject(fault, count);
+    }
+
+    /// Ends every open watch (clients must re-watch), as an API server restart would.
+    pub fn drop_watches(&self) {
+        self.shared.drop_watches();
+    }
+
+    /// Forgets watch history, so that re-watching from an old resourceVersion gets 410 Expired.
+    pub fn compact(&self) {
+        self.shared.compact();
+    }
+
+    /// Current objects of a type, for assertions that must not go through a client.
+    pub fn objects(&self, group: &str, plural: &str) -> Vec<Value> {
+        self.shared.objects(group, plural)
+    }
+
+    pub fn object_count(&self) -> usize {
+        self.shared.object_count()
+    }
+}
+
+impl Drop for TestApiServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Shared by the store and handlers: the API server's error body.
+pub(crate) fn status(code: u16, reason: &str, message: impl Into<String>) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+           "message": message.into(), "reason": reason, "code": code})
+}
+
+pub(crate) type SharedState = Arc<Shared>;
+pub(crate) type Lock<T> = Mutex<T>;

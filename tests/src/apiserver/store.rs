@@ -1,0 +1,664 @@
+//! Objects, resourceVersions and the change log that watches replay.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, watch};
+
+use super::resources::{ResourceType, lookup};
+use super::selector::{FieldSelector, LabelSelector};
+use super::{Lock, status};
+
+pub const DEFAULT_HISTORY: usize = 200_000;
+const BROADCAST_CAPACITY: usize = 1 << 16;
+
+/// An API error: HTTP status and a Status body.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: u16,
+    pub body: Value,
+}
+
+impl ApiError {
+    pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            body: status(code, reason, message),
+        }
+    }
+    fn not_found(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            format!("{}.{} \"{name}\" not found", rt.plural, rt.group).replace(". \"", " \""),
+        )
+    }
+    fn conflict(rt: &ResourceType, name: &str) -> Self {
+        Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                rt.plural
+            ),
+        )
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+#[derive(Debug)]
+pub struct Change {
+    pub rv: u64,
+    pub rt: ResourceType,
+    pub namespace: String,
+    pub kind: ChangeKind,
+    pub object: Value,
+    /// The object before a modification, to turn selector transitions into ADDED/DELETED.
+    pub previous: Option<Value>,
+}
+
+/// Which changes a watch wants.
+#[derive(Debug, Clone)]
+pub struct WatchFilter {
+    pub rt: ResourceType,
+    pub namespace: Option<String>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl WatchFilter {
+    fn selects(&self, object: &Value) -> bool {
+        let labels = object
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object);
+        self.labels.matches(labels) && self.fields.matches(object)
+    }
+
+    /// The event type this watch sees for `change`, if any.
+    pub fn event_type(&self, change: &Change) -> Option<&'static str> {
+        if change.rt != self.rt
+            || self
+                .namespace
+                .as_ref()
+                .is_some_and(|ns| *ns != change.namespace)
+        {
+            return None;
+        }
+        let now = self.selects(&change.object);
+        match change.kind {
+            ChangeKind::Added => now.then_some("ADDED"),
+            ChangeKind::Deleted => now.then_some("DELETED"),
+            ChangeKind::Modified => {
+                let before = change.previous.as_ref().is_some_and(|p| self.selects(p));
+                match (before, now) {
+                    (true, true) => Some("MODIFIED"),
+                    (false, true) => Some("ADDED"),
+                    (true, false) => Some("DELETED"),
+                    (false, false) => None,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RequestKey {
+    pub verb: &'static str,
+    pub resource: String,
+}
+
+/// Answer matching requests with an error instead of serving them.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub verb: Option<&'static str>,
+    pub resource: Option<&'static str>,
+    pub code: u16,
+}
+
+type ObjectKey = (ResourceType, String, String);
+
+struct Inner {
+    rv: u64,
+    uid: u64,
+    objects: BTreeMap<ObjectKey, Value>,
+    log: VecDeque<Arc<Change>>,
+    /// Changes up to and including this resourceVersion are no longer in the log.
+    compacted_through: u64,
+    history: usize,
+}
+
+pub struct Shared {
+    inner: Lock<Inner>,
+    changes: broadcast::Sender<Arc<Change>>,
+    watch_epoch: watch::Sender<u64>,
+    counts: Lock<BTreeMap<RequestKey, u64>>,
+    faults: Lock<Vec<(Fault, u32)>>,
+}
+
+fn lock<T>(m: &Lock<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
+    obj.get("metadata")?.get(field)?.as_str()
+}
+
+impl Shared {
+    pub fn new(history: usize) -> Self {
+        Self {
+            inner: Lock::new(Inner {
+                rv: 1,
+                uid: 0,
+                objects: BTreeMap::new(),
+                log: VecDeque::new(),
+                compacted_through: 1,
+                history,
+            }),
+            changes: broadcast::channel(BROADCAST_CAPACITY).0,
+            watch_epoch: watch::channel(0).0,
+            counts: Lock::new(BTreeMap::new()),
+            faults: Lock::new(Vec::new()),
+        }
+    }
+
+    pub fn seed(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        object: Value,
+    ) -> anyhow::Result<()> {
+        let rt = lookup(group, version, plural)
+            .ok_or_else(|| anyhow::anyhow!("unknown resource {plural}"))?;
+        let ns = meta_str(&object, "namespace").unwrap_or("").to_string();
+        self.create(rt, &ns, object)
+            .map_err(|e| anyhow::anyhow!("{}", e.body))?;
+        Ok(())
+    }
+
+    // ---- bookkeeping used by tests ----
+
+    pub fn count(&self, verb: &'static str, resource: &str) {
+        *lock(&self.counts)
+            .entry(RequestKey {
+                verb,
+                resource: resource.to_string(),
+            })
+            .or_default() += 1;
+    }
+    pub fn request_counts(&self) -> BTreeMap<RequestKey, u64> {
+        lock(&self.counts).clone()
+    }
+    pub fn reset_request_counts(&self) {
+        lock(&self.counts).clear();
+    }
+    pub fn inject(&self, fault: Fault, count: u32) {
+        lock(&self.faults).push((fault, count));
+    }
+    pub fn take_fault(&self, verb: &'static str, resource: &str) -> Option<u16> {
+        let mut faults = lock(&self.faults);
+        let (fault, remaining) = faults.iter_mut().find(|(f, n)| {
+            *n > 0 && f.verb.is_none_or(|v| v == verb) && f.resource.is_none_or(|r| r == resource)
+        })?;
+        *remaining -= 1;
+        let code = fault.code;
+        faults.retain(|(_, n)| *n > 0);
+        Some(code)
+    }
+    pub fn drop_watches(&self) {
+        self.watch_epoch.send_modify(|e| *e += 1);
+    }
+    pub fn watch_epoch(&self) -> watch::Receiver<u64> {
+        self.watch_epoch.subscribe()
+    }
+    pub fn compact(&self) {
+        let mut inner = lock(&self.inner);
+        inner.log.clear();
+        inner.compacted_through = inner.rv;
+    }
+    pub fn objects(&self, group: &str, plural: &str) -> Vec<Value> {
+        lock(&self.inner)
+            .objects
+            .iter()
+            .filter(|((rt, _, _), _)| rt.group == group && rt.plural == plural)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    pub fn object_count(&self) -> usize {
+        lock(&self.inner).objects.len()
+    }
+
+    // ---- reads ----
+
+    pub fn get(&self, rt: ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let inner = lock(&self.inner);
+        inner
+            .objects
+            .get(&(rt, ns.to_string(), name.to_string()))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rt, name))
+    }
+
+    /// Matching objects after `continue_after`, at most `limit`; the list's resourceVersion;
+    /// and whether more remain.
+    pub fn list(
+        &self,
+        filter: &WatchFilter,
+        limit: Option<usize>,
+        continue_after: Option<(String, String)>,
+    ) -> (Vec<Value>, u64, Option<(String, String)>) {
+        let inner = lock(&self.inner);
+        let mut items = Vec::new();
+        let mut last_key = None;
+        let mut next = None;
+        let start = match &continue_after {
+            Some((ns, name)) => std::ops::Bound::Excluded((filter.rt, ns.clone(), name.clone())),
+            None => std::ops::Bound::Included((filter.rt, String::new(), String::new())),
+        };
+        for ((rt, ns, name), obj) in inner.objects.range((start, std::ops::Bound::Unbounded)) {
+            if *rt != filter.rt {
+                break;
+            }
+            if filter.namespace.as_ref().is_some_and(|want| want != ns) || !filter.selects(obj) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                next = last_key;
+                break;
+            }
+            items.push(obj.clone());
+            last_key = Some((ns.clone(), name.clone()));
+        }
+        (items, inner.rv, next)
+    }
+
+    /// Starts a watch: changes after `from_rv` already logged, and a receiver for the rest.
+    /// `None` for `from_rv` means "current state as ADDED, then changes".
+    #[allow(clippy::type_complexity)]
+    pub fn watch_start(
+        &self,
+        filter: &WatchFilter,
+        from_rv: Option<u64>,
+    ) -> Result<
+        (
+            Vec<(&'static str, Value)>,
+            u64,
+            broadcast::Receiver<Arc<Change>>,
+        ),
+        ApiError,
+    > {
+        let inner = lock(&self.inner);
+        let receiver = self.changes.subscribe();
+        let mut initial = Vec::new();
+        match from_rv {
+            None => {
+                for ((rt, ns, _), obj) in &inner.objects {
+                    if *rt == filter.rt
+                        && filter.namespace.as_ref().is_none_or(|want| want == ns)
+                        && filter.selects(obj)
+                    {
+                        initial.push(("ADDED", obj.clone()));
+                    }
+                }
+            }
+            Some(rv) if rv < inner.compacted_through => {
+                return Err(ApiError::new(
+                    410,
+                    "Expired",
+                    format!(
+                        "too old resource version: {rv} ({})",
+                        inner.compacted_through + 1
+                    ),
+                ));
+            }
+            Some(rv) => {
+                for change in inner.log.iter().filter(|c| c.rv > rv) {
+                    if let Some(kind) = filter.event_type(change) {
+                        initial.push((kind, change.object.clone()));
+                    }
+                }
+            }
+        }
+        Ok((initial, inner.rv, receiver))
+    }
+
+    // ---- writes ----
+
+    fn record(&self, inner: &mut Inner, change: Change) {
+        let change = Arc::new(change);
+        inner.log.push_back(change.clone());
+        while inner.log.len() > inner.history {
+            if let Some(old) = inner.log.pop_front() {
+                inner.compacted_through = old.rv;
+            }
+        }
+        // No receivers is fine: nobody is watching.
+        let _ = self.changes.send(change);
+    }
+
+    pub fn create(&self, rt: ResourceType, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+        let mut inner = lock(&self.inner);
+        let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return Err(ApiError::bad_request("metadata is required"));
+        };
+        if rt.namespaced {
+            match meta.get("namespace").and_then(Value::as_str) {
+                Some(body_ns) if body_ns != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => {
+                    meta.insert("namespace".into(), json!(ns));
+                }
+            }
+            let ns_rt = lookup("", "v1", "namespaces").expect("namespaces is a known resource");
+            if !inner
+                .objects
+                .contains_key(&(ns_rt, String::new(), ns.to_string()))
+            {
+                return Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("namespaces \"{ns}\" not found"),
+                ));
+            }
+        }
+        let name = match (
+            meta.get("name").and_then(Value::as_str),
+            meta.get("generateName").and_then(Value::as_str),
+        ) {
+            (Some(name), _) if !name.is_empty() => name.to_string(),
+            (_, Some(prefix)) => format!("{prefix}{:05x}", inner.uid + 1),
+            _ => {
+                return Err(ApiError::new(
+                    422,
+                    "Invalid",
+                    "metadata.name: Required value: name or generateName is required",
+                ));
+            }
+        };
+        let key = (
+            rt,
+            if rt.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
+            name.clone(),
+        );
+        if inner.objects.contains_key(&key) {
+            return Err(ApiError::new(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", rt.plural),
+            ));
+        }
+        inner.uid += 1;
+        inner.rv += 1;
+        let rv = inner.rv;
+        meta.insert("name".into(), json!(name));
+        meta.insert(
+            "uid".into(),
+            json!(format!("00000000-0000-4000-8000-{:012x}", inner.uid)),
+        );
+        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+        meta.remove("deletionTimestamp");
+        if rt.generation {
+            meta.insert("generation".into(), json!(1));
+        }
+        obj["apiVersion"] = json!(rt.api_version());
+        obj["kind"] = json!(rt.kind);
+        prepare_create_status(rt, &mut obj);
+        inner.objects.insert(key, obj.clone());
+        self.record(
+            &mut inner,
+            Change {
+                rv,
+                rt,
+                namespace: ns_of(rt, ns),
+                kind: ChangeKind::Added,
+                object: obj.clone(),
+                previous: None,
+            },
+        );
+        Ok(obj)
+    }
+
+    /// Replaces the stored object by `update(old)`. `status_only` writes keep everything but
+    /// status; other writes to a type with a status subresource keep the old status.
+    pub fn update(
+        &self,
+        rt: ResourceType,
+        ns: &str,
+        name: &str,
+        status_only: bool,
+        update: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let mut inner = lock(&self.inner);
+        let key = (rt, ns_of(rt, ns), name.to_string());
+        let old = inner
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rt, name))?;
+        let mut new = update(&old)?;
+        if let Some(rv) = meta_str(&new, "resourceVersion")
+            && rv != meta_str(&old, "resourceVersion").unwrap_or("")
+        {
+            return Err(ApiError::conflict(&rt, name));
+        }
+        if meta_str(&new, "name").is_some_and(|n| n != name) {
+            return Err(ApiError::bad_request(
+                "the name of the object does not match the name on the URL",
+            ));
+        }
+        if status_only {
+            let status = new.get("status").cloned();
+            new = old.clone();
+            match status {
+                Some(status) => new["status"] = status,
+                None => {
+                    if let Some(o) = new.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+        } else if rt.status_subresource {
+            match old.get("status") {
+                Some(status) => new["status"] = status.clone(),
+                None => {
+                    if let Some(o) = new.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+        }
+        // Fields the client cannot change.
+        let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) else {
+            return Err(ApiError::bad_request("metadata is required"));
+        };
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "generation",
+            "deletionTimestamp",
+        ] {
+            match old["metadata"].get(field) {
+                Some(v) => meta.insert(field.into(), v.clone()),
+                None => meta.remove(field),
+            };
+        }
+        meta.insert(
+            "resourceVersion".into(),
+            old["metadata"]["resourceVersion"].clone(),
+        );
+        new["apiVersion"] = json!(rt.api_version());
+        new["kind"] = json!(rt.kind);
+        if new == old {
+            // The real API server skips no-op writes: no new resourceVersion, no watch event.
+            return Ok(old);
+        }
+        if rt.generation && !status_only && new.get("spec") != old.get("spec") {
+            let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
+            new["metadata"]["generation"] = json!(generation);
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        new["metadata"]["resourceVersion"] = json!(rv.to_string());
+        inner.objects.insert(key, new.clone());
+        self.record(
+            &mut inner,
+            Change {
+                rv,
+                rt,
+                namespace: ns_of(rt, ns),
+                kind: ChangeKind::Modified,
+                object: new.clone(),
+                previous: Some(old),
+            },
+        );
+        Ok(new)
+    }
+
+    pub fn delete(
+        &self,
+        rt: ResourceType,
+        ns: &str,
+        name: &str,
+        preconditions: &Value,
+    ) -> Result<Value, ApiError> {
+        let mut inner = lock(&self.inner);
+        let key = (rt, ns_of(rt, ns), name.to_string());
+        let old = inner
+            .objects
+            .get(&key)
+            .ok_or_else(|| ApiError::not_found(&rt, name))?;
+        if let Some(uid) = preconditions.get("uid").and_then(Value::as_str)
+            && meta_str(old, "uid") != Some(uid)
+        {
+            return Err(ApiError::conflict(&rt, name));
+        }
+        if let Some(rv) = preconditions.get("resourceVersion").and_then(Value::as_str)
+            && meta_str(old, "resourceVersion") != Some(rv)
+        {
+            return Err(ApiError::conflict(&rt, name));
+        }
+        let deleted = self.remove(&mut inner, key);
+        // Background garbage collection of dependents, as the controller-manager does.
+        let mut owners: Vec<String> = deleted
+            .iter()
+            .filter_map(|o| meta_str(o, "uid").map(String::from))
+            .collect();
+        while let Some(owner) = owners.pop() {
+            let dependents: Vec<ObjectKey> = inner
+                .objects
+                .iter()
+                .filter(|(_, obj)| {
+                    obj.pointer("/metadata/ownerReferences")
+                        .and_then(Value::as_array)
+                        .is_some_and(|refs| {
+                            refs.iter()
+                                .any(|r| r.get("uid").and_then(Value::as_str) == Some(&owner))
+                        })
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in dependents {
+                if let Some(obj) = self.remove(&mut inner, key) {
+                    owners.extend(meta_str(&obj, "uid").map(String::from));
+                }
+            }
+        }
+        deleted.ok_or_else(|| ApiError::not_found(&rt, name))
+    }
+
+    fn remove(&self, inner: &mut Inner, key: ObjectKey) -> Option<Value> {
+        let mut obj = inner.objects.remove(&key)?;
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let (rt, ns, _) = key;
+        self.record(
+            inner,
+            Change {
+                rv,
+                rt,
+                namespace: ns,
+                kind: ChangeKind::Deleted,
+                object: obj.clone(),
+                previous: None,
+            },
+        );
+        Some(obj)
+    }
+}
+
+fn ns_of(rt: ResourceType, ns: &str) -> String {
+    if rt.namespaced {
+        ns.to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// What each type's create strategy does to status.
+fn prepare_create_status(rt: ResourceType, obj: &mut Value) {
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    match rt.kind {
+        "Pod" => {
+            map.insert("status".into(), json!({"phase": "Pending"}));
+        }
+        "Namespace" => {
+            map.insert("status".into(), json!({"phase": "Active"}));
+        }
+        // Kubelets register nodes with their status.
+        "Node" => {}
+        _ if rt.status_subresource => {
+            map.remove("status");
+        }
+        _ => {}
+    }
+}
+
+/// RFC 7386 merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(patch) => {
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            if let Some(target) = target.as_object_mut() {
+                for (k, v) in patch {
+                    if v.is_null() {
+                        target.remove(k);
+                    } else {
+                        merge_patch(target.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}

@@ -1,0 +1,191 @@
+//! Objects and AdmissionReviews shared by the end-to-end tests, the demo and the benchmark.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+/// The original operator's sample Prefetch (DESIGN.md section 1).
+pub fn sample_prefetch(namespace: &str) -> Value {
+    json!({
+        "apiVersion": "cache.techsquad.rocks/v1",
+        "kind": "Prefetch",
+        "metadata": {"name": "prefetch-sample", "namespace": namespace},
+        "spec": {"filter_by_labels": {"app": "nginx"}, "retry_after": 60, "node_filter": "worker"}
+    })
+}
+
+pub fn prefetch(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "cache.techsquad.rocks/v1", "kind": "Prefetch",
+           "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+}
+
+/// The original walkthrough's nginx Deployment.
+pub fn nginx_deployment(namespace: &str, name: &str, labels: Value, images: &[&str]) -> Value {
+    let containers: Vec<Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| json!({"name": format!("c{i}"), "image": image, "ports": [{"containerPort": 80}]}))
+        .collect();
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": containers}}
+        }
+    })
+}
+
+/// A Deployment as real clusters hold them: a last-applied-configuration annotation, managed
+/// fields, a sidecar and an init container, dozens of env vars, probes and resources. About
+/// 10 KB of JSON, so an UPDATE review (old and new object) is about 20 KB.
+pub fn realistic_deployment(namespace: &str, name: &str, image: &str) -> Value {
+    let env: Vec<Value> = (0..60)
+        .map(|i| json!({"name": format!("FEATURE_FLAG_{i:03}"), "value": format!("enabled-for-tenant-group-{i:03}")}))
+        .collect();
+    let container = |cname: &str, image: &str| {
+        json!({
+            "name": cname, "image": image, "imagePullPolicy": "IfNotPresent",
+            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+            "env": env,
+            "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 5},
+            "livenessProbe": {"httpGet": {"path": "/live", "port": 8080}, "periodSeconds": 10},
+            "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false,
+                                 "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+            "volumeMounts": [{"name": "config", "mountPath": "/etc/app"}]
+        })
+    };
+    let mut deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {
+            "name": name, "namespace": namespace, "uid": "7d1c7c1e-0000-4000-8000-000000000001",
+            "resourceVersion": "123456", "generation": 7,
+            "labels": {"app": "nginx", "team": "payments", "tier": "frontend", "app.kubernetes.io/part-of": "shop"},
+            "annotations": {"deployment.kubernetes.io/revision": "7", "team.example.com/owner": "payments@example.com"}
+        },
+        "spec": {
+            "replicas": 12, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600,
+            "selector": {"matchLabels": {"app": name}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+            "template": {
+                "metadata": {"labels": {"app": name, "tier": "frontend"}, "annotations": {"prometheus.io/scrape": "true"}},
+                "spec": {
+                    "serviceAccountName": name,
+                    "imagePullSecrets": [{"name": "registry-credentials"}],
+                    "initContainers": [container("migrate", image)],
+                    "containers": [container("app", image), container("proxy", "envoyproxy/envoy:v1.31.0")],
+                    "volumes": [{"name": "config", "configMap": {"name": format!("{name}-config")}}],
+                    "terminationGracePeriodSeconds": 30
+                }
+            }
+        },
+        "status": {"observedGeneration": 7, "replicas": 12, "readyReplicas": 12, "availableReplicas": 12, "updatedReplicas": 12}
+    });
+    let applied = deployment.to_string();
+    deployment["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
+        json!(applied);
+    deployment
+}
+
+/// An AdmissionReview v1 request as the API server sends it.
+#[allow(clippy::too_many_arguments)]
+pub fn admission_review(
+    uid: &str,
+    (group, version, kind, resource): (&str, &str, &str, &str),
+    operation: &str,
+    namespace: &str,
+    name: &str,
+    object: Value,
+    old_object: Value,
+) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": group, "version": version, "kind": kind},
+            "resource": {"group": group, "version": version, "resource": resource},
+            "requestKind": {"group": group, "version": version, "kind": kind},
+            "requestResource": {"group": group, "version": version, "resource": resource},
+            "name": name,
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]},
+            "object": object,
+            "oldObject": old_object,
+            "dryRun": false,
+            "options": {"kind": if operation == "CREATE" { "CreateOptions" } else { "UpdateOptions" }, "apiVersion": "meta.k8s.io/v1"}
+        }
+    })
+}
+
+pub const PREFETCH_GVR: (&str, &str, &str, &str) =
+    ("cache.techsquad.rocks", "v1", "Prefetch", "prefetches");
+pub const DEPLOYMENT_GVR: (&str, &str, &str, &str) = ("apps", "v1", "Deployment", "deployments");
+
+pub fn prefetch_review(uid: &str, operation: &str, object: Value, old: Value) -> Value {
+    let ns = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    admission_review(uid, PREFETCH_GVR, operation, &ns, &name, object, old)
+}
+
+pub fn deployment_review(uid: &str, operation: &str, object: Value, old: Value) -> Value {
+    let ns = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    admission_review(uid, DEPLOYMENT_GVR, operation, &ns, &name, object, old)
+}
+
+/// Issues a CA and a serving certificate for 127.0.0.1/localhost with the `certs` code, into
+/// `dir`. Returns the certificate directory.
+pub fn issue_test_certs(dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut request = prefetch_certs::CertRequest::new(dir, "prefetch-system", "prefetch-webhook");
+    request.extra_sans = vec!["127.0.0.1".into(), "localhost".into()];
+    prefetch_certs::ensure_certs(&request)?;
+    Ok(dir.to_path_buf())
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,169 @@
+//! An HTTPS client that trusts only the given CA, as the API server trusts a webhook's
+//! caBundle, and exposes the certificate the server presented.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Clone)]
+pub struct PinnedClient {
+    connector: TlsConnector,
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    host: String,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+/// One kept-alive connection.
+pub struct Connection {
+    sender: Sender,
+    host: String,
+    /// The leaf certificate the server presented in the handshake.
+    pub peer_certificate: CertificateDer<'static>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "response is not JSON: {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Installs ring as the process-wide rustls backend (once per test process).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl PinnedClient {
+    /// Trusts only `ca_pem`; verifies the server as `server_name` (a DNS name or IP).
+    pub fn new(
+        ca_pem: &[u8],
+        addr: SocketAddr,
+        server_name: &str,
+        protocol: Protocol,
+    ) -> anyhow::Result<Self> {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem) {
+            roots.add(cert.context("reading the CA bundle")?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![match protocol {
+            Protocol::Http1 => b"http/1.1".to_vec(),
+            Protocol::Http2 => b"h2".to_vec(),
+        }];
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            addr,
+            server_name: ServerName::try_from(server_name.to_string())?,
+            host: format!("{server_name}:{}", addr.port()),
+        })
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        tcp.set_nodelay(true)?;
+        let tls = self
+            .connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .context("TLS handshake")?;
+        let (_, session) = tls.get_ref();
+        let peer_certificate = session
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .cloned()
+            .context("server presented no certificate")?;
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(tls);
+        let sender = if h2 {
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            Sender::H1(sender)
+        };
+        Ok(Connection {
+            sender,
+            host: self.host.clone(),
+            peer_certificate,
+        })
+    }
+
+    /// One request on a fresh connection.
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<Reply> {
+        self.connect().await?.post(path, content_type, body).await
+    }
+}
+
+impl Connection {
+    pub fn is_http2(&self) -> bool {
+        matches!(self.sender, Sender::H2(_))
+    }
+
+    pub async fn post(
+        &mut self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<Reply> {
+        let request = Request::post(path)
+            .header(header::HOST, &self.host)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(body.into()))?;
+        let response = match &mut self.sender {
+            Sender::H1(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await?
+            }
+            Sender::H2(sender) => {
+                sender.ready().await?;
+                sender.send_request(request).await?
+            }
+        };
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Reply { status, body })
+    }
+}
