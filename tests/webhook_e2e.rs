@@ -71,6 +71,7 @@ async fn setup_with_cert_paths(
         cert_file: cert,
         key_file: key,
         extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        echo_logs: true,
     })
     .await
     .expect("webhook starts");

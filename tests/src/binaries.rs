@@ -50,6 +50,8 @@ pub struct WebhookOptions<'a> {
     pub cert_file: &'a Path,
     pub key_file: &'a Path,
     pub extra_args: Vec<String>,
+    /// Copy the webhook's log lines to stderr (captured by the test harness, shown on failure).
+    pub echo_logs: bool,
 }
 
 impl WebhookProcess {
@@ -72,7 +74,8 @@ impl WebhookProcess {
             .env("KUBECONFIG", options.kubeconfig)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                // The harness reads the "listening" line, an info event: never filter it out.
+                std::env::var("PREFETCH_CHILD_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -84,11 +87,14 @@ impl WebhookProcess {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
         let sink = logs.clone();
+        let echo = options.echo_logs;
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             let mut addr_tx = Some(addr_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[webhook] {line}");
+                if echo {
+                    eprintln!("[webhook] {line}");
+                }
                 if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
                     && entry["message"] == "prefetch-webhook listening"
                     && let Some(tx) = addr_tx.take()

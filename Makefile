@@ -1,0 +1,44 @@
+# kube-prefetch. `make demo` runs it with no cluster; `make test` runs every test.
+CARGO ?= cargo
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+CRD := manifests/crd/prefetches.cache.techsquad.rocks.yaml
+
+.PHONY: demo test build crd certs lint fmt bench clean
+
+## demo: start the webhook on 127.0.0.1 with throwaway certificates and show its decisions
+demo:
+	$(CARGO) build -q -p prefetch-webhook -p prefetch-tests --bins
+	$(TARGET_DIR)/debug/prefetch-demo
+
+## test: unit, property and end-to-end tests (the e2e tests run the built binaries)
+test:
+	$(CARGO) build --workspace --bins
+	$(CARGO) test --workspace
+
+## build: release binaries
+build:
+	$(CARGO) build --workspace --bins --release --locked
+
+## crd: regenerate the CRD from common/src/api.rs
+crd:
+	$(CARGO) run -q -p prefetch-common --bin prefetch-crdgen > $(CRD)
+
+## certs: CA and serving certificate into certs/, kustomize inputs into manifests/certs/
+certs:
+	$(CARGO) run -q -p prefetch-certs -- --out certs --kustomize-dir manifests/certs
+
+## lint: formatting and clippy, as required before every submission
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## bench: webhook latency under open-loop load, against a bare axum+rustls server (release)
+bench:
+	$(CARGO) build --release -p prefetch-webhook -p prefetch-bench
+	$(TARGET_DIR)/release/webhook-load $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean
