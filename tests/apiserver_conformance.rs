@@ -15,7 +15,10 @@ use prefetch_tests::fixtures::prefetch;
 use serde_json::json;
 
 fn lease(name: &str, labels: serde_json::Value) -> Lease {
-    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "spec": {"holderIdentity": "a"}})).unwrap()
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}, "spec": {"holderIdentity": "a"}}),
+    )
+    .unwrap()
 }
 
 fn api_code(err: kube::Error) -> (u16, String) {
@@ -29,29 +32,68 @@ fn api_code(err: kube::Error) -> (u16, String) {
 async fn create_get_conflicts_and_not_found() {
     let c = TestCluster::start("crud").await.unwrap();
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), &c.namespace);
-    let created = leases.create(&PostParams::default(), &lease("a", json!({}))).await.unwrap();
+    let created = leases
+        .create(&PostParams::default(), &lease("a", json!({})))
+        .await
+        .unwrap();
     assert!(created.metadata.uid.is_some() && created.metadata.resource_version.is_some());
     assert!(created.metadata.creation_timestamp.is_some());
-    assert_eq!(api_code(leases.create(&PostParams::default(), &lease("a", json!({}))).await.unwrap_err()), (409, "AlreadyExists".into()));
-    assert_eq!(api_code(leases.get("missing").await.unwrap_err()), (404, "NotFound".into()));
+    assert_eq!(
+        api_code(
+            leases
+                .create(&PostParams::default(), &lease("a", json!({})))
+                .await
+                .unwrap_err()
+        ),
+        (409, "AlreadyExists".into())
+    );
+    assert_eq!(
+        api_code(leases.get("missing").await.unwrap_err()),
+        (404, "NotFound".into())
+    );
 
     // A write based on a stale resourceVersion conflicts.
     let mut first = leases.get("a").await.unwrap();
     let mut second = first.clone();
     first.spec.as_mut().unwrap().holder_identity = Some("b".into());
-    leases.replace("a", &PostParams::default(), &first).await.unwrap();
+    leases
+        .replace("a", &PostParams::default(), &first)
+        .await
+        .unwrap();
     second.spec.as_mut().unwrap().holder_identity = Some("c".into());
-    assert_eq!(api_code(leases.replace("a", &PostParams::default(), &second).await.unwrap_err()).0, 409);
+    assert_eq!(
+        api_code(
+            leases
+                .replace("a", &PostParams::default(), &second)
+                .await
+                .unwrap_err()
+        )
+        .0,
+        409
+    );
 
     // A no-op patch keeps the resourceVersion (and so triggers no watch event).
     let before = leases.get("a").await.unwrap().resource_version();
     let same = Patch::Merge(json!({"spec": {"holderIdentity": "b"}}));
-    let after = leases.patch("a", &PatchParams::default(), &same).await.unwrap().resource_version();
+    let after = leases
+        .patch("a", &PatchParams::default(), &same)
+        .await
+        .unwrap()
+        .resource_version();
     assert_eq!(before, after);
 
     // Objects go into existing namespaces only.
     let elsewhere: Api<Lease> = Api::namespaced(c.client.clone(), "no-such-namespace");
-    assert_eq!(api_code(elsewhere.create(&PostParams::default(), &lease("x", json!({}))).await.unwrap_err()).0, 404);
+    assert_eq!(
+        api_code(
+            elsewhere
+                .create(&PostParams::default(), &lease("x", json!({})))
+                .await
+                .unwrap_err()
+        )
+        .0,
+        404
+    );
     c.cleanup().await;
 }
 
@@ -61,11 +103,26 @@ async fn lists_select_and_paginate() {
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), &c.namespace);
     for i in 0..5 {
         let tier = if i % 2 == 0 { "even" } else { "odd" };
-        leases.create(&PostParams::default(), &lease(&format!("l{i}"), json!({"tier": tier}))).await.unwrap();
+        leases
+            .create(
+                &PostParams::default(),
+                &lease(&format!("l{i}"), json!({"tier": tier})),
+            )
+            .await
+            .unwrap();
     }
-    let even = leases.list(&ListParams::default().labels("tier=even")).await.unwrap();
-    assert_eq!(even.items.iter().map(|l| l.name_any()).collect::<Vec<_>>(), ["l0", "l2", "l4"]);
-    let set = leases.list(&ListParams::default().labels("tier in (odd),tier!=even")).await.unwrap();
+    let even = leases
+        .list(&ListParams::default().labels("tier=even"))
+        .await
+        .unwrap();
+    assert_eq!(
+        even.items.iter().map(|l| l.name_any()).collect::<Vec<_>>(),
+        ["l0", "l2", "l4"]
+    );
+    let set = leases
+        .list(&ListParams::default().labels("tier in (odd),tier!=even"))
+        .await
+        .unwrap();
     assert_eq!(set.items.len(), 2);
 
     let mut names = Vec::new();
@@ -87,21 +144,68 @@ async fn lists_select_and_paginate() {
 async fn watches_replay_from_a_version_and_follow_selectors() {
     let c = TestCluster::start("watch").await.unwrap();
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), &c.namespace);
-    leases.create(&PostParams::default(), &lease("before", json!({"w": "yes"}))).await.unwrap();
-    let rv = leases.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-    let mut stream = leases.watch(&WatchParams::default().labels("w=yes").timeout(20), &rv).await.unwrap().boxed();
+    leases
+        .create(
+            &PostParams::default(),
+            &lease("before", json!({"w": "yes"})),
+        )
+        .await
+        .unwrap();
+    let rv = leases
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut stream = leases
+        .watch(&WatchParams::default().labels("w=yes").timeout(20), &rv)
+        .await
+        .unwrap()
+        .boxed();
 
-    leases.create(&PostParams::default(), &lease("w", json!({"w": "yes"}))).await.unwrap();
-    leases.create(&PostParams::default(), &lease("other", json!({"w": "no"}))).await.unwrap();
-    leases.patch("w", &PatchParams::default(), &Patch::Merge(json!({"spec": {"holderIdentity": "z"}}))).await.unwrap();
+    leases
+        .create(&PostParams::default(), &lease("w", json!({"w": "yes"})))
+        .await
+        .unwrap();
+    leases
+        .create(&PostParams::default(), &lease("other", json!({"w": "no"})))
+        .await
+        .unwrap();
+    leases
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"holderIdentity": "z"}})),
+        )
+        .await
+        .unwrap();
     // Leaving the selector is a DELETED for this watch; entering it an ADDED.
-    leases.patch("w", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"w": "no"}}}))).await.unwrap();
-    leases.patch("other", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"w": "yes"}}}))).await.unwrap();
+    leases
+        .patch(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"w": "no"}}})),
+        )
+        .await
+        .unwrap();
+    leases
+        .patch(
+            "other",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"w": "yes"}}})),
+        )
+        .await
+        .unwrap();
     leases.delete("other", &Default::default()).await.unwrap();
 
     let mut seen = Vec::new();
     while seen.len() < 5 {
-        let event = tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.expect("event in time").unwrap().unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .expect("event in time")
+            .unwrap()
+            .unwrap();
         match event {
             WatchEvent::Added(l) => seen.push(format!("ADDED {}", l.name_any())),
             WatchEvent::Modified(l) => seen.push(format!("MODIFIED {}", l.name_any())),
@@ -110,7 +214,16 @@ async fn watches_replay_from_a_version_and_follow_selectors() {
             WatchEvent::Error(e) => panic!("watch error {e:?}"),
         }
     }
-    assert_eq!(seen, ["ADDED w", "MODIFIED w", "DELETED w", "ADDED other", "DELETED other"]);
+    assert_eq!(
+        seen,
+        [
+            "ADDED w",
+            "MODIFIED w",
+            "DELETED w",
+            "ADDED other",
+            "DELETED other"
+        ]
+    );
     c.cleanup().await;
 }
 
@@ -118,23 +231,55 @@ async fn watches_replay_from_a_version_and_follow_selectors() {
 async fn status_subresource_and_generation() {
     let c = TestCluster::start("status").await.unwrap();
     let prefetches: Api<Prefetch> = Api::namespaced(c.client.clone(), &c.namespace);
-    let object: Prefetch = serde_json::from_value(prefetch(&c.namespace, "p", json!({"filter_by_labels": {"app": "nginx"}, "retry_after": 60}))).unwrap();
-    let created = prefetches.create(&PostParams::default(), &object).await.unwrap();
+    let object: Prefetch = serde_json::from_value(prefetch(
+        &c.namespace,
+        "p",
+        json!({"filter_by_labels": {"app": "nginx"}, "retry_after": 60}),
+    ))
+    .unwrap();
+    let created = prefetches
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
     assert_eq!(created.metadata.generation, Some(1));
 
     // The status subresource ignores spec; the main resource ignores status.
-    let status_patch = Patch::Merge(json!({"spec": {"retry_after": 999}, "status": {"phase": "RUNNING", "total": 3}}));
-    let after = prefetches.patch_status("p", &PatchParams::default(), &status_patch).await.unwrap();
+    let status_patch = Patch::Merge(
+        json!({"spec": {"retry_after": 999}, "status": {"phase": "RUNNING", "total": 3}}),
+    );
+    let after = prefetches
+        .patch_status("p", &PatchParams::default(), &status_patch)
+        .await
+        .unwrap();
     assert_eq!(after.spec.retry_after, Some(60));
     assert_eq!(after.status.as_ref().unwrap().total, 3);
-    assert_eq!(after.metadata.generation, Some(1), "status writes do not bump generation");
+    assert_eq!(
+        after.metadata.generation,
+        Some(1),
+        "status writes do not bump generation"
+    );
     let main_patch = Patch::Merge(json!({"spec": {"retry_after": 120}, "status": {"total": 99}}));
-    let after = prefetches.patch("p", &PatchParams::default(), &main_patch).await.unwrap();
+    let after = prefetches
+        .patch("p", &PatchParams::default(), &main_patch)
+        .await
+        .unwrap();
     assert_eq!(after.spec.retry_after, Some(120));
     assert_eq!(after.status.as_ref().unwrap().total, 3);
-    assert_eq!(after.metadata.generation, Some(2), "spec changes bump generation");
+    assert_eq!(
+        after.metadata.generation,
+        Some(2),
+        "spec changes bump generation"
+    );
     let labels = Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}));
-    assert_eq!(prefetches.patch("p", &PatchParams::default(), &labels).await.unwrap().metadata.generation, Some(2));
+    assert_eq!(
+        prefetches
+            .patch("p", &PatchParams::default(), &labels)
+            .await
+            .unwrap()
+            .metadata
+            .generation,
+        Some(2)
+    );
     c.cleanup().await;
 }
 
@@ -142,21 +287,35 @@ async fn status_subresource_and_generation() {
 async fn deleting_an_owner_collects_its_dependents() {
     let c = TestCluster::start("gc").await.unwrap();
     let leases: Api<Lease> = Api::namespaced(c.client.clone(), &c.namespace);
-    let owner = leases.create(&PostParams::default(), &lease("owner", json!({}))).await.unwrap();
+    let owner = leases
+        .create(&PostParams::default(), &lease("owner", json!({})))
+        .await
+        .unwrap();
     let mut dependent = lease("dependent", json!({}));
-    dependent.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-        api_version: "coordination.k8s.io/v1".into(),
-        kind: "Lease".into(),
-        name: "owner".into(),
-        uid: owner.uid().unwrap(),
-        ..Default::default()
-    }]);
-    leases.create(&PostParams::default(), &dependent).await.unwrap();
-    leases.create(&PostParams::default(), &lease("bystander", json!({}))).await.unwrap();
+    dependent.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "coordination.k8s.io/v1".into(),
+            kind: "Lease".into(),
+            name: "owner".into(),
+            uid: owner.uid().unwrap(),
+            ..Default::default()
+        },
+    ]);
+    leases
+        .create(&PostParams::default(), &dependent)
+        .await
+        .unwrap();
+    leases
+        .create(&PostParams::default(), &lease("bystander", json!({})))
+        .await
+        .unwrap();
     leases.delete("owner", &Default::default()).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while leases.get_opt("dependent").await.unwrap().is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "dependent never collected");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dependent never collected"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(leases.get_opt("bystander").await.unwrap().is_some());
@@ -171,23 +330,55 @@ async fn expired_versions_and_injected_faults() {
     let dir = prefetch_tests::fixtures::TempDir::new("conformance-faults").unwrap();
     let path = dir.path().join("kubeconfig");
     api.write_kubeconfig(&path).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(&path).unwrap(), &Default::default()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&path).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let client = kube::Client::try_from(config).unwrap();
     let leases: Api<Lease> = Api::namespaced(client, "default");
-    leases.create(&PostParams::default(), &lease("a", json!({}))).await.unwrap();
-    let rv = leases.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-    leases.create(&PostParams::default(), &lease("b", json!({}))).await.unwrap();
+    leases
+        .create(&PostParams::default(), &lease("a", json!({})))
+        .await
+        .unwrap();
+    let rv = leases
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    leases
+        .create(&PostParams::default(), &lease("b", json!({})))
+        .await
+        .unwrap();
     api.compact();
-    let mut stream = leases.watch(&WatchParams::default().timeout(5), &rv).await.unwrap().boxed();
+    let mut stream = leases
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .unwrap()
+        .boxed();
     match stream.try_next().await.unwrap() {
         Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
         other => panic!("expected 410 Expired, got {other:?}"),
     }
 
-    api.inject(Fault { verb: Some("get"), resource: Some("leases"), code: 500 }, 1);
+    api.inject(
+        Fault {
+            verb: Some("get"),
+            resource: Some("leases"),
+            code: 500,
+        },
+        1,
+    );
     assert_eq!(api_code(leases.get("a").await.unwrap_err()).0, 500);
     assert!(leases.get("a").await.is_ok(), "the fault fires once");
     let counts = api.request_counts();
-    let gets = counts.iter().filter(|(k, _)| k.verb == "get" && k.resource == "leases").map(|(_, n)| *n).sum::<u64>();
+    let gets = counts
+        .iter()
+        .filter(|(k, _)| k.verb == "get" && k.resource == "leases")
+        .map(|(_, n)| *n)
+        .sum::<u64>();
     assert_eq!(gets, 2);
 }

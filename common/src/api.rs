@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::limits;
 
 /// Desired state: which Deployments' images to keep pre-pulled on which nodes, and how often.
+// Each printcolumn(...) repeats the same keys; clippy reads them as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "cache.techsquad.rocks",

@@ -312,9 +312,11 @@ mod tests {
     fn an_update_that_no_longer_deserializes_stops_selecting() {
         let index = PrefetchIndex::default();
         index.apply(Event::Apply(prefetch("default", "a", &[("app", "nginx")])));
-        let mut metadata = ObjectMeta::default();
-        metadata.namespace = Some("default".into());
-        metadata.name = Some("a".into());
+        let metadata = ObjectMeta {
+            namespace: Some("default".into()),
+            name: Some("a".into()),
+            ..Default::default()
+        };
         let broken = DeserializeGuard(Err(InvalidObject {
             error: "missing field filter_by_labels".into(),
             metadata,

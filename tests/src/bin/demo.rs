@@ -13,14 +13,21 @@ use kube::api::PostParams;
 use prefetch_common::Prefetch;
 use prefetch_tests::apiserver::TestApiServer;
 use prefetch_tests::binaries::{WebhookOptions, WebhookProcess};
-use prefetch_tests::fixtures::{TempDir, deployment_review, issue_test_certs, nginx_deployment, prefetch, prefetch_review, sample_prefetch};
+use prefetch_tests::fixtures::{
+    TempDir, deployment_review, issue_test_certs, nginx_deployment, prefetch, prefetch_review,
+    sample_prefetch,
+};
 use prefetch_tests::tls_client::{PinnedClient, Protocol, install_crypto_provider};
 use serde_json::{Value, json};
 
 /// ANSI styling, only when printing to a terminal.
 fn style(code: &str, text: &str) -> String {
     use std::io::IsTerminal;
-    if std::io::stdout().is_terminal() { format!("\x1b[{code}m{text}\x1b[0m") } else { text.to_string() }
+    if std::io::stdout().is_terminal() {
+        format!("\x1b[{code}m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
 }
 
 fn heading(n: usize, title: &str) {
@@ -37,7 +44,12 @@ fn show_answer(response: &Value) {
     if allowed {
         println!("   answer   {}", style("32", "ALLOWED"));
     } else {
-        println!("   answer   {} (status {} {})", style("31", "DENIED"), response["status"]["code"], response["status"]["reason"].as_str().unwrap_or(""));
+        println!(
+            "   answer   {} (status {} {})",
+            style("31", "DENIED"),
+            response["status"]["code"],
+            response["status"]["reason"].as_str().unwrap_or("")
+        );
         let message = response["status"]["message"].as_str().unwrap_or("");
         let (head, rest) = message.split_once(": ").unwrap_or(("", message));
         println!("            {head}:");
@@ -47,11 +59,21 @@ fn show_answer(response: &Value) {
     }
     match response.get("patch").and_then(Value::as_str) {
         Some(encoded) => {
-            let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap_or_default();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap_or_default();
             let ops: Vec<Value> = serde_json::from_slice(&decoded).unwrap_or_default();
-            println!("   patch    ({} op(s), JSONPatch, sent base64-encoded)", ops.len());
+            println!(
+                "   patch    ({} op(s), JSONPatch, sent base64-encoded)",
+                ops.len()
+            );
             for op in ops {
-                println!("              {} {} = {}", op["op"].as_str().unwrap_or("?"), op["path"].as_str().unwrap_or("?"), op["value"]);
+                println!(
+                    "              {} {} = {}",
+                    op["op"].as_str().unwrap_or("?"),
+                    op["path"].as_str().unwrap_or("?"),
+                    op["value"]
+                );
             }
         }
         None if allowed => println!("   patch    none"),
@@ -65,8 +87,15 @@ fn show_answer(response: &Value) {
 }
 
 async fn send(client: &PinnedClient, path: &str, review: &Value) -> anyhow::Result<Value> {
-    let reply = client.post(path, "application/json", serde_json::to_vec(review)?).await?;
-    anyhow::ensure!(reply.status == 200, "{path} answered HTTP {}: {}", reply.status, String::from_utf8_lossy(&reply.body));
+    let reply = client
+        .post(path, "application/json", serde_json::to_vec(review)?)
+        .await?;
+    anyhow::ensure!(
+        reply.status == 200,
+        "{path} answered HTTP {}: {}",
+        reply.status,
+        String::from_utf8_lossy(&reply.body)
+    );
     Ok(reply.json()?["response"].clone())
 }
 
@@ -82,10 +111,23 @@ async fn main() -> anyhow::Result<()> {
     api.write_kubeconfig(&kubeconfig)?;
     let client_api = api_client(&kubeconfig).await?;
     let nodes: Api<Node> = Api::all(client_api.clone());
-    for name in ["kind-control-plane", "kind-worker", "kind-worker2", "kind-worker3"] {
-        nodes.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": name}}))?).await?;
+    for name in [
+        "kind-control-plane",
+        "kind-worker",
+        "kind-worker2",
+        "kind-worker3",
+    ] {
+        nodes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+            )
+            .await?;
     }
-    println!("   cluster  stand-in API server {} with nodes kind-control-plane, kind-worker, kind-worker2, kind-worker3", api.url());
+    println!(
+        "   cluster  stand-in API server {} with nodes kind-control-plane, kind-worker, kind-worker2, kind-worker3",
+        api.url()
+    );
     let certs = issue_test_certs(&dir.path().join("certs"))?;
     let webhook = WebhookProcess::start(WebhookOptions {
         kubeconfig: &kubeconfig,
@@ -95,58 +137,136 @@ async fn main() -> anyhow::Result<()> {
         echo_logs: false,
     })
     .await?;
-    println!("   webhook  https://{} (CA pinned: {}), metrics http://{}/metrics", webhook.admission_addr, certs.join("ca.crt").display(), webhook.ops_addr);
-    let client = PinnedClient::new(&std::fs::read(certs.join("ca.crt"))?, webhook.admission_addr, "127.0.0.1", Protocol::Http1)?;
+    println!(
+        "   webhook  https://{} (CA pinned: {}), metrics http://{}/metrics",
+        webhook.admission_addr,
+        certs.join("ca.crt").display(),
+        webhook.ops_addr
+    );
+    let client = PinnedClient::new(
+        &std::fs::read(certs.join("ca.crt"))?,
+        webhook.admission_addr,
+        "127.0.0.1",
+        Protocol::Http1,
+    )?;
 
-    heading(1, "kubectl apply of the original sample Prefetch -> POST /mutate/prefetch (defaulting)");
+    heading(
+        1,
+        "kubectl apply of the original sample Prefetch -> POST /mutate/prefetch (defaulting)",
+    );
     let sample = sample_prefetch("default");
     show_sent("spec", &sample["spec"]);
-    let response = send(&client, "/mutate/prefetch", &prefetch_review("demo-1", "CREATE", sample.clone(), Value::Null)).await?;
+    let response = send(
+        &client,
+        "/mutate/prefetch",
+        &prefetch_review("demo-1", "CREATE", sample.clone(), Value::Null),
+    )
+    .await?;
     show_answer(&response);
 
     heading(2, "the same object -> POST /validate/prefetch");
-    let response = send(&client, "/validate/prefetch", &prefetch_review("demo-2", "CREATE", sample.clone(), Value::Null)).await?;
+    let response = send(
+        &client,
+        "/validate/prefetch",
+        &prefetch_review("demo-2", "CREATE", sample.clone(), Value::Null),
+    )
+    .await?;
     show_answer(&response);
 
-    heading(3, "an invalid Prefetch -> POST /validate/prefetch (every violation, by field)");
-    let invalid = prefetch("default", "broken", json!({"filter_by_labels": {}, "retry_after": 5, "node_filter": "Worker_1", "max_parallel": 0}));
+    heading(
+        3,
+        "an invalid Prefetch -> POST /validate/prefetch (every violation, by field)",
+    );
+    let invalid = prefetch(
+        "default",
+        "broken",
+        json!({"filter_by_labels": {}, "retry_after": 5, "node_filter": "Worker_1", "max_parallel": 0}),
+    );
     show_sent("spec", &invalid["spec"]);
-    let response = send(&client, "/validate/prefetch", &prefetch_review("demo-3", "CREATE", invalid, Value::Null)).await?;
+    let response = send(
+        &client,
+        "/validate/prefetch",
+        &prefetch_review("demo-3", "CREATE", invalid, Value::Null),
+    )
+    .await?;
     show_answer(&response);
 
-    heading(4, "a legal but suspicious Prefetch -> POST /validate/prefetch (warning)");
-    let odd = prefetch("default", "typo", json!({"filter_by_labels": {"app": "nginx"}, "node_filter": "wroker", "retry_afer": 60}));
+    heading(
+        4,
+        "a legal but suspicious Prefetch -> POST /validate/prefetch (warning)",
+    );
+    let odd = prefetch(
+        "default",
+        "typo",
+        json!({"filter_by_labels": {"app": "nginx"}, "node_filter": "wroker", "retry_afer": 60}),
+    );
     show_sent("spec", &odd["spec"]);
-    let response = send(&client, "/validate/prefetch", &prefetch_review("demo-4", "CREATE", odd, Value::Null)).await?;
+    let response = send(
+        &client,
+        "/validate/prefetch",
+        &prefetch_review("demo-4", "CREATE", odd, Value::Null),
+    )
+    .await?;
     show_answer(&response);
 
-    heading(5, "the sample Prefetch is created; the nginx Deployment rolls out nginx:1.7.9 -> nginx:1.25");
+    heading(
+        5,
+        "the sample Prefetch is created; the nginx Deployment rolls out nginx:1.7.9 -> nginx:1.25",
+    );
     let prefetches: Api<Prefetch> = Api::namespaced(client_api, "default");
-    prefetches.create(&PostParams::default(), &serde_json::from_value(sample)?).await?;
-    let old = nginx_deployment("default", "nginx", json!({"app": "nginx"}), &["nginx:1.7.9"]);
+    prefetches
+        .create(&PostParams::default(), &serde_json::from_value(sample)?)
+        .await?;
+    let old = nginx_deployment(
+        "default",
+        "nginx",
+        json!({"app": "nginx"}),
+        &["nginx:1.7.9"],
+    );
     let new = nginx_deployment("default", "nginx", json!({"app": "nginx"}), &["nginx:1.25"]);
     println!("   sent     Deployment default/nginx UPDATE, image nginx:1.7.9 -> nginx:1.25");
     // The webhook learns about the Prefetch from its watch: give the event a moment to land.
     let mut response = Value::Null;
     for _ in 0..100 {
-        response = send(&client, "/mutate/deployment", &deployment_review("demo-5", "UPDATE", new.clone(), old.clone())).await?;
+        response = send(
+            &client,
+            "/mutate/deployment",
+            &deployment_review("demo-5", "UPDATE", new.clone(), old.clone()),
+        )
+        .await?;
         if response.get("patch").is_some() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     show_answer(&response);
-    println!("            (metadata annotations only: the pod template is untouched, so no pods restart)");
+    println!(
+        "            (metadata annotations only: the pod template is untouched, so no pods restart)"
+    );
 
-    heading(6, "the same Deployment re-applied with its image unchanged -> no signal");
-    let response = send(&client, "/mutate/deployment", &deployment_review("demo-6", "UPDATE", new.clone(), new)).await?;
+    heading(
+        6,
+        "the same Deployment re-applied with its image unchanged -> no signal",
+    );
+    let response = send(
+        &client,
+        "/mutate/deployment",
+        &deployment_review("demo-6", "UPDATE", new.clone(), new),
+    )
+    .await?;
     show_answer(&response);
 
-    println!("\nThe reconciler's plan (which prefetch pods on which nodes) joins this demo with prefetch-controller.");
+    println!(
+        "\nThe reconciler's plan (which prefetch pods on which nodes) joins this demo with prefetch-controller."
+    );
     Ok(())
 }
 
 async fn api_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
-    let config = kube::Config::from_custom_kubeconfig(kube::config::Kubeconfig::read_from(kubeconfig)?, &Default::default()).await?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(kubeconfig)?,
+        &Default::default(),
+    )
+    .await?;
     Ok(kube::Client::try_from(config)?)
 }
