@@ -1,5 +1,6 @@
 //! Runs the real binaries of the workspace as child processes.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -37,12 +38,15 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Log lines kept per child process; older ones are dropped.
+pub const MAX_KEPT_LOG_LINES: usize = 10_000;
+
 /// A running prefetch-webhook, killed on drop.
 pub struct WebhookProcess {
     child: Child,
     pub admission_addr: SocketAddr,
     pub ops_addr: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
+    logs: Arc<Mutex<VecDeque<String>>>,
 }
 
 pub struct WebhookOptions<'a> {
@@ -84,7 +88,7 @@ impl WebhookProcess {
             .spawn()
             .context("starting prefetch-webhook")?;
         let stderr = child.stderr.take().context("no stderr")?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
+        let logs = Arc::new(Mutex::new(VecDeque::new()));
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
         let sink = logs.clone();
         let echo = options.echo_logs;
@@ -95,7 +99,10 @@ impl WebhookProcess {
                 if echo {
                     eprintln!("[webhook] {line}");
                 }
-                if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
+                // Only the start-up lines are parsed: under load (the benchmark) this task
+                // shares a thread with the load generator.
+                if addr_tx.is_some()
+                    && let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
                     && entry["message"] == "prefetch-webhook listening"
                     && let Some(tx) = addr_tx.take()
                 {
@@ -104,7 +111,11 @@ impl WebhookProcess {
                         entry["ops"].as_str().map(String::from),
                     ));
                 }
-                sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                let mut logs = sink.lock().unwrap_or_else(|p| p.into_inner());
+                if logs.len() == MAX_KEPT_LOG_LINES {
+                    logs.pop_front();
+                }
+                logs.push_back(line);
             }
         });
         let (admission, ops) = tokio::time::timeout(Duration::from_secs(30), addr_rx)
@@ -138,8 +149,14 @@ impl WebhookProcess {
         }
     }
 
+    /// The most recent log lines (at most [`MAX_KEPT_LOG_LINES`]).
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     pub fn pid(&self) -> Option<u32> {
