@@ -21,6 +21,13 @@ fn lease(name: &str, labels: serde_json::Value) -> Lease {
     .unwrap()
 }
 
+async fn merge(leases: &Api<Lease>, name: &str, patch: serde_json::Value) -> Lease {
+    leases
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap()
+}
+
 fn api_code(err: kube::Error) -> (u16, String) {
     match err {
         kube::Error::Api(status) => (status.code, status.reason),
@@ -172,31 +179,15 @@ async fn watches_replay_from_a_version_and_follow_selectors() {
         .create(&PostParams::default(), &lease("other", json!({"w": "no"})))
         .await
         .unwrap();
-    leases
-        .patch(
-            "w",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"holderIdentity": "z"}})),
-        )
-        .await
-        .unwrap();
+    merge(&leases, "w", json!({"spec": {"holderIdentity": "z"}})).await;
     // Leaving the selector is a DELETED for this watch; entering it an ADDED.
-    leases
-        .patch(
-            "w",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"w": "no"}}})),
-        )
-        .await
-        .unwrap();
-    leases
-        .patch(
-            "other",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"w": "yes"}}})),
-        )
-        .await
-        .unwrap();
+    merge(&leases, "w", json!({"metadata": {"labels": {"w": "no"}}})).await;
+    merge(
+        &leases,
+        "other",
+        json!({"metadata": {"labels": {"w": "yes"}}}),
+    )
+    .await;
     leases.delete("other", &Default::default()).await.unwrap();
 
     let mut seen = Vec::new();
@@ -330,13 +321,7 @@ async fn expired_versions_and_injected_faults() {
     let dir = prefetch_tests::fixtures::TempDir::new("conformance-faults").unwrap();
     let path = dir.path().join("kubeconfig");
     api.write_kubeconfig(&path).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&path).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let client = kube::Client::try_from(config).unwrap();
+    let client = prefetch_tests::cluster::client_for(&path).await.unwrap();
     let leases: Api<Lease> = Api::namespaced(client, "default");
     leases
         .create(&PostParams::default(), &lease("a", json!({})))

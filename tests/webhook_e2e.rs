@@ -67,9 +67,9 @@ async fn setup_with_cert_paths(
         }
     }
     let webhook = WebhookProcess::start(WebhookOptions {
-        kubeconfig: &cluster.kubeconfig,
-        cert_file: cert,
-        key_file: key,
+        kubeconfig: cluster.kubeconfig.clone(),
+        cert_file: cert.to_path_buf(),
+        key_file: key.to_path_buf(),
         extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         echo_logs: true,
     })

@@ -19,6 +19,7 @@ use kube::api::PostParams;
 use prefetch_common::Prefetch;
 use prefetch_tests::apiserver::TestApiServer;
 use prefetch_tests::binaries::{WebhookOptions, WebhookProcess};
+use prefetch_tests::cluster::client_for;
 use prefetch_tests::fixtures::{
     TempDir, deployment_review, issue_test_certs, prefetch, realistic_deployment,
 };
@@ -97,13 +98,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let api = TestApiServer::start().await?;
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig)?;
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig)?,
-            &Default::default(),
-        )
-        .await?,
-    )?;
+    let client = client_for(&kubeconfig).await?;
     let object: Prefetch = serde_json::from_value(prefetch(
         "default",
         "bench",
@@ -112,14 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Api::<Prefetch>::namespaced(client, "default")
         .create(&PostParams::default(), &object)
         .await?;
-    let webhook = WebhookProcess::start(WebhookOptions {
-        kubeconfig: &kubeconfig,
-        cert_file: &certs.join("tls.crt"),
-        key_file: &certs.join("tls.key"),
-        extra_args: vec![],
-        echo_logs: false,
-    })
-    .await?;
+    let webhook = WebhookProcess::start(WebhookOptions::with_cert_dir(&kubeconfig, &certs)).await?;
     let (bare_addr, _bare) = start_bare(&certs).await?;
 
     let bodies = review_bodies(256)?;

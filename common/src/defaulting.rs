@@ -107,27 +107,16 @@ mod tests {
     }
 
     fn any_spec() -> impl Strategy<Value = Value> {
-        let names = [
-            "filter_by_labels",
-            "node_filter",
-            "retry_after",
-            "node_selector",
-            "max_parallel",
-            "pull_timeout",
-            "tolerations",
-            "priority_class_name",
-            "extra",
-        ];
-        prop::collection::vec((prop::sample::select(names.to_vec()), any_json()), 0..9).prop_map(
-            |fields| {
-                Value::Object(
-                    fields
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect(),
-                )
-            },
-        )
+        let mut names = crate::validation::KNOWN_SPEC_FIELDS.to_vec();
+        names.push("extra");
+        prop::collection::vec((prop::sample::select(names), any_json()), 0..9).prop_map(|fields| {
+            Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            )
+        })
     }
 
     proptest! {

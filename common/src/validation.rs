@@ -68,7 +68,8 @@ impl Default for ValidationContext<'_> {
     }
 }
 
-const KNOWN_SPEC_FIELDS: [&str; 8] = [
+/// The spec fields of `cache.techsquad.rocks/v1` Prefetch.
+pub const KNOWN_SPEC_FIELDS: [&str; 8] = [
     "filter_by_labels",
     "node_filter",
     "retry_after",

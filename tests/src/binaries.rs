@@ -49,18 +49,31 @@ pub struct WebhookProcess {
     logs: Arc<Mutex<VecDeque<String>>>,
 }
 
-pub struct WebhookOptions<'a> {
-    pub kubeconfig: &'a Path,
-    pub cert_file: &'a Path,
-    pub key_file: &'a Path,
+pub struct WebhookOptions {
+    pub kubeconfig: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
     pub extra_args: Vec<String>,
     /// Copy the webhook's log lines to stderr (captured by the test harness, shown on failure).
     pub echo_logs: bool,
 }
 
+impl WebhookOptions {
+    /// Serving `tls.crt`/`tls.key` from `cert_dir` (as written by `prefetch-certs`).
+    pub fn with_cert_dir(kubeconfig: &Path, cert_dir: &Path) -> Self {
+        Self {
+            kubeconfig: kubeconfig.to_path_buf(),
+            cert_file: cert_dir.join("tls.crt"),
+            key_file: cert_dir.join("tls.key"),
+            extra_args: Vec::new(),
+            echo_logs: false,
+        }
+    }
+}
+
 impl WebhookProcess {
     /// Starts the webhook on 127.0.0.1 with OS-chosen ports and waits until it reports them.
-    pub async fn start(options: WebhookOptions<'_>) -> anyhow::Result<Self> {
+    pub async fn start(options: WebhookOptions) -> anyhow::Result<Self> {
         let mut child = Command::new(binary("prefetch-webhook")?)
             .args([
                 "--listen-addr",
@@ -71,11 +84,11 @@ impl WebhookProcess {
                 "json",
             ])
             .arg("--tls-cert-file")
-            .arg(options.cert_file)
+            .arg(&options.cert_file)
             .arg("--tls-key-file")
-            .arg(options.key_file)
+            .arg(&options.key_file)
             .args(&options.extra_args)
-            .env("KUBECONFIG", options.kubeconfig)
+            .env("KUBECONFIG", &options.kubeconfig)
             .env(
                 "RUST_LOG",
                 // The harness reads the "listening" line, an info event: never filter it out.

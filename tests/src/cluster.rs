@@ -2,7 +2,7 @@
 //! by `PREFETCH_E2E_KUBECONFIG`. Tests talk to either through a kube Client and a kubeconfig
 //! file, so the same test exercises both.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Namespace;
@@ -26,6 +26,17 @@ pub struct TestCluster {
     pub dir: TempDir,
 }
 
+/// A kube Client for the cluster a kubeconfig file names.
+pub async fn client_for(kubeconfig: &Path) -> anyhow::Result<Client> {
+    let config = Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    Ok(Client::try_from(config)?)
+}
+
 impl TestCluster {
     pub async fn start(test: &str) -> anyhow::Result<Self> {
         crate::tls_client::install_crypto_provider();
@@ -39,13 +50,7 @@ impl TestCluster {
                 (Some(api), path)
             }
         };
-        let config = Config::from_custom_kubeconfig(
-            Kubeconfig::read_from(&kubeconfig)?,
-            &KubeConfigOptions::default(),
-        )
-        .await
-        .context("reading the kubeconfig")?;
-        let client = Client::try_from(config)?;
+        let client = client_for(&kubeconfig).await?;
         let suffix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos()

@@ -126,31 +126,30 @@ pub const PREFETCH_GVR: (&str, &str, &str, &str) =
 pub const DEPLOYMENT_GVR: (&str, &str, &str, &str) = ("apps", "v1", "Deployment", "deployments");
 
 pub fn prefetch_review(uid: &str, operation: &str, object: Value, old: Value) -> Value {
-    let ns = object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_string();
-    let name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    admission_review(uid, PREFETCH_GVR, operation, &ns, &name, object, old)
+    review_of(PREFETCH_GVR, uid, operation, object, old)
 }
 
 pub fn deployment_review(uid: &str, operation: &str, object: Value, old: Value) -> Value {
-    let ns = object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_string();
-    let name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    admission_review(uid, DEPLOYMENT_GVR, operation, &ns, &name, object, old)
+    review_of(DEPLOYMENT_GVR, uid, operation, object, old)
+}
+
+/// A review whose namespace and name come from the object's metadata.
+fn review_of(
+    gvr: (&str, &str, &str, &str),
+    uid: &str,
+    operation: &str,
+    object: Value,
+    old: Value,
+) -> Value {
+    let meta = |field: &str, default: &str| {
+        object
+            .pointer(&format!("/metadata/{field}"))
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_string()
+    };
+    let (ns, name) = (meta("namespace", "default"), meta("name", ""));
+    admission_review(uid, gvr, operation, &ns, &name, object, old)
 }
 
 /// Issues a CA and a serving certificate for 127.0.0.1/localhost with the `certs` code, into

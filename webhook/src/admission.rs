@@ -177,24 +177,36 @@ fn describe(request: &AdmissionRequest<DynamicObject>) -> String {
     format!("{group}{}/{}", k.version, k.kind)
 }
 
-fn mutate_prefetch(request: &AdmissionRequest<DynamicObject>) -> Answer {
+/// The Prefetch a Prefetch endpoint is asked about, or the answer when there is none: a
+/// misrouted kind is allowed with a warning (a misconfigured webhook must not block other
+/// resources), and DELETE or CONNECT have nothing to check.
+fn prefetch_object(
+    request: &AdmissionRequest<DynamicObject>,
+    endpoint: Endpoint,
+) -> Result<&DynamicObject, Box<Answer>> {
     if !is_prefetch(request) {
         let mut answer = Answer::allow(
             &request.uid,
             format!("not a Prefetch ({})", describe(request)),
         );
         answer.warnings.push(format!(
-            "prefetch-webhook: /mutate/prefetch ignores {}; check the webhook configuration",
+            "prefetch-webhook: {} ignores {}; check the webhook configuration",
+            endpoint.path(),
             describe(request)
         ));
-        return answer;
+        return Err(Box::new(answer));
     }
-    let Some(object) = request
+    request
         .object
         .as_ref()
         .filter(|_| matches!(request.operation, Operation::Create | Operation::Update))
-    else {
-        return Answer::allow(&request.uid, "nothing to default");
+        .ok_or_else(|| Box::new(Answer::allow(&request.uid, "no object to admit")))
+}
+
+fn mutate_prefetch(request: &AdmissionRequest<DynamicObject>) -> Answer {
+    let object = match prefetch_object(request, Endpoint::MutatePrefetch) {
+        Ok(object) => object,
+        Err(answer) => return *answer,
     };
     let patch = default_patch(&object.data);
     let why = if patch.0.is_empty() {
@@ -206,23 +218,9 @@ fn mutate_prefetch(request: &AdmissionRequest<DynamicObject>) -> Answer {
 }
 
 fn validate(request: &AdmissionRequest<DynamicObject>, caches: &Caches<'_>) -> Answer {
-    if !is_prefetch(request) {
-        let mut answer = Answer::allow(
-            &request.uid,
-            format!("not a Prefetch ({})", describe(request)),
-        );
-        answer.warnings.push(format!(
-            "prefetch-webhook: /validate/prefetch ignores {}; check the webhook configuration",
-            describe(request)
-        ));
-        return answer;
-    }
-    let Some(object) = request
-        .object
-        .as_ref()
-        .filter(|_| matches!(request.operation, Operation::Create | Operation::Update))
-    else {
-        return Answer::allow(&request.uid, "nothing to validate");
+    let object = match prefetch_object(request, Endpoint::ValidatePrefetch) {
+        Ok(object) => object,
+        Err(answer) => return *answer,
     };
     let data = &object.data;
     let node_names = caches.nodes.snapshot();

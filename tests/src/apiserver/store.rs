@@ -411,14 +411,11 @@ impl Shared {
             ));
         }
         inner.uid += 1;
-        inner.rv += 1;
-        let rv = inner.rv;
         meta.insert("name".into(), json!(name));
         meta.insert(
             "uid".into(),
             json!(format!("00000000-0000-4000-8000-{:012x}", inner.uid)),
         );
-        meta.insert("resourceVersion".into(), json!(rv.to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
         meta.remove("deletionTimestamp");
         if rt.generation {
@@ -427,19 +424,7 @@ impl Shared {
         obj["apiVersion"] = json!(rt.api_version());
         obj["kind"] = json!(rt.kind);
         prepare_create_status(rt, &mut obj);
-        inner.objects.insert(key, obj.clone());
-        self.record(
-            &mut inner,
-            Change {
-                rv,
-                rt,
-                namespace: ns_of(rt, ns),
-                kind: ChangeKind::Added,
-                object: obj.clone(),
-                previous: None,
-            },
-        );
-        Ok(obj)
+        Ok(self.commit(&mut inner, key, ChangeKind::Added, obj, None))
     }
 
     /// Replaces the stored object by `update(old)`. `status_only` writes keep everything but
@@ -522,22 +507,7 @@ impl Shared {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             new["metadata"]["generation"] = json!(generation);
         }
-        inner.rv += 1;
-        let rv = inner.rv;
-        new["metadata"]["resourceVersion"] = json!(rv.to_string());
-        inner.objects.insert(key, new.clone());
-        self.record(
-            &mut inner,
-            Change {
-                rv,
-                rt,
-                namespace: ns_of(rt, ns),
-                kind: ChangeKind::Modified,
-                object: new.clone(),
-                previous: Some(old),
-            },
-        );
-        Ok(new)
+        Ok(self.commit(&mut inner, key, ChangeKind::Modified, new, Some(old)))
     }
 
     pub fn delete(
@@ -593,23 +563,41 @@ impl Shared {
     }
 
     fn remove(&self, inner: &mut Inner, key: ObjectKey) -> Option<Value> {
-        let mut obj = inner.objects.remove(&key)?;
+        let obj = inner.objects.get(&key)?.clone();
+        Some(self.commit(inner, key, ChangeKind::Deleted, obj, None))
+    }
+
+    /// Takes the next resourceVersion, stamps it on `object`, stores (or, for a deletion,
+    /// removes) it, and logs the change for watches.
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        key: ObjectKey,
+        kind: ChangeKind,
+        mut object: Value,
+        previous: Option<Value>,
+    ) -> Value {
         inner.rv += 1;
         let rv = inner.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let (rt, ns, _) = key;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if kind == ChangeKind::Deleted {
+            inner.objects.remove(&key);
+        } else {
+            inner.objects.insert(key.clone(), object.clone());
+        }
+        let (rt, namespace, _) = key;
         self.record(
             inner,
             Change {
                 rv,
                 rt,
-                namespace: ns,
-                kind: ChangeKind::Deleted,
-                object: obj.clone(),
-                previous: None,
+                namespace,
+                kind,
+                object: object.clone(),
+                previous,
             },
         );
-        Some(obj)
+        object
     }
 }
 

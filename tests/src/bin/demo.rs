@@ -13,6 +13,7 @@ use kube::api::PostParams;
 use prefetch_common::Prefetch;
 use prefetch_tests::apiserver::TestApiServer;
 use prefetch_tests::binaries::{WebhookOptions, WebhookProcess};
+use prefetch_tests::cluster::client_for;
 use prefetch_tests::fixtures::{
     TempDir, deployment_review, issue_test_certs, nginx_deployment, prefetch, prefetch_review,
     sample_prefetch,
@@ -109,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     let api = TestApiServer::start().await?;
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig)?;
-    let client_api = api_client(&kubeconfig).await?;
+    let client_api = client_for(&kubeconfig).await?;
     let nodes: Api<Node> = Api::all(client_api.clone());
     for name in [
         "kind-control-plane",
@@ -129,14 +130,7 @@ async fn main() -> anyhow::Result<()> {
         api.url()
     );
     let certs = issue_test_certs(&dir.path().join("certs"))?;
-    let webhook = WebhookProcess::start(WebhookOptions {
-        kubeconfig: &kubeconfig,
-        cert_file: &certs.join("tls.crt"),
-        key_file: &certs.join("tls.key"),
-        extra_args: vec![],
-        echo_logs: false,
-    })
-    .await?;
+    let webhook = WebhookProcess::start(WebhookOptions::with_cert_dir(&kubeconfig, &certs)).await?;
     println!(
         "   webhook  https://{} (CA pinned: {}), metrics http://{}/metrics",
         webhook.admission_addr,
@@ -260,13 +254,4 @@ async fn main() -> anyhow::Result<()> {
         "\nThe reconciler's plan (which prefetch pods on which nodes) joins this demo with prefetch-controller."
     );
     Ok(())
-}
-
-async fn api_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(kubeconfig)?,
-        &Default::default(),
-    )
-    .await?;
-    Ok(kube::Client::try_from(config)?)
 }
