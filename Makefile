@@ -7,7 +7,7 @@ CRD := manifests/crd/prefetches.cache.techsquad.rocks.yaml
 
 ## demo: start the webhook on 127.0.0.1 with throwaway certificates and show its decisions
 demo:
-	$(CARGO) build -q -p prefetch-webhook -p prefetch-tests --bins
+	$(CARGO) build -q -p prefetch-webhook -p prefetch-controller -p prefetch-tests --bins
 	$(TARGET_DIR)/debug/prefetch-demo
 
 ## test: unit, property and end-to-end tests (the e2e tests run the built binaries)

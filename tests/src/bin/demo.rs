@@ -250,8 +250,24 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     show_answer(&response);
 
-    println!(
-        "\nThe reconciler's plan (which prefetch pods on which nodes) joins this demo with prefetch-controller."
+    heading(
+        7,
+        "the reconciler's plan for the walkthrough cluster: prefetch-controller plan -f examples/cluster.yaml",
     );
+    let cluster = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster.yaml");
+    let output =
+        std::process::Command::new(prefetch_tests::binaries::binary("prefetch-controller")?)
+            .arg("plan")
+            .arg("-f")
+            .arg(&cluster)
+            .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "plan failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        println!("   {line}");
+    }
     Ok(())
 }

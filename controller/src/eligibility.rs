@@ -1,0 +1,335 @@
+//! Whether a node should get prefetch pods for a Prefetch, and if not, why not.
+
+use std::fmt;
+
+use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+use prefetch_common::PrefetchSpec;
+use prefetch_common::labels::selects;
+
+/// Why a node is not targeted. The order of the variants is the order of the checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// Its name does not contain `spec.node_filter`.
+    NameFilter { filter: String },
+    /// Its labels do not match `spec.node_selector`.
+    NodeSelector,
+    /// Being deleted.
+    Deleting,
+    /// Not a Linux node (the noop binary and the pod shape are Linux-only).
+    NotLinux { os: String },
+    /// Cordoned (`spec.unschedulable`).
+    Unschedulable,
+    /// Its Ready condition is not True.
+    NotReady,
+    /// A NoSchedule or NoExecute taint that `spec.tolerations` does not tolerate.
+    Taint { taint: String },
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::NameFilter { filter } => {
+                write!(f, "name does not contain node_filter {filter:?}")
+            }
+            SkipReason::NodeSelector => write!(f, "labels do not match node_selector"),
+            SkipReason::Deleting => write!(f, "being deleted"),
+            SkipReason::NotLinux { os } => write!(f, "not a Linux node ({os})"),
+            SkipReason::Unschedulable => write!(f, "cordoned (unschedulable)"),
+            SkipReason::NotReady => write!(f, "not Ready"),
+            SkipReason::Taint { taint } => write!(f, "taint {taint} not tolerated"),
+        }
+    }
+}
+
+/// `None` when the node is targeted.
+pub fn skip_reason(node: &Node, spec: &PrefetchSpec) -> Option<SkipReason> {
+    let name = node.metadata.name.as_deref().unwrap_or("");
+    let filter = spec.node_filter();
+    if !name.contains(filter) {
+        return Some(SkipReason::NameFilter {
+            filter: filter.to_string(),
+        });
+    }
+    if let Some(selector) = &spec.node_selector
+        && !selects(selector, node.metadata.labels.as_ref())
+    {
+        return Some(SkipReason::NodeSelector);
+    }
+    if node.metadata.deletion_timestamp.is_some() {
+        return Some(SkipReason::Deleting);
+    }
+    let os = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/os"))
+        .map(String::as_str)
+        .or_else(|| {
+            node.status
+                .as_ref()?
+                .node_info
+                .as_ref()
+                .map(|i| i.operating_system.as_str())
+        });
+    if let Some(os) = os
+        && os != "linux"
+    {
+        return Some(SkipReason::NotLinux { os: os.to_string() });
+    }
+    let spec_ = node.spec.as_ref();
+    if spec_.and_then(|s| s.unschedulable).unwrap_or(false) {
+        return Some(SkipReason::Unschedulable);
+    }
+    if !is_ready(node) {
+        return Some(SkipReason::NotReady);
+    }
+    let tolerations = spec.tolerations.as_deref().unwrap_or(&[]);
+    for taint in spec_.and_then(|s| s.taints.as_deref()).unwrap_or(&[]) {
+        let blocks = matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute");
+        if blocks && !tolerations.iter().any(|t| tolerates(t, taint)) {
+            let value = taint
+                .value
+                .as_deref()
+                .map(|v| format!("={v}"))
+                .unwrap_or_default();
+            return Some(SkipReason::Taint {
+                taint: format!("{}{value}:{}", taint.key, taint.effect),
+            });
+        }
+    }
+    None
+}
+
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// `Toleration.ToleratesTaint` of k8s.io/api/core/v1.
+pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect = toleration.effect.as_deref().unwrap_or("");
+    if !effect.is_empty() && effect != taint.effect {
+        return false;
+    }
+    let key = toleration.key.as_deref().unwrap_or("");
+    if !key.is_empty() && key != taint.key {
+        return false;
+    }
+    match toleration.operator.as_deref().unwrap_or("Equal") {
+        "Exists" => true,
+        "Equal" => {
+            toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or("")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(value: serde_json::Value) -> Node {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// A Ready Linux node with `extra` merged into its JSON.
+    fn ready(name: &str, extra: serde_json::Value) -> Node {
+        let mut base = json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+        });
+        merge(&mut base, extra);
+        node(base)
+    }
+
+    fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+        match (base, extra) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+                for (k, v) in e {
+                    merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (b, e) => *b = e,
+        }
+    }
+
+    fn spec(value: serde_json::Value) -> PrefetchSpec {
+        let mut base = json!({"filter_by_labels": {"app": "nginx"}});
+        merge(&mut base, value);
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn node_filter_is_a_substring_and_empty_matches_all() {
+        let worker = ready("kind-worker2", json!({}));
+        assert_eq!(
+            skip_reason(&worker, &spec(json!({"node_filter": "worker"}))),
+            None
+        );
+        assert_eq!(skip_reason(&worker, &spec(json!({}))), None);
+        assert_eq!(
+            skip_reason(&worker, &spec(json!({"node_filter": ""}))),
+            None
+        );
+        assert_eq!(
+            skip_reason(
+                &ready("kind-control-plane", json!({})),
+                &spec(json!({"node_filter": "worker"}))
+            ),
+            Some(SkipReason::NameFilter {
+                filter: "worker".into()
+            })
+        );
+    }
+
+    #[test]
+    fn node_selector_needs_every_label() {
+        let gpu = ready(
+            "n",
+            json!({"metadata": {"labels": {"accelerator": "gpu", "zone": "a"}}}),
+        );
+        assert_eq!(
+            skip_reason(
+                &gpu,
+                &spec(json!({"node_selector": {"accelerator": "gpu"}}))
+            ),
+            None
+        );
+        assert_eq!(
+            skip_reason(
+                &gpu,
+                &spec(json!({"node_selector": {"accelerator": "gpu", "zone": "b"}}))
+            ),
+            Some(SkipReason::NodeSelector)
+        );
+    }
+
+    #[test]
+    fn not_ready_unschedulable_non_linux_and_deleting_nodes_are_skipped() {
+        let s = spec(json!({}));
+        let not_ready = ready(
+            "n",
+            json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+        );
+        assert_eq!(skip_reason(&not_ready, &s), Some(SkipReason::NotReady));
+        let unknown = ready(
+            "n",
+            json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}),
+        );
+        assert_eq!(skip_reason(&unknown, &s), Some(SkipReason::NotReady));
+        assert_eq!(
+            skip_reason(&node(json!({"metadata": {"name": "n"}})), &s),
+            Some(SkipReason::NotReady)
+        );
+        let cordoned = ready("n", json!({"spec": {"unschedulable": true}}));
+        assert_eq!(skip_reason(&cordoned, &s), Some(SkipReason::Unschedulable));
+        let windows = ready(
+            "n",
+            json!({"metadata": {"labels": {"kubernetes.io/os": "windows"}}}),
+        );
+        assert_eq!(
+            skip_reason(&windows, &s),
+            Some(SkipReason::NotLinux {
+                os: "windows".into()
+            })
+        );
+        let windows_by_info = node(json!({"metadata": {"name": "n"},
+            "status": {"nodeInfo": {"operatingSystem": "windows", "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
+                "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "osImage": "", "systemUUID": ""},
+                "conditions": [{"type": "Ready", "status": "True"}]}}));
+        assert_eq!(
+            skip_reason(&windows_by_info, &s),
+            Some(SkipReason::NotLinux {
+                os: "windows".into()
+            })
+        );
+        let deleting = ready(
+            "n",
+            json!({"metadata": {"deletionTimestamp": "2026-11-22T00:00:00Z"}}),
+        );
+        assert_eq!(skip_reason(&deleting, &s), Some(SkipReason::Deleting));
+    }
+
+    #[test]
+    fn control_plane_taint_is_honoured_unless_tolerated() {
+        let cp = ready(
+            "kind-control-plane",
+            json!({"spec": {"taints": [
+            {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}}),
+        );
+        assert_eq!(
+            skip_reason(&cp, &spec(json!({}))),
+            Some(SkipReason::Taint {
+                taint: "node-role.kubernetes.io/control-plane:NoSchedule".into()
+            })
+        );
+        let tolerated = spec(
+            json!({"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]}),
+        );
+        assert_eq!(skip_reason(&cp, &tolerated), None);
+        let everything = spec(json!({"tolerations": [{"operator": "Exists"}]}));
+        assert_eq!(skip_reason(&cp, &everything), None);
+        // PreferNoSchedule never keeps a pod off a node.
+        let soft = ready(
+            "n",
+            json!({"spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}}),
+        );
+        assert_eq!(skip_reason(&soft, &spec(json!({}))), None);
+    }
+
+    #[test]
+    fn toleration_matching_follows_kubernetes() {
+        let taint = |key: &str, value: Option<&str>, effect: &str| Taint {
+            key: key.into(),
+            value: value.map(Into::into),
+            effect: effect.into(),
+            ..Default::default()
+        };
+        let tol = |v: serde_json::Value| -> Toleration { serde_json::from_value(v).unwrap() };
+        let gpu = taint("dedicated", Some("gpu"), "NoSchedule");
+        assert!(tolerates(
+            &tol(json!({"key": "dedicated", "value": "gpu"})),
+            &gpu
+        ));
+        assert!(tolerates(
+            &tol(
+                json!({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"})
+            ),
+            &gpu
+        ));
+        assert!(!tolerates(
+            &tol(json!({"key": "dedicated", "value": "cpu"})),
+            &gpu
+        ));
+        assert!(!tolerates(
+            &tol(json!({"key": "dedicated", "value": "gpu", "effect": "NoExecute"})),
+            &gpu
+        ));
+        assert!(tolerates(
+            &tol(json!({"key": "dedicated", "operator": "Exists"})),
+            &gpu
+        ));
+        assert!(!tolerates(
+            &tol(json!({"key": "other", "operator": "Exists"})),
+            &gpu
+        ));
+        assert!(tolerates(
+            &tol(json!({"operator": "Exists", "effect": "NoSchedule"})),
+            &gpu
+        ));
+        assert!(!tolerates(
+            &tol(json!({"key": "dedicated", "operator": "Bogus"})),
+            &gpu
+        ));
+        let bare = taint("flag", None, "NoExecute");
+        assert!(tolerates(&tol(json!({"key": "flag"})), &bare));
+        assert!(!tolerates(
+            &tol(json!({"key": "flag", "value": "x"})),
+            &bare
+        ));
+    }
+}

@@ -1,0 +1,9 @@
+//! prefetch-controller's pure core: which nodes a Prefetch targets (and why others are
+//! skipped), which images each still needs, and the prefetch pod for a node. The reconciler
+//! around it (issue 3, in progress) only moves these decisions to and from the API server.
+
+pub mod eligibility;
+pub mod naming;
+pub mod plan;
+pub mod plan_command;
+pub mod pod;

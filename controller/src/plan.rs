@@ -1,0 +1,320 @@
+//! Which images a Prefetch wants on which nodes: the selected Deployments' images, the nodes
+//! that qualify (with the reason each other node is skipped), and per node the images it
+//! still needs and those it already lists in `node.status.images`.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+use prefetch_common::Prefetch;
+use prefetch_common::images::{normalize, pod_spec_images};
+use prefetch_common::labels::selects;
+
+use crate::eligibility::{SkipReason, skip_reason};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    pub node: String,
+    /// Images the node still needs: a prefetch pod pulls these.
+    pub pull: Vec<String>,
+    /// Images the node already lists: done without a pod.
+    pub present: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub node: String,
+    pub reason: SkipReason,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImagePlan {
+    /// Names of the selected Deployments.
+    pub deployments: Vec<String>,
+    /// Their images: containers and initContainers, normalized, sorted, de-duplicated.
+    pub images: Vec<String>,
+    /// Image references that do not parse, as "deployment: error" (never prefetched).
+    pub invalid_images: Vec<String>,
+    /// imagePullSecrets of the selected Deployments, for the prefetch pods.
+    pub pull_secrets: Vec<String>,
+    /// Targeted nodes, by name.
+    pub targets: Vec<NodePlan>,
+    /// Nodes not targeted, by name, with why.
+    pub skipped: Vec<Skipped>,
+}
+
+impl ImagePlan {
+    /// Node x image pairs of a round.
+    pub fn total_pairs(&self) -> usize {
+        self.targets.len() * self.images.len()
+    }
+}
+
+/// The images a node reports, normalized like the Deployments' images.
+pub fn node_images(node: &Node) -> BTreeSet<String> {
+    node.status
+        .as_ref()
+        .and_then(|s| s.images.as_ref())
+        .into_iter()
+        .flatten()
+        .flat_map(|image| image.names.iter().flatten())
+        .filter_map(|name| normalize(name).ok())
+        .collect()
+}
+
+/// Whether `deployment` is selected by `prefetch`: same namespace, labels match, not deleted.
+pub fn selects_deployment(prefetch: &Prefetch, deployment: &Deployment) -> bool {
+    let selector = &prefetch.spec.filter_by_labels;
+    !selector.is_empty()
+        && deployment.metadata.namespace == prefetch.metadata.namespace
+        && deployment.metadata.deletion_timestamp.is_none()
+        && selects(selector, deployment.metadata.labels.as_ref())
+}
+
+pub fn plan_images(prefetch: &Prefetch, deployments: &[Deployment], nodes: &[Node]) -> ImagePlan {
+    let mut plan = ImagePlan::default();
+    let mut images = BTreeSet::new();
+    let mut secrets = BTreeSet::new();
+    for deployment in deployments
+        .iter()
+        .filter(|d| selects_deployment(prefetch, d))
+    {
+        let name = deployment.metadata.name.clone().unwrap_or_default();
+        let Some(pod_spec) = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+        else {
+            continue;
+        };
+        let found = pod_spec_images(pod_spec);
+        images.extend(found.images);
+        plan.invalid_images
+            .extend(found.invalid.iter().map(|e| format!("{name}: {e}")));
+        secrets.extend(
+            pod_spec
+                .image_pull_secrets
+                .iter()
+                .flatten()
+                .map(|s| s.name.clone())
+                .filter(|s| !s.is_empty()),
+        );
+        plan.deployments.push(name);
+    }
+    plan.deployments.sort();
+    plan.images = images.into_iter().collect();
+    plan.pull_secrets = secrets.into_iter().collect();
+
+    let mut nodes: Vec<&Node> = nodes.iter().collect();
+    nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    for node in nodes {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        match skip_reason(node, &prefetch.spec) {
+            Some(reason) => plan.skipped.push(Skipped { node: name, reason }),
+            None => {
+                let on_node = node_images(node);
+                let (present, pull) = plan
+                    .images
+                    .iter()
+                    .cloned()
+                    .partition(|image| on_node.contains(image));
+                plan.targets.push(NodePlan {
+                    node: name,
+                    pull,
+                    present,
+                });
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn prefetch(ns: &str, spec: Value) -> Prefetch {
+        let mut p = Prefetch::new("p", serde_json::from_value(spec).unwrap());
+        p.metadata.namespace = Some(ns.into());
+        p
+    }
+
+    fn deployment(
+        ns: &str,
+        name: &str,
+        labels: Value,
+        images: &[&str],
+        init: &[&str],
+        secrets: &[&str],
+    ) -> Deployment {
+        let containers: Vec<Value> = images
+            .iter()
+            .map(|i| json!({"name": "c", "image": i}))
+            .collect();
+        let inits: Vec<Value> = init
+            .iter()
+            .map(|i| json!({"name": "i", "image": i}))
+            .collect();
+        let secrets: Vec<Value> = secrets.iter().map(|s| json!({"name": s})).collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"selector": {}, "template": {"spec": {"containers": containers, "initContainers": inits, "imagePullSecrets": secrets}}}
+        }))
+        .unwrap()
+    }
+
+    fn node(name: &str, taints: Value, images: Value) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}},
+            "spec": {"taints": taints},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "images": images}
+        }))
+        .unwrap()
+    }
+
+    fn walkthrough_nodes() -> Vec<Node> {
+        vec![
+            node("kind-worker3", json!([]), json!([])),
+            node(
+                "kind-control-plane",
+                json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]),
+                json!([]),
+            ),
+            node(
+                "kind-worker",
+                json!([]),
+                json!([{"names": ["docker.io/library/nginx@sha256:0123456789abcdef0123456789abcdef", "docker.io/library/nginx:1.7.9"], "sizeBytes": 1}]),
+            ),
+            node("kind-worker2", json!([]), json!([])),
+        ]
+    }
+
+    #[test]
+    fn the_walkthrough() {
+        let p = prefetch(
+            "default",
+            json!({"filter_by_labels": {"app": "nginx"}, "retry_after": 60, "node_filter": "worker"}),
+        );
+        let deployments = [
+            deployment(
+                "default",
+                "nginx",
+                json!({"app": "nginx"}),
+                &["nginx:1.7.9"],
+                &[],
+                &[],
+            ),
+            deployment(
+                "default",
+                "redis",
+                json!({"app": "redis"}),
+                &["redis:7"],
+                &[],
+                &[],
+            ),
+            deployment(
+                "other",
+                "nginx",
+                json!({"app": "nginx"}),
+                &["nginx:9"],
+                &[],
+                &[],
+            ),
+        ];
+        let plan = plan_images(&p, &deployments, &walkthrough_nodes());
+        assert_eq!(plan.deployments, ["nginx"]);
+        assert_eq!(plan.images, ["docker.io/library/nginx:1.7.9"]);
+        let targets: Vec<(&str, usize, usize)> = plan
+            .targets
+            .iter()
+            .map(|t| (t.node.as_str(), t.pull.len(), t.present.len()))
+            .collect();
+        assert_eq!(
+            targets,
+            [
+                ("kind-worker", 0, 1),
+                ("kind-worker2", 1, 0),
+                ("kind-worker3", 1, 0)
+            ]
+        );
+        assert_eq!(
+            plan.skipped,
+            [Skipped {
+                node: "kind-control-plane".into(),
+                reason: SkipReason::NameFilter {
+                    filter: "worker".into()
+                }
+            }]
+        );
+        assert_eq!(plan.total_pairs(), 3);
+    }
+
+    #[test]
+    fn images_and_secrets_are_the_union_of_selected_deployments() {
+        let p = prefetch("default", json!({"filter_by_labels": {"tier": "web"}}));
+        let deployments = [
+            deployment(
+                "default",
+                "b",
+                json!({"tier": "web"}),
+                &["nginx:1.25", "envoyproxy/envoy:v1.31.0"],
+                &["busybox"],
+                &["regcred"],
+            ),
+            deployment(
+                "default",
+                "a",
+                json!({"tier": "web", "x": "y"}),
+                &["docker.io/library/nginx:1.25", "Bad:Ref"],
+                &[],
+                &["regcred", "other"],
+            ),
+        ];
+        let plan = plan_images(&p, &deployments, &[]);
+        assert_eq!(plan.deployments, ["a", "b"]);
+        assert_eq!(
+            plan.images,
+            [
+                "docker.io/envoyproxy/envoy:v1.31.0",
+                "docker.io/library/busybox:latest",
+                "docker.io/library/nginx:1.25"
+            ]
+        );
+        assert_eq!(plan.pull_secrets, ["other", "regcred"]);
+        assert_eq!(plan.invalid_images.len(), 1);
+        assert!(plan.invalid_images[0].starts_with("a: invalid image reference \"Bad:Ref\""));
+    }
+
+    #[test]
+    fn control_plane_is_targeted_only_when_tolerated_and_filter_is_empty() {
+        let p = prefetch(
+            "default",
+            json!({"filter_by_labels": {"app": "nginx"},
+            "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}),
+        );
+        let plan = plan_images(&p, &[], &walkthrough_nodes());
+        assert_eq!(plan.targets.len(), 4);
+        let p = prefetch("default", json!({"filter_by_labels": {"app": "nginx"}}));
+        let plan = plan_images(&p, &[], &walkthrough_nodes());
+        assert_eq!(plan.targets.len(), 3);
+        assert!(matches!(plan.skipped[0].reason, SkipReason::Taint { .. }));
+    }
+
+    #[test]
+    fn node_images_are_normalized() {
+        let n = node(
+            "n",
+            json!([]),
+            json!([{"names": ["nginx:1.7.9", "quay.io/x/y@sha256:0123456789abcdef0123456789abcdef", "Not A Ref"]}]),
+        );
+        let got: Vec<String> = node_images(&n).into_iter().collect();
+        assert_eq!(
+            got,
+            [
+                "docker.io/library/nginx:1.7.9",
+                "quay.io/x/y@sha256:0123456789abcdef0123456789abcdef"
+            ]
+        );
+    }
+}

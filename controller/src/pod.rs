@@ -1,0 +1,460 @@
+//! The prefetch pod for one node (DESIGN.md, "Prefetch pod shape"): one container per image,
+//! each running the static `noop` binary, so the kubelet pulls the images and the pod exits.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, LocalObjectReference, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSecurityContext, PodSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
+use prefetch_common::Prefetch;
+use prefetch_common::annotations::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREFETCH_LABEL};
+use prefetch_common::images::ImageRef;
+
+use crate::naming::pod_name;
+
+/// Annotation on a prefetch pod naming its node (node names can be longer than a label value).
+pub const NODE_ANNOTATION: &str = "cache.techsquad.rocks/node";
+/// Where the init container puts `noop`, and the volume that carries it.
+pub const NOOP_DIR: &str = "/prefetch";
+pub const NOOP_PATH: &str = "/prefetch/noop";
+const NOOP_VOLUME: &str = "prefetch-noop";
+/// In the controller's image: the controller copies its bundled static `noop` into the
+/// emptyDir (the image has no shell or `cp`).
+pub const INSTALL_NOOP_COMMAND: [&str; 4] = [
+    "/usr/local/bin/prefetch-controller",
+    "install-noop",
+    "--to",
+    NOOP_PATH,
+];
+/// Any non-root uid works: noop needs no file but itself.
+const RUN_AS: i64 = 65534;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PodError {
+    #[error("Prefetch has no {0} yet (not read from the API server?)")]
+    MissingMetadata(&'static str),
+    #[error("no images to prefetch on node {0}")]
+    NoImages(String),
+}
+
+pub struct PodRequest<'a> {
+    pub prefetch: &'a Prefetch,
+    pub node: &'a str,
+    /// Normalized references, in container order.
+    pub images: &'a [String],
+    /// imagePullSecrets of the selected Deployments.
+    pub pull_secrets: &'a [String],
+    /// The controller's own image, which carries `noop` (`--noop-image`).
+    pub noop_image: &'a str,
+}
+
+/// The name of container `index` (containerStatuses report results by container name).
+pub fn container_name(index: usize) -> String {
+    format!("pull-{index}")
+}
+
+fn quantities(cpu: &str, memory: &str) -> BTreeMap<String, Quantity> {
+    [
+        ("cpu".to_string(), Quantity(cpu.into())),
+        ("memory".to_string(), Quantity(memory.into())),
+    ]
+    .into()
+}
+
+fn restricted_container_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn prefetch_pod(req: &PodRequest<'_>) -> Result<Pod, PodError> {
+    let meta = req.prefetch.meta();
+    let name = meta
+        .name
+        .as_deref()
+        .ok_or(PodError::MissingMetadata("name"))?;
+    let namespace = meta
+        .namespace
+        .as_deref()
+        .ok_or(PodError::MissingMetadata("namespace"))?;
+    let uid = meta
+        .uid
+        .as_deref()
+        .ok_or(PodError::MissingMetadata("uid"))?;
+    if req.images.is_empty() {
+        return Err(PodError::NoImages(req.node.to_string()));
+    }
+    let spec = &req.prefetch.spec;
+    let resources = ResourceRequirements {
+        requests: Some(quantities("1m", "4Mi")),
+        limits: Some(quantities("20m", "16Mi")),
+        ..Default::default()
+    };
+    let mount = VolumeMount {
+        name: NOOP_VOLUME.into(),
+        mount_path: NOOP_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    let containers = req
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| Container {
+            name: container_name(i),
+            image: Some(image.clone()),
+            command: Some(vec![NOOP_PATH.into()]),
+            // The kubelet re-pulls :latest on every start; a prefetch must refresh it too.
+            image_pull_policy: Some(
+                if ImageRef::parse(image).map_or(true, |r| r.pulls_always()) {
+                    "Always"
+                } else {
+                    "IfNotPresent"
+                }
+                .into(),
+            ),
+            resources: Some(resources.clone()),
+            security_context: Some(restricted_container_context()),
+            volume_mounts: Some(vec![mount.clone()]),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            ..Default::default()
+        })
+        .collect();
+    let install = Container {
+        name: "install-noop".into(),
+        image: Some(req.noop_image.into()),
+        command: Some(INSTALL_NOOP_COMMAND.iter().map(|s| s.to_string()).collect()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        resources: Some(resources),
+        security_context: Some(restricted_container_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            read_only: Some(false),
+            ..mount
+        }]),
+        ..Default::default()
+    };
+    let mut pull_secrets: Vec<String> = req.pull_secrets.to_vec();
+    pull_secrets.sort();
+    pull_secrets.dedup();
+
+    Ok(Pod {
+        metadata: ObjectMeta {
+            name: Some(pod_name(name, req.node)),
+            namespace: Some(namespace.into()),
+            labels: Some(
+                [
+                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+                    (PREFETCH_LABEL.to_string(), name.to_string()),
+                ]
+                .into(),
+            ),
+            annotations: Some([(NODE_ANNOTATION.to_string(), req.node.to_string())].into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: Prefetch::api_version(&()).into_owned(),
+                kind: Prefetch::kind(&()).into_owned(),
+                name: name.into(),
+                uid: uid.into(),
+                controller: Some(true),
+                // Left unset: blocking owner deletion would need update on prefetches/finalizers.
+                block_owner_deletion: None,
+            }]),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            init_containers: Some(vec![install]),
+            containers,
+            restart_policy: Some("Never".into()),
+            active_deadline_seconds: Some(spec.pull_timeout_seconds()),
+            termination_grace_period_seconds: Some(1),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            image_pull_secrets: (!pull_secrets.is_empty()).then(|| {
+                pull_secrets
+                    .into_iter()
+                    .map(|name| LocalObjectReference { name })
+                    .collect()
+            }),
+            affinity: Some(Affinity {
+                node_affinity: Some(NodeAffinity {
+                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                        node_selector_terms: vec![NodeSelectorTerm {
+                            match_fields: Some(vec![NodeSelectorRequirement {
+                                key: "metadata.name".into(),
+                                operator: "In".into(),
+                                values: Some(vec![req.node.into()]),
+                            }]),
+                            match_expressions: None,
+                        }],
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            tolerations: spec.tolerations.clone().filter(|t| !t.is_empty()),
+            priority_class_name: spec.priority_class_name.clone(),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUN_AS),
+                run_as_group: Some(RUN_AS),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    localhost_profile: None,
+                }),
+                ..Default::default()
+            }),
+            volumes: Some(vec![Volume {
+                name: NOOP_VOLUME.into(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: None,
+                    size_limit: Some(Quantity("1Mi".into())),
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prefetch_common::PrefetchSpec;
+    use serde_json::{Value, json};
+
+    fn prefetch(spec: Value) -> Prefetch {
+        let mut base = json!({"filter_by_labels": {"app": "nginx"}});
+        for (k, v) in spec.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        let spec: PrefetchSpec = serde_json::from_value(base).unwrap();
+        let mut p = Prefetch::new("prefetch-sample", spec);
+        p.metadata.namespace = Some("default".into());
+        p.metadata.uid = Some("uid-1".into());
+        p
+    }
+
+    fn build(p: &Prefetch, images: &[&str], secrets: &[&str]) -> Pod {
+        let images: Vec<String> = images.iter().map(|s| s.to_string()).collect();
+        let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+        prefetch_pod(&PodRequest {
+            prefetch: p,
+            node: "kind-worker",
+            images: &images,
+            pull_secrets: &secrets,
+            noop_image: "kube-prefetch/controller:dev",
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn shape_follows_the_design() {
+        let p = prefetch(json!({"pull_timeout": 120, "priority_class_name": "low",
+            "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]}));
+        let pod = build(
+            &p,
+            &[
+                "docker.io/library/nginx:1.25",
+                "docker.io/library/redis:latest",
+            ],
+            &["regcred", "other", "regcred"],
+        );
+        let v = serde_json::to_value(&pod).unwrap();
+        assert_eq!(
+            v["metadata"]["name"],
+            "prefetch-prefetch-sample-kind-worker"
+        );
+        assert_eq!(v["metadata"]["namespace"], "default");
+        assert_eq!(
+            v["metadata"]["labels"],
+            json!({"app.kubernetes.io/managed-by": "prefetch-controller", "cache.techsquad.rocks/prefetch": "prefetch-sample"})
+        );
+        assert_eq!(
+            v["metadata"]["ownerReferences"],
+            json!([{"apiVersion": "cache.techsquad.rocks/v1", "kind": "Prefetch", "name": "prefetch-sample", "uid": "uid-1", "controller": true}])
+        );
+        let spec = &v["spec"];
+        assert_eq!(spec["restartPolicy"], "Never");
+        assert_eq!(spec["activeDeadlineSeconds"], 120);
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["enableServiceLinks"], false);
+        assert_eq!(spec["priorityClassName"], "low");
+        assert_eq!(
+            spec["tolerations"],
+            json!([{"key": "k", "operator": "Exists", "effect": "NoSchedule"}])
+        );
+        assert_eq!(
+            spec["imagePullSecrets"],
+            json!([{"name": "other"}, {"name": "regcred"}])
+        );
+        assert_eq!(
+            spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"],
+            json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["kind-worker"]}]}])
+        );
+        let containers = spec["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 2);
+        assert_eq!(containers[0]["name"], "pull-0");
+        assert_eq!(containers[0]["image"], "docker.io/library/nginx:1.25");
+        assert_eq!(containers[0]["command"], json!(["/prefetch/noop"]));
+        assert_eq!(containers[0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            containers[1]["imagePullPolicy"], "Always",
+            ":latest is always pulled"
+        );
+        assert!(containers[0]["resources"]["limits"]["memory"].is_string());
+        let init = &spec["initContainers"][0];
+        assert_eq!(init["image"], "kube-prefetch/controller:dev");
+        assert_eq!(init["command"][1], "install-noop");
+        assert_eq!(spec["volumes"][0]["emptyDir"]["sizeLimit"], "1Mi");
+    }
+
+    #[test]
+    fn refuses_incomplete_requests() {
+        let mut p = prefetch(json!({}));
+        let err = prefetch_pod(&PodRequest {
+            prefetch: &p,
+            node: "n",
+            images: &[],
+            pull_secrets: &[],
+            noop_image: "x",
+        })
+        .unwrap_err();
+        assert_eq!(err, PodError::NoImages("n".into()));
+        p.metadata.uid = None;
+        let images = vec!["docker.io/library/nginx:1".to_string()];
+        let err = prefetch_pod(&PodRequest {
+            prefetch: &p,
+            node: "n",
+            images: &images,
+            pull_secrets: &[],
+            noop_image: "x",
+        })
+        .unwrap_err();
+        assert_eq!(err, PodError::MissingMetadata("uid"));
+    }
+
+    /// The Pod Security Standards' baseline and restricted controls
+    /// (kubernetes.io/docs/concepts/security/pod-security-standards), as far as a pod spec
+    /// shows them. Returns each violated control.
+    fn restricted_violations(pod: &Pod) -> Vec<String> {
+        let mut v = Vec::new();
+        let spec = pod.spec.as_ref().unwrap();
+        if spec.host_network == Some(true)
+            || spec.host_pid == Some(true)
+            || spec.host_ipc == Some(true)
+        {
+            v.push("host namespaces".into());
+        }
+        let pod_sc = spec.security_context.clone().unwrap_or_default();
+        if pod_sc.sysctls.as_ref().is_some_and(|s| !s.is_empty()) {
+            v.push("sysctls".into());
+        }
+        if pod_sc.run_as_user == Some(0) {
+            v.push("runAsUser 0".into());
+        }
+        for volume in spec.volumes.iter().flatten() {
+            let allowed = volume.config_map.is_some()
+                || volume.csi.is_some()
+                || volume.downward_api.is_some()
+                || volume.empty_dir.is_some()
+                || volume.ephemeral.is_some()
+                || volume.persistent_volume_claim.is_some()
+                || volume.projected.is_some()
+                || volume.secret.is_some();
+            if !allowed {
+                v.push(format!("volume type of {}", volume.name));
+            }
+        }
+        let all = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten());
+        for c in all {
+            let sc = c.security_context.clone().unwrap_or_default();
+            if sc.privileged == Some(true) {
+                v.push(format!("{}: privileged", c.name));
+            }
+            if c.ports
+                .iter()
+                .flatten()
+                .any(|p| p.host_port.is_some_and(|h| h != 0))
+            {
+                v.push(format!("{}: hostPort", c.name));
+            }
+            if sc.allow_privilege_escalation != Some(false) {
+                v.push(format!(
+                    "{}: allowPrivilegeEscalation must be false",
+                    c.name
+                ));
+            }
+            if sc.run_as_non_root.or(pod_sc.run_as_non_root) != Some(true) {
+                v.push(format!("{}: runAsNonRoot must be true", c.name));
+            }
+            if sc.run_as_user == Some(0) {
+                v.push(format!("{}: runAsUser 0", c.name));
+            }
+            let seccomp = sc
+                .seccomp_profile
+                .or(pod_sc.seccomp_profile.clone())
+                .map(|p| p.type_);
+            if !matches!(seccomp.as_deref(), Some("RuntimeDefault" | "Localhost")) {
+                v.push(format!(
+                    "{}: seccompProfile must be RuntimeDefault or Localhost",
+                    c.name
+                ));
+            }
+            let caps = sc.capabilities.unwrap_or_default();
+            if !caps.drop.iter().flatten().any(|d| d == "ALL") {
+                v.push(format!("{}: capabilities must drop ALL", c.name));
+            }
+            if caps.add.iter().flatten().any(|a| a != "NET_BIND_SERVICE") {
+                v.push(format!(
+                    "{}: capabilities may add only NET_BIND_SERVICE",
+                    c.name
+                ));
+            }
+            if sc.proc_mount.as_deref().is_some_and(|m| m != "Default") {
+                v.push(format!("{}: procMount", c.name));
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn passes_pod_security_restricted() {
+        let p = prefetch(json!({}));
+        let pod = build(&p, &["docker.io/library/nginx:1.25", "ghcr.io/a/b:1"], &[]);
+        assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+        // The checker itself catches what it should.
+        let mut bad = pod.clone();
+        let spec = bad.spec.as_mut().unwrap();
+        spec.host_network = Some(true);
+        spec.containers[0].security_context = None;
+        spec.security_context = None;
+        let found = restricted_violations(&bad);
+        assert!(found.contains(&"host namespaces".to_string()), "{found:?}");
+        assert!(
+            found.contains(&"pull-0: allowPrivilegeEscalation must be false".to_string()),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(
+                &"pull-0: seccompProfile must be RuntimeDefault or Localhost".to_string()
+            ),
+            "{found:?}"
+        );
+    }
+}
