@@ -4,6 +4,8 @@
 
 pub mod eligibility;
 pub mod naming;
+pub mod outcome;
 pub mod plan;
 pub mod plan_command;
 pub mod pod;
+pub mod round;
