@@ -8,6 +8,7 @@ pub mod defaulting;
 pub mod images;
 pub mod labels;
 pub mod limits;
+pub mod telemetry;
 pub mod validation;
 
 pub use api::{Phase, Prefetch, PrefetchSpec, PrefetchStatus, PullFailure, RolloutRecord};

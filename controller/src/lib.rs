@@ -2,10 +2,15 @@
 //! skipped), which images each still needs, and the prefetch pod for a node. The reconciler
 //! around it (issue 3, in progress) only moves these decisions to and from the API server.
 
+pub mod config;
 pub mod eligibility;
+pub mod leader;
+pub mod metrics;
 pub mod naming;
 pub mod outcome;
 pub mod plan;
 pub mod plan_command;
 pub mod pod;
+pub mod ratelimit;
+pub mod reconciler;
 pub mod round;

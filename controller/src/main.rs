@@ -1,39 +1,20 @@
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::Parser;
+use prefetch_controller::config::{Cli, Command, RunArgs};
+use prefetch_controller::metrics::Metrics;
 use prefetch_controller::plan_command::{Objects, render};
-
-/// kube-prefetch reconciler.
-#[derive(Parser, Debug)]
-#[command(name = "prefetch-controller", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Print which prefetch pods the reconciler would create on which nodes, for the
-    /// Prefetches, Deployments and Nodes in YAML files (no cluster needed).
-    Plan {
-        /// A YAML file (multi-document and List kinds are fine); repeatable.
-        #[arg(short = 'f', long = "filename", required = true)]
-        files: Vec<PathBuf>,
-    },
-    /// Copy the bundled static `noop` binary to a path (the prefetch pods' init container).
-    InstallNoop {
-        /// Where the prefetch containers will find it.
-        #[arg(long)]
-        to: PathBuf,
-        /// The bundled binary.
-        #[arg(long, default_value = "/usr/local/bin/noop")]
-        from: PathBuf,
-    },
-}
+use prefetch_controller::{leader, reconciler};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Some(Command::Plan { files }) => {
             let mut objects = Objects::default();
             for file in &files {
@@ -54,8 +35,128 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        None => anyhow::bail!(
-            "running the reconciler is not implemented yet (issue 3 in progress); available now: `plan` and `install-noop`"
-        ),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(cli.run)),
     }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    prefetch_common::telemetry::init(args.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the cluster (KUBECONFIG or in-cluster)")?;
+    let identity = args.identity();
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(metrics = %listener.local_addr()?, identity = %identity, leader_elect = args.leader_elect, "prefetch-controller starting");
+    let ops = {
+        let metrics = metrics.clone();
+        let app = axum::Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(|| async { "ok" }))
+            .route(
+                "/metrics",
+                get(move || {
+                    let metrics = metrics.clone();
+                    async move {
+                        match metrics.encode() {
+                            Ok(text) => (
+                                [(
+                                    header::CONTENT_TYPE,
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )],
+                                text,
+                            )
+                                .into_response(),
+                            Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                        }
+                    }
+                }),
+            );
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        })
+    };
+
+    let settings = || reconciler::Settings {
+        noop_image: args.noop_image.clone(),
+        max_pod_creates_per_second: args.max_pod_creates_per_second,
+        identity: identity.clone(),
+    };
+    if args.leader_elect {
+        let (leading_tx, mut leading) = watch::channel(false);
+        let campaign = tokio::spawn(leader::run(
+            client.clone(),
+            args.lease_namespace.clone(),
+            args.lease_name.clone(),
+            identity.clone(),
+            leading_tx,
+            shutdown.clone(),
+        ));
+        // Follow until elected; lead until the lease is lost or we are told to stop.
+        while !shutdown.is_cancelled() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
+            }
+            metrics.leader.set(1);
+            let mut lost = leading.clone();
+            let stop = shutdown.clone();
+            let term_over = async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = lost.wait_for(|l| !*l) => {}
+                }
+            };
+            reconciler::run(client.clone(), settings(), metrics.clone(), term_over).await;
+            metrics.leader.set(0);
+            if !shutdown.is_cancelled() {
+                tracing::warn!("leadership lost; stopped acting and rejoining the election");
+            }
+        }
+        // Ends the campaign, releasing the lease if we hold it.
+        shutdown.cancel();
+        let _ = campaign.await;
+    } else {
+        metrics.leader.set(1);
+        let stop = shutdown.clone();
+        reconciler::run(client.clone(), settings(), metrics.clone(), async move {
+            stop.cancelled().await
+        })
+        .await;
+    }
+    let _ = ops.await;
+    tracing::info!("prefetch-controller stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C: stop taking work, let reconciles in progress finish, release the lease.
+async fn signal_shutdown(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; shutting down"),
+    }
+    shutdown.cancel();
 }

@@ -71,12 +71,16 @@ pub fn selects_deployment(prefetch: &Prefetch, deployment: &Deployment) -> bool 
         && selects(selector, deployment.metadata.labels.as_ref())
 }
 
-pub fn plan_images(prefetch: &Prefetch, deployments: &[Deployment], nodes: &[Node]) -> ImagePlan {
+pub fn plan_images<'a>(
+    prefetch: &Prefetch,
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+    nodes: impl IntoIterator<Item = &'a Node>,
+) -> ImagePlan {
     let mut plan = ImagePlan::default();
     let mut images = BTreeSet::new();
     let mut secrets = BTreeSet::new();
     for deployment in deployments
-        .iter()
+        .into_iter()
         .filter(|d| selects_deployment(prefetch, d))
     {
         let name = deployment.metadata.name.clone().unwrap_or_default();
@@ -105,7 +109,7 @@ pub fn plan_images(prefetch: &Prefetch, deployments: &[Deployment], nodes: &[Nod
     plan.images = images.into_iter().collect();
     plan.pull_secrets = secrets.into_iter().collect();
 
-    let mut nodes: Vec<&Node> = nodes.iter().collect();
+    let mut nodes: Vec<&Node> = nodes.into_iter().collect();
     nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();

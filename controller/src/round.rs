@@ -265,7 +265,12 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
                 if let std::collections::btree_map::Entry::Vacant(slot) = memory.outcomes.entry(key)
                 {
                     match outcome {
-                        Outcome::Pulled { .. } => decision.newly_pulled += 1,
+                        Outcome::Pulled { image_id } => {
+                            decision.newly_pulled += 1;
+                            if let Some(id) = image_id {
+                                status.digests.insert(image.clone(), id.clone());
+                            }
+                        }
                         Outcome::Failed { reason, .. } => {
                             decision.newly_failed.push(reason.clone())
                         }
@@ -338,12 +343,7 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
         ready += target.present.len() as i64;
         for image in &target.pull {
             match memory.outcomes.get(&(target.node.clone(), image.clone())) {
-                Some(Outcome::Pulled { image_id }) => {
-                    ready += 1;
-                    if let Some(id) = image_id {
-                        status.digests.insert(image.clone(), id.clone());
-                    }
-                }
+                Some(Outcome::Pulled { .. }) => ready += 1,
                 Some(Outcome::Failed { reason, message }) => failures.push(PullFailure {
                     node: target.node.clone(),
                     image: image.clone(),

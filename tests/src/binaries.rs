@@ -41,57 +41,30 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
 /// Log lines kept per child process; older ones are dropped.
 pub const MAX_KEPT_LOG_LINES: usize = 10_000;
 
-/// A running prefetch-webhook, killed on drop.
-pub struct WebhookProcess {
+/// A workspace binary running as a child process (JSON logs on stderr), killed on drop.
+pub struct ChildProcess {
     child: Child,
-    pub admission_addr: SocketAddr,
-    pub ops_addr: SocketAddr,
+    label: &'static str,
     logs: Arc<Mutex<VecDeque<String>>>,
 }
 
-pub struct WebhookOptions {
-    pub kubeconfig: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    pub extra_args: Vec<String>,
-    /// Copy the webhook's log lines to stderr (captured by the test harness, shown on failure).
-    pub echo_logs: bool,
-}
-
-impl WebhookOptions {
-    /// Serving `tls.crt`/`tls.key` from `cert_dir` (as written by `prefetch-certs`).
-    pub fn with_cert_dir(kubeconfig: &Path, cert_dir: &Path) -> Self {
-        Self {
-            kubeconfig: kubeconfig.to_path_buf(),
-            cert_file: cert_dir.join("tls.crt"),
-            key_file: cert_dir.join("tls.key"),
-            extra_args: Vec::new(),
-            echo_logs: false,
-        }
-    }
-}
-
-impl WebhookProcess {
-    /// Starts the webhook on 127.0.0.1 with OS-chosen ports and waits until it reports them.
-    pub async fn start(options: WebhookOptions) -> anyhow::Result<Self> {
-        let mut child = Command::new(binary("prefetch-webhook")?)
-            .args([
-                "--listen-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .arg("--tls-cert-file")
-            .arg(&options.cert_file)
-            .arg("--tls-key-file")
-            .arg(&options.key_file)
-            .args(&options.extra_args)
-            .env("KUBECONFIG", &options.kubeconfig)
+impl ChildProcess {
+    /// Starts `binary` and waits for the JSON log line whose message is `started_message`;
+    /// returns the process and that line (which reports the bound addresses).
+    pub async fn start(
+        binary_name: &str,
+        label: &'static str,
+        args: &[String],
+        kubeconfig: &Path,
+        started_message: &str,
+        echo_logs: bool,
+    ) -> anyhow::Result<(Self, serde_json::Value)> {
+        let mut child = Command::new(binary(binary_name)?)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            // The harness reads an info event: never filter it out.
             .env(
                 "RUST_LOG",
-                // The harness reads the "listening" line, an info event: never filter it out.
                 std::env::var("PREFETCH_CHILD_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
@@ -99,30 +72,27 @@ impl WebhookProcess {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .context("starting prefetch-webhook")?;
+            .with_context(|| format!("starting {binary_name}"))?;
         let stderr = child.stderr.take().context("no stderr")?;
         let logs = Arc::new(Mutex::new(VecDeque::new()));
-        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
         let sink = logs.clone();
-        let echo = options.echo_logs;
+        let started_message = started_message.to_string();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
-            let mut addr_tx = Some(addr_tx);
+            let mut started_tx = Some(started_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                if echo {
-                    eprintln!("[webhook] {line}");
+                if echo_logs {
+                    eprintln!("[{label}] {line}");
                 }
                 // Only the start-up lines are parsed: under load (the benchmark) this task
                 // shares a thread with the load generator.
-                if addr_tx.is_some()
+                if started_tx.is_some()
                     && let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-                    && entry["message"] == "prefetch-webhook listening"
-                    && let Some(tx) = addr_tx.take()
+                    && entry["message"] == started_message.as_str()
+                    && let Some(tx) = started_tx.take()
                 {
-                    let _ = tx.send((
-                        entry["admission"].as_str().map(String::from),
-                        entry["ops"].as_str().map(String::from),
-                    ));
+                    let _ = tx.send(entry);
                 }
                 let mut logs = sink.lock().unwrap_or_else(|p| p.into_inner());
                 if logs.len() == MAX_KEPT_LOG_LINES {
@@ -131,35 +101,11 @@ impl WebhookProcess {
                 logs.push_back(line);
             }
         });
-        let (admission, ops) = tokio::time::timeout(Duration::from_secs(30), addr_rx)
+        let entry = tokio::time::timeout(Duration::from_secs(30), started_rx)
             .await
-            .context("prefetch-webhook did not report its addresses within 30 s")?
-            .context("prefetch-webhook exited before listening")?;
-        let parse = |s: Option<String>| -> anyhow::Result<SocketAddr> {
-            Ok(s.context("address missing from log")?.parse()?)
-        };
-        let process = Self {
-            child,
-            admission_addr: parse(admission)?,
-            ops_addr: parse(ops)?,
-            logs,
-        };
-        process.wait_ready(Duration::from_secs(30)).await?;
-        Ok(process)
-    }
-
-    /// Polls /readyz until 200.
-    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            if let Ok((200, _)) = http_get(self.ops_addr, "/readyz").await {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("prefetch-webhook not ready within {within:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .with_context(|| format!("{binary_name} did not start within 30 s"))?
+            .with_context(|| format!("{binary_name} exited before starting"))?;
+        Ok((Self { child, label, logs }, entry))
     }
 
     /// The most recent log lines (at most [`MAX_KEPT_LOG_LINES`]).
@@ -186,9 +132,151 @@ impl WebhookProcess {
         if !status.success() {
             bail!("kill -TERM {pid} failed");
         }
+        let label = self.label;
         Ok(tokio::time::timeout(within, self.child.wait())
             .await
-            .context("did not exit after SIGTERM")??)
+            .with_context(|| format!("{label} did not exit after SIGTERM"))??)
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub async fn kill(mut self) -> anyhow::Result<()> {
+        Ok(self.child.kill().await?)
+    }
+}
+
+fn address(entry: &serde_json::Value, field: &str) -> anyhow::Result<SocketAddr> {
+    Ok(entry[field]
+        .as_str()
+        .with_context(|| format!("{field} missing from the start-up log line"))?
+        .parse()?)
+}
+
+/// A running prefetch-webhook, killed on drop.
+pub struct WebhookProcess {
+    pub process: ChildProcess,
+    pub admission_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+}
+
+pub struct WebhookOptions {
+    pub kubeconfig: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub extra_args: Vec<String>,
+    /// Copy the webhook's log lines to stderr (captured by the test harness, shown on failure).
+    pub echo_logs: bool,
+}
+
+impl WebhookOptions {
+    /// Serving `tls.crt`/`tls.key` from `cert_dir` (as written by `prefetch-certs`).
+    pub fn with_cert_dir(kubeconfig: &Path, cert_dir: &Path) -> Self {
+        Self {
+            kubeconfig: kubeconfig.to_path_buf(),
+            cert_file: cert_dir.join("tls.crt"),
+            key_file: cert_dir.join("tls.key"),
+            extra_args: Vec::new(),
+            echo_logs: false,
+        }
+    }
+}
+
+impl WebhookProcess {
+    /// Starts the webhook on 127.0.0.1 with OS-chosen ports and waits until it is ready.
+    pub async fn start(options: WebhookOptions) -> anyhow::Result<Self> {
+        let mut args: Vec<String> = [
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend([
+            "--tls-cert-file".into(),
+            options.cert_file.display().to_string(),
+        ]);
+        args.extend([
+            "--tls-key-file".into(),
+            options.key_file.display().to_string(),
+        ]);
+        args.extend(options.extra_args);
+        let (process, entry) = ChildProcess::start(
+            "prefetch-webhook",
+            "webhook",
+            &args,
+            &options.kubeconfig,
+            "prefetch-webhook listening",
+            options.echo_logs,
+        )
+        .await?;
+        let webhook = Self {
+            process,
+            admission_addr: address(&entry, "admission")?,
+            ops_addr: address(&entry, "ops")?,
+        };
+        webhook.wait_ready(Duration::from_secs(30)).await?;
+        Ok(webhook)
+    }
+
+    /// Polls /readyz until 200.
+    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok((200, _)) = http_get(self.ops_addr, "/readyz").await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("prefetch-webhook not ready within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.process.logs()
+    }
+
+    pub async fn terminate(self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        self.process.terminate(within).await
+    }
+}
+
+/// A running prefetch-controller, killed on drop.
+pub struct ControllerProcess {
+    pub process: ChildProcess,
+    pub metrics_addr: SocketAddr,
+}
+
+impl ControllerProcess {
+    /// Starts the controller with its metrics on 127.0.0.1 (OS-chosen port); `args` are added.
+    pub async fn start(
+        kubeconfig: &Path,
+        args: &[&str],
+        label: &'static str,
+    ) -> anyhow::Result<Self> {
+        let mut all: Vec<String> = ["--metrics-addr", "127.0.0.1:0", "--log-format", "json"]
+            .map(String::from)
+            .to_vec();
+        all.extend(args.iter().map(|s| s.to_string()));
+        let (process, entry) = ChildProcess::start(
+            "prefetch-controller",
+            label,
+            &all,
+            kubeconfig,
+            "prefetch-controller starting",
+            true,
+        )
+        .await?;
+        Ok(Self {
+            process,
+            metrics_addr: address(&entry, "metrics")?,
+        })
+    }
+
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(http_get(self.metrics_addr, "/metrics").await?.1)
     }
 }
 

@@ -5,4 +5,5 @@ pub mod apiserver;
 pub mod binaries;
 pub mod cluster;
 pub mod fixtures;
+pub mod kubelet;
 pub mod tls_client;

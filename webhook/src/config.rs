@@ -4,14 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use prefetch_common::limits::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use prefetch_common::telemetry::LogFormat;
 
 /// Admission webhook for kube-prefetch: defaults and validates Prefetches, and marks
 /// Deployments whose rollout brings new images so the reconciler prefetches them at once.

@@ -12,5 +12,4 @@ pub mod index;
 mod locks;
 pub mod metrics;
 pub mod serve;
-pub mod telemetry;
 pub mod tls;

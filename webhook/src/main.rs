@@ -8,7 +8,6 @@ use prefetch_webhook::http::{AppState, admission_router, ops_router};
 use prefetch_webhook::index::{NodeNames, PrefetchIndex, run_node_watch, run_prefetch_watch};
 use prefetch_webhook::metrics::Metrics;
 use prefetch_webhook::serve::{ServeLimits, serve_tls};
-use prefetch_webhook::telemetry;
 use prefetch_webhook::tls::{CertFiles, ReloadingCert, server_config, watch_cert_files};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.log_format);
+    prefetch_common::telemetry::init(args.log_format);
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // One process-wide backend, chosen explicitly (kube's client uses it too).

@@ -1,8 +1,13 @@
-//! Logging: text for people, JSON for log pipelines; `RUST_LOG` filters (default `info`).
+//! Logging for both binaries: text for people, JSON for log pipelines; `RUST_LOG` filters
+//! (default `info`). Logs go to stderr.
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

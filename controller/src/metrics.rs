@@ -1,0 +1,96 @@
+//! Prometheus metrics on the metrics address (`/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub pods_created: Counter,
+    pub images_prefetched: Counter,
+    pub pull_failures: Family<ReasonLabel, Counter>,
+    pub inflight_pods: Gauge,
+    pub rollout_latency: Histogram,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("prefetch_controller");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Reconciles by result (ok, error)",
+            reconciles.clone(),
+        );
+        let pods_created = Counter::default();
+        registry.register(
+            "pods_created",
+            "Prefetch pods created",
+            pods_created.clone(),
+        );
+        let images_prefetched = Counter::default();
+        registry.register(
+            "images_prefetched",
+            "Node x image pairs pulled by prefetch pods",
+            images_prefetched.clone(),
+        );
+        let pull_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "pull_failures",
+            "Failed pulls by reason",
+            pull_failures.clone(),
+        );
+        let inflight_pods = Gauge::default();
+        registry.register(
+            "inflight_pods",
+            "Prefetch pods in flight",
+            inflight_pods.clone(),
+        );
+        let rollout_latency =
+            Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]);
+        registry.register(
+            "rollout_to_prefetched_seconds",
+            "From a rollout signal to its images prefetched on every targeted node",
+            rollout_latency.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            pods_created,
+            images_prefetched,
+            pull_failures,
+            inflight_pods,
+            rollout_latency,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

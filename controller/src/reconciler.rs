@@ -1,0 +1,504 @@
+//! The imperative shell: watch caches in, [`reconcile_round`] decides, writes out.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{Controller, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use prefetch_common::Prefetch;
+use prefetch_common::annotations::{
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREFETCH_IMAGES, PREFETCH_LABEL, PREFETCH_REQUESTED_AT,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::eligibility::is_ready;
+use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
+use crate::outcome::read_pod;
+use crate::plan::{plan_images, selects_deployment};
+use crate::pod::NODE_ANNOTATION;
+use crate::ratelimit::RateLimiter;
+use crate::round::{RolloutSignal, RoundInput, RoundMemory, reconcile_round};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Prefetch has no namespace")]
+    NoNamespace,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub nodes: Store<Node>,
+    pub deployments: Store<Deployment>,
+    pub pods: Store<Pod>,
+    pub rounds: Mutex<HashMap<String, RoundMemory>>,
+    pub inflight: Mutex<HashMap<String, usize>>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub limiter: RateLimiter,
+    pub noop_image: String,
+}
+
+pub fn managed_pods_selector() -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What decides whether a node matters to a round; a change here triggers reconciles, a
+/// heartbeat does not.
+pub fn node_fingerprint(node: &Node) -> u64 {
+    let mut h = DefaultHasher::new();
+    node.metadata.labels.hash(&mut h);
+    node.metadata.deletion_timestamp.is_some().hash(&mut h);
+    if let Some(spec) = &node.spec {
+        spec.unschedulable.hash(&mut h);
+        for taint in spec.taints.iter().flatten() {
+            (&taint.key, &taint.value, &taint.effect).hash(&mut h);
+        }
+    }
+    is_ready(node).hash(&mut h);
+    if let Some(status) = &node.status {
+        status
+            .node_info
+            .as_ref()
+            .map(|i| &i.operating_system)
+            .hash(&mut h);
+        for image in status.images.iter().flatten() {
+            image.names.hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
+/// Keeps only what planning reads, to bound memory at thousands of nodes.
+fn slim_node(node: &mut Node) {
+    node.metadata.managed_fields = None;
+    node.metadata.annotations = None;
+    if let Some(status) = node.status.as_mut() {
+        status.addresses = None;
+        status.allocatable = None;
+        status.capacity = None;
+        status.daemon_endpoints = None;
+        status.volumes_attached = None;
+        status.volumes_in_use = None;
+        status.config = None;
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.retain(|c| c.type_ == "Ready");
+            for c in conditions.iter_mut() {
+                c.last_heartbeat_time = None;
+                c.message = None;
+            }
+        }
+        for image in status.images.iter_mut().flatten() {
+            image.size_bytes = None;
+        }
+    }
+}
+
+fn slim_deployment(deployment: &mut Deployment) {
+    deployment.metadata.managed_fields = None;
+    if let Some(annotations) = deployment.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == PREFETCH_IMAGES || k == PREFETCH_REQUESTED_AT);
+    }
+    deployment.status = None;
+}
+
+/// A reflector kept current by a background task; returns its store once started.
+fn run_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    slim: fn(&mut K),
+    on_event: impl FnMut(&Event<K>) + Send + 'static,
+    stop: CancellationToken,
+) -> Store<K>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(slim));
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = drive(stream, on_event) => {}
+        }
+    });
+    reader
+}
+
+use kube::runtime::watcher::watcher;
+
+async fn drive<K>(
+    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    mut on_event: impl FnMut(&Event<K>),
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => on_event(&event),
+            Err(err) => tracing::warn!(error = %err, "watch failed; retrying with backoff"),
+        }
+    }
+}
+
+/// Newest webhook rollout signal among the Deployments a Prefetch selects.
+pub fn rollout_signal<'a>(
+    prefetch: &Prefetch,
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+) -> Option<RolloutSignal> {
+    deployments
+        .into_iter()
+        .filter(|d| selects_deployment(prefetch, d))
+        .filter_map(|d| {
+            let annotations = d.metadata.annotations.as_ref()?;
+            let requested_at = annotations.get(PREFETCH_REQUESTED_AT)?.parse().ok()?;
+            let images: Vec<String> =
+                serde_json::from_str(annotations.get(PREFETCH_IMAGES)?).ok()?;
+            Some(RolloutSignal {
+                deployment: d.name_any(),
+                images,
+                requested_at,
+            })
+        })
+        .max_by_key(|s| s.requested_at)
+}
+
+pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = prefetch.namespace().ok_or(Error::NoNamespace)?;
+    let name = prefetch.name_any();
+    let uid = prefetch.uid().unwrap_or_default();
+    if prefetch.metadata.deletion_timestamp.is_some() {
+        // Its pods are owned by it: the garbage collector removes them.
+        lock(&ctx.rounds).remove(&uid);
+        return Ok(Action::await_change());
+    }
+    let deployments = ctx.deployments.state();
+    let nodes = ctx.nodes.state();
+    let all_pods = ctx.pods.state();
+    let now = jiff::Timestamp::now();
+
+    let (mut own, mut busy) = (Vec::new(), BTreeSet::new());
+    for pod in &all_pods {
+        let mine = pod.namespace().as_deref() == Some(namespace.as_str())
+            && pod.labels().get(PREFETCH_LABEL).map(String::as_str) == Some(name.as_str());
+        if mine {
+            own.push(pod.as_ref().clone());
+        } else if pod.metadata.deletion_timestamp.is_none()
+            && !read_pod(pod, false).finished
+            && let Some(node) = pod.annotations().get(NODE_ANNOTATION)
+        {
+            busy.insert(node.clone());
+        }
+    }
+    let plan = plan_images(
+        &prefetch,
+        deployments.iter().map(AsRef::as_ref),
+        nodes.iter().map(AsRef::as_ref),
+    );
+    let signal = rollout_signal(&prefetch, deployments.iter().map(AsRef::as_ref));
+    let memory = lock(&ctx.rounds).get(&uid).cloned();
+    let decision = reconcile_round(&RoundInput {
+        prefetch: &prefetch,
+        plan: &plan,
+        pods: &own,
+        busy_nodes: &busy,
+        rollout: signal.as_ref(),
+        memory: memory.as_ref(),
+        now,
+        noop_image: &ctx.noop_image,
+    });
+
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    for pod_name in &decision.delete {
+        match pods.delete(pod_name, &DeleteParams::default()).await {
+            Ok(_) => {
+                tracing::debug!(prefetch = %name, pod = %pod_name, "deleted finished prefetch pod")
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    for pod in &decision.create {
+        ctx.limiter.acquire().await;
+        match pods.create(&PostParams::default(), pod).await {
+            Ok(_) => {
+                ctx.metrics.pods_created.inc();
+                tracing::info!(prefetch = %name, pod = %pod.name_any(), node = %pod.annotations().get(NODE_ANNOTATION).cloned().unwrap_or_default(), "created prefetch pod");
+            }
+            // Created before and not yet in our cache: the deterministic name did its job.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+
+    // Memory first: a failed status write must not lose recorded outcomes.
+    match &decision.memory {
+        Some(m) => lock(&ctx.rounds).insert(uid.clone(), m.clone()),
+        None => lock(&ctx.rounds).remove(&uid),
+    };
+    if prefetch.status.as_ref() != Some(&decision.status) {
+        let api: Api<Prefetch> = Api::namespaced(ctx.client.clone(), &namespace);
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": decision.status})),
+        )
+        .await?;
+    }
+
+    ctx.metrics
+        .images_prefetched
+        .inc_by(decision.newly_pulled as u64);
+    for reason in &decision.newly_failed {
+        ctx.metrics
+            .pull_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.clone(),
+            })
+            .inc();
+    }
+    if let Some(latency) = decision.rollout_latency {
+        ctx.metrics.rollout_latency.observe(latency.as_secs_f64());
+    }
+    {
+        let mut inflight = lock(&ctx.inflight);
+        inflight.insert(uid, decision.in_flight);
+        ctx.metrics
+            .inflight_pods
+            .set(inflight.values().sum::<usize>() as i64);
+    }
+    let reference = prefetch.object_ref(&());
+    for note in &decision.events {
+        tracing::info!(prefetch = %format!("{namespace}/{name}"), reason = note.reason, "{}", note.message);
+        let event = KubeEvent {
+            type_: if note.type_ == "Warning" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.into(),
+            note: Some(note.message.clone()),
+            action: "Prefetch".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %err, "could not record event");
+        }
+    }
+    Ok(Action::requeue(decision.requeue_after))
+}
+
+pub fn error_policy(prefetch: Arc<Prefetch>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabel { result: "error" })
+        .inc();
+    tracing::warn!(prefetch = %prefetch.name_any(), error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+pub struct Settings {
+    pub noop_image: String,
+    pub max_pod_creates_per_second: f64,
+    pub identity: String,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    // The watch caches live as long as this term of leadership.
+    let stop = CancellationToken::new();
+    let _stop_on_return = stop.clone().drop_guard();
+    let (node_tx, node_rx) = mpsc::channel::<()>(1);
+    let mut fingerprints: HashMap<String, u64> = HashMap::new();
+    let nodes = run_reflector(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        slim_node,
+        move |event| {
+            let changed = match event {
+                Event::Apply(node) | Event::InitApply(node) => {
+                    let print = node_fingerprint(node);
+                    fingerprints.insert(node.name_any(), print) != Some(print)
+                        && matches!(event, Event::Apply(_))
+                }
+                Event::Delete(node) => fingerprints.remove(&node.name_any()).is_some(),
+                Event::InitDone => true,
+                Event::Init => false,
+            };
+            if changed {
+                // A full channel already holds a pending trigger: dropping this one loses nothing.
+                let _ = node_tx.try_send(());
+            }
+        },
+        stop.clone(),
+    );
+    let deployments = run_reflector(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default(),
+        slim_deployment,
+        |_| {},
+        stop.clone(),
+    );
+    let pod_config = watcher::Config::default().labels(&managed_pods_selector());
+    let pods = run_reflector(
+        Api::<Pod>::all(client.clone()),
+        pod_config.clone(),
+        |p: &mut Pod| p.metadata.managed_fields = None,
+        |_| {},
+        stop.clone(),
+    );
+
+    let prefetches: Api<Prefetch> = Api::all(client.clone());
+    let controller = Controller::new(prefetches, watcher::Config::default());
+    let prefetch_store = controller.store();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        nodes,
+        deployments,
+        pods,
+        rounds: Mutex::new(HashMap::new()),
+        inflight: Mutex::new(HashMap::new()),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "prefetch-controller".into(),
+                instance: Some(settings.identity),
+            },
+        ),
+        limiter: RateLimiter::new(settings.max_pod_creates_per_second),
+        noop_image: settings.noop_image,
+    });
+    let node_triggers = futures::stream::unfold(node_rx, |mut rx| async move {
+        rx.recv().await.map(|()| ((), rx))
+    });
+    controller
+        .owns(Api::<Pod>::all(client.clone()), pod_config)
+        .watches(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default(),
+            move |deployment| {
+                prefetch_store
+                    .state()
+                    .into_iter()
+                    .filter(|p| selects_deployment(p, &deployment))
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_all_on(node_triggers)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| {
+            match result {
+                Ok(_) => {
+                    metrics
+                        .reconciles
+                        .get_or_create(&ResultLabel { result: "ok" })
+                        .inc();
+                }
+                Err(err) => tracing::debug!(error = %err, "reconcile dispatch error"),
+            }
+            std::future::ready(())
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(v: serde_json::Value) -> Node {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn heartbeats_do_not_change_the_fingerprint() {
+        let a = node(json!({"metadata": {"name": "n", "labels": {"a": "b"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": "2026-11-22T10:00:00Z"}]}}));
+        let mut b = a.clone();
+        b.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].last_heartbeat_time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-11-22T10:00:40Z".parse().unwrap(),
+            ));
+        b.metadata.resource_version = Some("99".into());
+        assert_eq!(node_fingerprint(&a), node_fingerprint(&b));
+        let mut not_ready = a.clone();
+        not_ready
+            .status
+            .as_mut()
+            .unwrap()
+            .conditions
+            .as_mut()
+            .unwrap()[0]
+            .status = "False".into();
+        assert_ne!(node_fingerprint(&a), node_fingerprint(&not_ready));
+        let mut relabeled = a.clone();
+        relabeled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("x".into(), "y".into());
+        assert_ne!(node_fingerprint(&a), node_fingerprint(&relabeled));
+        let mut cordoned = a.clone();
+        cordoned.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            unschedulable: Some(true),
+            ..Default::default()
+        });
+        assert_ne!(node_fingerprint(&a), node_fingerprint(&cordoned));
+    }
+
+    #[test]
+    fn newest_rollout_signal_wins() {
+        let prefetch = {
+            let mut p = Prefetch::new(
+                "p",
+                serde_json::from_value(json!({"filter_by_labels": {"app": "nginx"}})).unwrap(),
+            );
+            p.metadata.namespace = Some("default".into());
+            p
+        };
+        let deployment = |name: &str, at: &str, images: &str| -> Deployment {
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "nginx"},
+                "annotations": {PREFETCH_IMAGES: images, PREFETCH_REQUESTED_AT: at}}})).unwrap()
+        };
+        let ds = [
+            deployment(
+                "a",
+                "2026-11-22T10:00:00Z",
+                "[\"docker.io/library/nginx:1\"]",
+            ),
+            deployment(
+                "b",
+                "2026-11-22T10:05:00Z",
+                "[\"docker.io/library/redis:7\"]",
+            ),
+            deployment("c", "not a time", "[]"),
+        ];
+        let signal = rollout_signal(&prefetch, ds.iter()).unwrap();
+        assert_eq!(signal.deployment, "b");
+        assert_eq!(signal.images, ["docker.io/library/redis:7"]);
+    }
+}

@@ -1,0 +1,170 @@
+//! Plays the kubelet for the in-process cluster: finds prefetch pods, "pulls" their images
+//! and writes container statuses as the kubelet would, and adds pulled images to the node's
+//! `status.images`. Against a real cluster the real kubelet does this and this is not run.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// What the fake kubelet does with one image on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pull {
+    Succeed,
+    /// Waiting with this reason (ErrImagePull, ImagePullBackOff, ...).
+    Fail(&'static str),
+    /// Leave the pod pending.
+    Hang,
+}
+
+pub type Rule = Arc<dyn Fn(&str, &str) -> Pull + Send + Sync>;
+
+pub struct FakeKubelet {
+    stop: CancellationToken,
+    /// (pod name, node) of every prefetch pod seen.
+    pub seen: Arc<Mutex<BTreeSet<(String, String)>>>,
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A digest reference for `image`, stable per image, as a kubelet reports in `imageID`.
+pub fn digest_of(image: &str) -> String {
+    let repository = prefetch_common::images::ImageRef::parse(image)
+        .map_or_else(|_| image.to_string(), |r| r.repository());
+    let hash: u64 = image.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{repository}@sha256:{hash:016x}{hash:016x}{hash:016x}{hash:016x}")
+}
+
+impl FakeKubelet {
+    pub fn start(client: Client, rule: Rule) -> Self {
+        let stop = CancellationToken::new();
+        let seen = Arc::new(Mutex::new(BTreeSet::new()));
+        let (token, record) = (stop.clone(), seen.clone());
+        tokio::spawn(async move {
+            let pods: Api<Pod> = Api::all(client.clone());
+            let nodes: Api<Node> = Api::all(client.clone());
+            let selector =
+                ListParams::default().labels("app.kubernetes.io/managed-by=prefetch-controller");
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+                let Ok(list) = pods.list(&selector).await else {
+                    continue;
+                };
+                for pod in list.items {
+                    if pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .is_some()
+                    {
+                        continue;
+                    }
+                    let node = pod
+                        .annotations()
+                        .get("cache.techsquad.rocks/node")
+                        .cloned()
+                        .unwrap_or_default();
+                    record
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((pod.name_any(), node.clone()));
+                    let containers = pod
+                        .spec
+                        .as_ref()
+                        .map(|s| s.containers.clone())
+                        .unwrap_or_default();
+                    let verdicts: Vec<(String, String, Pull)> = containers
+                        .iter()
+                        .map(|c| {
+                            let image = c.image.clone().unwrap_or_default();
+                            let verdict = rule(&node, &image);
+                            (c.name.clone(), image, verdict)
+                        })
+                        .collect();
+                    if verdicts.iter().any(|(_, _, v)| *v == Pull::Hang) {
+                        continue;
+                    }
+                    let statuses: Vec<Value> = verdicts
+                        .iter()
+                        .map(|(name, image, verdict)| {
+                            let state = match verdict {
+                                Pull::Succeed => json!({"terminated": {"exitCode": 0, "reason": "Completed"}}),
+                                Pull::Fail(reason) => json!({"waiting": {"reason": reason, "message": format!("{reason}: {image}")}}),
+                                Pull::Hang => json!({"waiting": {"reason": "ContainerCreating"}}),
+                            };
+                            let image_id = if *verdict == Pull::Succeed { digest_of(image) } else { String::new() };
+                            json!({"name": name, "image": image, "imageID": image_id, "ready": false, "restartCount": 0, "state": state})
+                        })
+                        .collect();
+                    let all_ok = verdicts.iter().all(|(_, _, v)| *v == Pull::Succeed);
+                    let status = json!({"status": {"phase": if all_ok { "Succeeded" } else { "Pending" }, "containerStatuses": statuses}});
+                    let ns = pod.namespace().unwrap_or_default();
+                    let _ = Api::<Pod>::namespaced(client.clone(), &ns)
+                        .patch_status(
+                            &pod.name_any(),
+                            &PatchParams::default(),
+                            &Patch::Merge(status),
+                        )
+                        .await;
+                    // Pulled images show up in the node's status, as the kubelet reports them.
+                    let pulled: Vec<String> = verdicts
+                        .iter()
+                        .filter(|(_, _, v)| *v == Pull::Succeed)
+                        .map(|(_, i, _)| i.clone())
+                        .collect();
+                    if !pulled.is_empty()
+                        && let Ok(current) = nodes.get(&node).await
+                    {
+                        let mut images: Vec<Value> = current
+                            .status
+                            .and_then(|s| s.images)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|i| json!({"names": i.names, "sizeBytes": i.size_bytes}))
+                            .collect();
+                        for image in pulled {
+                            images.push(
+                                json!({"names": [digest_of(&image), image], "sizeBytes": 1000}),
+                            );
+                        }
+                        let _ = nodes
+                            .patch_status(
+                                &node,
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"status": {"images": images}})),
+                            )
+                            .await;
+                    }
+                }
+            }
+        });
+        Self { stop, seen }
+    }
+
+    pub fn seen_nodes(&self) -> BTreeSet<String> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    pub fn seen_pods(&self) -> usize {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
