@@ -177,3 +177,487 @@ async fn walkthrough_prefetches_on_every_worker_and_cleans_up() {
     );
     cluster.cleanup().await;
 }
+
+/// Per-node kubelet behaviour the test can change while the controller runs.
+#[derive(Clone, Default)]
+struct NodeRules(Arc<std::sync::Mutex<std::collections::HashMap<String, Pull>>>);
+
+impl NodeRules {
+    fn set(&self, node: &str, pull: Pull) {
+        self.0.lock().unwrap().insert(node.into(), pull);
+    }
+    fn rule(&self) -> Rule {
+        let rules = self.0.clone();
+        Arc::new(move |node, _| {
+            rules
+                .lock()
+                .unwrap()
+                .get(node)
+                .cloned()
+                .unwrap_or(Pull::Succeed)
+        })
+    }
+}
+
+struct Scenario {
+    cluster: TestCluster,
+    ns: String,
+    prefetches: Api<Prefetch>,
+    deployments: Api<Deployment>,
+    pods: Api<Pod>,
+    kubelet: FakeKubelet,
+    rules: NodeRules,
+}
+
+/// The walkthrough cluster, the nginx Deployment and the sample Prefetch (with `spec` merged
+/// in), and a fake kubelet; the controller is started by the test.
+async fn scenario(test: &str, spec: serde_json::Value) -> Option<Scenario> {
+    let cluster = TestCluster::start(test).await.unwrap();
+    if cluster.is_real() {
+        eprintln!(
+            "skipped against a real cluster: this scenario creates nodes and plays their kubelet"
+        );
+        return None;
+    }
+    let (client, ns) = (cluster.client.clone(), cluster.namespace.clone());
+    create_walkthrough_nodes(&client).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment: Deployment = serde_json::from_value(nginx_deployment(
+        &ns,
+        "nginx",
+        json!({"app": "nginx"}),
+        &["nginx:1.7.9"],
+    ))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let prefetches: Api<Prefetch> = Api::namespaced(client.clone(), &ns);
+    let mut sample = sample_prefetch(&ns);
+    for (k, v) in spec.as_object().unwrap() {
+        sample["spec"][k] = v.clone();
+    }
+    prefetches
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(sample).unwrap(),
+        )
+        .await
+        .unwrap();
+    let rules = NodeRules::default();
+    let kubelet = FakeKubelet::start(client.clone(), rules.rule());
+    let pods = Api::namespaced(client, &ns);
+    Some(Scenario {
+        cluster,
+        ns,
+        prefetches,
+        deployments,
+        pods,
+        kubelet,
+        rules,
+    })
+}
+
+async fn controller(s: &Scenario, extra: &[&str], label: &'static str) -> ControllerProcess {
+    let mut args = vec!["--noop-image", "kube-prefetch/controller:dev"];
+    args.extend_from_slice(extra);
+    if !extra.contains(&"--leader-elect") {
+        args.extend(["--leader-elect", "false"]);
+    }
+    ControllerProcess::start(&s.cluster.kubeconfig, &args, label)
+        .await
+        .expect("controller starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_signal_prefetches_new_images_without_waiting() {
+    let Some(s) = scenario("rollout", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let _controller = controller(&s, &[], "controller").await;
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Succeeded,
+    )
+    .await;
+
+    // What the webhook does on the rollout: the new image, plus its two annotations.
+    let requested_at = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let patch = json!({
+        "metadata": {"annotations": {
+            "cache.techsquad.rocks/prefetch-images": "[\"docker.io/library/nginx:1.25\"]",
+            "cache.techsquad.rocks/prefetch-requested-at": requested_at}},
+        "spec": {"template": {"spec": {"containers": [{"name": "c0", "image": "nginx:1.25"}]}}}
+    });
+    s.deployments
+        .patch(
+            "nginx",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(patch),
+        )
+        .await
+        .unwrap();
+    let status = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(20),
+        |st| st.images == ["docker.io/library/nginx:1.25"] && st.phase == Phase::Succeeded,
+    )
+    .await;
+    let rollout = status.last_rollout.expect("last_rollout recorded");
+    assert_eq!(rollout.deployment, "nginx");
+    assert_eq!(rollout.images, ["docker.io/library/nginx:1.25"]);
+    assert!(rollout.observed_at.is_some());
+    assert_eq!(status.ready, 3);
+    assert_eq!(s.kubelet.seen_pods(), 6, "three pods per round");
+    s.cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_nodes_get_a_pod_unless_they_have_the_image() {
+    let Some(s) = scenario("join", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let _controller = controller(&s, &[], "controller").await;
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Succeeded,
+    )
+    .await;
+    let nodes: Api<Node> = Api::all(s.cluster.client.clone());
+    for (name, images) in [
+        ("kind-worker4", json!([])),
+        (
+            "kind-worker5",
+            json!([{"names": ["docker.io/library/nginx:1.7.9"]}]),
+        ),
+    ] {
+        let node: Node = serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "images": images}}),
+        )
+        .unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+    }
+    let status = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(20),
+        |st| st.nodes.len() == 5 && st.phase == Phase::Succeeded,
+    )
+    .await;
+    assert_eq!((status.ready, status.total), (5, 5));
+    assert!(s.kubelet.seen_nodes().contains("kind-worker4"));
+    assert!(
+        !s.kubelet.seen_nodes().contains("kind-worker5"),
+        "kind-worker5 already listed the image"
+    );
+    s.cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_failure_is_reported_with_node_image_and_reason() {
+    let Some(s) = scenario("failure", json!({})).await else {
+        return;
+    };
+    s.rules.set("kind-worker2", Pull::Fail("ErrImagePull"));
+    let controller = controller(&s, &[], "controller").await;
+    let status = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Failed,
+    )
+    .await;
+    assert_eq!((status.ready, status.failed, status.total), (2, 1, 3));
+    let failure = &status.failures[0];
+    assert_eq!(
+        (
+            failure.node.as_str(),
+            failure.image.as_str(),
+            failure.reason.as_str()
+        ),
+        (
+            "kind-worker2",
+            "docker.io/library/nginx:1.7.9",
+            "ErrImagePull"
+        )
+    );
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert_eq!(degraded.status, "True");
+    let metrics = controller.metrics().await.unwrap();
+    assert!(
+        metrics.contains("prefetch_controller_pull_failures_total{reason=\"ErrImagePull\"} 1"),
+        "{metrics}"
+    );
+    s.cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_prefetch_removes_its_pods_and_never_anyone_elses() {
+    let Some(s) = scenario("delete", json!({})).await else {
+        return;
+    };
+    for node in ["kind-worker", "kind-worker2", "kind-worker3"] {
+        s.rules.set(node, Pull::Hang);
+    }
+    // Someone else's pods, one of them wearing our labels.
+    for (name, labels) in [
+        ("bystander", json!({"app": "web"})),
+        (
+            "impostor",
+            json!({"app.kubernetes.io/managed-by": "prefetch-controller", "cache.techsquad.rocks/prefetch": "prefetch-sample"}),
+        ),
+    ] {
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels,
+            "annotations": {"cache.techsquad.rocks/node": "kind-worker"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+        .unwrap();
+        s.pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let _controller = controller(&s, &[], "controller").await;
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Running,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while s
+        .pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len()
+        < 4
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prefetch pods not created"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.prefetches
+        .delete("prefetch-sample", &Default::default())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let names: Vec<String> = s
+            .pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|p| kube::ResourceExt::name_any(&p))
+            .collect();
+        if names.len() == 2 {
+            assert_eq!(names, ["bystander", "impostor"]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pods left: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_round_creates_no_duplicates() {
+    let Some(s) = scenario("restart", json!({})).await else {
+        return;
+    };
+    s.rules.set("kind-worker3", Pull::Hang);
+    let first = controller(&s, &[], "first").await;
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Running && st.ready == 2,
+    )
+    .await;
+    first.process.kill().await.unwrap();
+    let _second = controller(&s, &[], "second").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.rules.set("kind-worker3", Pull::Succeed);
+    // The hung pod still exists (Pending): the fake kubelet only writes statuses once, so
+    // mark it done as the kubelet would when the pull finally completes.
+    let pod_name = "prefetch-prefetch-sample-kind-worker3";
+    let status = json!({"status": {"phase": "Succeeded", "containerStatuses": [{"name": "pull-0", "image": "x", "imageID": "docker.io/library/nginx@sha256:00", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0}}}]}});
+    s.pods
+        .patch_status(
+            pod_name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(status),
+        )
+        .await
+        .unwrap();
+    let status = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Succeeded,
+    )
+    .await;
+    assert_eq!(status.ready, 3);
+    assert_eq!(
+        s.kubelet.seen_pods(),
+        3,
+        "no pod created twice across the restart"
+    );
+    let creates: u64 = s
+        .cluster
+        .api
+        .as_ref()
+        .unwrap()
+        .request_counts()
+        .iter()
+        .filter(|(k, _)| k.verb == "create" && k.resource == "pods")
+        .map(|(_, n)| *n)
+        .sum();
+    assert_eq!(creates, 3, "each prefetch pod is created once");
+    s.cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_only_the_leader_acts() {
+    let Some(s) = scenario("leader", json!({})).await else {
+        return;
+    };
+    let lease_ns = s.ns.clone();
+    let args = [
+        "--leader-elect",
+        "true",
+        "--lease-namespace",
+        lease_ns.as_str(),
+    ];
+    let a = ControllerProcess::start(
+        &s.cluster.kubeconfig,
+        &[&args[..], &["--identity", "replica-a", "--noop-image", "x"]].concat(),
+        "replica-a",
+    )
+    .await
+    .unwrap();
+    let b = ControllerProcess::start(
+        &s.cluster.kubeconfig,
+        &[&args[..], &["--identity", "replica-b", "--noop-image", "x"]].concat(),
+        "replica-b",
+    )
+    .await
+    .unwrap();
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Succeeded,
+    )
+    .await;
+    let (ma, mb) = (a.metrics().await.unwrap(), b.metrics().await.unwrap());
+    let leaders = [&ma, &mb]
+        .iter()
+        .filter(|m| m.lines().any(|l| l == "prefetch_controller_leader 1"))
+        .count();
+    assert_eq!(leaders, 1, "exactly one leader:\n{ma}\n{mb}");
+    let follower = if ma.lines().any(|l| l == "prefetch_controller_leader 1") {
+        &mb
+    } else {
+        &ma
+    };
+    assert!(
+        follower.contains("prefetch_controller_pods_created_total 0"),
+        "{follower}"
+    );
+    assert_eq!(s.kubelet.seen_pods(), 3);
+
+    // The leader stops (SIGTERM releases the lease); the other takes over and acts.
+    let (leader, standby) = if ma.lines().any(|l| l == "prefetch_controller_leader 1") {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(
+        leader
+            .process
+            .terminate(Duration::from_secs(20))
+            .await
+            .unwrap()
+            .success()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !standby
+        .metrics()
+        .await
+        .unwrap()
+        .lines()
+        .any(|l| l == "prefetch_controller_leader 1")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the standby never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_and_dropped_watches_are_survived() {
+    use prefetch_tests::apiserver::Fault;
+    let Some(s) = scenario("faults", json!({})).await else {
+        return;
+    };
+    let api = s.cluster.api.as_ref().unwrap();
+    api.inject(
+        Fault {
+            verb: Some("create"),
+            resource: Some("pods"),
+            code: 500,
+        },
+        2,
+    );
+    api.inject(
+        Fault {
+            verb: Some("patch"),
+            resource: Some("prefetches"),
+            code: 429,
+        },
+        2,
+    );
+    api.inject(
+        Fault {
+            verb: Some("list"),
+            resource: Some("nodes"),
+            code: 500,
+        },
+        1,
+    );
+    let _controller = controller(&s, &[], "controller").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.drop_watches();
+    let status = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(60),
+        |st| st.phase == Phase::Succeeded,
+    )
+    .await;
+    assert_eq!((status.ready, status.total), (3, 3));
+    assert_eq!(s.kubelet.seen_pods(), 3, "converged without duplicates");
+    s.cluster.cleanup().await;
+}

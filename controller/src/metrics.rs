@@ -71,7 +71,7 @@ impl Default for Metrics {
         let leader = Gauge::default();
         registry.register(
             "leader",
-            "1 while this replica holds the lease",
+            "Whether this replica holds the lease (1) or not (0)",
             leader.clone(),
         );
         Self {

@@ -196,7 +196,10 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
     let (mut own, mut busy) = (Vec::new(), BTreeSet::new());
     for pod in &all_pods {
         let mine = pod.namespace().as_deref() == Some(namespace.as_str())
-            && pod.labels().get(PREFETCH_LABEL).map(String::as_str) == Some(name.as_str());
+            && pod.labels().get(PREFETCH_LABEL).map(String::as_str) == Some(name.as_str())
+            // Owned by this Prefetch, not merely labelled like it: a pod someone else made
+            // with our labels is never touched.
+            && pod.owner_references().iter().any(|o| o.controller == Some(true) && o.uid == uid);
         if mine {
             own.push(pod.as_ref().clone());
         } else if pod.metadata.deletion_timestamp.is_none()
@@ -369,6 +372,17 @@ pub async fn run(
         stop.clone(),
     );
 
+    // Planning on a half-filled cache would run rounds over too few nodes: wait for all three.
+    let synced = tokio::try_join!(
+        nodes.wait_until_ready(),
+        deployments.wait_until_ready(),
+        pods.wait_until_ready()
+    );
+    if synced.is_err() {
+        tracing::error!("a watch cache ended before it synced");
+        return;
+    }
+    tracing::info!("watch caches synced; reconciling");
     let prefetches: Api<Prefetch> = Api::all(client.clone());
     let controller = Controller::new(prefetches, watcher::Config::default());
     let prefetch_store = controller.store();

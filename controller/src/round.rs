@@ -114,6 +114,27 @@ fn round_trigger(input: &RoundInput<'_>, status: &PrefetchStatus) -> Option<Stri
     {
         return Some(format!("rollout of Deployment {}", signal.deployment));
     }
+    // What the last round did not cover: an image change the webhook did not signal (its
+    // Deployment hook fails open), or a node that joined.
+    let covered_images: BTreeSet<&String> = status.images.iter().collect();
+    if let Some(image) = input
+        .plan
+        .images
+        .iter()
+        .find(|i| !covered_images.contains(i))
+    {
+        return Some(format!("new image {image}"));
+    }
+    let covered_nodes: BTreeSet<&String> = status.nodes.iter().collect();
+    if let Some(node) = input
+        .plan
+        .targets
+        .iter()
+        .map(|t| &t.node)
+        .find(|n| !covered_nodes.contains(n))
+    {
+        return Some(format!("node {node} joined"));
+    }
     let next = status.next_round.as_ref().map_or(
         after(start.0, input.prefetch.spec.retry_after_seconds()),
         |t| t.0,
@@ -1068,6 +1089,58 @@ mod tests {
             4,
             "the control plane now qualifies too"
         );
+    }
+
+    #[test]
+    fn unsignalled_new_images_and_joining_nodes_start_a_round() {
+        let mut world = World::walkthrough();
+        let t0 = t("2026-11-22T10:00:00Z");
+        let first = world.step(&[], None, t0);
+        world.prefetch.status = Some(first.status.clone());
+        let pods: Vec<Pod> = first
+            .create
+            .iter()
+            .map(|p| kubelet(p.clone(), t0, &[pulled()]))
+            .collect();
+        let done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:10Z"));
+        world.prefetch.status = Some(done.status.clone());
+        world.nodes = vec![
+            node("kind-control-plane", &[]),
+            node("kind-worker", &[NGINX]),
+            node("kind-worker2", &[NGINX]),
+            node("kind-worker3", &[NGINX]),
+        ];
+        assert!(
+            world
+                .step(&[], None, t("2026-11-22T10:00:20Z"))
+                .create
+                .is_empty(),
+            "idle"
+        );
+
+        world.nodes.push(node("kind-worker4", &[]));
+        let joined = world.step(&[], None, t("2026-11-22T10:00:21Z"));
+        assert_eq!(
+            joined.events[0].message.split(':').next(),
+            Some("node kind-worker4 joined")
+        );
+        assert_eq!(
+            names(&joined.create),
+            ["prefetch-prefetch-sample-kind-worker4"],
+            "the others already have the image"
+        );
+
+        world.nodes.pop();
+        world.deployments = vec![deployment(&["nginx:1.25"])];
+        let changed = world.step(&[], None, t("2026-11-22T10:00:22Z"));
+        assert!(
+            changed.events[0]
+                .message
+                .starts_with("new image docker.io/library/nginx:1.25"),
+            "{:?}",
+            changed.events
+        );
+        assert_eq!(changed.create.len(), 3);
     }
 
     #[test]

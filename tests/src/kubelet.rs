@@ -26,7 +26,7 @@ pub type Rule = Arc<dyn Fn(&str, &str) -> Pull + Send + Sync>;
 
 pub struct FakeKubelet {
     stop: CancellationToken,
-    /// (pod name, node) of every prefetch pod seen.
+    /// (pod uid, node) of every prefetch pod seen: names repeat across rounds, uids do not.
     pub seen: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
 
@@ -81,7 +81,7 @@ impl FakeKubelet {
                     record
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .insert((pod.name_any(), node.clone()));
+                        .insert((pod.uid().unwrap_or_default(), node.clone()));
                     let containers = pod
                         .spec
                         .as_ref()
