@@ -58,6 +58,10 @@ pub struct RunArgs {
         default_value_t = 10.0
     )]
     pub max_pod_creates_per_second: f64,
+    /// Prefetches reconciled at once. Reconciles are mostly CPU (planning over every node),
+    /// so more than a few only multiplies memory.
+    #[arg(long, env = "PREFETCH_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
     /// Log format.
     #[arg(long, env = "PREFETCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

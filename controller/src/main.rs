@@ -93,6 +93,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         noop_image: args.noop_image.clone(),
         max_pod_creates_per_second: args.max_pod_creates_per_second,
         identity: identity.clone(),
+        concurrency: args.concurrency,
     };
     if args.leader_elect {
         let (leading_tx, mut leading) = watch::channel(false);

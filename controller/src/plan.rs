@@ -2,6 +2,7 @@
 //! that qualify (with the reason each other node is skipped), and per node the images it
 //! still needs and those it already lists in `node.status.images`.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -76,6 +77,20 @@ pub fn plan_images<'a>(
     deployments: impl IntoIterator<Item = &'a Deployment>,
     nodes: impl IntoIterator<Item = &'a Node>,
 ) -> ImagePlan {
+    plan_images_with(prefetch, deployments, nodes, |node| {
+        Cow::Owned(node_images(node).into_iter().collect())
+    })
+}
+
+/// [`plan_images`] with each node's images given by `images_on` as a sorted list of
+/// normalized references (the controller's cache stores nodes that way, so a reconcile
+/// neither parses nor allocates per image).
+pub fn plan_images_with<'a>(
+    prefetch: &Prefetch,
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+    nodes: impl IntoIterator<Item = &'a Node>,
+    images_on: impl Fn(&'a Node) -> Cow<'a, [String]>,
+) -> ImagePlan {
     let mut plan = ImagePlan::default();
     let mut images = BTreeSet::new();
     let mut secrets = BTreeSet::new();
@@ -109,19 +124,19 @@ pub fn plan_images<'a>(
     plan.images = images.into_iter().collect();
     plan.pull_secrets = secrets.into_iter().collect();
 
-    let mut nodes: Vec<&Node> = nodes.into_iter().collect();
+    let mut nodes: Vec<&'a Node> = nodes.into_iter().collect();
     nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
         match skip_reason(node, &prefetch.spec) {
             Some(reason) => plan.skipped.push(Skipped { node: name, reason }),
             None => {
-                let on_node = node_images(node);
+                let on_node = images_on(node);
                 let (present, pull) = plan
                     .images
                     .iter()
                     .cloned()
-                    .partition(|image| on_node.contains(image));
+                    .partition(|image| on_node.binary_search(image).is_ok());
                 plan.targets.push(NodePlan {
                     node: name,
                     pull,

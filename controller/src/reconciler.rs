@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::eligibility::is_ready;
 use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
 use crate::outcome::read_pod;
-use crate::plan::{plan_images, selects_deployment};
+use crate::plan::{node_images, plan_images_with, selects_deployment};
 use crate::pod::NODE_ANNOTATION;
 use crate::ratelimit::RateLimiter;
 use crate::round::{RolloutSignal, RoundInput, RoundMemory, reconcile_round};
@@ -105,9 +105,44 @@ fn slim_node(node: &mut Node) {
                 c.message = None;
             }
         }
-        for image in status.images.iter_mut().flatten() {
-            image.size_bytes = None;
-        }
+    }
+    // One entry holding every name the node reports, normalized, sorted and de-duplicated:
+    // planning then checks presence by binary search, and each name is stored once.
+    let names: Vec<String> = node_images(node).into_iter().collect();
+    if let Some(status) = node.status.as_mut() {
+        status.images = (!names.is_empty()).then(|| {
+            vec![k8s_openapi::api::core::v1::ContainerImage {
+                names: Some(names),
+                size_bytes: None,
+            }]
+        });
+    }
+}
+
+/// Prefetch pods as planning reads them: identity, owner, node, each container's image, and
+/// the status (phase, reason, container states).
+fn slim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        let containers = std::mem::take(&mut spec.containers)
+            .into_iter()
+            .map(|c| k8s_openapi::api::core::v1::Container {
+                name: c.name,
+                image: c.image,
+                ..Default::default()
+            })
+            .collect();
+        *spec = k8s_openapi::api::core::v1::PodSpec {
+            containers,
+            ..Default::default()
+        };
+    }
+    if let Some(status) = pod.status.as_mut() {
+        status.conditions = None;
+        status.host_ip = None;
+        status.host_ips = None;
+        status.pod_ip = None;
+        status.pod_ips = None;
     }
 }
 
@@ -209,10 +244,20 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
             busy.insert(node.clone());
         }
     }
-    let plan = plan_images(
+    // Cached nodes carry their images normalized and sorted (see slim_node).
+    let plan = plan_images_with(
         &prefetch,
         deployments.iter().map(AsRef::as_ref),
         nodes.iter().map(AsRef::as_ref),
+        |node| {
+            let names = node
+                .status
+                .as_ref()
+                .and_then(|s| s.images.as_ref())
+                .and_then(|i| i.first())
+                .and_then(|i| i.names.as_deref());
+            std::borrow::Cow::Borrowed(names.unwrap_or(&[]))
+        },
     );
     let signal = rollout_signal(&prefetch, deployments.iter().map(AsRef::as_ref));
     let memory = lock(&ctx.rounds).get(&uid).cloned();
@@ -320,6 +365,7 @@ pub struct Settings {
     pub noop_image: String,
     pub max_pod_creates_per_second: f64,
     pub identity: String,
+    pub concurrency: u16,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -367,7 +413,7 @@ pub async fn run(
     let pods = run_reflector(
         Api::<Pod>::all(client.clone()),
         pod_config.clone(),
-        |p: &mut Pod| p.metadata.managed_fields = None,
+        slim_pod,
         |_| {},
         stop.clone(),
     );
@@ -386,6 +432,7 @@ pub async fn run(
     let prefetches: Api<Prefetch> = Api::all(client.clone());
     let controller = Controller::new(prefetches, watcher::Config::default());
     let prefetch_store = controller.store();
+    let settings_concurrency = settings.concurrency;
     let ctx = Arc::new(Context {
         client: client.clone(),
         nodes,
@@ -422,6 +469,7 @@ pub async fn run(
             },
         )
         .reconcile_all_on(node_triggers)
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings_concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {

@@ -285,18 +285,22 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
                 let key = (node.clone(), image.clone());
                 if let std::collections::btree_map::Entry::Vacant(slot) = memory.outcomes.entry(key)
                 {
-                    match outcome {
+                    // The memory holds one entry per pair of every running round (hundreds of
+                    // thousands at scale): keep a pulled pair's digest in the status only.
+                    let remembered = match outcome {
                         Outcome::Pulled { image_id } => {
                             decision.newly_pulled += 1;
                             if let Some(id) = image_id {
                                 status.digests.insert(image.clone(), id.clone());
                             }
+                            Outcome::Pulled { image_id: None }
                         }
                         Outcome::Failed { reason, .. } => {
-                            decision.newly_failed.push(reason.clone())
+                            decision.newly_failed.push(reason.clone());
+                            outcome.clone()
                         }
-                    }
-                    slot.insert(outcome.clone());
+                    };
+                    slot.insert(remembered);
                 }
             }
         }

@@ -113,6 +113,32 @@ impl TestApiServer {
         self.shared.compact();
     }
 
+    /// Creates an object in process, as setup that is not part of what is measured (no
+    /// request is counted).
+    pub fn create_direct(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        object: Value,
+    ) -> anyhow::Result<Value> {
+        self.shared.create_direct(group, version, plural, object)
+    }
+
+    /// Merges `status` into an object's status in process (a kubelet's write), uncounted.
+    pub fn merge_status_direct(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        status: &Value,
+    ) -> anyhow::Result<Value> {
+        self.shared
+            .merge_status_direct(group, version, plural, namespace, name, status)
+    }
+
     /// Current objects of a type, for assertions that must not go through a client.
     pub fn objects(&self, group: &str, plural: &str) -> Vec<Value> {
         self.shared.objects(group, plural)

@@ -11,7 +11,10 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::{Lock, status};
 
 pub const DEFAULT_HISTORY: usize = 200_000;
-const BROADCAST_CAPACITY: usize = 1 << 16;
+/// Changes buffered for live watches. A watch that falls further behind is ended (the
+/// client re-watches from its last version, replayed from the history log), as the real
+/// server's bounded watch cache does; a larger ring only holds more copies in memory.
+const BROADCAST_CAPACITY: usize = 4096;
 
 /// An API error: HTTP status and a Status body.
 #[derive(Debug, Clone)]
@@ -177,6 +180,39 @@ impl Shared {
         }
     }
 
+    pub fn create_direct(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        object: Value,
+    ) -> anyhow::Result<Value> {
+        let rt = lookup(group, version, plural)
+            .ok_or_else(|| anyhow::anyhow!("unknown resource {plural}"))?;
+        let ns = meta_str(&object, "namespace").unwrap_or("").to_string();
+        self.create(rt, &ns, object)
+            .map_err(|e| anyhow::anyhow!("{}", e.body))
+    }
+
+    pub fn merge_status_direct(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        status: &Value,
+    ) -> anyhow::Result<Value> {
+        let rt = lookup(group, version, plural)
+            .ok_or_else(|| anyhow::anyhow!("unknown resource {plural}"))?;
+        self.update(rt, ns, name, true, |old| {
+            let mut new = old.clone();
+            merge_patch(&mut new, &json!({"status": status}));
+            Ok(new)
+        })
+        .map_err(|e| anyhow::anyhow!("{}", e.body))
+    }
+
     pub fn seed(
         &self,
         group: &str,
@@ -233,10 +269,18 @@ impl Shared {
         inner.compacted_through = inner.rv;
     }
     pub fn objects(&self, group: &str, plural: &str) -> Vec<Value> {
+        let Some(rt) = super::resources::RESOURCES
+            .iter()
+            .copied()
+            .find(|r| r.group == group && r.plural == plural)
+        else {
+            return Vec::new();
+        };
+        // Keys sort by type first: read only this type's range.
         lock(&self.inner)
             .objects
-            .iter()
-            .filter(|((rt, _, _), _)| rt.group == group && rt.plural == plural)
+            .range((rt, String::new(), String::new())..)
+            .take_while(|((r, _, _), _)| *r == rt)
             .map(|(_, v)| v.clone())
             .collect()
     }
