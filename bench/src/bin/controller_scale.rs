@@ -28,8 +28,8 @@ struct Args {
     /// The controller's --max-pod-creates-per-second.
     #[arg(long, default_value_t = 250.0)]
     creates_per_second: f64,
-    /// spec.max_parallel of every Prefetch.
-    #[arg(long, default_value_t = 100)]
+    /// spec.max_parallel of every Prefetch (the product default).
+    #[arg(long, default_value_t = 20)]
     max_parallel: i64,
     /// Length of the steady-state window (no changes but node heartbeats).
     #[arg(long, default_value_t = 60)]
@@ -154,7 +154,10 @@ async fn main() -> anyhow::Result<()> {
     let mut last_pod_at = Duration::ZERO;
     let mut peak_rss_kib = 0;
     let converged_at = loop {
-        let pods = api.objects("", "pods");
+        // Only pods the kubelet has not run yet (no container statuses) are copied out.
+        let pods = api.objects_where("", "pods", |p| {
+            p.pointer("/status/containerStatuses").is_none()
+        });
         for (n, pod) in pods.into_iter().enumerate() {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or("").to_string();
             if !handled.insert(uid) {

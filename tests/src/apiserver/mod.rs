@@ -144,6 +144,16 @@ impl TestApiServer {
         self.shared.objects(group, plural)
     }
 
+    /// Current objects of a type for which `wanted` holds (only those are copied).
+    pub fn objects_where(
+        &self,
+        group: &str,
+        plural: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        self.shared.objects_where(group, plural, wanted)
+    }
+
     pub fn object_count(&self) -> usize {
         self.shared.object_count()
     }

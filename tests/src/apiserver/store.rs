@@ -269,6 +269,15 @@ impl Shared {
         inner.compacted_through = inner.rv;
     }
     pub fn objects(&self, group: &str, plural: &str) -> Vec<Value> {
+        self.objects_where(group, plural, |_| true)
+    }
+
+    pub fn objects_where(
+        &self,
+        group: &str,
+        plural: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let Some(rt) = super::resources::RESOURCES
             .iter()
             .copied()
@@ -281,6 +290,7 @@ impl Shared {
             .objects
             .range((rt, String::new(), String::new())..)
             .take_while(|((r, _, _), _)| *r == rt)
+            .filter(|(_, v)| wanted(v))
             .map(|(_, v)| v.clone())
             .collect()
     }
