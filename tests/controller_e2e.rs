@@ -63,53 +63,15 @@ async fn wait_for_status(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walkthrough_prefetches_on_every_worker_and_cleans_up() {
-    let cluster = TestCluster::start("walkthrough").await.unwrap();
-    if cluster.is_real() {
-        eprintln!(
-            "skipped against a real cluster: this scenario creates nodes and plays their kubelet"
-        );
+    let Some(s) = scenario("walkthrough", json!({})).await else {
         return;
-    }
-    let (client, ns) = (cluster.client.clone(), cluster.namespace.clone());
-    create_walkthrough_nodes(&client).await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let deployment: Deployment = serde_json::from_value(nginx_deployment(
-        &ns,
-        "nginx",
-        json!({"app": "nginx"}),
-        &["nginx:1.7.9"],
-    ))
-    .unwrap();
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await
-        .unwrap();
-    let prefetches: Api<Prefetch> = Api::namespaced(client.clone(), &ns);
-    prefetches
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(sample_prefetch(&ns)).unwrap(),
-        )
-        .await
-        .unwrap();
-
-    let rule: Rule = Arc::new(|_, _| Pull::Succeed);
-    let kubelet = FakeKubelet::start(client.clone(), rule);
-    let controller = ControllerProcess::start(
-        &cluster.kubeconfig,
-        &[
-            "--leader-elect",
-            "false",
-            "--noop-image",
-            "kube-prefetch/controller:dev",
-        ],
-        "controller",
-    )
-    .await
-    .expect("controller starts");
+    };
+    let controller = controller(&s, &[], "controller").await;
+    let (prefetches, kubelet) = (&s.prefetches, &s.kubelet);
+    let (client, ns) = (s.cluster.client.clone(), s.ns.clone());
 
     let status = wait_for_status(
-        &prefetches,
+        prefetches,
         "prefetch-sample",
         Duration::from_secs(30),
         |s| s.phase == Phase::Succeeded,
@@ -175,7 +137,7 @@ async fn walkthrough_prefetches_on_every_worker_and_cleans_up() {
         metrics.contains("prefetch_controller_images_prefetched_total 3"),
         "{metrics}"
     );
-    cluster.cleanup().await;
+    s.cluster.cleanup().await;
 }
 
 /// Per-node kubelet behaviour the test can change while the controller runs.

@@ -8,6 +8,7 @@ pub mod defaulting;
 pub mod images;
 pub mod labels;
 pub mod limits;
+pub mod signals;
 pub mod telemetry;
 pub mod validation;
 

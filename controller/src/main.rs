@@ -144,20 +144,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// SIGTERM or Ctrl-C: stop taking work, let reconciles in progress finish, release the lease.
 async fn signal_shutdown(shutdown: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; shutting down"),
-    }
+    prefetch_common::signals::shutdown_signal().await;
     shutdown.cancel();
 }

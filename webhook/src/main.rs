@@ -114,21 +114,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// SIGTERM or Ctrl-C: report not-ready, stop accepting, let in-flight requests finish.
 async fn signal_shutdown(shutdown: CancellationToken, serving: Arc<AtomicBool>) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; shutting down"),
-    }
+    prefetch_common::signals::shutdown_signal().await;
     serving.store(false, Ordering::Release);
     shutdown.cancel();
 }
