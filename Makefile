@@ -3,7 +3,7 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 CRD := manifests/crd/prefetches.cache.techsquad.rocks.yaml
 
-.PHONY: demo test build crd certs lint fmt bench clean
+.PHONY: demo test build crd certs lint fmt bench clean docker-build deploy undeploy
 
 ## demo: start the webhook on 127.0.0.1 with throwaway certificates and show its decisions
 demo:
@@ -42,3 +42,16 @@ bench:
 
 clean:
 	$(CARGO) clean
+
+## docker-build: both images (needs a Docker engine; the build machines here have none)
+docker-build:
+	docker build -f Dockerfile.controller -t kube-prefetch/controller:dev .
+	docker build -f Dockerfile.webhook -t kube-prefetch/webhook:dev .
+
+## deploy: certificates if absent, then the kustomize base (needs kubectl and a cluster)
+deploy: certs
+	kubectl apply -k manifests/
+
+undeploy:
+	kubectl delete -k manifests/ --ignore-not-found
+
