@@ -623,3 +623,58 @@ async fn api_errors_and_dropped_watches_are_survived() {
     assert_eq!(s.kubelet.seen_pods(), 3, "converged without duplicates");
     s.cluster.cleanup().await;
 }
+
+/// The RBAC list is derived from what the real binary calls: the controller runs under its
+/// own token, every request it makes is recorded, and the manifests must grant exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_grant_exactly_what_the_controller_calls() {
+    let Some(s) = scenario("rbac", json!({})).await else {
+        return;
+    };
+    // A failure, so Warning events are recorded too.
+    s.rules.set("kind-worker2", Pull::Fail("ErrImagePull"));
+    let api = s.cluster.api.as_ref().unwrap();
+    let kubeconfig = s.cluster.dir.path().join("controller-kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig_for("prefetch-controller")).unwrap();
+    let lease_ns = s.ns.clone();
+    let controller = ControllerProcess::start(
+        &kubeconfig,
+        &[
+            "--leader-elect",
+            "true",
+            "--lease-namespace",
+            &lease_ns,
+            "--noop-image",
+            "x",
+        ],
+        "controller",
+    )
+    .await
+    .unwrap();
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Failed,
+    )
+    .await;
+    // Past one lease renewal (every 2 s), then a SIGTERM that releases the lease.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        controller
+            .process
+            .terminate(Duration::from_secs(20))
+            .await
+            .unwrap()
+            .success()
+    );
+
+    let manifest =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/controller/rbac.yaml");
+    prefetch_tests::rbac::assert_exact(
+        &prefetch_tests::rbac::called(api, "prefetch-controller"),
+        &prefetch_tests::rbac::granted(&manifest).unwrap(),
+        // kube's event Recorder patches an event only when the same one repeats (a series).
+        &[("events.k8s.io", "events", "patch")],
+    );
+}

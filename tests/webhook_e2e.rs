@@ -770,3 +770,44 @@ async fn sigterm_stops_cleanly() {
     assert!(status.success(), "exit status {status}");
     s.cluster.cleanup().await;
 }
+
+/// The webhook's RBAC is derived from its calls: run it under its own token, exercise it, and
+/// compare what it called with what the manifests grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_grant_exactly_what_the_webhook_calls() {
+    let cluster = TestCluster::start("webhook-rbac").await.expect("cluster");
+    let Some(api) = cluster.api.as_ref() else {
+        eprintln!("skipped against a real cluster: it counts requests in the test API server");
+        return;
+    };
+    let kubeconfig = cluster.dir.path().join("webhook-kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig_for("prefetch-webhook")).unwrap();
+    let certs = issue_test_certs(&cluster.dir.path().join("certs")).unwrap();
+    let options = WebhookOptions {
+        echo_logs: true,
+        ..WebhookOptions::with_cert_dir(&kubeconfig, &certs)
+    };
+    let webhook = WebhookProcess::start(options)
+        .await
+        .expect("webhook starts");
+    let ca = std::fs::read(certs.join("ca.crt")).unwrap();
+    let client =
+        PinnedClient::new(&ca, webhook.admission_addr, "127.0.0.1", Protocol::Http1).unwrap();
+    for path in ["/mutate/prefetch", "/validate/prefetch"] {
+        let review = prefetch_review(
+            "rbac",
+            "CREATE",
+            sample_prefetch(&cluster.namespace),
+            Value::Null,
+        );
+        post_review(&client, path, &review).await;
+    }
+    let manifest =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook/rbac.yaml");
+    prefetch_tests::rbac::assert_exact(
+        &prefetch_tests::rbac::called(api, "prefetch-webhook"),
+        &prefetch_tests::rbac::granted(&manifest).unwrap(),
+        &[],
+    );
+    cluster.cleanup().await;
+}

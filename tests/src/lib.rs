@@ -6,4 +6,5 @@ pub mod binaries;
 pub mod cluster;
 pub mod fixtures;
 pub mod kubelet;
+pub mod rbac;
 pub mod tls_client;

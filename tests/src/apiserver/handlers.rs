@@ -136,7 +136,12 @@ async fn serve(
         Some(sub) => format!("{}/{sub}", target.rt.plural),
         None => target.rt.plural.to_string(),
     };
-    state.shared.count(verb, &resource);
+    let client = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("anonymous");
+    state.shared.count(verb, target.rt.group, &resource, client);
     if let Some(code) = state.shared.take_fault(verb, target.rt.plural) {
         return error(ApiError::new(
             code,

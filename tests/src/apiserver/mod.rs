@@ -76,10 +76,16 @@ impl TestApiServer {
 
     /// A kubeconfig (JSON is YAML) pointing at this server.
     pub fn kubeconfig(&self) -> String {
+        self.kubeconfig_for("test")
+    }
+
+    /// A kubeconfig whose requests are counted under `token` (RequestKey::client), so a
+    /// test can tell one binary's calls from everyone else's.
+    pub fn kubeconfig_for(&self, token: &str) -> String {
         json!({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
             "clusters": [{"name": "test", "cluster": {"server": self.url()}}],
-            "users": [{"name": "test", "user": {"token": "test"}}],
+            "users": [{"name": "test", "user": {"token": token}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "default"}}]
         })
         .to_string()

@@ -117,7 +117,11 @@ impl WatchFilter {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct RequestKey {
     pub verb: &'static str,
+    /// API group ("" for core).
+    pub group: &'static str,
     pub resource: String,
+    /// The bearer token the request carried: who made it (see `kubeconfig_for`).
+    pub client: String,
 }
 
 /// Answer matching requests with an error instead of serving them.
@@ -230,11 +234,13 @@ impl Shared {
 
     // ---- bookkeeping used by tests ----
 
-    pub fn count(&self, verb: &'static str, resource: &str) {
+    pub fn count(&self, verb: &'static str, group: &'static str, resource: &str, client: &str) {
         *lock(&self.counts)
             .entry(RequestKey {
                 verb,
+                group,
                 resource: resource.to_string(),
+                client: client.to_string(),
             })
             .or_default() += 1;
     }
