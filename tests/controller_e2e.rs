@@ -221,6 +221,17 @@ async fn scenario(test: &str, spec: serde_json::Value) -> Option<Scenario> {
     })
 }
 
+/// Waits (up to 30 s) until the sample Prefetch reaches `phase`.
+async fn until_phase(s: &Scenario, phase: Phase) -> prefetch_common::PrefetchStatus {
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == phase,
+    )
+    .await
+}
+
 async fn controller(s: &Scenario, extra: &[&str], label: &'static str) -> ControllerProcess {
     let mut args = vec!["--noop-image", "kube-prefetch/controller:dev"];
     args.extend_from_slice(extra);
@@ -238,13 +249,7 @@ async fn rollout_signal_prefetches_new_images_without_waiting() {
         return;
     };
     let _controller = controller(&s, &[], "controller").await;
-    wait_for_status(
-        &s.prefetches,
-        "prefetch-sample",
-        Duration::from_secs(30),
-        |st| st.phase == Phase::Succeeded,
-    )
-    .await;
+    until_phase(&s, Phase::Succeeded).await;
 
     // What the webhook does on the rollout: the new image, plus its two annotations.
     let requested_at = jiff::Timestamp::now()
@@ -286,13 +291,7 @@ async fn joining_nodes_get_a_pod_unless_they_have_the_image() {
         return;
     };
     let _controller = controller(&s, &[], "controller").await;
-    wait_for_status(
-        &s.prefetches,
-        "prefetch-sample",
-        Duration::from_secs(30),
-        |st| st.phase == Phase::Succeeded,
-    )
-    .await;
+    until_phase(&s, Phase::Succeeded).await;
     let nodes: Api<Node> = Api::all(s.cluster.client.clone());
     for (name, images) in [
         ("kind-worker4", json!([])),
@@ -331,13 +330,7 @@ async fn a_pull_failure_is_reported_with_node_image_and_reason() {
     };
     s.rules.set("kind-worker2", Pull::Fail("ErrImagePull"));
     let controller = controller(&s, &[], "controller").await;
-    let status = wait_for_status(
-        &s.prefetches,
-        "prefetch-sample",
-        Duration::from_secs(30),
-        |st| st.phase == Phase::Failed,
-    )
-    .await;
+    let status = until_phase(&s, Phase::Failed).await;
     assert_eq!((status.ready, status.failed, status.total), (2, 1, 3));
     let failure = &status.failures[0];
     assert_eq!(
@@ -389,13 +382,7 @@ async fn deleting_the_prefetch_removes_its_pods_and_never_anyone_elses() {
         s.pods.create(&PostParams::default(), &pod).await.unwrap();
     }
     let _controller = controller(&s, &[], "controller").await;
-    wait_for_status(
-        &s.prefetches,
-        "prefetch-sample",
-        Duration::from_secs(30),
-        |st| st.phase == Phase::Running,
-    )
-    .await;
+    until_phase(&s, Phase::Running).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while s
         .pods
@@ -470,13 +457,7 @@ async fn a_restart_mid_round_creates_no_duplicates() {
         )
         .await
         .unwrap();
-    let status = wait_for_status(
-        &s.prefetches,
-        "prefetch-sample",
-        Duration::from_secs(30),
-        |st| st.phase == Phase::Succeeded,
-    )
-    .await;
+    let status = until_phase(&s, Phase::Succeeded).await;
     assert_eq!(status.ready, 3);
     assert_eq!(
         s.kubelet.seen_pods(),
@@ -523,13 +504,7 @@ async fn with_two_replicas_only_the_leader_acts() {
     )
     .await
     .unwrap();
-    wait_for_status(
-        &s.prefetches,
-        "prefetch-sample",
-        Duration::from_secs(30),
-        |st| st.phase == Phase::Succeeded,
-    )
-    .await;
+    until_phase(&s, Phase::Succeeded).await;
     let (ma, mb) = (a.metrics().await.unwrap(), b.metrics().await.unwrap());
     let leaders = [&ma, &mb]
         .iter()
@@ -651,13 +626,7 @@ async fn the_manifests_grant_exactly_what_the_controller_calls() {
     )
     .await
     .unwrap();
-    wait_for_status(
-        &s.prefetches,
-        "prefetch-sample",
-        Duration::from_secs(30),
-        |st| st.phase == Phase::Failed,
-    )
-    .await;
+    until_phase(&s, Phase::Failed).await;
     // Past one lease renewal (every 2 s), then a SIGTERM that releases the lease.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
