@@ -617,6 +617,14 @@ mod tests {
         pod
     }
 
+    /// The kubelet pulled every image of every pod in `created`.
+    fn all_pulled(created: &[Pod], at: Timestamp) -> Vec<Pod> {
+        created
+            .iter()
+            .map(|p| kubelet(p.clone(), at, &[pulled()]))
+            .collect()
+    }
+
     fn pulled() -> Value {
         json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
     }
@@ -704,11 +712,7 @@ mod tests {
         // The kubelet pulls; the controller records, deletes the pods and ends the round.
         world.prefetch.status = Some(first.status.clone());
         let t1 = t("2026-11-22T10:00:20Z");
-        let pods: Vec<Pod> = first
-            .create
-            .iter()
-            .map(|p| kubelet(p.clone(), t0, &[pulled()]))
-            .collect();
+        let pods: Vec<Pod> = all_pulled(&first.create, t0);
         let second = world.step(&pods, first.memory.as_ref(), t1);
         assert!(second.create.is_empty());
         assert_eq!(second.delete, names(&first.create));
@@ -852,11 +856,7 @@ mod tests {
         let t0 = t("2026-11-22T10:00:00Z");
         let first = world.step(&[], None, t0);
         world.prefetch.status = Some(first.status.clone());
-        let mut pods: Vec<Pod> = first
-            .create
-            .iter()
-            .map(|p| kubelet(p.clone(), t0, &[pulled()]))
-            .collect();
+        let mut pods: Vec<Pod> = all_pulled(&first.create, t0);
         pods[1] = kubelet(
             first.create[1].clone(),
             t0,
@@ -895,11 +895,7 @@ mod tests {
         let t0 = t("2026-11-22T10:00:00Z");
         let first = world.step(&[], None, t0);
         world.prefetch.status = Some(first.status.clone());
-        let pods: Vec<Pod> = first
-            .create
-            .iter()
-            .map(|p| kubelet(p.clone(), t0, &[pulled()]))
-            .collect();
+        let pods: Vec<Pod> = all_pulled(&first.create, t0);
         let done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:10Z"));
         world.prefetch.status = Some(done.status.clone());
 
@@ -937,11 +933,7 @@ mod tests {
         );
 
         world.prefetch.status = Some(rollout.status.clone());
-        let pods: Vec<Pod> = rollout
-            .create
-            .iter()
-            .map(|p| kubelet(p.clone(), t2, &[pulled()]))
-            .collect();
+        let pods: Vec<Pod> = all_pulled(&rollout.create, t2);
         let finished = world.step(&pods, rollout.memory.as_ref(), t("2026-11-22T10:00:31Z"));
         assert_eq!(finished.rollout_latency, Some(Duration::from_secs(12)));
         assert_eq!(finished.status.phase, Phase::Succeeded);
@@ -1101,11 +1093,7 @@ mod tests {
         let t0 = t("2026-11-22T10:00:00Z");
         let first = world.step(&[], None, t0);
         world.prefetch.status = Some(first.status.clone());
-        let pods: Vec<Pod> = first
-            .create
-            .iter()
-            .map(|p| kubelet(p.clone(), t0, &[pulled()]))
-            .collect();
+        let pods: Vec<Pod> = all_pulled(&first.create, t0);
         let done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:10Z"));
         world.prefetch.status = Some(done.status.clone());
         world.nodes = vec![

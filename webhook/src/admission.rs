@@ -223,23 +223,28 @@ fn validate(request: &AdmissionRequest<DynamicObject>, caches: &Caches<'_>) -> A
         Err(answer) => return *answer,
     };
     let data = &object.data;
-    let node_names = caches.nodes.snapshot();
-    let mut ctx = ValidationContext {
-        min_retry_after: caches.min_retry_after,
-        node_names: node_names.as_ref(),
-    };
     // Ratcheting: an object admitted under a lower floor may still be updated (labels, other
     // fields) as long as it does not change retry_after.
-    if request.operation == Operation::Update {
-        let old = request
+    let unchanged_retry_after = request.operation == Operation::Update
+        && request
             .old_object
             .as_ref()
-            .map(|o| &o.data["spec"]["retry_after"]);
-        if old == Some(&data["spec"]["retry_after"]) {
-            ctx.min_retry_after = prefetch_common::limits::MIN_RETRY_AFTER;
-        }
-    }
-    let verdict = validate_prefetch(data, &ctx);
+            .map(|o| &o.data["spec"]["retry_after"])
+            == Some(&data["spec"]["retry_after"]);
+    let min_retry_after = if unchanged_retry_after {
+        prefetch_common::limits::MIN_RETRY_AFTER
+    } else {
+        caches.min_retry_after
+    };
+    let verdict = caches.nodes.with_names(|node_names| {
+        validate_prefetch(
+            data,
+            &ValidationContext {
+                min_retry_after,
+                node_names,
+            },
+        )
+    });
     if verdict.is_allowed() {
         let mut answer = Answer::allow(&request.uid, "valid");
         answer.warnings = verdict.warnings;

@@ -151,13 +151,14 @@ pub struct NodeNames {
 }
 
 impl NodeNames {
-    /// The names, once the first list has completed.
-    pub fn snapshot(&self) -> Option<BTreeSet<String>> {
+    /// Runs `read` over the names (`None` until the first list has completed), under the
+    /// lock: validation needs one substring check, not a copy of every node name.
+    pub fn with_names<R>(&self, read: impl FnOnce(Option<&BTreeSet<String>>) -> R) -> R {
         if !self.synced.load(Ordering::Acquire) {
-            return None;
+            return read(None);
         }
         let guard = locks::read(&self.names);
-        Some(guard.0.clone())
+        read(Some(&guard.0))
     }
 
     pub fn apply<K: ResourceExt>(&self, event: Event<K>) {
@@ -336,12 +337,15 @@ mod tests {
             },
             ..Default::default()
         };
-        assert_eq!(names.snapshot(), None);
+        assert_eq!(names.with_names(|n| n.cloned()), None);
         names.apply(Event::<Node>::Init);
         names.apply(Event::InitApply(node("a")));
         names.apply(Event::<Node>::InitDone);
         names.apply(Event::Apply(node("b")));
         names.apply(Event::Delete(node("a")));
-        assert_eq!(names.snapshot(), Some(["b".to_string()].into()));
+        assert_eq!(
+            names.with_names(|n| n.cloned()),
+            Some(["b".to_string()].into())
+        );
     }
 }
