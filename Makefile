@@ -1,9 +1,10 @@
 # kube-prefetch. `make demo` runs it with no cluster; `make test` runs every test.
 CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
-CRD := manifests/crd/prefetches.cache.techsquad.rocks.yaml
+CRD := manifests/base/crd/prefetches.cache.techsquad.rocks.yaml
+CHART_CRD := manifests/chart/crds/prefetches.cache.techsquad.rocks.yaml
 
-.PHONY: demo test build crd certs lint fmt bench clean docker-build deploy undeploy
+.PHONY: demo test build crd chart-golden certs lint fmt bench clean docker-build deploy undeploy
 
 ## demo: start the webhook on 127.0.0.1 with throwaway certificates and show its decisions
 demo:
@@ -22,6 +23,11 @@ build:
 ## crd: regenerate the CRD from common/src/api.rs
 crd:
 	$(CARGO) run -q -p prefetch-common --bin prefetch-crdgen > $(CRD)
+	cp $(CRD) $(CHART_CRD)
+
+## chart-golden: re-render tests/golden/chart-cert-manager.yaml after a chart change (needs helm)
+chart-golden:
+	helm template kube-prefetch manifests/chart --namespace prefetch-system --set tls.source=cert-manager > tests/golden/chart-cert-manager.yaml
 
 ## certs: CA and serving certificate into certs/, kustomize inputs into manifests/certs/
 certs:

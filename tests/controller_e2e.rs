@@ -638,8 +638,8 @@ async fn the_manifests_grant_exactly_what_the_controller_calls() {
             .success()
     );
 
-    let manifest =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/controller/rbac.yaml");
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/base/controller/rbac.yaml");
     prefetch_tests::rbac::assert_exact(
         &prefetch_tests::rbac::called(api, "prefetch-controller"),
         &prefetch_tests::rbac::granted(&manifest).unwrap(),

@@ -802,8 +802,8 @@ async fn the_manifests_grant_exactly_what_the_webhook_calls() {
         );
         post_review(&client, path, &review).await;
     }
-    let manifest =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/webhook/rbac.yaml");
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/base/webhook/rbac.yaml");
     prefetch_tests::rbac::assert_exact(
         &prefetch_tests::rbac::called(api, "prefetch-webhook"),
         &prefetch_tests::rbac::granted(&manifest).unwrap(),

@@ -1,6 +1,6 @@
 //! The `Prefetch` API (`cache.techsquad.rocks/v1`). Field names are snake_case like the
 //! original Go operator's, so its users' existing objects apply unchanged. The CRD in
-//! `manifests/crd/` is generated from these types (`make crd`); a test fails when they drift.
+//! `manifests/base/crd/` is generated from these types (`make crd`); a test fails when they drift.
 
 use std::collections::BTreeMap;
 

@@ -5,8 +5,12 @@ use kube::CustomResourceExt;
 
 use crate::Prefetch;
 
-/// Path of the committed CRD, relative to the workspace root.
-pub const CRD_PATH: &str = "manifests/crd/prefetches.cache.techsquad.rocks.yaml";
+/// Where the CRD is committed, relative to the workspace root: the kustomize base and the Helm
+/// chart's `crds/` (Helm installs those before the templates, and never deletes them).
+pub const CRD_PATHS: [&str; 2] = [
+    "manifests/base/crd/prefetches.cache.techsquad.rocks.yaml",
+    "manifests/chart/crds/prefetches.cache.techsquad.rocks.yaml",
+];
 
 pub fn prefetch_crd() -> CustomResourceDefinition {
     Prefetch::crd()
@@ -30,13 +34,15 @@ mod tests {
 
     #[test]
     fn committed_crd_matches_the_types() {
-        let committed = std::fs::read_to_string(workspace_root().join(CRD_PATH))
-            .expect("the CRD is committed; run `make crd`");
         let generated = prefetch_crd_yaml().unwrap();
-        assert!(
-            committed == generated,
-            "{CRD_PATH} is out of date with common/src/api.rs: run `make crd` and commit the result"
-        );
+        for path in CRD_PATHS {
+            let committed = std::fs::read_to_string(workspace_root().join(path))
+                .unwrap_or_else(|e| panic!("{path}: {e}; run `make crd`"));
+            assert!(
+                committed == generated,
+                "{path} is out of date with common/src/api.rs: run `make crd` and commit the result"
+            );
+        }
     }
 
     #[test]

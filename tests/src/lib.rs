@@ -6,5 +6,6 @@ pub mod binaries;
 pub mod cluster;
 pub mod fixtures;
 pub mod kubelet;
+pub mod manifests;
 pub mod rbac;
 pub mod tls_client;
