@@ -82,7 +82,7 @@ pub enum Command {
         #[arg(long)]
         to: PathBuf,
         /// The bundled binary.
-        #[arg(long, default_value = "/usr/local/bin/noop")]
+        #[arg(long, default_value = crate::pod::BUNDLED_NOOP_PATH)]
         from: PathBuf,
     },
 }

@@ -31,6 +31,8 @@ pub const INSTALL_NOOP_COMMAND: [&str; 4] = [
     "--to",
     NOOP_PATH,
 ];
+/// Where the controller image carries the static `noop` (install-noop's default source).
+pub const BUNDLED_NOOP_PATH: &str = "/usr/local/bin/noop";
 /// Any non-root uid works: noop needs no file but itself.
 const RUN_AS: i64 = 65534;
 
