@@ -196,7 +196,7 @@ fn chart_defaults_are_the_kustomize_settings() {
 // --- Checks that render the chart with helm, where a machine has it. ---
 
 fn helm_or_skip(test: &str) -> Option<PathBuf> {
-    let helm = optional_tool("helm", "PREFETCH_HELM");
+    let helm = optional_tool("helm", "PREFETCH_HELM", &["version"]);
     if helm.is_none() {
         eprintln!("{test}: skipped, no helm on PATH (or PREFETCH_HELM)");
     }

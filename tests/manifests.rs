@@ -435,7 +435,7 @@ fn the_cert_manager_overlay_issues_the_mounted_secret_and_injects_the_ca() {
 }
 
 fn kubectl_or_skip(test: &str) -> Option<std::path::PathBuf> {
-    let kubectl = optional_tool("kubectl", "PREFETCH_KUBECTL");
+    let kubectl = optional_tool("kubectl", "PREFETCH_KUBECTL", &["version", "--client"]);
     if kubectl.is_none() {
         eprintln!("{test}: skipped, no kubectl on PATH (or PREFETCH_KUBECTL) to render kustomize");
     }

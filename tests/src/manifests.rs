@@ -179,15 +179,29 @@ pub fn differences(left: &Value, right: &Value) -> Vec<String> {
     out
 }
 
-/// An optional tool: `$env_var` if set, else `name` on PATH. None when absent, so the checks
-/// that need it are skipped (and say so) on machines without it, such as CI.
-pub fn optional_tool(name: &str, env_var: &str) -> Option<PathBuf> {
+/// An optional tool: `$env_var` if set, else `name` on PATH if `name <probe_args>` runs. None
+/// when absent or not working, so the checks that need it are skipped (and say so) on machines
+/// without it, such as CI.
+pub fn optional_tool(name: &str, env_var: &str, probe_args: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env_var) {
         return Some(PathBuf::from(path));
     }
-    std::env::split_paths(&std::env::var_os("PATH")?)
+    let found = std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+        .find(|candidate| candidate.is_file())?;
+    let works = Command::new(&found)
+        .args(probe_args)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        eprintln!(
+            "{} is on PATH but `{name} {}` fails; not using it",
+            found.display(),
+            probe_args.join(" ")
+        );
+        return None;
+    }
+    Some(found)
 }
 
 /// Runs a tool in the workspace root; Ok(stdout) on success, Err(stderr) on failure.
