@@ -618,15 +618,28 @@ mod tests {
     }
 
     /// The kubelet pulled every image of every pod in `created`.
-    fn all_pulled(created: &[Pod], at: Timestamp) -> Vec<Pod> {
+    /// The created pods as the kubelet reports them, every container in `state`.
+    fn all_in(created: &[Pod], at: Timestamp, state: Value) -> Vec<Pod> {
         created
             .iter()
-            .map(|p| kubelet(p.clone(), at, &[pulled()]))
+            .map(|p| kubelet(p.clone(), at, std::slice::from_ref(&state)))
             .collect()
+    }
+
+    fn all_pulled(created: &[Pod], at: Timestamp) -> Vec<Pod> {
+        all_in(created, at, pulled())
+    }
+
+    fn all_creating(created: &[Pod], at: Timestamp) -> Vec<Pod> {
+        all_in(created, at, creating())
     }
 
     fn pulled() -> Value {
         json!({"terminated": {"exitCode": 0, "reason": "Completed"}})
+    }
+
+    fn creating() -> Value {
+        json!({"waiting": {"reason": "ContainerCreating"}})
     }
 
     struct World {
@@ -775,17 +788,7 @@ mod tests {
         assert_eq!(first.create.len(), 2);
         world.prefetch.status = Some(first.status.clone());
         // Still running: no more pods.
-        let running: Vec<Pod> = first
-            .create
-            .iter()
-            .map(|p| {
-                kubelet(
-                    p.clone(),
-                    t0,
-                    &[json!({"waiting": {"reason": "ContainerCreating"}})],
-                )
-            })
-            .collect();
+        let running: Vec<Pod> = all_creating(&first.create, t0);
         let again = world.step(&running, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
         assert!(again.create.is_empty() && again.delete.is_empty());
         assert_eq!(again.in_flight, 2);
@@ -814,11 +817,7 @@ mod tests {
             ]
         );
         world.prefetch.status = Some(first.status.clone());
-        let pods: Vec<Pod> = first
-            .create
-            .iter()
-            .map(|p| kubelet(p.clone(), t("2026-11-22T10:00:00Z"), &[pulled()]))
-            .collect();
+        let pods: Vec<Pod> = all_pulled(&first.create, t("2026-11-22T10:00:00Z"));
         let second = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
         assert_eq!(
             second.status.phase,
@@ -952,11 +951,7 @@ mod tests {
         world.prefetch.status = Some(first.status.clone());
         // Restart: no memory; two pods exist (one in flight, one done), one was never created.
         let pods = vec![
-            kubelet(
-                first.create[0].clone(),
-                t0,
-                &[json!({"waiting": {"reason": "ContainerCreating"}})],
-            ),
+            kubelet(first.create[0].clone(), t0, &[creating()]),
             kubelet(first.create[1].clone(), t0, &[pulled()]),
         ];
         let resumed = world.step(&pods, None, t("2026-11-22T10:00:05Z"));
@@ -978,11 +973,7 @@ mod tests {
         let world = World::walkthrough();
         let t0 = t("2026-11-22T10:00:00Z");
         let first = world.step(&[], None, t0);
-        let mut terminating = kubelet(
-            first.create[0].clone(),
-            t0,
-            &[json!({"waiting": {"reason": "ContainerCreating"}})],
-        );
+        let mut terminating = kubelet(first.create[0].clone(), t0, &[creating()]);
         terminating.metadata.deletion_timestamp = Some(Time(t0));
         let memory = RoundMemory {
             started: t0,
@@ -1044,17 +1035,7 @@ mod tests {
         world
             .nodes
             .retain(|n| n.metadata.name.as_deref() != Some("kind-worker3"));
-        let pods: Vec<Pod> = first
-            .create
-            .iter()
-            .map(|p| {
-                kubelet(
-                    p.clone(),
-                    t0,
-                    &[json!({"waiting": {"reason": "ContainerCreating"}})],
-                )
-            })
-            .collect();
+        let pods: Vec<Pod> = all_creating(&first.create, t0);
         let next = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
         assert_eq!(next.delete, ["prefetch-prefetch-sample-kind-worker3"]);
         assert_eq!(next.status.nodes, ["kind-worker", "kind-worker2"]);
@@ -1066,11 +1047,7 @@ mod tests {
         let mut world = World::walkthrough();
         let first = world.step(&[], None, t("2026-11-22T10:00:00Z"));
         world.prefetch.status = Some(first.status.clone());
-        let pods: Vec<Pod> = first
-            .create
-            .iter()
-            .map(|p| kubelet(p.clone(), t("2026-11-22T10:00:00Z"), &[pulled()]))
-            .collect();
+        let pods: Vec<Pod> = all_pulled(&first.create, t("2026-11-22T10:00:00Z"));
         let done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:10Z"));
         world.prefetch = prefetch(json!({"node_filter": ""}), Some(done.status.clone()), 2);
         world.prefetch.spec.tolerations = Some(vec![
