@@ -8,14 +8,14 @@
 //! objects, and bad values must fail with a message naming them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use prefetch_tests::manifests::{
-    Doc, NAMESPACE, RELEASE, by_key, chart_dir, differences, golden_chart_args,
-    golden_chart_render, kustomization_resources, manifests_dir, optional_tool, parse_documents,
-    run_tool, without_helm_labels,
+    Doc, GOLDEN_CHART_SETS, NAMESPACE, RELEASE, by_key, chart_dir, differences,
+    golden_chart_render, helm_for, helm_template_args, kustomization_resources, manifests_dir,
+    parse_documents, read_yaml, run_tool, without_helm_labels,
 };
 use serde_json::{Value, json};
 
@@ -24,7 +24,7 @@ fn read(path: &Path) -> String {
 }
 
 fn values() -> Value {
-    serde_saphyr::from_str(&read(&chart_dir().join("values.yaml"))).unwrap()
+    read_yaml(&chart_dir().join("values.yaml")).unwrap()
 }
 
 fn golden() -> Vec<Doc> {
@@ -195,46 +195,28 @@ fn chart_defaults_are_the_kustomize_settings() {
 
 // --- Checks that render the chart with helm, where a machine has it. ---
 
-fn helm_or_skip(test: &str) -> Option<PathBuf> {
-    let helm = optional_tool("helm", "PREFETCH_HELM", &["version"]);
-    if helm.is_none() {
-        eprintln!("{test}: skipped, no helm on PATH (or PREFETCH_HELM)");
-    }
-    helm
-}
-
-/// `helm template` of the chart into `namespace`, with `--set` values and `--set-file` files.
+/// [`helm_template_args`], rendered.
 fn helm_template(
     helm: &Path,
     namespace: &str,
     sets: &[&str],
     set_files: &[String],
 ) -> Result<Vec<Doc>, String> {
-    let mut args: Vec<String> = [
-        "template",
-        RELEASE,
-        "manifests/chart",
-        "--namespace",
-        namespace,
-    ]
-    .map(String::from)
-    .into();
-    for set in sets {
-        args.extend(["--set".to_string(), set.to_string()]);
-    }
-    for set in set_files {
-        args.extend(["--set-file".to_string(), set.clone()]);
-    }
-    let text = run_tool(helm, &args).unwrap()?;
+    let text = run_tool(helm, &helm_template_args(namespace, sets, set_files)).unwrap()?;
     Ok(parse_documents(&format!("helm template {sets:?}"), &text).unwrap())
 }
 
 #[test]
 fn the_golden_render_is_current() {
-    let Some(helm) = helm_or_skip("the_golden_render_is_current") else {
+    let Some(helm) = helm_for("the_golden_render_is_current") else {
         return;
     };
-    let rendered = run_tool(&helm, &golden_chart_args()).unwrap().unwrap();
+    let rendered = run_tool(
+        &helm,
+        &helm_template_args(NAMESPACE, &GOLDEN_CHART_SETS, &[]),
+    )
+    .unwrap()
+    .unwrap();
     assert!(
         rendered == read(&golden_chart_render()),
         "tests/golden/chart-cert-manager.yaml is not what the chart renders: run `make chart-golden`"
@@ -243,7 +225,7 @@ fn the_golden_render_is_current() {
 
 #[test]
 fn the_chart_lints_strict() {
-    let Some(helm) = helm_or_skip("the_chart_lints_strict") else {
+    let Some(helm) = helm_for("the_chart_lints_strict") else {
         return;
     };
     for source in ["chart", "cert-manager"] {
@@ -363,7 +345,7 @@ fn assert_same_apart_from_certificates(rendered: &[Doc]) {
 
 #[test]
 fn chart_generated_certificates_serve_the_webhook_service() {
-    let Some(helm) = helm_or_skip("chart_generated_certificates_serve_the_webhook_service") else {
+    let Some(helm) = helm_for("chart_generated_certificates_serve_the_webhook_service") else {
         return;
     };
     for namespace in [NAMESPACE, "other-namespace"] {
@@ -389,7 +371,7 @@ fn chart_generated_certificates_serve_the_webhook_service() {
 
 #[test]
 fn make_certs_files_become_the_secret_and_the_ca_bundle() {
-    let Some(helm) = helm_or_skip("make_certs_files_become_the_secret_and_the_ca_bundle") else {
+    let Some(helm) = helm_for("make_certs_files_become_the_secret_and_the_ca_bundle") else {
         return;
     };
     let dir = std::env::temp_dir().join(format!("prefetch-chart-certs-{}", std::process::id()));
@@ -428,7 +410,7 @@ fn make_certs_files_become_the_secret_and_the_ca_bundle() {
 
 #[test]
 fn values_reach_the_objects() {
-    let Some(helm) = helm_or_skip("values_reach_the_objects") else {
+    let Some(helm) = helm_for("values_reach_the_objects") else {
         return;
     };
     let rendered = helm_template(
@@ -516,7 +498,7 @@ fn values_reach_the_objects() {
 
 #[test]
 fn bad_values_fail_naming_the_value() {
-    let Some(helm) = helm_or_skip("bad_values_fail_naming_the_value") else {
+    let Some(helm) = helm_for("bad_values_fail_naming_the_value") else {
         return;
     };
     for (sets, expected) in [

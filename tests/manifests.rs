@@ -11,8 +11,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use prefetch_tests::manifests::{
-    NAMESPACE, kubectl_kustomize, kustomization_resources, manifests_dir, optional_tool,
-    parse_documents,
+    NAMESPACE, kubectl_for, kubectl_kustomize, kustomization_resources, manifests_dir,
+    parse_documents, read_yaml,
 };
 use prefetch_webhook::admission::Endpoint;
 use serde_json::Value;
@@ -42,10 +42,7 @@ fn typed<T: serde::de::DeserializeOwned>(
 #[test]
 fn kustomizations_list_exactly_the_manifest_files() {
     // The install is the base plus a certificate source; the base is every file under base/.
-    let top: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(manifests_dir().join("kustomization.yaml")).unwrap(),
-    )
-    .unwrap();
+    let top = read_yaml(&manifests_dir().join("kustomization.yaml")).unwrap();
     assert_eq!(top["resources"], serde_json::json!(["base"]));
     let listed: BTreeSet<String> = documents().into_iter().map(|(rel, ..)| rel).collect();
     let mut present = BTreeSet::new();
@@ -217,19 +214,11 @@ fn deployments_match_their_service_secret_and_accounts() {
             .any(|a| a == &format!("--listen-addr=0.0.0.0:{}", port.container_port))
     );
     // The TLS Secret that `make certs` feeds the kustomization.
-    let kustomization: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(manifests_dir().join("kustomization.yaml")).unwrap(),
-    )
-    .unwrap();
+    let kustomization = read_yaml(&manifests_dir().join("kustomization.yaml")).unwrap();
     let secret = kustomization["secretGenerator"][0]["name"]
         .as_str()
         .unwrap();
-    let mounted = spec
-        .volumes
-        .iter()
-        .flatten()
-        .find_map(|v| v.secret.as_ref()?.secret_name.clone());
-    assert_eq!(mounted.as_deref(), Some(secret));
+    assert_eq!(mounted_tls_secret(&docs), secret);
 
     let controller: Deployment = typed(&docs, "Deployment", "prefetch-controller");
     let container = &pod_spec(&controller).containers[0];
@@ -306,22 +295,15 @@ fn deployments_match_their_service_secret_and_accounts() {
 #[test]
 fn samples_are_the_originals_walkthrough_and_pass_validation() {
     let dir = manifests_dir().join("samples");
-    let prefetch: Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(dir.join("prefetch-sample.yaml")).unwrap())
-            .unwrap();
+    let prefetch = read_yaml(&dir.join("prefetch-sample.yaml")).unwrap();
     let verdict = prefetch_common::validation::validate_prefetch(&prefetch, &Default::default());
     assert!(
         verdict.is_allowed() && verdict.warnings.is_empty(),
         "{verdict:?}"
     );
     let typed: prefetch_common::Prefetch = serde_json::from_value(prefetch).unwrap();
-    let deployment: Deployment = serde_json::from_value(
-        serde_saphyr::from_str(
-            &std::fs::read_to_string(dir.join("nginx-deployment.yaml")).unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let deployment: Deployment =
+        serde_json::from_value(read_yaml(&dir.join("nginx-deployment.yaml")).unwrap()).unwrap();
     assert!(
         prefetch_common::labels::selects(
             &typed.spec.filter_by_labels,
@@ -353,10 +335,7 @@ fn mounted_tls_secret(docs: &[(String, String, String, Value)]) -> String {
 #[test]
 fn the_cert_manager_overlay_issues_the_mounted_secret_and_injects_the_ca() {
     let overlay = manifests_dir().join("cert-manager");
-    let kustomization: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(overlay.join("kustomization.yaml")).unwrap(),
-    )
-    .unwrap();
+    let kustomization = read_yaml(&overlay.join("kustomization.yaml")).unwrap();
     assert_eq!(
         kustomization["resources"],
         serde_json::json!(["../base", "certificates.yaml"])
@@ -434,14 +413,6 @@ fn the_cert_manager_overlay_issues_the_mounted_secret_and_injects_the_ca() {
     );
 }
 
-fn kubectl_or_skip(test: &str) -> Option<std::path::PathBuf> {
-    let kubectl = optional_tool("kubectl", "PREFETCH_KUBECTL", &["version", "--client"]);
-    if kubectl.is_none() {
-        eprintln!("{test}: skipped, no kubectl on PATH (or PREFETCH_KUBECTL) to render kustomize");
-    }
-    kubectl
-}
-
 /// Copies the manifests into a scratch directory, with throwaway `make certs` outputs.
 fn manifests_with_certs(scratch: &std::path::Path) -> std::path::PathBuf {
     fn copy(from: &std::path::Path, to: &std::path::Path) {
@@ -472,7 +443,7 @@ fn manifests_with_certs(scratch: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn kustomize_renders_the_make_certs_install() {
-    let Some(kubectl) = kubectl_or_skip("kustomize_renders_the_make_certs_install") else {
+    let Some(kubectl) = kubectl_for("kustomize_renders_the_make_certs_install") else {
         return;
     };
     let scratch = std::env::temp_dir().join(format!("prefetch-kustomize-{}", std::process::id()));
@@ -519,7 +490,7 @@ fn kustomize_renders_the_make_certs_install() {
 
 #[test]
 fn kustomize_renders_the_cert_manager_install() {
-    let Some(kubectl) = kubectl_or_skip("kustomize_renders_the_cert_manager_install") else {
+    let Some(kubectl) = kubectl_for("kustomize_renders_the_cert_manager_install") else {
         return;
     };
     let rendered = kubectl_kustomize(&kubectl, &manifests_dir().join("cert-manager")).unwrap();

@@ -35,20 +35,28 @@ pub fn golden_chart_render() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/chart-cert-manager.yaml")
 }
 
-/// The arguments of `helm template` that produce [`golden_chart_render`]; `make chart-golden`
-/// runs the same.
-pub fn golden_chart_args() -> Vec<String> {
-    [
+/// The `--set` that produces [`golden_chart_render`]; `make chart-golden` renders the same.
+pub const GOLDEN_CHART_SETS: [&str; 1] = ["tls.source=cert-manager"];
+
+/// `helm template` of the chart as release [`RELEASE`] into `namespace`, with `--set` values
+/// and `--set-file` files.
+pub fn helm_template_args(namespace: &str, sets: &[&str], set_files: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "template",
         RELEASE,
         "manifests/chart",
         "--namespace",
-        NAMESPACE,
-        "--set",
-        "tls.source=cert-manager",
+        namespace,
     ]
     .map(String::from)
-    .into()
+    .into();
+    for set in sets {
+        args.extend(["--set".to_string(), set.to_string()]);
+    }
+    for set in set_files {
+        args.extend(["--set-file".to_string(), set.clone()]);
+    }
+    args
 }
 
 /// One YAML document of a manifest file or a render.
@@ -89,15 +97,18 @@ pub fn parse_documents(source: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
         .collect()
 }
 
+/// One YAML file as a value.
+pub fn read_yaml(path: &Path) -> anyhow::Result<Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    serde_saphyr::from_str(&text).with_context(|| format!("{}", path.display()))
+}
+
 /// The `resources` of a kustomization, recursively: a directory entry is another
 /// kustomization. Generators, patches and replacements are not applied; [`kubectl_kustomize`]
 /// does that where kubectl is installed.
 pub fn kustomization_resources(dir: &Path) -> anyhow::Result<Vec<Doc>> {
     let file = dir.join("kustomization.yaml");
-    let kustomization: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?,
-    )
-    .with_context(|| format!("{}", file.display()))?;
+    let kustomization = read_yaml(&file)?;
     let mut out = Vec::new();
     for entry in kustomization["resources"].as_array().into_iter().flatten() {
         let rel = entry.as_str().context("a resource that is not a string")?;
@@ -180,28 +191,47 @@ pub fn differences(left: &Value, right: &Value) -> Vec<String> {
 }
 
 /// An optional tool: `$env_var` if set, else `name` on PATH if `name <probe_args>` runs. None
-/// when absent or not working, so the checks that need it are skipped (and say so) on machines
-/// without it, such as CI.
-pub fn optional_tool(name: &str, env_var: &str, probe_args: &[&str]) -> Option<PathBuf> {
+/// when absent or not working, and `test` says it was skipped: the checks that need the tool
+/// run only on machines that have it (CI may not).
+fn optional_tool(test: &str, name: &str, env_var: &str, probe_args: &[&str]) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env_var) {
         return Some(PathBuf::from(path));
     }
-    let found = std::env::split_paths(&std::env::var_os("PATH")?)
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())?;
+        .find(|candidate| candidate.is_file());
+    let Some(found) = found else {
+        eprintln!("{test}: skipped, no {name} on PATH (or {env_var})");
+        return None;
+    };
     let works = Command::new(&found)
         .args(probe_args)
         .output()
         .is_ok_and(|o| o.status.success());
     if !works {
         eprintln!(
-            "{} is on PATH but `{name} {}` fails; not using it",
+            "{test}: skipped, {} is on PATH but `{name} {}` fails",
             found.display(),
             probe_args.join(" ")
         );
         return None;
     }
     Some(found)
+}
+
+/// helm (`PREFETCH_HELM`, else on PATH), for `test`; None (and a skip message) without it.
+pub fn helm_for(test: &str) -> Option<PathBuf> {
+    optional_tool(test, "helm", "PREFETCH_HELM", &["version"])
+}
+
+/// kubectl (`PREFETCH_KUBECTL`, else on PATH), for `test`; None (and a skip message) without it.
+pub fn kubectl_for(test: &str) -> Option<PathBuf> {
+    optional_tool(
+        test,
+        "kubectl",
+        "PREFETCH_KUBECTL",
+        &["version", "--client"],
+    )
 }
 
 /// Runs a tool in the workspace root; Ok(stdout) on success, Err(stderr) on failure.
