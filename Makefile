@@ -49,10 +49,11 @@ bench:
 clean:
 	$(CARGO) clean
 
-## docker-build: both images (needs a Docker engine; the build machines here have none)
+## docker-build: the three images (needs a Docker engine; the build machines here have none)
 docker-build:
 	docker build -f Dockerfile.controller -t kube-prefetch/controller:dev .
 	docker build -f Dockerfile.webhook -t kube-prefetch/webhook:dev .
+	docker build -f Dockerfile.noop -t kube-prefetch/noop:dev .
 
 ## deploy: certificates if absent, then the kustomize base (needs kubectl and a cluster)
 deploy: certs

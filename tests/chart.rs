@@ -430,6 +430,8 @@ fn values_reach_the_objects() {
             "webhook.deploymentHook.excludedNamespaces={kube-system,monitoring}",
             "controller.image.repository=registry.example/prefetch/controller",
             "controller.image.tag=1.2.3",
+            "controller.noopImage.repository=registry.example/prefetch/noop",
+            "controller.noopImage.tag=1.2.4",
             "controller.replicas=1",
             "controller.maxPodCreatesPerSecond=2.5",
             "controller.tolerations[0].key=dedicated",
@@ -463,7 +465,7 @@ fn values_reach_the_objects() {
     let image = "registry.example/prefetch/controller:1.2.3";
     assert_eq!(pod["containers"][0]["image"], image);
     let args = pod["containers"][0]["args"].as_array().unwrap();
-    assert!(args.contains(&json!(format!("--noop-image={image}"))));
+    assert!(args.contains(&json!("--noop-image=registry.example/prefetch/noop:1.2.4")));
     assert!(args.contains(&json!("--lease-namespace=prefetch")));
     assert!(args.contains(&json!("--max-pod-creates-per-second=2.5")));
     assert_eq!(
@@ -516,6 +518,7 @@ fn bad_values_fail_naming_the_value() {
             "timeoutSeconds",
         ),
         (&["controller.logFormat=xml"][..], "logFormat"),
+        (&["controller.noopImage.repository="][..], "noopImage"),
         (&["webhook.replicas=0"][..], "replicas"),
         (
             &["controller.maxPodCreatesPerSecond=fast"][..],

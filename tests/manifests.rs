@@ -222,11 +222,20 @@ fn deployments_match_their_service_secret_and_accounts() {
 
     let controller: Deployment = typed(&docs, "Deployment", "prefetch-controller");
     let container = &pod_spec(&controller).containers[0];
-    let noop_arg = format!("--noop-image={}", container.image.as_deref().unwrap());
+    // Prefetch pods pull the noop image that `make docker-build` builds from Dockerfile.noop,
+    // not the controller's.
+    let makefile = std::fs::read_to_string(manifests_dir().join("../Makefile")).unwrap();
+    let noop_image = makefile
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("docker build -f Dockerfile.noop -t "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("make docker-build tags the noop image");
+    let noop_arg = format!("--noop-image={noop_image}");
     assert!(
         container.args.iter().flatten().any(|a| a == &noop_arg),
-        "prefetch pods copy noop from the controller's own image"
+        "the controller must pass {noop_arg}"
     );
+    assert_ne!(container.image.as_deref(), Some(noop_image));
 
     for deployment in [&webhook, &controller] {
         assert_eq!(deployment.metadata.namespace.as_deref(), Some(NAMESPACE));

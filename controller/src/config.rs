@@ -1,5 +1,5 @@
 //! Command line: the controller's flags (each also read from `PREFETCH_<NAME>`) and the
-//! `plan` and `install-noop` subcommands.
+//! `plan` subcommand.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,12 +23,12 @@ pub struct RunArgs {
     /// Plain-HTTP address for /metrics, /healthz and /readyz.
     #[arg(long, env = "PREFETCH_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
-    /// Image with the static noop binary, used by the prefetch pods' init container (the
-    /// controller's own image).
+    /// Image holding only the static noop binary at /noop (`Dockerfile.noop`, a few KiB): the
+    /// prefetch pods' init container copies it into the pod.
     #[arg(
         long,
         env = "PREFETCH_NOOP_IMAGE",
-        default_value = "kube-prefetch/controller:dev"
+        default_value = "kube-prefetch/noop:dev"
     )]
     pub noop_image: String,
     /// Elect a leader on a Lease, so only one replica acts.
@@ -75,15 +75,6 @@ pub enum Command {
         /// A YAML file (multi-document and List kinds are fine); repeatable.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
-    },
-    /// Copy the bundled static `noop` binary to a path (the prefetch pods' init container).
-    InstallNoop {
-        /// Where the prefetch containers will find it.
-        #[arg(long)]
-        to: PathBuf,
-        /// The bundled binary.
-        #[arg(long, default_value = crate::pod::BUNDLED_NOOP_PATH)]
-        from: PathBuf,
     },
 }
 

@@ -25,16 +25,6 @@ fn main() -> anyhow::Result<()> {
             print!("{}", render(&objects));
             Ok(())
         }
-        Some(Command::InstallNoop { to, from }) => {
-            std::fs::copy(&from, &to)
-                .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
-            }
-            Ok(())
-        }
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -23,16 +23,14 @@ pub const NODE_ANNOTATION: &str = "cache.techsquad.rocks/node";
 pub const NOOP_DIR: &str = "/prefetch";
 pub const NOOP_PATH: &str = "/prefetch/noop";
 const NOOP_VOLUME: &str = "prefetch-noop";
-/// In the controller's image: the controller copies its bundled static `noop` into the
-/// emptyDir (the image has no shell or `cp`).
-pub const INSTALL_NOOP_COMMAND: [&str; 4] = [
-    "/usr/local/bin/prefetch-controller",
-    "install-noop",
-    "--to",
-    NOOP_PATH,
-];
-/// Where the controller image carries the static `noop` (install-noop's default source).
-pub const BUNDLED_NOOP_PATH: &str = "/usr/local/bin/noop";
+/// Where the noop image (`--noop-image`, `FROM scratch`, see `Dockerfile.noop`) holds `noop`.
+pub const NOOP_IMAGE_BINARY: &str = "/noop";
+/// The init container: noop copies itself into the emptyDir (the image has nothing else, no
+/// shell or `cp`).
+pub const INSTALL_NOOP_COMMAND: [&str; 3] = [NOOP_IMAGE_BINARY, "--install-to", NOOP_PATH];
+/// Cluster autoscaler: a prefetch pod must never keep a node from being scaled down (its
+/// emptyDir volume would otherwise block eviction).
+pub const SAFE_TO_EVICT_ANNOTATION: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
 /// Any non-root uid works: noop needs no file but itself.
 const RUN_AS: i64 = 65534;
 
@@ -163,7 +161,13 @@ pub fn prefetch_pod(req: &PodRequest<'_>) -> Result<Pod, PodError> {
                 ]
                 .into(),
             ),
-            annotations: Some([(NODE_ANNOTATION.to_string(), req.node.to_string())].into()),
+            annotations: Some(
+                [
+                    (NODE_ANNOTATION.to_string(), req.node.to_string()),
+                    (SAFE_TO_EVICT_ANNOTATION.to_string(), "true".to_string()),
+                ]
+                .into(),
+            ),
             owner_references: Some(vec![OwnerReference {
                 api_version: Prefetch::api_version(&()).into_owned(),
                 kind: Prefetch::kind(&()).into_owned(),
@@ -257,7 +261,7 @@ mod tests {
             node: "kind-worker",
             images: &images,
             pull_secrets: &secrets,
-            noop_image: "kube-prefetch/controller:dev",
+            noop_image: "kube-prefetch/noop:dev",
         })
         .unwrap()
     }
@@ -318,8 +322,15 @@ mod tests {
         );
         assert!(containers[0]["resources"]["limits"]["memory"].is_string());
         let init = &spec["initContainers"][0];
-        assert_eq!(init["image"], "kube-prefetch/controller:dev");
-        assert_eq!(init["command"][1], "install-noop");
+        assert_eq!(init["image"], "kube-prefetch/noop:dev");
+        assert_eq!(
+            init["command"],
+            json!(["/noop", "--install-to", "/prefetch/noop"])
+        );
+        assert_eq!(
+            v["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"],
+            "true"
+        );
         assert_eq!(spec["volumes"][0]["emptyDir"]["sizeLimit"], "1Mi");
     }
 

@@ -1,6 +1,6 @@
 //! The `noop` every prefetch container runs must work in any image: no shell, no libc, any
 //! uid. Build the real artifact, prove it has no ELF interpreter (so no dynamic loader is
-//! needed), and run it.
+//! needed), run it, and have it install itself as the prefetch pods' init container does.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,6 +71,48 @@ fn noop_is_static_tiny_and_exits_zero() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn noop_installs_itself_where_the_init_container_asks() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    let path = build_noop();
+    let dir = std::env::temp_dir().join(format!("noop-install-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("noop");
+    // What the prefetch pods' init container runs, from an empty environment.
+    let status = Command::new(&path)
+        .args(["--install-to", copy.to_str().unwrap()])
+        .env_clear()
+        .status()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status:?} (signal {:?})",
+        status.signal()
+    );
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&path).unwrap());
+    let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o755, "any uid must be able to run the copy");
+    // The prefetch containers run the copy; installing over an existing copy works too.
+    assert_eq!(Command::new(&copy).status().unwrap().code(), Some(0));
+    let again = Command::new(&path)
+        .args(["--install-to", copy.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert_eq!(again.code(), Some(0));
+    // Failures say which step failed, by exit code.
+    let usage = Command::new(&path).arg("--install-to").status().unwrap();
+    assert_eq!(usage.code(), Some(2), "no destination");
+    let missing = dir.join("no/such/dir/noop");
+    let unwritable = Command::new(&path)
+        .args(["--install-to", missing.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert_eq!(unwritable.code(), Some(11), "destination cannot be created");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
