@@ -58,6 +58,8 @@ pub struct Context {
     pub ledger: Mutex<PullLedger>,
     /// Wakes the warm loop: a warming node changed, or an outcome on one was recorded.
     pub warm_wake: Arc<Notify>,
+    /// Reconciles every Prefetch (as a node change does).
+    pub reconcile_all: mpsc::Sender<()>,
 }
 
 pub fn managed_pods_selector() -> String {
@@ -400,6 +402,9 @@ fn record_warming_outcomes(ctx: &Context, observed: &[Observed], now: jiff::Time
     }
     if recorded {
         ctx.warm_wake.notify_one();
+        // Another Prefetch may be waiting for this node to be free of our pod: it goes now
+        // rather than at its next poll (a warming node is served at once).
+        let _ = ctx.reconcile_all.try_send(());
     }
 }
 
@@ -432,6 +437,7 @@ pub async fn run(
     let _stop_on_return = stop.clone().drop_guard();
     let (node_tx, node_rx) = mpsc::channel::<()>(1);
     let warm_wake = Arc::new(Notify::new());
+    let reconcile_all = node_tx.clone();
     let node_changed = warm_wake.clone();
     let mut fingerprints: HashMap<String, u64> = HashMap::new();
     let nodes = run_reflector(
@@ -508,6 +514,7 @@ pub async fn run(
         warmup: settings.warmup.clone(),
         ledger: Mutex::new(PullLedger::default()),
         warm_wake,
+        reconcile_all,
     });
     // The warm loop runs beside the reconciles, for as long as this term of leadership.
     let warm_loop = settings.warmup.map(|config| {

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
+use kube::runtime::reflector::store::WriterDropped;
 use kube::{Api, Resource};
 use prefetch_common::Prefetch;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +72,7 @@ pub async fn run(
     // Judged on a half-filled Prefetch cache, every node would look untargeted.
     tokio::select! {
         _ = stop.cancelled() => return,
-        ready = prefetches.wait_until_ready() => if ready.is_err() { return },
+        ready = until_ready(&prefetches) => if ready.is_err() { return },
     }
     tracing::info!(taint = %config.taint, timeout_seconds = config.timeout.as_secs(), "warm nodes: lifting the warmup taint once nodes hold their images");
     let mut state = LoopState::default();
@@ -88,6 +89,19 @@ pub async fn run(
         }
     }
     ctx.metrics.warming_nodes.set(0);
+}
+
+/// `Store::wait_until_ready`, polled afresh every 100 ms: in kube-runtime 5 the readiness
+/// future keeps a single waker, so of several tasks waiting at once (the Controller waits on
+/// this very store) only the last to poll is woken.
+async fn until_ready(store: &Store<Prefetch>) -> Result<(), WriterDropped> {
+    loop {
+        if let Ok(ready) =
+            tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await
+        {
+            return ready;
+        }
+    }
 }
 
 /// One look at every warming node; returns how long to sleep at most.
