@@ -101,6 +101,16 @@ async fn pods_on(s: &Scenario, node: &str) -> Vec<Pod> {
         .collect()
 }
 
+/// Waits (up to 10 s) for a prefetch pod on `node`.
+async fn until_pod_on(s: &Scenario, node: &str) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("a prefetch pod on {node}"),
+        || async { !pods_on(s, node).await.is_empty() },
+    )
+    .await;
+}
+
 fn metric(text: &str, line_start: &str) -> String {
     text.lines()
         .find(|l| l.starts_with(line_start))
@@ -167,12 +177,7 @@ async fn a_tainted_node_joins_pulls_and_is_released_with_its_other_taints() {
 
     // Its pod comes at once (retry_after is an hour) and tolerates the spec's taint and the
     // warmup taint, nothing more.
-    eventually(
-        Duration::from_secs(10),
-        "a prefetch pod on kind-worker4",
-        || async { !pods_on(&s, "kind-worker4").await.is_empty() },
-    )
-    .await;
+    until_pod_on(&s, "kind-worker4").await;
     let pod = &pods_on(&s, "kind-worker4").await[0];
     assert_eq!(
         serde_json::to_value(&pod.spec.as_ref().unwrap().tolerations).unwrap(),
@@ -336,12 +341,7 @@ async fn a_node_whose_pods_never_finish_is_released_at_the_timeout() {
     s.rules.set("kind-worker4", Pull::Hang);
     let joined = tokio::time::Instant::now();
     join(&s, "kind-worker4", json!([warming_taint()])).await;
-    eventually(
-        Duration::from_secs(10),
-        "a prefetch pod on kind-worker4",
-        || async { !pods_on(&s, "kind-worker4").await.is_empty() },
-    )
-    .await;
+    until_pod_on(&s, "kind-worker4").await;
     // The timeout counts from creation (whole seconds): well before it, the taint holds.
     tokio::time::sleep(Duration::from_secs(2).saturating_sub(joined.elapsed())).await;
     assert!(warming(&s, "kind-worker4").await);
@@ -381,12 +381,7 @@ async fn a_restart_mid_warmup_duplicates_nothing_and_still_releases() {
     until_phase(&s, Phase::Succeeded).await;
     s.rules.set("kind-worker4", Pull::Hang);
     join(&s, "kind-worker4", json!([warming_taint()])).await;
-    eventually(
-        Duration::from_secs(10),
-        "a prefetch pod on kind-worker4",
-        || async { !pods_on(&s, "kind-worker4").await.is_empty() },
-    )
-    .await;
+    until_pod_on(&s, "kind-worker4").await;
     first.process.kill().await.unwrap();
     let second = controller(&s, &["--warmup-timeout", "60s"], "second").await;
     eventually(

@@ -759,14 +759,18 @@ mod tests {
             deployment("cache", &["redis:7"]),
         ];
         let mut ledger = PullLedger::default();
-        let got = wishes(
-            &[&web, &cache],
-            &deployments.iter().collect::<Vec<_>>(),
-            &[&worker, &gpu],
-            KEY,
-            images_on,
-            &ledger,
-        );
+        let deployment_refs: Vec<&Deployment> = deployments.iter().collect();
+        let wishes_with = |ledger: &PullLedger| {
+            wishes(
+                &[&web, &cache],
+                &deployment_refs,
+                &[&worker, &gpu],
+                KEY,
+                images_on,
+                ledger,
+            )
+        };
+        let got = wishes_with(&ledger);
         assert_eq!(
             got["worker-1"],
             [
@@ -787,14 +791,7 @@ mod tests {
             },
             t("2026-11-22T10:01:00Z"),
         );
-        let got = wishes(
-            &[&web, &cache],
-            &deployments.iter().collect::<Vec<_>>(),
-            &[&worker, &gpu],
-            KEY,
-            images_on,
-            &ledger,
-        );
+        let got = wishes_with(&ledger);
         assert!(got["worker-1"].iter().all(|w| w.open.is_empty()));
         assert_eq!(got["gpu-1"][0].open, [redis]);
     }
