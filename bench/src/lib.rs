@@ -4,8 +4,45 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use prefetch_tests::apiserver::RequestKey;
+use prefetch_tests::apiserver::{RequestKey, TestApiServer};
 use prefetch_tests::binaries::ControllerProcess;
+use serde_json::{Value, json};
+
+/// The kubelet, in process: every image of prefetch pod `pod` pulled, the pod Succeeded (the
+/// write is not counted as a request). Returns the pod's node and its images, for the caller
+/// to list on the node.
+pub fn pod_pulled(api: &TestApiServer, pod: &Value) -> (String, Vec<String>) {
+    let meta = &pod["metadata"];
+    let node = meta["annotations"]["cache.techsquad.rocks/node"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let containers = pod["spec"]["containers"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    let statuses: Vec<Value> = containers
+        .iter()
+        .map(|c| {
+            json!({"name": c["name"], "image": c["image"],
+                "imageID": format!("{}@sha256:{:064x}", c["image"].as_str().unwrap_or(""), 1),
+                "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}})
+        })
+        .collect();
+    let _ = api.merge_status_direct(
+        "",
+        "v1",
+        "pods",
+        meta["namespace"].as_str().unwrap_or(""),
+        meta["name"].as_str().unwrap_or(""),
+        &json!({"phase": "Succeeded", "containerStatuses": statuses}),
+    );
+    let images = containers
+        .iter()
+        .filter_map(|c| c["image"].as_str().map(String::from))
+        .collect();
+    (node, images)
+}
 
 /// The real controller, alone (no leader election), creating at most `creates_per_second`
 /// prefetch pods per second; `extra` flags are added.

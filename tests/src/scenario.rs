@@ -72,10 +72,13 @@ pub async fn wait_for_status(
     }
 }
 
+/// (node, image or every image) -> what the kubelet does.
+type RuleMap = HashMap<(String, Option<String>), Pull>;
+
 /// Kubelet behaviour per node, or per node and image, that the test can change while the
 /// controller runs; everything else pulls at once.
 #[derive(Clone, Default)]
-pub struct NodeRules(Arc<Mutex<HashMap<(String, Option<String>), Pull>>>);
+pub struct NodeRules(Arc<Mutex<RuleMap>>);
 
 impl NodeRules {
     /// Every image on `node`.
@@ -88,7 +91,7 @@ impl NodeRules {
         self.lock().insert((node.into(), Some(image.into())), pull);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Option<String>), Pull>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RuleMap> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 

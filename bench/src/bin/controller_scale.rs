@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use prefetch_bench::{metric, print_counts, proc_status, start_controller};
+use prefetch_bench::{metric, pod_pulled, print_counts, proc_status, start_controller};
 use prefetch_tests::apiserver::TestApiServer;
 use prefetch_tests::fixtures::TempDir;
 use serde_json::{Value, json};
@@ -130,36 +130,14 @@ async fn main() -> anyhow::Result<()> {
                 tokio::task::yield_now().await;
             }
             last_pod_at = started.elapsed();
-            let (ns, name) = (
-                pod["metadata"]["namespace"].as_str().unwrap_or(""),
-                pod["metadata"]["name"].as_str().unwrap_or(""),
-            );
-            let node = pod["metadata"]["annotations"]["cache.techsquad.rocks/node"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let containers = pod["spec"]["containers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let statuses: Vec<Value> = containers.iter().map(|c| json!({"name": c["name"], "image": c["image"],
-                "imageID": format!("{}@sha256:{:064x}", c["image"].as_str().unwrap_or(""), 1), "ready": false, "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}})).collect();
-            let _ = api.merge_status_direct(
-                "",
-                "v1",
-                "pods",
-                ns,
-                name,
-                &json!({"phase": "Succeeded", "containerStatuses": statuses}),
-            );
+            let (node, images) = pod_pulled(&api, &pod);
             let list = node_images.entry(node.clone()).or_insert_with(|| {
                 vec![json!({"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 300000})]
             });
             list.extend(
-                containers
+                images
                     .iter()
-                    .map(|c| json!({"names": [c["image"]], "sizeBytes": 50_000_000})),
+                    .map(|i| json!({"names": [i], "sizeBytes": 50_000_000})),
             );
             let _ = api.merge_status_direct("", "v1", "nodes", "", &node, &json!({"images": list}));
         }

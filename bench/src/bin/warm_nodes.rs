@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use prefetch_bench::{metric, print_counts, start_controller};
+use prefetch_bench::{metric, pod_pulled, print_counts, start_controller};
 use prefetch_tests::apiserver::TestApiServer;
 use prefetch_tests::fixtures::TempDir;
 use serde_json::{Value, json};
@@ -181,31 +181,7 @@ async fn run(args: &Args, joining: usize) -> anyhow::Result<()> {
             if now < seen + pull {
                 continue;
             }
-            let (ns, name) = (
-                pod["metadata"]["namespace"].as_str().unwrap_or(""),
-                pod["metadata"]["name"].as_str().unwrap_or(""),
-            );
-            let node = pod["metadata"]["annotations"]["cache.techsquad.rocks/node"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let images: Vec<String> = pod["spec"]["containers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|c| c["image"].as_str().map(String::from))
-                .collect();
-            let statuses: Vec<Value> = pod["spec"]["containers"].as_array().into_iter().flatten().map(|c| json!({
-                "name": c["name"], "image": c["image"], "imageID": format!("{}@sha256:{:064x}", c["image"].as_str().unwrap_or(""), 1),
-                "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}})).collect();
-            let _ = api.merge_status_direct(
-                "",
-                "v1",
-                "pods",
-                ns,
-                name,
-                &json!({"phase": "Succeeded", "containerStatuses": statuses}),
-            );
+            let (node, images) = pod_pulled(&api, &pod);
             let listed: Vec<Value> = images
                 .iter()
                 .map(|i| json!({"names": [i], "sizeBytes": 50_000_000}))
