@@ -69,11 +69,6 @@ impl PullLedger {
         self.nodes.retain(|name, record| keep(name, &record.uid));
     }
 
-    /// Forgets one node.
-    pub fn forget(&mut self, node: &str) {
-        self.nodes.remove(node);
-    }
-
     /// Node x image pairs held.
     pub fn len(&self) -> usize {
         self.nodes.values().map(|r| r.images.len()).sum()
@@ -157,7 +152,7 @@ mod tests {
     }
 
     #[test]
-    fn retain_and_forget() {
+    fn retain() {
         let mut ledger = PullLedger::default();
         let t0 = t("2026-11-22T10:00:00Z");
         for node in ["a", "b", "c"] {
@@ -166,7 +161,7 @@ mod tests {
         ledger.retain(|name, uid| name != "a" && uid != "uid-b");
         assert!(ledger.get("c", "uid-c", "nginx").is_some());
         assert_eq!(ledger.len(), 1);
-        ledger.forget("c");
+        ledger.retain(|_, _| false);
         assert!(ledger.is_empty());
     }
 }

@@ -30,7 +30,9 @@ use crate::outcome::read_pod;
 use crate::plan::{ImagePlan, node_images, plan_images_with, selects_deployment};
 use crate::pod::NODE_ANNOTATION;
 use crate::ratelimit::RateLimiter;
-use crate::round::{Observed, RolloutSignal, RoundInput, RoundMemory, reconcile_round};
+use crate::round::{
+    Observed, RolloutSignal, RoundInput, RoundMemory, cached_status_predates, reconcile_round,
+};
 use crate::warmup::{WarmupConfig, is_warming, open_warming_targets, settled};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,9 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     pub pods: Store<Pod>,
     pub rounds: Mutex<HashMap<String, RoundMemory>>,
+    /// Per Prefetch uid: when the round this process last ended had started (see
+    /// `round::cached_status_predates`).
+    pub ended: Mutex<HashMap<String, jiff::Timestamp>>,
     pub inflight: Mutex<HashMap<String, usize>>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -242,7 +247,17 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
     if prefetch.metadata.deletion_timestamp.is_some() {
         // Its pods are owned by it: the garbage collector removes them.
         lock(&ctx.rounds).remove(&uid);
+        lock(&ctx.ended).remove(&uid);
         return Ok(Action::await_change());
+    }
+    let memory = lock(&ctx.rounds).get(&uid).cloned();
+    if memory.is_none()
+        && let Some(ended) = lock(&ctx.ended).get(&uid).copied()
+        && cached_status_predates(prefetch.status.as_ref(), ended)
+    {
+        // Decided from this status, the round would resume and the status be written back.
+        tracing::debug!(prefetch = %name, "cache behind our own status write; looking again shortly");
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let deployments = ctx.deployments.state();
     let nodes = ctx.nodes.state();
@@ -275,7 +290,6 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
     );
     let warming_open = warming_open(&ctx, &plan, &prefetch);
     let signal = rollout_signal(&prefetch, deployments.iter().map(AsRef::as_ref));
-    let memory = lock(&ctx.rounds).get(&uid).cloned();
     let decision = reconcile_round(&RoundInput {
         prefetch: &prefetch,
         plan: &plan,
@@ -328,6 +342,12 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
         )
         .await?;
     }
+    // Written (or already so): until the cache shows it, no reconcile may take the round for
+    // running.
+    match (&decision.memory, &decision.status.last_round_start) {
+        (None, Some(started)) => lock(&ctx.ended).insert(uid.clone(), started.0),
+        _ => lock(&ctx.ended).remove(&uid),
+    };
 
     ctx.metrics
         .images_prefetched
@@ -500,6 +520,7 @@ pub async fn run(
         deployments,
         pods,
         rounds: Mutex::new(HashMap::new()),
+        ended: Mutex::new(HashMap::new()),
         inflight: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
         recorder: Recorder::new(

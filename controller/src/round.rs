@@ -116,6 +116,21 @@ fn until(now: Timestamp, then: Timestamp) -> Duration {
     Duration::try_from(then.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 
+/// Whether `cached`, the Prefetch's status as a watch cache shows it, predates this process's
+/// own write that ended the round started at `ended`: it still says that round is running. A
+/// reconcile right after the one that ended a round (one the round's own events queued) can
+/// read such a cache; deciding from it would resume the ended round, give a pod again to every
+/// pair that had failed, and write the stale status back. Compared at whole seconds, as the
+/// API server stores times.
+pub fn cached_status_predates(cached: Option<&PrefetchStatus>, ended: Timestamp) -> bool {
+    cached.is_some_and(|s| {
+        s.phase == Phase::Running
+            && s.last_round_start
+                .as_ref()
+                .is_some_and(|t| t.0.as_second() == ended.as_second())
+    })
+}
+
 /// Why a new round starts now, if one should.
 fn round_trigger(input: &RoundInput<'_>, status: &PrefetchStatus) -> Option<String> {
     let generation = input.prefetch.metadata.generation;
@@ -1009,6 +1024,52 @@ mod tests {
         );
         assert_eq!(resumed.delete, [names(&first.create)[1].clone()]);
         assert_eq!(resumed.memory.as_ref().unwrap().started, t0);
+    }
+
+    #[test]
+    fn a_cache_behind_the_round_end_is_recognised() {
+        let mut world = World::walkthrough();
+        let t0 = t("2026-11-22T10:00:00.250Z");
+        let first = world.step(&[], None, t0);
+        let running = first.status.clone();
+        world.prefetch.status = Some(running.clone());
+        let mut pods = all_pulled(&first.create, t0);
+        pods[1] = kubelet(
+            first.create[1].clone(),
+            t0,
+            &[json!({"waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}})],
+        );
+        let ended = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
+        assert!(ended.memory.is_none() && ended.status.phase == Phase::Failed);
+        // What the reconcile right after sees through a cache that missed the write: the
+        // round still running, its failure unknown (the pulled images are listed by their
+        // nodes by then). Decided from that, the round would resume and kind-worker2 get a pod
+        // again.
+        world.nodes = vec![
+            node("kind-control-plane", &[]),
+            node("kind-worker", &[NGINX]),
+            node("kind-worker2", &[]),
+            node("kind-worker3", &[NGINX]),
+        ];
+        world.prefetch.status = Some(running.clone());
+        let resumed = world.step(&[], None, t("2026-11-22T10:00:05Z"));
+        assert_eq!(
+            names(&resumed.create),
+            ["prefetch-prefetch-sample-kind-worker2"]
+        );
+        // Which is why the shell checks first. The cache read back has whole seconds.
+        let mut cached = running.clone();
+        cached.last_round_start = Some(Time(t("2026-11-22T10:00:00Z")));
+        assert!(cached_status_predates(Some(&cached), t0));
+        assert!(
+            !cached_status_predates(Some(&ended.status), t0),
+            "caught up"
+        );
+        assert!(!cached_status_predates(None, t0));
+        assert!(
+            !cached_status_predates(Some(&cached), t("2026-11-22T10:01:00Z")),
+            "a later round running is no sign of staleness"
+        );
     }
 
     #[test]

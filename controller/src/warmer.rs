@@ -298,7 +298,8 @@ async fn lifted(
     if matches!(verdict, Verdict::TimedOut { .. }) {
         ctx.metrics.node_warmup_timeouts.inc();
     }
-    lock(&ctx.ledger).forget(name(node));
+    // The node's ledger entries stay until the cache shows it no longer warming (the next pass
+    // drops them): a reconcile reading the cache before that must still see its pairs done.
     let Some((type_, reason, note)) = warmup::event(verdict, &config.taint, held_for) else {
         return;
     };
