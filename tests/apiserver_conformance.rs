@@ -353,6 +353,7 @@ async fn expired_versions_and_injected_faults() {
         Fault {
             verb: Some("get"),
             resource: Some("leases"),
+            client: None,
             code: 500,
         },
         1,
@@ -366,4 +367,125 @@ async fn expired_versions_and_injected_faults() {
         .map(|(_, n)| *n)
         .sum::<u64>();
     assert_eq!(gets, 2);
+}
+
+/// A JSON patch guarded by `test` ops (how the controller lifts the warmup taint): applied
+/// while the object is as read; 422 Invalid and no change once it is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_patch_tests_guard_the_patch() {
+    let c = TestCluster::start("jsonpatch").await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(c.client.clone(), &c.namespace);
+    let read = leases
+        .create(&PostParams::default(), &lease("a", json!({"x": "1"})))
+        .await
+        .unwrap();
+    let guarded = |rv: &str| -> json_patch::Patch {
+        serde_json::from_value(json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+            {"op": "remove", "path": "/metadata/labels/x"}
+        ]))
+        .unwrap()
+    };
+    let stale = read.resource_version().unwrap();
+    // Someone else writes first.
+    merge(&leases, "a", json!({"spec": {"holderIdentity": "b"}})).await;
+    let err = leases
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Json::<()>(guarded(&stale)),
+        )
+        .await
+        .unwrap_err();
+    match err {
+        kube::Error::Api(status) => {
+            assert_eq!((status.code, status.reason.as_str()), (422, "Invalid"));
+        }
+        other => panic!("expected 422, got {other}"),
+    }
+    let now = leases.get("a").await.unwrap();
+    assert_eq!(
+        now.labels().get("x").map(String::as_str),
+        Some("1"),
+        "nothing applied"
+    );
+    // From the fresh object, the same patch applies.
+    let fresh = now.resource_version().unwrap();
+    let patched = leases
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Json::<()>(guarded(&fresh)),
+        )
+        .await
+        .unwrap();
+    assert!(patched.labels().get("x").is_none());
+    assert_ne!(patched.resource_version().unwrap(), fresh);
+    // A path that is not there does not apply either.
+    let missing: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "remove", "path": "/metadata/labels/x"}])).unwrap();
+    let err = leases
+        .patch("a", &PatchParams::default(), &Patch::Json::<()>(missing))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(err), (422, "Invalid".into()));
+    c.cleanup().await;
+}
+
+/// Node taints are validated as the real API server does, so no test can create a node a real
+/// cluster would refuse. (Not run against a real cluster: it would create Nodes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_taints_are_validated() {
+    let c = TestCluster::start("taints").await.unwrap();
+    if c.is_real() {
+        eprintln!("skipped against a real cluster: this test creates Nodes");
+        return;
+    }
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
+    let node = |name: &str, taints: serde_json::Value| {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"taints": taints}}))
+            .unwrap()
+    };
+    let ok = node(
+        "ok",
+        json!([{"key": "cache.techsquad.rocks/warming", "effect": "NoSchedule"},
+               {"key": "cache.techsquad.rocks/warming", "effect": "NoExecute"},
+               {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]),
+    );
+    nodes.create(&PostParams::default(), &ok).await.unwrap();
+    for (taints, field) in [
+        (
+            json!([{"key": "a", "effect": "Sometimes"}]),
+            "spec.taints[0].effect",
+        ),
+        (
+            json!([{"key": "not a key", "effect": "NoSchedule"}]),
+            "spec.taints[0].key",
+        ),
+        (
+            json!([{"key": "a", "effect": "NoSchedule"}, {"key": "a", "value": "v", "effect": "NoSchedule"}]),
+            "spec.taints[1]",
+        ),
+    ] {
+        let err = nodes
+            .create(&PostParams::default(), &node("bad", taints.clone()))
+            .await
+            .unwrap_err();
+        match err {
+            kube::Error::Api(s) => {
+                assert_eq!(s.code, 422, "{taints}");
+                assert!(s.message.contains(field), "{taints}: {}", s.message);
+            }
+            other => panic!("{taints}: {other}"),
+        }
+    }
+    // Updates too: a duplicate cannot be patched in.
+    let dup = Patch::Merge(
+        json!({"spec": {"taints": [{"key": "x", "effect": "NoSchedule"}, {"key": "x", "effect": "NoSchedule"}]}}),
+    );
+    let err = nodes
+        .patch("ok", &PatchParams::default(), &dup)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(err).0, 422);
 }

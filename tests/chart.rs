@@ -162,12 +162,21 @@ fn chart_defaults_are_the_kustomize_settings() {
         "--max-pod-creates-per-second={}",
         values["controller"]["maxPodCreatesPerSecond"]
     );
-    assert!(
-        controller["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_array()
-            .unwrap()
-            .contains(&json!(rate))
-    );
+    let warmup = &values["controller"]["warmup"];
+    assert_eq!(warmup["enabled"], true);
+    for arg in [
+        rate,
+        format!("--warmup-taint={}", warmup["taint"].as_str().unwrap()),
+        format!("--warmup-timeout={}", warmup["timeout"].as_str().unwrap()),
+    ] {
+        assert!(
+            controller["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(arg)),
+            "{arg}"
+        );
+    }
     let mutating = &base[&(
         "MutatingWebhookConfiguration".to_string(),
         "prefetch-webhook".to_string(),
@@ -436,6 +445,8 @@ fn values_reach_the_objects() {
             "controller.maxPodCreatesPerSecond=2.5",
             "controller.tolerations[0].key=dedicated",
             "controller.tolerations[0].operator=Exists",
+            "controller.warmup.taint=example.com/cold",
+            "controller.warmup.timeout=5m",
         ],
         &[],
     )
@@ -468,6 +479,18 @@ fn values_reach_the_objects() {
     assert!(args.contains(&json!("--noop-image=registry.example/prefetch/noop:1.2.4")));
     assert!(args.contains(&json!("--lease-namespace=prefetch")));
     assert!(args.contains(&json!("--max-pod-creates-per-second=2.5")));
+    assert!(args.contains(&json!("--warmup-taint=example.com/cold")));
+    assert!(args.contains(&json!("--warmup-timeout=5m")));
+    // The admission policy lets exactly that account remove exactly that taint.
+    let policy = get("ValidatingAdmissionPolicy", "prefetch-controller");
+    assert_eq!(
+        policy["spec"]["matchConditions"][0]["expression"],
+        "request.userInfo.username == 'system:serviceaccount:prefetch:prefetch-controller'"
+    );
+    assert_eq!(
+        policy["spec"]["variables"][0],
+        json!({"name": "warmupTaint", "expression": "'example.com/cold'"})
+    );
     assert_eq!(
         pod["tolerations"],
         json!([{"key": "dedicated", "operator": "Exists"}])
@@ -499,6 +522,50 @@ fn values_reach_the_objects() {
 }
 
 #[test]
+fn warm_nodes_off_drops_the_node_rbac_and_the_policy() {
+    let Some(helm) = helm_for("warm_nodes_off_drops_the_node_rbac_and_the_policy") else {
+        return;
+    };
+    let rendered =
+        helm_template(&helm, NAMESPACE, &["controller.warmup.enabled=false"], &[]).unwrap();
+    let docs = by_key(&rendered).unwrap();
+    let get = |kind: &str, name: &str| &docs[&(kind.to_string(), name.to_string())].value;
+    let args = get("Deployment", "prefetch-controller")["spec"]["template"]["spec"]["containers"]
+        [0]["args"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(args.contains(&json!("--warmup-taint=")), "{args:?}");
+    let node_verbs: BTreeSet<String> = get("ClusterRole", "prefetch-controller")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"] == json!(["nodes"]))
+        .flat_map(|r| r["verbs"].as_array().unwrap().clone())
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(node_verbs, ["list", "watch"].map(String::from).into());
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        assert!(
+            !docs.contains_key(&(kind.to_string(), "prefetch-controller".to_string())),
+            "{kind}"
+        );
+    }
+    // Everything else as with warm nodes on.
+    let on = helm_template(&helm, NAMESPACE, &[], &[]).unwrap();
+    let on_keys: BTreeSet<_> = on
+        .iter()
+        .map(Doc::key)
+        .filter(|(k, _)| !k.starts_with("ValidatingAdmissionPolicy"))
+        .collect();
+    let off_keys: BTreeSet<_> = rendered.iter().map(Doc::key).collect();
+    assert_eq!(on_keys, off_keys);
+}
+
+#[test]
 fn bad_values_fail_naming_the_value() {
     let Some(helm) = helm_for("bad_values_fail_naming_the_value") else {
         return;
@@ -524,6 +591,9 @@ fn bad_values_fail_naming_the_value() {
             &["controller.maxPodCreatesPerSecond=fast"][..],
             "maxPodCreatesPerSecond",
         ),
+        (&["controller.warmup.taint=not a key"][..], "taint"),
+        (&["controller.warmup.taint="][..], "taint"),
+        (&["controller.warmup.timeout=soon"][..], "timeout"),
     ] {
         match helm_template(&helm, NAMESPACE, sets, &[]) {
             Ok(_) => panic!("{sets:?} rendered"),

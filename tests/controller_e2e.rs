@@ -1,65 +1,18 @@
 //! The real prefetch-controller against the test API server, with the test playing the kubelet.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
 use kube::api::{ListParams, PostParams};
-use kube::{Api, Client};
-use prefetch_common::{Phase, Prefetch};
+use prefetch_common::Phase;
+use prefetch_tests::apiserver::Fault;
 use prefetch_tests::binaries::ControllerProcess;
-use prefetch_tests::cluster::TestCluster;
-use prefetch_tests::fixtures::{nginx_deployment, sample_prefetch};
-use prefetch_tests::kubelet::{FakeKubelet, Pull, Rule};
+use prefetch_tests::kubelet::Pull;
+use prefetch_tests::scenario::{
+    CONTROLLER_TOKEN, controller, node, scenario, until_phase, wait_for_status,
+};
 use serde_json::json;
-
-async fn create_walkthrough_nodes(client: &Client) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    for (name, taints) in [
-        (
-            "kind-control-plane",
-            json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]),
-        ),
-        ("kind-worker", json!([])),
-        ("kind-worker2", json!([])),
-        ("kind-worker3", json!([])),
-    ] {
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux", "kubernetes.io/hostname": name}},
-            "spec": {"taints": taints},
-            "status": {"conditions": [{"type": "Ready", "status": "True"}],
-                       "nodeInfo": {"operatingSystem": "linux", "architecture": "amd64", "bootID": "", "containerRuntimeVersion": "",
-                                    "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "v1.33.0", "machineID": "", "osImage": "", "systemUUID": ""}}
-        }))
-        .unwrap();
-        nodes
-            .create(&PostParams::default(), &node)
-            .await
-            .expect("node");
-    }
-}
-
-/// Polls the Prefetch until `done` holds for its status, or fails after `within`.
-async fn wait_for_status(
-    api: &Api<Prefetch>,
-    name: &str,
-    within: Duration,
-    done: impl Fn(&prefetch_common::PrefetchStatus) -> bool,
-) -> prefetch_common::PrefetchStatus {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let status = api.get(name).await.unwrap().status.unwrap_or_default();
-        if done(&status) {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "status never reached the expected state: {status:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walkthrough_prefetches_on_every_worker_and_cleans_up() {
@@ -138,109 +91,6 @@ async fn walkthrough_prefetches_on_every_worker_and_cleans_up() {
         "{metrics}"
     );
     s.cluster.cleanup().await;
-}
-
-/// Per-node kubelet behaviour the test can change while the controller runs.
-#[derive(Clone, Default)]
-struct NodeRules(Arc<std::sync::Mutex<std::collections::HashMap<String, Pull>>>);
-
-impl NodeRules {
-    fn set(&self, node: &str, pull: Pull) {
-        self.0.lock().unwrap().insert(node.into(), pull);
-    }
-    fn rule(&self) -> Rule {
-        let rules = self.0.clone();
-        Arc::new(move |node, _| {
-            rules
-                .lock()
-                .unwrap()
-                .get(node)
-                .cloned()
-                .unwrap_or(Pull::Succeed)
-        })
-    }
-}
-
-struct Scenario {
-    cluster: TestCluster,
-    ns: String,
-    prefetches: Api<Prefetch>,
-    deployments: Api<Deployment>,
-    pods: Api<Pod>,
-    kubelet: FakeKubelet,
-    rules: NodeRules,
-}
-
-/// The walkthrough cluster, the nginx Deployment and the sample Prefetch (with `spec` merged
-/// in), and a fake kubelet; the controller is started by the test.
-async fn scenario(test: &str, spec: serde_json::Value) -> Option<Scenario> {
-    let cluster = TestCluster::start(test).await.unwrap();
-    if cluster.is_real() {
-        eprintln!(
-            "skipped against a real cluster: this scenario creates nodes and plays their kubelet"
-        );
-        return None;
-    }
-    let (client, ns) = (cluster.client.clone(), cluster.namespace.clone());
-    create_walkthrough_nodes(&client).await;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let deployment: Deployment = serde_json::from_value(nginx_deployment(
-        &ns,
-        "nginx",
-        json!({"app": "nginx"}),
-        &["nginx:1.7.9"],
-    ))
-    .unwrap();
-    deployments
-        .create(&PostParams::default(), &deployment)
-        .await
-        .unwrap();
-    let prefetches: Api<Prefetch> = Api::namespaced(client.clone(), &ns);
-    let mut sample = sample_prefetch(&ns);
-    for (k, v) in spec.as_object().unwrap() {
-        sample["spec"][k] = v.clone();
-    }
-    prefetches
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(sample).unwrap(),
-        )
-        .await
-        .unwrap();
-    let rules = NodeRules::default();
-    let kubelet = FakeKubelet::start(client.clone(), rules.rule());
-    let pods = Api::namespaced(client, &ns);
-    Some(Scenario {
-        cluster,
-        ns,
-        prefetches,
-        deployments,
-        pods,
-        kubelet,
-        rules,
-    })
-}
-
-/// Waits (up to 30 s) until the sample Prefetch reaches `phase`.
-async fn until_phase(s: &Scenario, phase: Phase) -> prefetch_common::PrefetchStatus {
-    wait_for_status(
-        &s.prefetches,
-        "prefetch-sample",
-        Duration::from_secs(30),
-        |st| st.phase == phase,
-    )
-    .await
-}
-
-async fn controller(s: &Scenario, extra: &[&str], label: &'static str) -> ControllerProcess {
-    let mut args = vec!["--noop-image", "kube-prefetch/controller:dev"];
-    args.extend_from_slice(extra);
-    if !extra.contains(&"--leader-elect") {
-        args.extend(["--leader-elect", "false"]);
-    }
-    ControllerProcess::start(&s.cluster.kubeconfig, &args, label)
-        .await
-        .expect("controller starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -555,7 +405,6 @@ async fn with_two_replicas_only_the_leader_acts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_and_dropped_watches_are_survived() {
-    use prefetch_tests::apiserver::Fault;
     let Some(s) = scenario("faults", json!({})).await else {
         return;
     };
@@ -564,6 +413,7 @@ async fn api_errors_and_dropped_watches_are_survived() {
         Fault {
             verb: Some("create"),
             resource: Some("pods"),
+            client: None,
             code: 500,
         },
         2,
@@ -572,6 +422,7 @@ async fn api_errors_and_dropped_watches_are_survived() {
         Fault {
             verb: Some("patch"),
             resource: Some("prefetches"),
+            client: None,
             code: 429,
         },
         2,
@@ -580,6 +431,7 @@ async fn api_errors_and_dropped_watches_are_survived() {
         Fault {
             verb: Some("list"),
             resource: Some("nodes"),
+            client: None,
             code: 500,
         },
         1,
@@ -608,25 +460,52 @@ async fn the_manifests_grant_exactly_what_the_controller_calls() {
     };
     // A failure, so Warning events are recorded too.
     s.rules.set("kind-worker2", Pull::Fail("ErrImagePull"));
+    // A warming node, whose first taint removal meets a changed node (so it is read again).
     let api = s.cluster.api.as_ref().unwrap();
-    let kubeconfig = s.cluster.dir.path().join("controller-kubeconfig");
-    std::fs::write(&kubeconfig, api.kubeconfig_for("prefetch-controller")).unwrap();
+    api.inject(
+        Fault {
+            verb: Some("patch"),
+            resource: Some("nodes"),
+            client: Some(CONTROLLER_TOKEN),
+            code: 409,
+        },
+        1,
+    );
+    Api::<Node>::all(s.cluster.client.clone())
+        .create(
+            &PostParams::default(),
+            &node(
+                "kind-worker4",
+                json!([{"key": "cache.techsquad.rocks/warming", "effect": "NoSchedule"}]),
+                json!([]),
+            ),
+        )
+        .await
+        .unwrap();
     let lease_ns = s.ns.clone();
-    let controller = ControllerProcess::start(
-        &kubeconfig,
-        &[
-            "--leader-elect",
-            "true",
-            "--lease-namespace",
-            &lease_ns,
-            "--noop-image",
-            "x",
-        ],
+    let controller = controller(
+        &s,
+        &["--leader-elect", "true", "--lease-namespace", &lease_ns],
         "controller",
     )
-    .await
-    .unwrap();
+    .await;
     until_phase(&s, Phase::Failed).await;
+    let nodes: Api<Node> = Api::all(s.cluster.client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while nodes
+        .get("kind-worker4")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.taints)
+        .is_some_and(|t| !t.is_empty())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the warmup taint stays"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Past one lease renewal (every 2 s), then a SIGTERM that releases the lease.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
@@ -641,7 +520,7 @@ async fn the_manifests_grant_exactly_what_the_controller_calls() {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../manifests/base/controller/rbac.yaml");
     prefetch_tests::rbac::assert_exact(
-        &prefetch_tests::rbac::called(api, "prefetch-controller"),
+        &prefetch_tests::rbac::called(api, CONTROLLER_TOKEN),
         &prefetch_tests::rbac::granted(&manifest).unwrap(),
         // kube's event Recorder patches an event only when the same one repeats (a series).
         &[("events.k8s.io", "events", "patch")],

@@ -81,6 +81,8 @@ fn every_document_parses_as_its_kind() {
             "PodDisruptionBudget" => serde_json::from_value::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(doc).is_ok(),
             "MutatingWebhookConfiguration" => serde_json::from_value::<MutatingWebhookConfiguration>(doc).is_ok(),
             "ValidatingWebhookConfiguration" => serde_json::from_value::<ValidatingWebhookConfiguration>(doc).is_ok(),
+            "ValidatingAdmissionPolicy" => serde_json::from_value::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy>(doc).is_ok(),
+            "ValidatingAdmissionPolicyBinding" => serde_json::from_value::<k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding>(doc).is_ok(),
             other => panic!("{rel}: unexpected kind {other}"),
         };
         assert!(ok, "{rel}: {kind} {name} does not parse as a {kind}");

@@ -5,6 +5,7 @@ pub mod annotations;
 pub mod api;
 pub mod crd;
 pub mod defaulting;
+pub mod duration;
 pub mod images;
 pub mod labels;
 pub mod limits;

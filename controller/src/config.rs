@@ -3,9 +3,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use prefetch_common::duration::parse_duration;
+use prefetch_common::labels::label_key_error;
 use prefetch_common::telemetry::LogFormat;
+
+use crate::warmup::{DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WarmupConfig};
 
 /// kube-prefetch reconciler: runs short-lived prefetch pods so matching nodes pull the images
 /// of the Deployments each Prefetch selects.
@@ -62,9 +67,25 @@ pub struct RunArgs {
     /// so more than a few only multiplies memory.
     #[arg(long, env = "PREFETCH_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// Startup taint (effect NoSchedule) that joining nodes are registered with: prefetch pods
+    /// tolerate it, and the controller lifts it once the node holds the images the Prefetches
+    /// want there. Empty turns warm nodes off.
+    #[arg(long, env = "PREFETCH_WARMUP_TAINT", default_value = DEFAULT_WARMUP_TAINT, value_parser = parse_taint_key)]
+    pub warmup_taint: String,
+    /// Lift the warmup taint at the latest this long after the node's creation (e.g. 15m, 90s).
+    #[arg(long, env = "PREFETCH_WARMUP_TIMEOUT", default_value = DEFAULT_WARMUP_TIMEOUT, value_parser = parse_duration)]
+    pub warmup_timeout: Duration,
     /// Log format.
     #[arg(long, env = "PREFETCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// A taint key (the syntax of a label key), or empty.
+fn parse_taint_key(s: &str) -> Result<String, String> {
+    match label_key_error(s) {
+        Some(why) if !s.is_empty() => Err(why.replace("label key", "taint key")),
+        _ => Ok(s.to_string()),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,10 +96,21 @@ pub enum Command {
         /// A YAML file (multi-document and List kinds are fine); repeatable.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+        /// The warmup taint, as the controller's flag (empty: warm nodes off).
+        #[arg(long, env = "PREFETCH_WARMUP_TAINT", default_value = DEFAULT_WARMUP_TAINT, value_parser = parse_taint_key)]
+        warmup_taint: String,
+        /// The warmup timeout, as the controller's flag.
+        #[arg(long, env = "PREFETCH_WARMUP_TIMEOUT", default_value = DEFAULT_WARMUP_TIMEOUT, value_parser = parse_duration)]
+        warmup_timeout: Duration,
     },
 }
 
 impl RunArgs {
+    /// Warm nodes' settings, `None` when `--warmup-taint` is empty.
+    pub fn warmup(&self) -> Option<WarmupConfig> {
+        WarmupConfig::new(&self.warmup_taint, self.warmup_timeout)
+    }
+
     pub fn identity(&self) -> String {
         self.identity
             .clone()
@@ -90,5 +122,42 @@ impl RunArgs {
             })
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("prefetch-controller-{}", std::process::id()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([&["prefetch-controller"], args].concat())
+    }
+
+    #[test]
+    fn warm_nodes_are_on_by_default_and_off_with_an_empty_taint() {
+        let on = parse(&[]).unwrap().run.warmup().unwrap();
+        assert_eq!(on.taint, "cache.techsquad.rocks/warming");
+        assert_eq!(on.timeout, Duration::from_secs(900));
+        let custom = parse(&[
+            "--warmup-taint",
+            "example.com/cold",
+            "--warmup-timeout",
+            "90s",
+        ])
+        .unwrap()
+        .run
+        .warmup()
+        .unwrap();
+        assert_eq!(
+            (custom.taint.as_str(), custom.timeout),
+            ("example.com/cold", Duration::from_secs(90))
+        );
+        assert_eq!(parse(&["--warmup-taint", ""]).unwrap().run.warmup(), None);
+        let err = parse(&["--warmup-taint", "not a key"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid taint key"), "{err}");
+        assert!(parse(&["--warmup-timeout", "0s"]).is_err());
+        assert!(parse(&["--warmup-timeout", "soon"]).is_err());
     }
 }

@@ -6,6 +6,8 @@ use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 use prefetch_common::PrefetchSpec;
 use prefetch_common::labels::selects;
 
+use crate::warmup::is_warmup_taint;
+
 /// Why a node is not targeted. The order of the variants is the order of the checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkipReason {
@@ -41,8 +43,13 @@ impl fmt::Display for SkipReason {
     }
 }
 
-/// `None` when the node is targeted.
-pub fn skip_reason(node: &Node, spec: &PrefetchSpec) -> Option<SkipReason> {
+/// `None` when the node is targeted. `warmup_taint` is `--warmup-taint` (`None` when warm nodes
+/// are off): a node carrying it is warming, and prefetch pods tolerate it whatever the spec.
+pub fn skip_reason(
+    node: &Node,
+    spec: &PrefetchSpec,
+    warmup_taint: Option<&str>,
+) -> Option<SkipReason> {
     let name = node.metadata.name.as_deref().unwrap_or("");
     let filter = spec.node_filter();
     if !name.contains(filter) {
@@ -85,6 +92,9 @@ pub fn skip_reason(node: &Node, spec: &PrefetchSpec) -> Option<SkipReason> {
     }
     let tolerations = spec.tolerations.as_deref().unwrap_or(&[]);
     for taint in spec_.and_then(|s| s.taints.as_deref()).unwrap_or(&[]) {
+        if warmup_taint.is_some_and(|key| is_warmup_taint(taint, key)) {
+            continue;
+        }
         let blocks = matches!(taint.effect.as_str(), "NoSchedule" | "NoExecute");
         if blocks && !tolerations.iter().any(|t| tolerates(t, taint)) {
             let value = taint
@@ -167,18 +177,19 @@ mod tests {
     fn node_filter_is_a_substring_and_empty_matches_all() {
         let worker = ready("kind-worker2", json!({}));
         assert_eq!(
-            skip_reason(&worker, &spec(json!({"node_filter": "worker"}))),
+            skip_reason(&worker, &spec(json!({"node_filter": "worker"})), None),
             None
         );
-        assert_eq!(skip_reason(&worker, &spec(json!({}))), None);
+        assert_eq!(skip_reason(&worker, &spec(json!({})), None), None);
         assert_eq!(
-            skip_reason(&worker, &spec(json!({"node_filter": ""}))),
+            skip_reason(&worker, &spec(json!({"node_filter": ""})), None),
             None
         );
         assert_eq!(
             skip_reason(
                 &ready("kind-control-plane", json!({})),
-                &spec(json!({"node_filter": "worker"}))
+                &spec(json!({"node_filter": "worker"})),
+                None
             ),
             Some(SkipReason::NameFilter {
                 filter: "worker".into()
@@ -195,14 +206,16 @@ mod tests {
         assert_eq!(
             skip_reason(
                 &gpu,
-                &spec(json!({"node_selector": {"accelerator": "gpu"}}))
+                &spec(json!({"node_selector": {"accelerator": "gpu"}})),
+                None
             ),
             None
         );
         assert_eq!(
             skip_reason(
                 &gpu,
-                &spec(json!({"node_selector": {"accelerator": "gpu", "zone": "b"}}))
+                &spec(json!({"node_selector": {"accelerator": "gpu", "zone": "b"}})),
+                None
             ),
             Some(SkipReason::NodeSelector)
         );
@@ -215,24 +228,30 @@ mod tests {
             "n",
             json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
         );
-        assert_eq!(skip_reason(&not_ready, &s), Some(SkipReason::NotReady));
+        assert_eq!(
+            skip_reason(&not_ready, &s, None),
+            Some(SkipReason::NotReady)
+        );
         let unknown = ready(
             "n",
             json!({"status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}),
         );
-        assert_eq!(skip_reason(&unknown, &s), Some(SkipReason::NotReady));
+        assert_eq!(skip_reason(&unknown, &s, None), Some(SkipReason::NotReady));
         assert_eq!(
-            skip_reason(&node(json!({"metadata": {"name": "n"}})), &s),
+            skip_reason(&node(json!({"metadata": {"name": "n"}})), &s, None),
             Some(SkipReason::NotReady)
         );
         let cordoned = ready("n", json!({"spec": {"unschedulable": true}}));
-        assert_eq!(skip_reason(&cordoned, &s), Some(SkipReason::Unschedulable));
+        assert_eq!(
+            skip_reason(&cordoned, &s, None),
+            Some(SkipReason::Unschedulable)
+        );
         let windows = ready(
             "n",
             json!({"metadata": {"labels": {"kubernetes.io/os": "windows"}}}),
         );
         assert_eq!(
-            skip_reason(&windows, &s),
+            skip_reason(&windows, &s, None),
             Some(SkipReason::NotLinux {
                 os: "windows".into()
             })
@@ -242,7 +261,7 @@ mod tests {
                 "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "osImage": "", "systemUUID": ""},
                 "conditions": [{"type": "Ready", "status": "True"}]}}));
         assert_eq!(
-            skip_reason(&windows_by_info, &s),
+            skip_reason(&windows_by_info, &s, None),
             Some(SkipReason::NotLinux {
                 os: "windows".into()
             })
@@ -251,7 +270,7 @@ mod tests {
             "n",
             json!({"metadata": {"deletionTimestamp": "2026-11-22T00:00:00Z"}}),
         );
-        assert_eq!(skip_reason(&deleting, &s), Some(SkipReason::Deleting));
+        assert_eq!(skip_reason(&deleting, &s, None), Some(SkipReason::Deleting));
     }
 
     #[test]
@@ -262,7 +281,7 @@ mod tests {
             {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}}),
         );
         assert_eq!(
-            skip_reason(&cp, &spec(json!({}))),
+            skip_reason(&cp, &spec(json!({})), None),
             Some(SkipReason::Taint {
                 taint: "node-role.kubernetes.io/control-plane:NoSchedule".into()
             })
@@ -270,15 +289,65 @@ mod tests {
         let tolerated = spec(
             json!({"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]}),
         );
-        assert_eq!(skip_reason(&cp, &tolerated), None);
+        assert_eq!(skip_reason(&cp, &tolerated, None), None);
         let everything = spec(json!({"tolerations": [{"operator": "Exists"}]}));
-        assert_eq!(skip_reason(&cp, &everything), None);
+        assert_eq!(skip_reason(&cp, &everything, None), None);
         // PreferNoSchedule never keeps a pod off a node.
         let soft = ready(
             "n",
             json!({"spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}}),
         );
-        assert_eq!(skip_reason(&soft, &spec(json!({}))), None);
+        assert_eq!(skip_reason(&soft, &spec(json!({})), None), None);
+    }
+
+    #[test]
+    fn the_warmup_taint_is_tolerated_only_when_warm_nodes_are_on() {
+        let key = crate::warmup::DEFAULT_WARMUP_TAINT;
+        let warming = ready(
+            "kind-worker4",
+            json!({"spec": {"taints": [{"key": key, "effect": "NoSchedule"}]}}),
+        );
+        let s = spec(json!({}));
+        assert_eq!(skip_reason(&warming, &s, Some(key)), None);
+        assert_eq!(
+            skip_reason(&warming, &s, None),
+            Some(SkipReason::Taint {
+                taint: format!("{key}:NoSchedule")
+            }),
+            "feature off: a taint like any other"
+        );
+        // Only that key, only NoSchedule: other taints still count.
+        let also_dedicated = ready(
+            "n",
+            json!({"spec": {"taints": [{"key": key, "effect": "NoSchedule"},
+                                       {"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]}}),
+        );
+        assert_eq!(
+            skip_reason(&also_dedicated, &s, Some(key)),
+            Some(SkipReason::Taint {
+                taint: "dedicated=gpu:NoSchedule".into()
+            })
+        );
+        let evicting = ready(
+            "n",
+            json!({"spec": {"taints": [{"key": key, "effect": "NoExecute"}]}}),
+        );
+        assert_eq!(
+            skip_reason(&evicting, &s, Some(key)),
+            Some(SkipReason::Taint {
+                taint: format!("{key}:NoExecute")
+            })
+        );
+        // Warming does not make a NotReady node eligible.
+        let not_ready = ready(
+            "n",
+            json!({"spec": {"taints": [{"key": key, "effect": "NoSchedule"}]},
+                   "status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+        );
+        assert_eq!(
+            skip_reason(&not_ready, &s, Some(key)),
+            Some(SkipReason::NotReady)
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod eligibility;
 pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod naming;
 pub mod outcome;
@@ -14,3 +15,5 @@ pub mod pod;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod round;
+pub mod warmer;
+pub mod warmup;

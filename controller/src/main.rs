@@ -8,6 +8,7 @@ use clap::Parser;
 use prefetch_controller::config::{Cli, Command, RunArgs};
 use prefetch_controller::metrics::Metrics;
 use prefetch_controller::plan_command::{Objects, render};
+use prefetch_controller::warmup::WarmupConfig;
 use prefetch_controller::{leader, reconciler};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -15,14 +16,22 @@ use tokio_util::sync::CancellationToken;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Plan { files }) => {
+        Some(Command::Plan {
+            files,
+            warmup_taint,
+            warmup_timeout,
+        }) => {
             let mut objects = Objects::default();
             for file in &files {
                 let text = std::fs::read_to_string(file)
                     .with_context(|| format!("reading {}", file.display()))?;
                 objects.load(&file.display().to_string(), &text)?;
             }
-            print!("{}", render(&objects));
+            let warmup = WarmupConfig::new(&warmup_taint, warmup_timeout);
+            print!(
+                "{}",
+                render(&objects, warmup.as_ref(), jiff::Timestamp::now())
+            );
             Ok(())
         }
         None => tokio::runtime::Builder::new_multi_thread()
@@ -46,7 +55,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
-    tracing::info!(metrics = %listener.local_addr()?, identity = %identity, leader_elect = args.leader_elect, "prefetch-controller starting");
+    tracing::info!(metrics = %listener.local_addr()?, identity = %identity, leader_elect = args.leader_elect, warmup_taint = %args.warmup_taint, "prefetch-controller starting");
     let ops = {
         let metrics = metrics.clone();
         let app = axum::Router::new()
@@ -81,6 +90,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let settings = || reconciler::Settings {
         noop_image: args.noop_image.clone(),
+        warmup: args.warmup(),
         max_pod_creates_per_second: args.max_pod_creates_per_second,
         identity: identity.clone(),
         concurrency: args.concurrency,

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub inflight_pods: Gauge,
     pub rollout_latency: Histogram,
     pub leader: Gauge,
+    pub node_warmup: Histogram,
+    pub node_warmup_timeouts: Counter,
+    pub warming_nodes: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +77,26 @@ impl Default for Metrics {
             "Whether this replica holds the lease (1) or not (0)",
             leader.clone(),
         );
+        let node_warmup = Histogram::new([
+            5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+        ]);
+        registry.register(
+            "node_warmup_seconds",
+            "From a node's creation to its warmup taint lifted (warm, untargeted or timed out)",
+            node_warmup.clone(),
+        );
+        let node_warmup_timeouts = Counter::default();
+        registry.register(
+            "node_warmup_timeouts",
+            "Warmup taints lifted by --warmup-timeout with images still missing",
+            node_warmup_timeouts.clone(),
+        );
+        let warming_nodes = Gauge::default();
+        registry.register(
+            "warming_nodes",
+            "Nodes carrying the warmup taint",
+            warming_nodes.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -83,6 +106,9 @@ impl Default for Metrics {
             inflight_pods,
             rollout_latency,
             leader,
+            node_warmup,
+            node_warmup_timeouts,
+            warming_nodes,
         }
     }
 }

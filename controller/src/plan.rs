@@ -12,6 +12,7 @@ use prefetch_common::images::{normalize, pod_spec_images};
 use prefetch_common::labels::selects;
 
 use crate::eligibility::{SkipReason, skip_reason};
+use crate::warmup::is_warming;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePlan {
@@ -20,6 +21,8 @@ pub struct NodePlan {
     pub pull: Vec<String>,
     /// Images the node already lists: done without a pod.
     pub present: Vec<String>,
+    /// The node carries the warmup taint: its pods come first, and tolerate that taint.
+    pub warming: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,12 +75,15 @@ pub fn selects_deployment(prefetch: &Prefetch, deployment: &Deployment) -> bool 
         && selects(selector, deployment.metadata.labels.as_ref())
 }
 
+/// The plan of `prefetch`. `warmup_taint` is `--warmup-taint` (`None` when warm nodes are off):
+/// nodes carrying it are targeted as if it were tolerated, and marked warming.
 pub fn plan_images<'a>(
     prefetch: &Prefetch,
     deployments: impl IntoIterator<Item = &'a Deployment>,
     nodes: impl IntoIterator<Item = &'a Node>,
+    warmup_taint: Option<&str>,
 ) -> ImagePlan {
-    plan_images_with(prefetch, deployments, nodes, |node| {
+    plan_images_with(prefetch, deployments, nodes, warmup_taint, |node| {
         Cow::Owned(node_images(node).into_iter().collect())
     })
 }
@@ -89,6 +95,7 @@ pub fn plan_images_with<'a>(
     prefetch: &Prefetch,
     deployments: impl IntoIterator<Item = &'a Deployment>,
     nodes: impl IntoIterator<Item = &'a Node>,
+    warmup_taint: Option<&str>,
     images_on: impl Fn(&'a Node) -> Cow<'a, [String]>,
 ) -> ImagePlan {
     let mut plan = ImagePlan::default();
@@ -128,7 +135,7 @@ pub fn plan_images_with<'a>(
     nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for node in nodes {
         let name = node.metadata.name.clone().unwrap_or_default();
-        match skip_reason(node, &prefetch.spec) {
+        match skip_reason(node, &prefetch.spec, warmup_taint) {
             Some(reason) => plan.skipped.push(Skipped { node: name, reason }),
             None => {
                 let on_node = images_on(node);
@@ -141,6 +148,7 @@ pub fn plan_images_with<'a>(
                     node: name,
                     pull,
                     present,
+                    warming: warmup_taint.is_some_and(|key| is_warming(node, key)),
                 });
             }
         }
@@ -241,7 +249,7 @@ mod tests {
                 &[],
             ),
         ];
-        let plan = plan_images(&p, &deployments, &walkthrough_nodes());
+        let plan = plan_images(&p, &deployments, &walkthrough_nodes(), None);
         assert_eq!(plan.deployments, ["nginx"]);
         assert_eq!(plan.images, ["docker.io/library/nginx:1.7.9"]);
         let targets: Vec<(&str, usize, usize)> = plan
@@ -290,7 +298,7 @@ mod tests {
                 &["regcred", "other"],
             ),
         ];
-        let plan = plan_images(&p, &deployments, &[]);
+        let plan = plan_images(&p, &deployments, &[], None);
         assert_eq!(plan.deployments, ["a", "b"]);
         assert_eq!(
             plan.images,
@@ -312,12 +320,48 @@ mod tests {
             json!({"filter_by_labels": {"app": "nginx"},
             "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}),
         );
-        let plan = plan_images(&p, &[], &walkthrough_nodes());
+        let plan = plan_images(&p, &[], &walkthrough_nodes(), None);
         assert_eq!(plan.targets.len(), 4);
         let p = prefetch("default", json!({"filter_by_labels": {"app": "nginx"}}));
-        let plan = plan_images(&p, &[], &walkthrough_nodes());
+        let plan = plan_images(&p, &[], &walkthrough_nodes(), None);
         assert_eq!(plan.targets.len(), 3);
         assert!(matches!(plan.skipped[0].reason, SkipReason::Taint { .. }));
+    }
+
+    #[test]
+    fn warming_nodes_are_targeted_and_marked() {
+        let key = crate::warmup::DEFAULT_WARMUP_TAINT;
+        let p = prefetch(
+            "default",
+            json!({"filter_by_labels": {"app": "nginx"}, "node_filter": "worker"}),
+        );
+        let mut nodes = walkthrough_nodes();
+        nodes.push(node(
+            "kind-worker4",
+            json!([{"key": key, "effect": "NoSchedule"}]),
+            json!([]),
+        ));
+        let plan = plan_images(&p, &[], &nodes, Some(key));
+        let warming: Vec<(&str, bool)> = plan
+            .targets
+            .iter()
+            .map(|t| (t.node.as_str(), t.warming))
+            .collect();
+        assert_eq!(
+            warming,
+            [
+                ("kind-worker", false),
+                ("kind-worker2", false),
+                ("kind-worker3", false),
+                ("kind-worker4", true)
+            ]
+        );
+        let off = plan_images(&p, &[], &nodes, None);
+        assert_eq!(off.targets.len(), 3);
+        assert!(matches!(
+            &off.skipped.last().unwrap().reason,
+            SkipReason::Taint { taint } if taint == &format!("{key}:NoSchedule")
+        ));
     }
 
     #[test]

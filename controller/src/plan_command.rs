@@ -3,13 +3,16 @@
 
 use std::fmt::Write as _;
 
+use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use prefetch_common::Prefetch;
 use serde_json::Value;
 
+use crate::ledger::PullLedger;
 use crate::naming::pod_name;
-use crate::plan::plan_images;
+use crate::plan::{node_images, plan_images};
+use crate::warmup::{self, Verdict, WarmupConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -101,8 +104,10 @@ impl Objects {
     }
 }
 
-/// The plan of every Prefetch, as text.
-pub fn render(objects: &Objects) -> String {
+/// The plan of every Prefetch, as text, then the warming nodes (`warmup`: the controller's
+/// warm-node settings, `None` when off) and what each still needs, judged at `now`.
+pub fn render(objects: &Objects, warmup: Option<&WarmupConfig>, now: Timestamp) -> String {
+    let warmup_taint = warmup.map(|w| w.taint.as_str());
     let mut out = String::new();
     if objects.prefetches.is_empty() {
         out.push_str("no Prefetch in the given files: nothing to plan\n");
@@ -110,7 +115,7 @@ pub fn render(objects: &Objects) -> String {
     for prefetch in &objects.prefetches {
         let ns = prefetch.metadata.namespace.as_deref().unwrap_or("default");
         let name = prefetch.metadata.name.as_deref().unwrap_or("");
-        let plan = plan_images(prefetch, &objects.deployments, &objects.nodes);
+        let plan = plan_images(prefetch, &objects.deployments, &objects.nodes, warmup_taint);
         let _ = writeln!(out, "Prefetch {ns}/{name}");
         let _ = writeln!(
             out,
@@ -141,20 +146,26 @@ pub fn render(objects: &Objects) -> String {
             .max(4);
         let _ = writeln!(out, "  {:<width$}  PLAN", "NODE");
         for target in &plan.targets {
+            let warming = if target.warming { " (warming)" } else { "" };
             if target.pull.is_empty() {
                 let _ = writeln!(
                     out,
-                    "  {:<width$}  nothing to pull: already has {}",
+                    "  {:<width$}  nothing to pull: already has {}{warming}",
                     target.node,
                     target.present.join(", ")
                 );
             } else {
                 let _ = writeln!(
                     out,
-                    "  {:<width$}  pod {} pulls {}",
+                    "  {:<width$}  pod {} pulls {}{}",
                     target.node,
                     pod_name(name, &target.node),
-                    target.pull.join(", ")
+                    target.pull.join(", "),
+                    if target.warming {
+                        " (warming: ahead of the other nodes)"
+                    } else {
+                        ""
+                    }
                 );
                 if !target.present.is_empty() {
                     let _ = writeln!(
@@ -182,10 +193,80 @@ pub fn render(objects: &Objects) -> String {
             prefetch.spec.retry_after_seconds()
         );
     }
+    if let Some(warmup) = warmup {
+        render_warming(&mut out, objects, warmup, now);
+    }
     for ignored in &objects.ignored {
         let _ = writeln!(out, "ignored: {ignored}");
     }
     out
+}
+
+/// The warming nodes, and what the controller would do about each now (with no prefetch pod
+/// run yet: the files hold no outcomes).
+fn render_warming(out: &mut String, objects: &Objects, warmup: &WarmupConfig, now: Timestamp) {
+    let warming: Vec<&Node> = objects
+        .nodes
+        .iter()
+        .filter(|n| warmup::is_warming(n, &warmup.taint))
+        .collect();
+    if warming.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Warming nodes (taint {}:{}; lifted when every image the Prefetches want there is done, \
+         when none targets the node, or {} s after its creation)",
+        warmup.taint,
+        warmup::WARMUP_EFFECT,
+        warmup.timeout.as_secs()
+    );
+    let prefetches: Vec<&Prefetch> = objects.prefetches.iter().collect();
+    let deployments: Vec<&Deployment> = objects.deployments.iter().collect();
+    let wishes = warmup::wishes(
+        &prefetches,
+        &deployments,
+        &warming,
+        &warmup.taint,
+        |node| std::borrow::Cow::Owned(node_images(node).into_iter().collect()),
+        &PullLedger::default(),
+    );
+    let width = warming
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
+        .map(str::len)
+        .max()
+        .unwrap_or(4);
+    for node in warming {
+        let name = node.metadata.name.as_deref().unwrap_or("");
+        let wanted = wishes.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        let verdict = warmup::decide(
+            node.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            warmup::held_back(node, &warmup.taint),
+            wanted,
+            now,
+            warmup.timeout,
+        );
+        let action = match &verdict {
+            Verdict::Warming { .. } => "keeps the taint",
+            _ => "taint lifted now",
+        };
+        let _ = writeln!(
+            out,
+            "  {name:<width$}  {}: {action}",
+            warmup::describe(&verdict)
+        );
+        for wish in wanted.iter().filter(|w| !w.open.is_empty()) {
+            let _ = writeln!(
+                out,
+                "  {:<width$}    {} needs {}",
+                "",
+                wish.prefetch,
+                wish.open.join(", ")
+            );
+        }
+    }
+    out.push('\n');
 }
 
 #[cfg(test)]
@@ -206,7 +287,7 @@ mod tests {
             ),
             (1, 1, 4)
         );
-        let text = render(&objects);
+        let text = render(&objects, None, Timestamp::now());
         for line in [
             "Prefetch default/prefetch-sample",
             "docker.io/library/nginx:1.7.9",
@@ -221,13 +302,51 @@ mod tests {
     }
 
     #[test]
+    fn warming_nodes_show_what_they_still_need() {
+        let mut objects = Objects::default();
+        objects.load("cluster.yaml", CLUSTER).unwrap();
+        objects
+            .load(
+                "warming-nodes.yaml",
+                include_str!("../../examples/warming-nodes.yaml"),
+            )
+            .unwrap();
+        let warmup = WarmupConfig::new(
+            crate::warmup::DEFAULT_WARMUP_TAINT,
+            std::time::Duration::from_secs(900),
+        );
+        let text = render(&objects, warmup.as_ref(), Timestamp::now());
+        for line in [
+            "kind-worker4        pod prefetch-prefetch-sample-kind-worker4 pulls docker.io/library/nginx:1.7.9 (warming: ahead of the other nodes)",
+            "kind-worker5        skipped: not Ready",
+            "Warming nodes (taint cache.techsquad.rocks/warming:NoSchedule;",
+            "  kind-worker4  still needs docker.io/library/nginx:1.7.9: keeps the taint",
+            "                  default/prefetch-sample needs docker.io/library/nginx:1.7.9",
+            "  kind-gpu      warm: no Prefetch targets it: taint lifted now",
+            "  kind-worker5  held back (not Ready): keeps the taint",
+            "=> 4 prefetch pod(s)",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // Warm nodes off: the taint is a taint like any other, and no warming section.
+        let off = render(&objects, None, Timestamp::now());
+        assert!(
+            off.contains("kind-worker4        skipped: taint cache.techsquad.rocks/warming:NoSchedule not tolerated"),
+            "{off}"
+        );
+        assert!(!off.contains("Warming nodes"), "{off}");
+    }
+
+    #[test]
     fn lists_and_other_kinds() {
         let mut objects = Objects::default();
         let text = "kind: List\nitems:\n- {kind: Node, metadata: {name: a}}\n- {kind: Service, metadata: {name: s}}\n---\n";
         objects.load("f.yaml", text).unwrap();
         assert_eq!(objects.nodes.len(), 1);
         assert_eq!(objects.ignored, ["f.yaml: Service s"]);
-        assert!(render(&objects).starts_with("no Prefetch in the given files"));
+        assert!(
+            render(&objects, None, Timestamp::now()).starts_with("no Prefetch in the given files")
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, LocalObjectReference, NodeAffinity,
     NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSecurityContext, PodSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -16,6 +16,7 @@ use prefetch_common::annotations::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREFETCH_
 use prefetch_common::images::ImageRef;
 
 use crate::naming::pod_name;
+use crate::warmup::toleration;
 
 /// Annotation on a prefetch pod naming its node (node names can be longer than a label value).
 pub const NODE_ANNOTATION: &str = "cache.techsquad.rocks/node";
@@ -51,6 +52,8 @@ pub struct PodRequest<'a> {
     pub pull_secrets: &'a [String],
     /// The controller's own image, which carries `noop` (`--noop-image`).
     pub noop_image: &'a str,
+    /// `--warmup-taint` (`None` when warm nodes are off): the pod tolerates exactly that.
+    pub warmup_taint: Option<&'a str>,
 }
 
 /// The name of container `index` (containerStatuses report results by container name).
@@ -78,6 +81,17 @@ fn restricted_container_context() -> SecurityContext {
         }),
         ..Default::default()
     }
+}
+
+/// The spec's tolerations, plus the warmup taint's when warm nodes are on (once).
+fn tolerations(spec: &[Toleration], warmup_taint: Option<&str>) -> Option<Vec<Toleration>> {
+    let mut all = spec.to_vec();
+    if let Some(warmup) = warmup_taint.map(toleration)
+        && !all.contains(&warmup)
+    {
+        all.push(warmup);
+    }
+    (!all.is_empty()).then_some(all)
 }
 
 pub fn prefetch_pod(req: &PodRequest<'_>) -> Result<Pod, PodError> {
@@ -209,7 +223,7 @@ pub fn prefetch_pod(req: &PodRequest<'_>) -> Result<Pod, PodError> {
                 }),
                 ..Default::default()
             }),
-            tolerations: spec.tolerations.clone().filter(|t| !t.is_empty()),
+            tolerations: tolerations(spec.tolerations.as_deref().unwrap_or(&[]), req.warmup_taint),
             priority_class_name: spec.priority_class_name.clone(),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
@@ -262,6 +276,7 @@ mod tests {
             images: &images,
             pull_secrets: &secrets,
             noop_image: "kube-prefetch/noop:dev",
+            warmup_taint: None,
         })
         .unwrap()
     }
@@ -335,6 +350,36 @@ mod tests {
     }
 
     #[test]
+    fn tolerates_the_warmup_taint_and_nothing_more() {
+        let key = crate::warmup::DEFAULT_WARMUP_TAINT;
+        let build = |p: &Prefetch| {
+            let images = vec!["docker.io/library/nginx:1.25".to_string()];
+            let pod = prefetch_pod(&PodRequest {
+                prefetch: p,
+                node: "kind-worker4",
+                images: &images,
+                pull_secrets: &[],
+                noop_image: "x",
+                warmup_taint: Some(key),
+            })
+            .unwrap();
+            serde_json::to_value(pod).unwrap()["spec"]["tolerations"].clone()
+        };
+        let warming = json!({"key": key, "operator": "Exists", "effect": "NoSchedule"});
+        assert_eq!(build(&prefetch(json!({}))), json!([warming]));
+        let own = json!({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"});
+        assert_eq!(
+            build(&prefetch(json!({"tolerations": [own]}))),
+            json!([own, warming])
+        );
+        assert_eq!(
+            build(&prefetch(json!({"tolerations": [warming]}))),
+            json!([warming]),
+            "not twice"
+        );
+    }
+
+    #[test]
     fn refuses_incomplete_requests() {
         let mut p = prefetch(json!({}));
         let err = prefetch_pod(&PodRequest {
@@ -343,6 +388,7 @@ mod tests {
             images: &[],
             pull_secrets: &[],
             noop_image: "x",
+            warmup_taint: None,
         })
         .unwrap_err();
         assert_eq!(err, PodError::NoImages("n".into()));
@@ -354,6 +400,7 @@ mod tests {
             images: &images,
             pull_secrets: &[],
             noop_image: "x",
+            warmup_taint: None,
         })
         .unwrap_err();
         assert_eq!(err, PodError::MissingMetadata("uid"));

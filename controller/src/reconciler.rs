@@ -20,16 +20,20 @@ use prefetch_common::annotations::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREFETCH_IMAGES, PREFETCH_LABEL, PREFETCH_REQUESTED_AT,
 };
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::eligibility::is_ready;
+use crate::ledger::PullLedger;
 use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
 use crate::outcome::read_pod;
-use crate::plan::{node_images, plan_images_with, selects_deployment};
+use crate::plan::{ImagePlan, node_images, plan_images_with, selects_deployment};
 use crate::pod::NODE_ANNOTATION;
 use crate::ratelimit::RateLimiter;
-use crate::round::{RolloutSignal, RoundInput, RoundMemory, reconcile_round};
+use crate::round::{
+    Observed, RolloutSignal, RoundInput, RoundMemory, cached_status_predates, reconcile_round,
+};
+use crate::warmup::{WarmupConfig, is_warming, open_warming_targets, settled};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -45,18 +49,29 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     pub pods: Store<Pod>,
     pub rounds: Mutex<HashMap<String, RoundMemory>>,
+    /// Per Prefetch uid: when the round this process last ended had started (see
+    /// `round::cached_status_predates`).
+    pub ended: Mutex<HashMap<String, jiff::Timestamp>>,
     pub inflight: Mutex<HashMap<String, usize>>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub limiter: RateLimiter,
     pub noop_image: String,
+    /// Warm nodes' settings; `None` when `--warmup-taint` is empty.
+    pub warmup: Option<WarmupConfig>,
+    /// Outcomes on warming nodes, beyond the rounds that saw them (see `ledger.rs`).
+    pub ledger: Mutex<PullLedger>,
+    /// Wakes the warm loop: a warming node changed, or an outcome on one was recorded.
+    pub warm_wake: Arc<Notify>,
+    /// Reconciles every Prefetch (as a node change does).
+    pub reconcile_all: mpsc::Sender<()>,
 }
 
 pub fn managed_pods_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -84,6 +99,17 @@ pub fn node_fingerprint(node: &Node) -> u64 {
         }
     }
     h.finish()
+}
+
+/// A cached node's images as planning reads them: normalized and sorted by [`slim_node`].
+pub(crate) fn cached_images(node: &Node) -> std::borrow::Cow<'_, [String]> {
+    let names = node
+        .status
+        .as_ref()
+        .and_then(|s| s.images.as_ref())
+        .and_then(|i| i.first())
+        .and_then(|i| i.names.as_deref());
+    std::borrow::Cow::Borrowed(names.unwrap_or(&[]))
 }
 
 /// Keeps only what planning reads, to bound memory at thousands of nodes.
@@ -221,7 +247,17 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
     if prefetch.metadata.deletion_timestamp.is_some() {
         // Its pods are owned by it: the garbage collector removes them.
         lock(&ctx.rounds).remove(&uid);
+        lock(&ctx.ended).remove(&uid);
         return Ok(Action::await_change());
+    }
+    let memory = lock(&ctx.rounds).get(&uid).cloned();
+    if memory.is_none()
+        && let Some(ended) = lock(&ctx.ended).get(&uid).copied()
+        && cached_status_predates(prefetch.status.as_ref(), ended)
+    {
+        // Decided from this status, the round would resume and the status be written back.
+        tracing::debug!(prefetch = %name, "cache behind our own status write; looking again shortly");
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let deployments = ctx.deployments.state();
     let nodes = ctx.nodes.state();
@@ -244,23 +280,16 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
             busy.insert(node.clone());
         }
     }
-    // Cached nodes carry their images normalized and sorted (see slim_node).
+    let warmup_taint = ctx.warmup.as_ref().map(|w| w.taint.as_str());
     let plan = plan_images_with(
         &prefetch,
         deployments.iter().map(AsRef::as_ref),
         nodes.iter().map(AsRef::as_ref),
-        |node| {
-            let names = node
-                .status
-                .as_ref()
-                .and_then(|s| s.images.as_ref())
-                .and_then(|i| i.first())
-                .and_then(|i| i.names.as_deref());
-            std::borrow::Cow::Borrowed(names.unwrap_or(&[]))
-        },
+        warmup_taint,
+        cached_images,
     );
+    let warming_open = warming_open(&ctx, &plan, &prefetch);
     let signal = rollout_signal(&prefetch, deployments.iter().map(AsRef::as_ref));
-    let memory = lock(&ctx.rounds).get(&uid).cloned();
     let decision = reconcile_round(&RoundInput {
         prefetch: &prefetch,
         plan: &plan,
@@ -270,7 +299,11 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
         memory: memory.as_ref(),
         now,
         noop_image: &ctx.noop_image,
+        warmup_taint,
+        warming_open: &warming_open,
     });
+    // Before any pod is deleted: outcomes on warming nodes outlive this round.
+    record_warming_outcomes(&ctx, &decision.observed, now);
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     for pod_name in &decision.delete {
@@ -309,6 +342,12 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
         )
         .await?;
     }
+    // Written (or already so): until the cache shows it, no reconcile may take the round for
+    // running.
+    match (&decision.memory, &decision.status.last_round_start) {
+        (None, Some(started)) => lock(&ctx.ended).insert(uid.clone(), started.0),
+        _ => lock(&ctx.ended).remove(&uid),
+    };
 
     ctx.metrics
         .images_prefetched
@@ -352,6 +391,43 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
     Ok(Action::requeue(decision.requeue_after))
 }
 
+/// Warming targets of `plan` with a pair not done yet, by the ledger and this Prefetch's status.
+fn warming_open(ctx: &Context, plan: &ImagePlan, prefetch: &Prefetch) -> BTreeSet<String> {
+    if !plan.targets.iter().any(|t| t.warming) {
+        return BTreeSet::new();
+    }
+    let ledger = lock(&ctx.ledger);
+    open_warming_targets(plan, |node, image| {
+        ctx.nodes
+            .get(&ObjectRef::new(node))
+            .is_some_and(|n| settled(&ledger, &n, prefetch.status.as_ref(), image))
+    })
+}
+
+/// Puts the outcomes observed on warming nodes in the ledger, and wakes the warm loop.
+fn record_warming_outcomes(ctx: &Context, observed: &[Observed], now: jiff::Timestamp) {
+    let Some(warmup) = &ctx.warmup else {
+        return;
+    };
+    let mut recorded = false;
+    let mut ledger = lock(&ctx.ledger);
+    for o in observed {
+        if let Some(node) = ctx.nodes.get(&ObjectRef::new(&o.node))
+            && is_warming(&node, &warmup.taint)
+        {
+            let uid = node.metadata.uid.as_deref().unwrap_or("");
+            ledger.record(&o.node, uid, &o.image, &o.outcome, now);
+            recorded = true;
+        }
+    }
+    if recorded {
+        ctx.warm_wake.notify_one();
+        // Another Prefetch may be waiting for this node to be free of our pod: it goes now
+        // rather than at its next poll (a warming node is served at once).
+        let _ = ctx.reconcile_all.try_send(());
+    }
+}
+
 pub fn error_policy(prefetch: Arc<Prefetch>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconciles
@@ -363,6 +439,7 @@ pub fn error_policy(prefetch: Arc<Prefetch>, error: &Error, ctx: Arc<Context>) -
 
 pub struct Settings {
     pub noop_image: String,
+    pub warmup: Option<WarmupConfig>,
     pub max_pod_creates_per_second: f64,
     pub identity: String,
     pub concurrency: u16,
@@ -379,6 +456,9 @@ pub async fn run(
     let stop = CancellationToken::new();
     let _stop_on_return = stop.clone().drop_guard();
     let (node_tx, node_rx) = mpsc::channel::<()>(1);
+    let warm_wake = Arc::new(Notify::new());
+    let reconcile_all = node_tx.clone();
+    let node_changed = warm_wake.clone();
     let mut fingerprints: HashMap<String, u64> = HashMap::new();
     let nodes = run_reflector(
         Api::<Node>::all(client.clone()),
@@ -398,6 +478,7 @@ pub async fn run(
             if changed {
                 // A full channel already holds a pending trigger: dropping this one loses nothing.
                 let _ = node_tx.try_send(());
+                node_changed.notify_one();
             }
         },
         stop.clone(),
@@ -439,6 +520,7 @@ pub async fn run(
         deployments,
         pods,
         rounds: Mutex::new(HashMap::new()),
+        ended: Mutex::new(HashMap::new()),
         inflight: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
         recorder: Recorder::new(
@@ -450,6 +532,19 @@ pub async fn run(
         ),
         limiter: RateLimiter::new(settings.max_pod_creates_per_second),
         noop_image: settings.noop_image,
+        warmup: settings.warmup.clone(),
+        ledger: Mutex::new(PullLedger::default()),
+        warm_wake,
+        reconcile_all,
+    });
+    // The warm loop runs beside the reconciles, for as long as this term of leadership.
+    let warm_loop = settings.warmup.map(|config| {
+        tokio::spawn(crate::warmer::run(
+            ctx.clone(),
+            config,
+            prefetch_store.clone(),
+            stop.clone(),
+        ))
     });
     let node_triggers = futures::stream::unfold(node_rx, |mut rx| async move {
         rx.recv().await.map(|()| ((), rx))
@@ -471,7 +566,7 @@ pub async fn run(
         .reconcile_all_on(node_triggers)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings_concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
             match result {
                 Ok(_) => {
@@ -485,6 +580,15 @@ pub async fn run(
             std::future::ready(())
         })
         .await;
+    // Let a taint removal in progress finish (bounded), then stop the loop.
+    stop.cancel();
+    if let Some(task) = warm_loop
+        && tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+    {
+        tracing::warn!("the warm loop did not stop within 5 s");
+    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use prefetch_common::limits::MAX_STATUS_FAILURES;
 use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord};
 
 use crate::outcome::{Outcome, read_pod};
-use crate::plan::ImagePlan;
+use crate::plan::{ImagePlan, NodePlan};
 use crate::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
 
 /// Grace beyond `pull_timeout` before the controller itself gives up on a pod (the kubelet
@@ -37,6 +37,14 @@ pub struct RoundMemory {
     pub outcomes: BTreeMap<(String, String), Outcome>,
     /// A rollout whose images are being prefetched: (requested at, images).
     pub rollout: Option<(Timestamp, BTreeSet<String>)>,
+}
+
+/// One (node, image) outcome a prefetch pod reported, first seen by this reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub node: String,
+    pub image: String,
+    pub outcome: Outcome,
 }
 
 /// The newest rollout signal among the selected Deployments (webhook annotations).
@@ -58,6 +66,11 @@ pub struct RoundInput<'a> {
     pub memory: Option<&'a RoundMemory>,
     pub now: Timestamp,
     pub noop_image: &'a str,
+    /// `--warmup-taint`, `None` when warm nodes are off: prefetch pods tolerate it.
+    pub warmup_taint: Option<&'a str>,
+    /// Warming targets with a pair not done yet (`warmup::open_warming_targets`): a round runs
+    /// for them at once, even when the last round covered the node.
+    pub warming_open: &'a BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +91,9 @@ pub struct RoundDecision {
     pub memory: Option<RoundMemory>,
     pub events: Vec<EventNote>,
     pub requeue_after: Duration,
+    /// Every pair outcome recorded by this reconcile, as the pod reported it (digest kept),
+    /// for what outlives the round (see `ledger.rs`).
+    pub observed: Vec<Observed>,
     /// Pairs recorded by this reconcile, for metrics.
     pub newly_pulled: usize,
     pub newly_failed: Vec<String>,
@@ -98,6 +114,21 @@ fn after(t: Timestamp, seconds: i64) -> Timestamp {
 
 fn until(now: Timestamp, then: Timestamp) -> Duration {
     Duration::try_from(then.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+/// Whether `cached`, the Prefetch's status as a watch cache shows it, predates this process's
+/// own write that ended the round started at `ended`: it still says that round is running. A
+/// reconcile right after the one that ended a round (one the round's own events queued) can
+/// read such a cache; deciding from it would resume the ended round, give a pod again to every
+/// pair that had failed, and write the stale status back. Compared at whole seconds, as the
+/// API server stores times.
+pub fn cached_status_predates(cached: Option<&PrefetchStatus>, ended: Timestamp) -> bool {
+    cached.is_some_and(|s| {
+        s.phase == Phase::Running
+            && s.last_round_start
+                .as_ref()
+                .is_some_and(|t| t.0.as_second() == ended.as_second())
+    })
 }
 
 /// Why a new round starts now, if one should.
@@ -135,6 +166,9 @@ fn round_trigger(input: &RoundInput<'_>, status: &PrefetchStatus) -> Option<Stri
     {
         return Some(format!("node {node} joined"));
     }
+    if let Some(node) = input.warming_open.first() {
+        return Some(format!("node {node} is warming"));
+    }
     let next = status.next_round.as_ref().map_or(
         after(start.0, input.prefetch.spec.retry_after_seconds()),
         |t| t.0,
@@ -149,6 +183,14 @@ fn is_new_signal(signal: &RolloutSignal, status: &PrefetchStatus) -> bool {
         .and_then(|r| r.requested_at.as_ref())
         .map(|t| t.0);
     seen.is_none_or(|seen| signal.requested_at > seen)
+}
+
+/// The order in which targets get pods: warming nodes first (DESIGN.md section 8), so they take
+/// the free `max_parallel` slots ahead of the others; each group in plan order.
+fn creation_order(targets: &[NodePlan]) -> impl Iterator<Item = &NodePlan> {
+    let (warming, others): (Vec<&NodePlan>, Vec<&NodePlan>) =
+        targets.iter().partition(|t| t.warming);
+    warming.into_iter().chain(others)
 }
 
 pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
@@ -250,7 +292,7 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
     }
 
     // Read every pod: record outcomes, delete the finished and the unwanted.
-    let targets: BTreeMap<&str, &crate::plan::NodePlan> = input
+    let targets: BTreeMap<&str, &NodePlan> = input
         .plan
         .targets
         .iter()
@@ -285,6 +327,11 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
                 let key = (node.clone(), image.clone());
                 if let std::collections::btree_map::Entry::Vacant(slot) = memory.outcomes.entry(key)
                 {
+                    decision.observed.push(Observed {
+                        node: node.clone(),
+                        image: image.clone(),
+                        outcome: outcome.clone(),
+                    });
                     // The memory holds one entry per pair of every running round (hundreds of
                     // thousands at scale): keep a pulled pair's digest in the status only.
                     let remembered = match outcome {
@@ -322,7 +369,7 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
         .unwrap_or(1)
         .saturating_sub(in_flight);
     let mut waiting_on_busy = false;
-    for target in &input.plan.targets {
+    for target in creation_order(&input.plan.targets) {
         let needed: Vec<String> = target
             .pull
             .iter()
@@ -349,6 +396,7 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
             images: &needed,
             pull_secrets: &input.plan.pull_secrets,
             noop_image: input.noop_image,
+            warmup_taint: input.warmup_taint,
         }) {
             Ok(pod) => decision.create.push(pod),
             Err(err) => decision.events.push(EventNote {
@@ -561,6 +609,7 @@ mod tests {
     use serde_json::{Value, json};
 
     const NGINX: &str = "docker.io/library/nginx:1.7.9";
+    const WARMING: &str = crate::warmup::DEFAULT_WARMUP_TAINT;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
@@ -648,6 +697,7 @@ mod tests {
         nodes: Vec<Node>,
         busy: BTreeSet<String>,
         rollout: Option<RolloutSignal>,
+        warming_open: BTreeSet<String>,
     }
 
     impl World {
@@ -658,6 +708,7 @@ mod tests {
                 nodes: walkthrough(&[]),
                 busy: BTreeSet::new(),
                 rollout: None,
+                warming_open: BTreeSet::new(),
             }
         }
 
@@ -667,7 +718,12 @@ mod tests {
             memory: Option<&RoundMemory>,
             now: Timestamp,
         ) -> RoundDecision {
-            let plan = plan_images(&self.prefetch, &self.deployments, &self.nodes);
+            let plan = plan_images(
+                &self.prefetch,
+                &self.deployments,
+                &self.nodes,
+                Some(WARMING),
+            );
             reconcile_round(&RoundInput {
                 prefetch: &self.prefetch,
                 plan: &plan,
@@ -677,6 +733,8 @@ mod tests {
                 memory,
                 now,
                 noop_image: "kube-prefetch/controller:dev",
+                warmup_taint: Some(WARMING),
+                warming_open: &self.warming_open,
             })
         }
     }
@@ -969,6 +1027,52 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_behind_the_round_end_is_recognised() {
+        let mut world = World::walkthrough();
+        let t0 = t("2026-11-22T10:00:00.250Z");
+        let first = world.step(&[], None, t0);
+        let running = first.status.clone();
+        world.prefetch.status = Some(running.clone());
+        let mut pods = all_pulled(&first.create, t0);
+        pods[1] = kubelet(
+            first.create[1].clone(),
+            t0,
+            &[json!({"waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}})],
+        );
+        let ended = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
+        assert!(ended.memory.is_none() && ended.status.phase == Phase::Failed);
+        // What the reconcile right after sees through a cache that missed the write: the
+        // round still running, its failure unknown (the pulled images are listed by their
+        // nodes by then). Decided from that, the round would resume and kind-worker2 get a pod
+        // again.
+        world.nodes = vec![
+            node("kind-control-plane", &[]),
+            node("kind-worker", &[NGINX]),
+            node("kind-worker2", &[]),
+            node("kind-worker3", &[NGINX]),
+        ];
+        world.prefetch.status = Some(running.clone());
+        let resumed = world.step(&[], None, t("2026-11-22T10:00:05Z"));
+        assert_eq!(
+            names(&resumed.create),
+            ["prefetch-prefetch-sample-kind-worker2"]
+        );
+        // Which is why the shell checks first. The cache read back has whole seconds.
+        let mut cached = running.clone();
+        cached.last_round_start = Some(Time(t("2026-11-22T10:00:00Z")));
+        assert!(cached_status_predates(Some(&cached), t0));
+        assert!(
+            !cached_status_predates(Some(&ended.status), t0),
+            "caught up"
+        );
+        assert!(!cached_status_predates(None, t0));
+        assert!(
+            !cached_status_predates(Some(&cached), t("2026-11-22T10:01:00Z")),
+            "a later round running is no sign of staleness"
+        );
+    }
+
+    #[test]
     fn terminating_pods_block_their_node_until_gone() {
         let world = World::walkthrough();
         let t0 = t("2026-11-22T10:00:00Z");
@@ -1127,6 +1231,150 @@ mod tests {
         assert_eq!(
             condition(&later.status, "Degraded").last_transition_time,
             Time(t0)
+        );
+    }
+
+    fn warming_node(name: &str) -> Node {
+        let mut n = node(name, &[]);
+        n.spec = Some(
+            serde_json::from_value(json!({"taints": [{"key": WARMING, "effect": "NoSchedule"}]}))
+                .unwrap(),
+        );
+        n
+    }
+
+    #[test]
+    fn warming_nodes_get_the_free_slots_first() {
+        let mut world = World::walkthrough();
+        world.prefetch = prefetch(json!({"max_parallel": 2}), None, 1);
+        world.nodes.push(warming_node("kind-worker9"));
+        let first = world.step(&[], None, t("2026-11-22T10:00:00Z"));
+        assert_eq!(
+            names(&first.create),
+            [
+                "prefetch-prefetch-sample-kind-worker9",
+                "prefetch-prefetch-sample-kind-worker"
+            ],
+            "the warming node first, though last by name"
+        );
+        let tolerations =
+            |pod: &Pod| serde_json::to_value(&pod.spec.as_ref().unwrap().tolerations).unwrap();
+        let warming = json!([{"key": WARMING, "operator": "Exists", "effect": "NoSchedule"}]);
+        assert_eq!(tolerations(&first.create[0]), warming);
+        assert_eq!(
+            tolerations(&first.create[1]),
+            warming,
+            "the same pod shape everywhere"
+        );
+        // The status lists targets by name, whatever the order of creation.
+        assert_eq!(
+            first.status.nodes,
+            [
+                "kind-worker",
+                "kind-worker2",
+                "kind-worker3",
+                "kind-worker9"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_warming_node_joining_mid_round_goes_ahead_of_waiting_nodes() {
+        let mut world = World::walkthrough();
+        world.prefetch = prefetch(json!({"max_parallel": 1}), None, 1);
+        let t0 = t("2026-11-22T10:00:00Z");
+        let first = world.step(&[], None, t0);
+        assert_eq!(
+            names(&first.create),
+            ["prefetch-prefetch-sample-kind-worker"]
+        );
+        world.prefetch.status = Some(first.status.clone());
+        world.nodes.push(warming_node("kind-worker9"));
+        let pods = all_pulled(&first.create, t0);
+        let next = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
+        assert_eq!(
+            names(&next.create),
+            ["prefetch-prefetch-sample-kind-worker9"],
+            "ahead of kind-worker2 and kind-worker3, which were waiting"
+        );
+    }
+
+    #[test]
+    fn outcomes_are_reported_as_observed_once() {
+        let mut world = World::walkthrough();
+        let t0 = t("2026-11-22T10:00:00Z");
+        let first = world.step(&[], None, t0);
+        assert!(first.observed.is_empty());
+        world.prefetch.status = Some(first.status.clone());
+        let mut pods = all_pulled(&first.create, t0);
+        pods[1] = kubelet(
+            first.create[1].clone(),
+            t0,
+            &[json!({"waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}})],
+        );
+        let second = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
+        assert_eq!(second.observed.len(), 3);
+        assert_eq!(
+            second.observed[0],
+            Observed {
+                node: "kind-worker".into(),
+                image: NGINX.into(),
+                outcome: Outcome::Pulled {
+                    image_id: Some("sha256:0".into())
+                }
+            },
+            "with the digest, which the round memory does not keep"
+        );
+        assert!(matches!(
+            &second.observed[1].outcome,
+            Outcome::Failed { reason, .. } if reason == "ErrImagePull"
+        ));
+        // The same pods read again (not yet deleted): nothing new.
+        world.prefetch.status = Some(second.status.clone());
+        let memory = RoundMemory {
+            started: t0,
+            outcomes: second
+                .observed
+                .iter()
+                .map(|o| ((o.node.clone(), o.image.clone()), o.outcome.clone()))
+                .collect(),
+            rollout: None,
+        };
+        let again = world.step(&pods, Some(&memory), t("2026-11-22T10:00:06Z"));
+        assert!(again.observed.is_empty());
+    }
+
+    #[test]
+    fn a_warming_node_with_open_pairs_starts_a_round_though_covered() {
+        let mut world = World::walkthrough();
+        let t0 = t("2026-11-22T10:00:00Z");
+        let first = world.step(&[], None, t0);
+        world.prefetch.status = Some(first.status.clone());
+        let done = world.step(
+            &all_pulled(&first.create, t0),
+            first.memory.as_ref(),
+            t("2026-11-22T10:00:10Z"),
+        );
+        world.prefetch.status = Some(done.status.clone());
+        // kind-worker3 was replaced under the same name, warming, without the image: the
+        // last round lists it, so only the warming rule starts a round before retry_after.
+        world.nodes = vec![
+            node("kind-control-plane", &[]),
+            node("kind-worker", &[NGINX]),
+            node("kind-worker2", &[NGINX]),
+            warming_node("kind-worker3"),
+        ];
+        let idle = world.step(&[], None, t("2026-11-22T10:00:20Z"));
+        assert!(idle.create.is_empty(), "without the warming rule: idle");
+        world.warming_open = ["kind-worker3".to_string()].into();
+        let warm = world.step(&[], None, t("2026-11-22T10:00:21Z"));
+        assert_eq!(
+            warm.events[0].message.split(':').next(),
+            Some("node kind-worker3 is warming")
+        );
+        assert_eq!(
+            names(&warm.create),
+            ["prefetch-prefetch-sample-kind-worker3"]
         );
     }
 }

@@ -20,6 +20,9 @@ pub enum Pull {
     Fail(&'static str),
     /// Leave the pod pending.
     Hang,
+    /// Pull successfully, this long after the pod was first seen (a slow registry or a large
+    /// image). Until then the pod is pending, as with `Hang`.
+    SucceedAfter(Duration),
 }
 
 pub type Rule = Arc<dyn Fn(&str, &str) -> Pull + Send + Sync>;
@@ -56,6 +59,8 @@ impl FakeKubelet {
             let nodes: Api<Node> = Api::all(client.clone());
             let selector =
                 ListParams::default().labels("app.kubernetes.io/managed-by=prefetch-controller");
+            let mut first_seen: std::collections::HashMap<String, tokio::time::Instant> =
+                std::collections::HashMap::new();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
@@ -87,11 +92,19 @@ impl FakeKubelet {
                         .as_ref()
                         .map(|s| s.containers.clone())
                         .unwrap_or_default();
+                    let age = first_seen
+                        .entry(pod.uid().unwrap_or_default())
+                        .or_insert_with(tokio::time::Instant::now)
+                        .elapsed();
                     let verdicts: Vec<(String, String, Pull)> = containers
                         .iter()
                         .map(|c| {
                             let image = c.image.clone().unwrap_or_default();
-                            let verdict = rule(&node, &image);
+                            let verdict = match rule(&node, &image) {
+                                Pull::SucceedAfter(delay) if age >= delay => Pull::Succeed,
+                                Pull::SucceedAfter(_) => Pull::Hang,
+                                other => other,
+                            };
                             (c.name.clone(), image, verdict)
                         })
                         .collect();
@@ -104,7 +117,7 @@ impl FakeKubelet {
                             let state = match verdict {
                                 Pull::Succeed => json!({"terminated": {"exitCode": 0, "reason": "Completed"}}),
                                 Pull::Fail(reason) => json!({"waiting": {"reason": reason, "message": format!("{reason}: {image}")}}),
-                                Pull::Hang => json!({"waiting": {"reason": "ContainerCreating"}}),
+                                Pull::Hang | Pull::SucceedAfter(_) => json!({"waiting": {"reason": "ContainerCreating"}}),
                             };
                             let image_id = if *verdict == Pull::Succeed { digest_of(image) } else { String::new() };
                             json!({"name": name, "image": image, "imageID": image_id, "ready": false, "restartCount": 0, "state": state})

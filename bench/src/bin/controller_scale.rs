@@ -4,12 +4,12 @@
 //! the API server over HTTP: setup, the simulated kubelet and node heartbeats act on the
 //! server in process, so the request counts are the controller's own.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use prefetch_bench::{metric, pod_pulled, print_counts, proc_status, start_controller};
 use prefetch_tests::apiserver::TestApiServer;
-use prefetch_tests::binaries::ControllerProcess;
 use prefetch_tests::fixtures::TempDir;
 use serde_json::{Value, json};
 
@@ -37,31 +37,6 @@ struct Args {
     /// Give up when not converged after this long.
     #[arg(long, default_value_t = 1200)]
     timeout_seconds: u64,
-}
-
-fn proc_status(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn print_counts(title: &str, counts: &BTreeMap<prefetch_tests::apiserver::RequestKey, u64>) {
-    let mut by_verb: BTreeMap<&str, u64> = BTreeMap::new();
-    for (key, n) in counts {
-        *by_verb.entry(key.verb).or_default() += n;
-    }
-    println!("{title}: {} requests", counts.values().sum::<u64>());
-    println!("  by verb: {by_verb:?}");
-    for (key, n) in counts {
-        println!("    {:<7} {:<28} {n}", key.verb, key.resource);
-    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -118,20 +93,7 @@ async fn main() -> anyhow::Result<()> {
         args.prefetches
     );
 
-    let rate = args.creates_per_second.to_string();
-    let controller = ControllerProcess::start(
-        &kubeconfig,
-        &[
-            "--leader-elect",
-            "false",
-            "--noop-image",
-            "x",
-            "--max-pod-creates-per-second",
-            &rate,
-        ],
-        "controller",
-    )
-    .await?;
+    let controller = start_controller(&kubeconfig, args.creates_per_second, &[]).await?;
     let pid = controller.process.pid().unwrap_or(0);
     // Let the controller list and sync its caches before the clock starts.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -168,36 +130,14 @@ async fn main() -> anyhow::Result<()> {
                 tokio::task::yield_now().await;
             }
             last_pod_at = started.elapsed();
-            let (ns, name) = (
-                pod["metadata"]["namespace"].as_str().unwrap_or(""),
-                pod["metadata"]["name"].as_str().unwrap_or(""),
-            );
-            let node = pod["metadata"]["annotations"]["cache.techsquad.rocks/node"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let containers = pod["spec"]["containers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let statuses: Vec<Value> = containers.iter().map(|c| json!({"name": c["name"], "image": c["image"],
-                "imageID": format!("{}@sha256:{:064x}", c["image"].as_str().unwrap_or(""), 1), "ready": false, "restartCount": 0,
-                "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}})).collect();
-            let _ = api.merge_status_direct(
-                "",
-                "v1",
-                "pods",
-                ns,
-                name,
-                &json!({"phase": "Succeeded", "containerStatuses": statuses}),
-            );
+            let (node, images) = pod_pulled(&api, &pod);
             let list = node_images.entry(node.clone()).or_insert_with(|| {
                 vec![json!({"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 300000})]
             });
             list.extend(
-                containers
+                images
                     .iter()
-                    .map(|c| json!({"names": [c["image"]], "sizeBytes": 50_000_000})),
+                    .map(|i| json!({"names": [i], "sizeBytes": 50_000_000})),
             );
             let _ = api.merge_status_direct("", "v1", "nodes", "", &node, &json!({"images": list}));
         }

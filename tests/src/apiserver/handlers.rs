@@ -142,7 +142,7 @@ async fn serve(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("anonymous");
     state.shared.count(verb, target.rt.group, &resource, client);
-    if let Some(code) = state.shared.take_fault(verb, target.rt.plural) {
+    if let Some(code) = state.shared.take_fault(verb, target.rt.plural, client) {
         return error(ApiError::new(
             code,
             "InternalError",
@@ -221,12 +221,18 @@ fn apply_patch(old: &Value, content_type: &str, patch: &Value) -> Result<Value, 
         "application/json-patch+json" => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+            // As kube-apiserver answers a patch that does not apply (a failed `test`, a path
+            // that is not there): 422 Invalid, the patch library's error as the cause.
             json_patch::patch(&mut new, &ops).map_err(|e| {
-                ApiError::new(
+                let mut err = ApiError::new(
                     422,
                     "Invalid",
-                    format!("the JSON patch does not apply: {e}"),
-                )
+                    "the server rejected our request due to an error in our request",
+                );
+                err.body["details"] = json!({"causes": [
+                    {"reason": "UnexpectedServerResponse", "message": e.to_string()}
+                ]});
+                err
             })?;
         }
         // Strategic merge and server-side apply are approximated by a merge patch: lists are

@@ -129,6 +129,8 @@ pub struct RequestKey {
 pub struct Fault {
     pub verb: Option<&'static str>,
     pub resource: Option<&'static str>,
+    /// Only requests with this bearer token (see `TestApiServer::kubeconfig_for`).
+    pub client: Option<&'static str>,
     pub code: u16,
 }
 
@@ -253,10 +255,13 @@ impl Shared {
     pub fn inject(&self, fault: Fault, count: u32) {
         lock(&self.faults).push((fault, count));
     }
-    pub fn take_fault(&self, verb: &'static str, resource: &str) -> Option<u16> {
+    pub fn take_fault(&self, verb: &'static str, resource: &str, client: &str) -> Option<u16> {
         let mut faults = lock(&self.faults);
         let (fault, remaining) = faults.iter_mut().find(|(f, n)| {
-            *n > 0 && f.verb.is_none_or(|v| v == verb) && f.resource.is_none_or(|r| r == resource)
+            *n > 0
+                && f.verb.is_none_or(|v| v == verb)
+                && f.resource.is_none_or(|r| r == resource)
+                && f.client.is_none_or(|c| c == client)
         })?;
         *remaining -= 1;
         let code = fault.code;
@@ -484,6 +489,7 @@ impl Shared {
         obj["apiVersion"] = json!(rt.api_version());
         obj["kind"] = json!(rt.kind);
         prepare_create_status(rt, &mut obj);
+        validate(rt, &name, &obj)?;
         Ok(self.commit(&mut inner, key, ChangeKind::Added, obj, None))
     }
 
@@ -563,6 +569,7 @@ impl Shared {
             // The real API server skips no-op writes: no new resourceVersion, no watch event.
             return Ok(old);
         }
+        validate(rt, name, &new)?;
         if rt.generation && !status_only && new.get("spec") != old.get("spec") {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             new["metadata"]["generation"] = json!(generation);
@@ -667,6 +674,80 @@ fn ns_of(rt: ResourceType, ns: &str) -> String {
     } else {
         String::new()
     }
+}
+
+/// The validation of the real API server, for the fields our code writes or depends on:
+/// a Node's taints (qualified-name keys, label-syntax values, a known effect, each key and
+/// effect pair once). Answered as the real one does: 422 Invalid naming the field.
+fn validate(rt: ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
+    if rt.kind != "Node" {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    let taints = obj.pointer("/spec/taints").unwrap_or(&Value::Null);
+    let taints = match taints {
+        Value::Null => &[][..],
+        Value::Array(list) => list.as_slice(),
+        _ => {
+            return Err(invalid(
+                rt,
+                name,
+                vec!["spec.taints: Invalid value: must be a list".into()],
+            ));
+        }
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, taint) in taints.iter().enumerate() {
+        let field = format!("spec.taints[{i}]");
+        let key = taint.get("key").and_then(Value::as_str).unwrap_or("");
+        if key.is_empty() {
+            errors.push(format!("{field}.key: Required value"));
+        } else if let Some(why) = prefetch_common::labels::label_key_error(key) {
+            errors.push(format!("{field}.key: Invalid value: {key:?}: {why}"));
+        }
+        match taint.get("value") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(v)) => {
+                if let Some(why) = prefetch_common::labels::label_value_error(v) {
+                    errors.push(format!("{field}.value: Invalid value: {v:?}: {why}"));
+                }
+            }
+            Some(other) => errors.push(format!(
+                "{field}.value: Invalid value: {other}: must be a string"
+            )),
+        }
+        let effect = taint.get("effect").and_then(Value::as_str).unwrap_or("");
+        if effect.is_empty() {
+            errors.push(format!("{field}.effect: Required value"));
+        } else if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            errors.push(format!(
+                "{field}.effect: Unsupported value: {effect:?}: supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\""
+            ));
+        }
+        if !seen.insert((key.to_string(), effect.to_string())) {
+            errors.push(format!(
+                "{field}: Duplicate value: taints must be unique by key and effect pair"
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(rt, name, errors))
+    }
+}
+
+fn invalid(rt: ResourceType, name: &str, errors: Vec<String>) -> ApiError {
+    let message = if errors.len() == 1 {
+        errors[0].clone()
+    } else {
+        format!("[{}]", errors.join(", "))
+    };
+    ApiError::new(
+        422,
+        "Invalid",
+        format!("{} \"{name}\" is invalid: {message}", rt.kind),
+    )
 }
 
 /// What each type's create strategy does to status.

@@ -1,0 +1,501 @@
+//! The ValidatingAdmissionPolicy that limits the controller's Node writes (DESIGN.md section
+//! 8), evaluated with a CEL interpreter as the API server would: match constraints, match
+//! conditions, variables, validations. The controller's own taint-removal patch must pass;
+//! every other change to a Node by the controller must be denied, and nobody else's request is
+//! matched at all.
+
+use std::collections::HashMap;
+
+use cel::{Context, Program, Value as Cel};
+use k8s_openapi::api::core::v1::Node;
+use prefetch_controller::warmup::{DEFAULT_WARMUP_TAINT, lift_patch};
+use prefetch_tests::manifests::{NAMESPACE, kustomization_resources, manifests_dir};
+use serde_json::{Value, json};
+
+const CONTROLLER: &str = "system:serviceaccount:prefetch-system:prefetch-controller";
+
+struct Policy {
+    /// (apiGroups, resources, operations) of each resource rule.
+    rules: Vec<(Vec<String>, Vec<String>, Vec<String>)>,
+    match_conditions: Vec<Program>,
+    variables: Vec<(String, Program)>,
+    /// (expression, message or messageExpression).
+    validations: Vec<(Program, Message)>,
+}
+
+enum Message {
+    Text(String),
+    Expression(Program),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    NotMatched,
+    Allowed,
+    /// The messages of the validations that failed (or "error: ..." when one could not be
+    /// evaluated: with failurePolicy Fail, a denial too).
+    Denied(Vec<String>),
+}
+
+fn compile(expression: &str) -> Program {
+    Program::compile(expression).unwrap_or_else(|e| panic!("{expression}: {e:?}"))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect()
+}
+
+fn base_documents() -> Vec<prefetch_tests::manifests::Doc> {
+    kustomization_resources(&manifests_dir().join("base")).unwrap()
+}
+
+fn policy_document() -> Value {
+    base_documents()
+        .into_iter()
+        .find(|d| d.kind == "ValidatingAdmissionPolicy" && d.name == "prefetch-controller")
+        .expect("the policy is in the base")
+        .value
+}
+
+fn load(doc: &Value) -> Policy {
+    let spec = &doc["spec"];
+    assert_eq!(spec["failurePolicy"], "Fail");
+    Policy {
+        rules: spec["matchConstraints"]["resourceRules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    strings(&r["apiGroups"]),
+                    strings(&r["resources"]),
+                    strings(&r["operations"]),
+                )
+            })
+            .collect(),
+        match_conditions: spec["matchConditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| compile(c["expression"].as_str().unwrap()))
+            .collect(),
+        variables: spec["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap().to_string(),
+                    compile(v["expression"].as_str().unwrap()),
+                )
+            })
+            .collect(),
+        validations: spec["validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                let message = match v["messageExpression"].as_str() {
+                    Some(e) => Message::Expression(compile(e)),
+                    None => Message::Text(v["message"].as_str().unwrap().to_string()),
+                };
+                (compile(v["expression"].as_str().unwrap()), message)
+            })
+            .collect(),
+    }
+}
+
+impl Policy {
+    fn review(&self, username: &str, operation: &str, old: &Value, new: &Value) -> Verdict {
+        let (group, resource) = ("", "nodes");
+        let matched = self.rules.iter().any(|(groups, resources, operations)| {
+            groups.iter().any(|g| g == group || g == "*")
+                && resources.iter().any(|r| r == resource || r == "*")
+                && operations.iter().any(|o| o == operation || o == "*")
+        });
+        if !matched {
+            return Verdict::NotMatched;
+        }
+        let mut ctx = Context::default();
+        let request = json!({
+            "operation": operation,
+            "userInfo": {"username": username},
+            "resource": {"group": group, "version": "v1", "resource": resource},
+            "subResource": "",
+        });
+        ctx.add_variable("request", request).unwrap();
+        ctx.add_variable("object", new.clone()).unwrap();
+        ctx.add_variable("oldObject", old.clone()).unwrap();
+        for condition in &self.match_conditions {
+            match condition.execute(&ctx) {
+                Ok(Cel::Bool(true)) => {}
+                Ok(Cel::Bool(false)) => return Verdict::NotMatched,
+                other => return Verdict::Denied(vec![format!("error: {other:?}")]),
+            }
+        }
+        // Variables are evaluated lazily by the API server: one that fails (oldObject is null
+        // on CREATE) only matters to the expressions that reach it.
+        let mut variables: HashMap<String, Cel> = HashMap::new();
+        for (name, program) in &self.variables {
+            ctx.add_variable_from_value("variables", variables.clone());
+            if let Ok(value) = program.execute(&ctx) {
+                variables.insert(name.clone(), value);
+            }
+        }
+        ctx.add_variable_from_value("variables", variables);
+        let mut denied = Vec::new();
+        for (program, message) in &self.validations {
+            match program.execute(&ctx) {
+                Ok(Cel::Bool(true)) => {}
+                Ok(Cel::Bool(false)) => denied.push(match message {
+                    Message::Text(text) => text.clone(),
+                    Message::Expression(e) => match e.execute(&ctx) {
+                        Ok(Cel::String(s)) => s.to_string(),
+                        other => format!("bad messageExpression: {other:?}"),
+                    },
+                }),
+                other => denied.push(format!("error: {other:?}")),
+            }
+        }
+        if denied.is_empty() {
+            Verdict::Allowed
+        } else {
+            Verdict::Denied(denied)
+        }
+    }
+
+    fn update(&self, old: &Value, new: &Value) -> Verdict {
+        self.review(CONTROLLER, "UPDATE", old, new)
+    }
+}
+
+/// A node as stored, warming, with a spec and metadata worth protecting.
+fn warming_node() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": "ip-10-0-1-17", "uid": "u-1", "resourceVersion": "41",
+            "creationTimestamp": "2026-11-22T10:00:00Z",
+            "labels": {"kubernetes.io/os": "linux", "karpenter.sh/nodepool": "default"},
+            "annotations": {"node.alpha.kubernetes.io/ttl": "0"},
+            "managedFields": [{"manager": "kubelet", "operation": "Update"}]
+        },
+        "spec": {
+            "podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"],
+            "providerID": "aws:///eu-west-1a/i-0123456789",
+            "taints": [
+                {"key": "dedicated", "value": "web", "effect": "NoSchedule"},
+                {"key": DEFAULT_WARMUP_TAINT, "effect": "NoSchedule"},
+                {"key": "zone", "effect": "PreferNoSchedule"}
+            ]
+        },
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+/// `node` with `edit` applied.
+fn edited(node: &Value, edit: impl FnOnce(&mut Value)) -> Value {
+    let mut new = node.clone();
+    edit(&mut new);
+    new
+}
+
+/// What the API server hands admission after the controller's own patch: the patch applied,
+/// managedFields updated by the server.
+fn after_the_controllers_patch(node: &Value) -> Value {
+    let typed: Node = serde_json::from_value(node.clone()).unwrap();
+    let patch = lift_patch(&typed, DEFAULT_WARMUP_TAINT)
+        .unwrap()
+        .expect("the node is warming");
+    let mut new = node.clone();
+    json_patch::patch(&mut new, &patch).unwrap();
+    new["metadata"]["managedFields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"manager": "prefetch-controller", "operation": "Update"}));
+    new
+}
+
+#[test]
+fn the_controllers_own_patch_is_allowed() {
+    let policy = load(&policy_document());
+    let old = warming_node();
+    let new = after_the_controllers_patch(&old);
+    assert_eq!(policy.update(&old, &new), Verdict::Allowed);
+
+    // The warmup taint as the only taint: the server stores no taints at all afterwards.
+    let only = edited(
+        &old,
+        |n| {
+            n["spec"]["taints"] =
+                json!([{"key": DEFAULT_WARMUP_TAINT, "value": "true", "effect": "NoSchedule"}])
+        },
+    );
+    let mut lifted = after_the_controllers_patch(&only);
+    lifted["spec"].as_object_mut().unwrap().remove("taints");
+    assert_eq!(policy.update(&only, &lifted), Verdict::Allowed);
+    // A Node with no spec fields at all but the taint.
+    let bare = json!({"metadata": {"name": "n"}, "spec": {"taints": [{"key": DEFAULT_WARMUP_TAINT, "effect": "NoSchedule"}]}});
+    assert_eq!(
+        policy.update(&bare, &json!({"metadata": {"name": "n"}, "spec": {}})),
+        Verdict::Allowed
+    );
+    // Changing nothing is no harm either.
+    assert_eq!(policy.update(&old, &old), Verdict::Allowed);
+}
+
+fn denied_with(verdict: Verdict, words: &str) {
+    match verdict {
+        Verdict::Denied(messages) => assert!(
+            messages.iter().any(|m| m.contains(words)),
+            "denied, but not for {words:?}: {messages:?}"
+        ),
+        other => panic!("expected a denial for {words:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn any_other_taint_change_is_denied() {
+    let policy = load(&policy_document());
+    let old = warming_node();
+    let taint_message = format!("only by removing {DEFAULT_WARMUP_TAINT}:NoSchedule");
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "another taint removed",
+            edited(&old, |n| {
+                n["spec"]["taints"].as_array_mut().unwrap().remove(0);
+            }),
+        ),
+        (
+            "both removed",
+            edited(&old, |n| {
+                n["spec"]["taints"] = json!([{"key": "zone", "effect": "PreferNoSchedule"}]);
+            }),
+        ),
+        (
+            "every taint dropped",
+            edited(&old, |n| {
+                n["spec"].as_object_mut().unwrap().remove("taints");
+            }),
+        ),
+        (
+            "a taint added",
+            edited(&old, |n| {
+                n["spec"]["taints"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"key": "x", "effect": "NoExecute"}));
+            }),
+        ),
+        (
+            "the warmup taint turned NoExecute",
+            edited(&old, |n| {
+                n["spec"]["taints"][1]["effect"] = json!("NoExecute")
+            }),
+        ),
+        (
+            "another taint's value changed",
+            edited(&old, |n| n["spec"]["taints"][0]["value"] = json!("gpu")),
+        ),
+        (
+            "taints reordered",
+            edited(&old, |n| {
+                n["spec"]["taints"] = json!([
+                    {"key": "zone", "effect": "PreferNoSchedule"},
+                    {"key": "dedicated", "value": "web", "effect": "NoSchedule"}
+                ]);
+            }),
+        ),
+    ];
+    for (what, new) in cases {
+        match policy.update(&old, &new) {
+            Verdict::Denied(m) => assert!(
+                m.iter().any(|m| m.contains(&taint_message)),
+                "{what}: {m:?}"
+            ),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A NoExecute taint under the warmup key is not the warmup taint: not the controller's.
+    let evicting = edited(&old, |n| {
+        n["spec"]["taints"] = json!([{"key": DEFAULT_WARMUP_TAINT, "effect": "NoExecute"}])
+    });
+    let gone = edited(&evicting, |n| n["spec"]["taints"] = json!([]));
+    denied_with(policy.update(&evicting, &gone), &taint_message);
+}
+
+#[test]
+fn metadata_and_the_rest_of_the_spec_are_out_of_reach() {
+    let policy = load(&policy_document());
+    let old = warming_node();
+    // Each edit rides along with the legitimate removal, so only the extra change is at fault.
+    let lifted = after_the_controllers_patch(&old);
+    let meta = "may not change the labels, annotations, finalizers or owners";
+    let spec = "may not change the spec of a Node";
+    type Edit = fn(&mut Value);
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "label added",
+            |n| n["metadata"]["labels"]["gpu"] = json!("true"),
+            meta,
+        ),
+        (
+            "label changed",
+            |n| n["metadata"]["labels"]["karpenter.sh/nodepool"] = json!("other"),
+            meta,
+        ),
+        (
+            "labels dropped",
+            |n| {
+                n["metadata"].as_object_mut().unwrap().remove("labels");
+            },
+            meta,
+        ),
+        (
+            "annotation added",
+            |n| n["metadata"]["annotations"]["a"] = json!("b"),
+            meta,
+        ),
+        (
+            "finalizer added",
+            |n| n["metadata"]["finalizers"] = json!(["example.com/hold"]),
+            meta,
+        ),
+        (
+            "owner added",
+            |n| {
+                n["metadata"]["ownerReferences"] =
+                    json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "y"}])
+            },
+            meta,
+        ),
+        (
+            "cordoned",
+            |n| n["spec"]["unschedulable"] = json!(true),
+            spec,
+        ),
+        (
+            "podCIDR changed",
+            |n| n["spec"]["podCIDR"] = json!("10.244.9.0/24"),
+            spec,
+        ),
+        (
+            "podCIDRs changed",
+            |n| n["spec"]["podCIDRs"] = json!(["10.244.9.0/24"]),
+            spec,
+        ),
+        (
+            "providerID changed",
+            |n| n["spec"]["providerID"] = json!("aws:///x"),
+            spec,
+        ),
+        (
+            "externalID set",
+            |n| n["spec"]["externalID"] = json!("x"),
+            spec,
+        ),
+        (
+            "configSource set",
+            |n| {
+                n["spec"]["configSource"] = json!({"configMap":
+                    {"name": "k", "namespace": "kube-system", "kubeletConfigKey": "k"}})
+            },
+            spec,
+        ),
+    ];
+    for (what, edit, words) in cases {
+        let new = edited(&lifted, edit);
+        match policy.update(&old, &new) {
+            Verdict::Denied(m) => assert!(m.iter().any(|m| m.contains(words)), "{what}: {m:?}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // Uncordoning is a change too.
+    let cordoned = edited(&old, |n| n["spec"]["unschedulable"] = json!(true));
+    let uncordoned = edited(&cordoned, |n| n["spec"]["unschedulable"] = json!(false));
+    denied_with(policy.update(&cordoned, &uncordoned), spec);
+}
+
+#[test]
+fn the_controller_may_not_create_or_delete_nodes() {
+    let policy = load(&policy_document());
+    let node = warming_node();
+    let words = "may not create or delete Nodes";
+    denied_with(
+        policy.review(CONTROLLER, "CREATE", &Value::Null, &node),
+        words,
+    );
+    denied_with(
+        policy.review(CONTROLLER, "DELETE", &node, &Value::Null),
+        words,
+    );
+}
+
+#[test]
+fn nobody_else_is_matched() {
+    let policy = load(&policy_document());
+    let old = warming_node();
+    let cordoned = edited(&old, |n| n["spec"]["unschedulable"] = json!(true));
+    for user in [
+        "system:node:ip-10-0-1-17",
+        "system:serviceaccount:kube-system:node-controller",
+        "system:serviceaccount:prefetch-system:prefetch-webhook",
+        "system:serviceaccount:other-namespace:prefetch-controller",
+        "kubernetes-admin",
+    ] {
+        assert_eq!(
+            policy.review(user, "UPDATE", &old, &cordoned),
+            Verdict::NotMatched,
+            "{user}"
+        );
+    }
+}
+
+#[test]
+fn the_policy_names_the_controllers_account_and_taint() {
+    let docs = base_documents();
+    // The ServiceAccount the controller runs as, in the install's namespace.
+    let deployment = docs
+        .iter()
+        .find(|d| d.kind == "Deployment" && d.name == "prefetch-controller")
+        .unwrap();
+    let account = deployment.value["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    let policy = policy_document();
+    let condition = policy["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(
+        condition.contains(&format!("'system:serviceaccount:{NAMESPACE}:{account}'")),
+        "{condition}"
+    );
+    // The taint the controller is told to lift is the one the policy lets it lift.
+    let args = strings(&deployment.value["spec"]["template"]["spec"]["containers"][0]["args"]);
+    let taint_arg = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--warmup-taint="))
+        .expect("the Deployment sets --warmup-taint");
+    assert_eq!(taint_arg, DEFAULT_WARMUP_TAINT);
+    let warmup_variable = policy["spec"]["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "warmupTaint")
+        .unwrap();
+    assert_eq!(warmup_variable["expression"], format!("'{taint_arg}'"));
+    // Bound, and denying.
+    let binding = docs
+        .iter()
+        .find(|d| d.kind == "ValidatingAdmissionPolicyBinding")
+        .expect("a binding");
+    assert_eq!(
+        binding.value["spec"]["policyName"],
+        policy["metadata"]["name"]
+    );
+    assert_eq!(binding.value["spec"]["validationActions"], json!(["Deny"]));
+}
