@@ -11,5 +11,6 @@ pub mod http;
 pub mod index;
 mod locks;
 pub mod metrics;
+pub mod review;
 pub mod serve;
 pub mod tls;
