@@ -8,4 +8,5 @@ pub mod fixtures;
 pub mod kubelet;
 pub mod manifests;
 pub mod rbac;
+pub mod stall;
 pub mod tls_client;
