@@ -17,12 +17,13 @@ use prefetch_common::defaulting::default_spec_patch;
 use prefetch_common::images::collect_images;
 use prefetch_common::validation::{ValidationContext, validate_prefetch_spec};
 use serde::Serialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use crate::index::{NodeNames, PrefetchIndex};
 use crate::review::{
     self, DeploymentView, ObjectOr, Operation, PodSpecImages, PrefetchView, REVIEW_API_VERSION,
-    REVIEW_KIND, Request,
+    REVIEW_KIND, Request, RetryAfterView,
 };
 
 pub use crate::review::BadReview;
@@ -195,7 +196,9 @@ pub fn review(
     })
 }
 
-type PrefetchRequest<'a> = Request<'a, ObjectOr<PrefetchView>>;
+/// A Prefetch review as the endpoints read it; `P`, the old object, is read only as far as
+/// the decision needs (nothing for defaulting, `spec.retry_after` for validation).
+type PrefetchRequest<'a, P> = Request<'a, ObjectOr<PrefetchView>, P>;
 
 /// What a Prefetch endpoint is asked about.
 enum Target<'r> {
@@ -209,7 +212,7 @@ enum Target<'r> {
     Unjudgeable(String),
 }
 
-fn target<'r>(request: &'r PrefetchRequest<'_>, endpoint: Endpoint) -> Target<'r> {
+fn target<'r, P>(request: &'r PrefetchRequest<'_, P>, endpoint: Endpoint) -> Target<'r> {
     if !request.kind.is(API_GROUP, API_VERSION, KIND) {
         return Target::Misrouted(format!(
             "{} handles {API_GROUP}/{API_VERSION} {KIND} only, got {}; check the webhook configuration's rules",
@@ -256,7 +259,7 @@ fn target<'r>(request: &'r PrefetchRequest<'_>, endpoint: Endpoint) -> Target<'r
     Target::Prefetch(view)
 }
 
-fn mutate_prefetch(request: &PrefetchRequest<'_>) -> Answer {
+fn mutate_prefetch(request: &PrefetchRequest<'_, IgnoredAny>) -> Answer {
     let uid = &request.uid;
     let view = match target(request, Endpoint::MutatePrefetch) {
         Target::Prefetch(view) => view,
@@ -286,7 +289,10 @@ fn retry_after(view: &PrefetchView) -> &Value {
         .unwrap_or(&Value::Null)
 }
 
-fn validate(request: &PrefetchRequest<'_>, caches: &Caches<'_>) -> Answer {
+fn validate(
+    request: &PrefetchRequest<'_, ObjectOr<RetryAfterView>>,
+    caches: &Caches<'_>,
+) -> Answer {
     let uid = &request.uid;
     let view = match target(request, Endpoint::ValidatePrefetch) {
         Target::Prefetch(view) => view,
@@ -298,7 +304,7 @@ fn validate(request: &PrefetchRequest<'_>, caches: &Caches<'_>) -> Answer {
     // Ratcheting: an object admitted under a lower floor may still be updated (labels, other
     // fields) as long as it does not change retry_after.
     let unchanged_retry_after = request.operation == Operation::Update
-        && matches!(&request.old_object, Some(ObjectOr::Object(old)) if retry_after(old) == retry_after(view));
+        && matches!(&request.old_object, Some(ObjectOr::Object(old)) if old.retry_after() == retry_after(view));
     let min_retry_after = if unchanged_retry_after {
         prefetch_common::limits::MIN_RETRY_AFTER
     } else {
@@ -324,9 +330,25 @@ fn validate(request: &PrefetchRequest<'_>, caches: &Caches<'_>) -> Answer {
     }
 }
 
-fn images(spec: Option<&PodSpecImages<'_>>) -> BTreeSet<String> {
-    spec.map(|spec| collect_images(spec.references()).images)
+fn references<'s>(spec: Option<&'s PodSpecImages<'_>>) -> BTreeSet<&'s str> {
+    spec.map(|spec| spec.references().collect())
         .unwrap_or_default()
+}
+
+/// The images `new` brings that `old` does not have, normalized and sorted. References
+/// written the same in both are never normalized (most of a pod template, usually).
+fn added_images(new: Option<&PodSpecImages<'_>>, old: Option<&PodSpecImages<'_>>) -> Vec<String> {
+    let (new, old) = (references(new), references(old));
+    let candidates: Vec<&str> = new.difference(&old).copied().collect();
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let old = collect_images(old.into_iter()).images;
+    collect_images(candidates.into_iter())
+        .images
+        .into_iter()
+        .filter(|image| !old.contains(image))
+        .collect()
 }
 
 /// Annotates a Deployment whose pod template brings images new to it, when a Prefetch in its
@@ -347,12 +369,11 @@ fn deployment_signal(
         (Operation::Create | Operation::Update, Some(object)) => object,
         _ => return Answer::allow(uid, "no new object"),
     };
-    let new_images = images(object.template_images());
-    let old_images = match (request.operation, &request.old_object) {
-        (Operation::Update, Some(old)) => images(old.template_images()),
-        _ => BTreeSet::new(),
+    let old = match (request.operation, &request.old_object) {
+        (Operation::Update, Some(old)) => old.template_images(),
+        _ => None,
     };
-    let added: Vec<&String> = new_images.difference(&old_images).collect();
+    let added = added_images(object.template_images(), old);
     if added.is_empty() {
         return Answer::allow(uid, "no new images");
     }

@@ -29,26 +29,32 @@ pub enum BadReview {
     NoRequest,
 }
 
-/// The envelope; `O` is the endpoint's view of `request.object` and `request.oldObject`.
+/// The envelope; `O` and `P` are the endpoint's views of `request.object` and
+/// `request.oldObject`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope<'a, O> {
+struct Envelope<'a, O, P> {
     #[serde(borrow, default)]
     api_version: Option<Str<'a>>,
     #[serde(borrow, default)]
     kind: Option<Str<'a>>,
-    #[serde(borrow, default = "none", bound(deserialize = "O: Deserialize<'de>"))]
-    request: Option<Request<'a, O>>,
+    #[serde(
+        borrow,
+        default = "none",
+        bound(deserialize = "O: Deserialize<'de>, P: Deserialize<'de>")
+    )]
+    request: Option<Request<'a, O, P>>,
 }
 
 fn none<T>() -> Option<T> {
     None
 }
 
-/// `request` of an AdmissionReview: what the decisions read, nothing more.
+/// `request` of an AdmissionReview: what the decisions read, nothing more. `P`, the view of
+/// `oldObject`, may read less than `O` (or nothing: [`IgnoredAny`]).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Request<'a, O> {
+pub struct Request<'a, O, P = O> {
     #[serde(borrow)]
     pub uid: Str<'a>,
     #[serde(borrow)]
@@ -61,8 +67,8 @@ pub struct Request<'a, O> {
     /// `None` when absent or `null`.
     #[serde(default = "none", bound(deserialize = "O: Deserialize<'de>"))]
     pub object: Option<O>,
-    #[serde(default = "none", bound(deserialize = "O: Deserialize<'de>"))]
-    pub old_object: Option<O>,
+    #[serde(default = "none", bound(deserialize = "P: Deserialize<'de>"))]
+    pub old_object: Option<P>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,9 +121,15 @@ impl Operation {
     }
 }
 
-/// Reads `body` as an AdmissionReview v1 whose objects are read as `O`.
-pub fn parse<'a, O: Deserialize<'a>>(body: &'a [u8]) -> Result<Request<'a, O>, BadReview> {
-    let envelope: Envelope<'a, O> = serde_json::from_slice(body)?;
+/// Reads `body` as an AdmissionReview v1 whose object is read as `O`, its old object as `P`.
+pub fn parse<'a, O: Deserialize<'a>, P: Deserialize<'a>>(
+    body: &'a [u8],
+) -> Result<Request<'a, O, P>, BadReview> {
+    // One UTF-8 check of the whole body is cheaper than one per string read.
+    let body = std::str::from_utf8(body).map_err(|err| {
+        <serde_json::Error as serde::de::Error>::custom(format_args!("not UTF-8: {err}"))
+    })?;
+    let envelope: Envelope<'a, O, P> = serde_json::from_str(body)?;
     let (api_version, kind) = (envelope.api_version, envelope.kind);
     if api_version.as_deref() != Some(REVIEW_API_VERSION) || kind.as_deref() != Some(REVIEW_KIND) {
         return Err(BadReview::Version {
@@ -305,6 +317,32 @@ pub struct PrefetchView {
     pub spec: Option<Value>,
 }
 
+/// Only `spec.retry_after` of a Prefetch (the old object, for ratcheting), tolerating any
+/// shape: whatever is not an object reads as absent.
+#[derive(Debug, Default, Deserialize)]
+pub struct RetryAfterView {
+    #[serde(default)]
+    spec: Option<ObjectOr<RetryAfterSpec>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RetryAfterSpec {
+    #[serde(default)]
+    retry_after: Option<Value>,
+}
+
+impl RetryAfterView {
+    /// `spec.retry_after`; `Null` when absent, null, or under a spec that is not an object.
+    pub fn retry_after(&self) -> &Value {
+        match &self.spec {
+            Some(ObjectOr::Object(RetryAfterSpec {
+                retry_after: Some(value),
+            })) => value,
+            _ => &Value::Null,
+        }
+    }
+}
+
 fn present_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(deserializer).map(Some)
 }
@@ -449,7 +487,7 @@ mod tests {
     #[test]
     fn envelope_errors() {
         let parse = |b: &[u8]| {
-            parse::<DeploymentView>(b)
+            parse::<DeploymentView, DeploymentView>(b)
                 .map(|_| ())
                 .unwrap_err()
                 .to_string()
