@@ -217,12 +217,23 @@ impl Progress {
     }
 
     /// Like [`Self::shed_rank`], for freeing request slots: only connections with a request
-    /// still waiting on its client (body stage) qualify.
+    /// still waiting on its client (body stage) qualify, the longest waiting first, whatever
+    /// the connection did before (a slow body is no better for following a good request).
     pub fn request_shed_rank(&self) -> Option<ShedRank> {
-        if !self.open.iter().any(|(_, stage, _)| *stage == Stage::Body) {
+        if self
+            .open
+            .iter()
+            .any(|(_, stage, _)| *stage == Stage::Response)
+        {
             return None;
         }
-        self.shed_rank()
+        let since = self
+            .open
+            .iter()
+            .filter(|(_, stage, _)| *stage == Stage::Body)
+            .map(|&(_, _, since)| since)
+            .min()?;
+        Some(ShedRank { class: 0, since })
     }
 }
 
@@ -370,9 +381,23 @@ mod tests {
         assert_eq!(pick_victim([("busy", rank(&busy))]), None);
         assert_eq!(pick_victim::<&str>([]), None);
 
-        // Freeing a request slot: only connections holding a request in its body stage.
+        // Freeing a request slot: only connections holding a request in its body stage, the
+        // longest waiting first, even one that completed requests before.
         assert_eq!(idle_long.request_shed_rank(), None);
         assert_eq!(busy.request_shed_rank(), None);
-        assert!(stalled_first_body.request_shed_rank().is_some());
+        let stalled_later_body = {
+            let mut p = worked(0, 1);
+            p.request_started(t0 + secs(2));
+            p
+        };
+        let rank = |p: &Progress| p.request_shed_rank();
+        assert_eq!(
+            pick_victim([
+                ("stalled_first_body", rank(&stalled_first_body)),
+                ("stalled_later_body", rank(&stalled_later_body)),
+                ("idle_long", rank(&idle_long)),
+            ]),
+            Some("stalled_later_body")
+        );
     }
 }

@@ -166,7 +166,7 @@ async fn serve_connection(
     let handshake = tokio::select! {
         _ = shutdown.cancelled() => return,
         _ = tracked.shed_requested() => {
-            shed(shared, peer, Stage::Handshake);
+            closed(shared, peer, Stage::Handshake, Closed::Shed);
             return;
         }
         result = tokio::time::timeout(bounds.handshake, shared.acceptor.accept(tcp)) => result,
@@ -178,7 +178,7 @@ async fn serve_connection(
             return;
         }
         Err(_) => {
-            timed_out(shared, peer, Stage::Handshake);
+            closed(shared, peer, Stage::Handshake, Closed::TimedOut);
             return;
         }
     };
@@ -223,7 +223,7 @@ async fn watchdog<E: std::fmt::Display>(
                 return;
             }
             _ = tracked.shed_requested() => {
-                shed(shared, peer, tracked.stage());
+                closed(shared, peer, tracked.stage(), Closed::Shed);
                 return;
             }
             _ = tracked.rearmed() => {}
@@ -231,7 +231,7 @@ async fn watchdog<E: std::fmt::Display>(
                 // Progress may have been made since the deadline was read.
                 let (stage, deadline) = tracked.deadline();
                 if deadline <= Instant::now() {
-                    timed_out(shared, peer, stage);
+                    closed(shared, peer, stage, Closed::TimedOut);
                     return;
                 }
             }
@@ -239,22 +239,28 @@ async fn watchdog<E: std::fmt::Display>(
     }
 }
 
-fn timed_out(shared: &Shared, peer: SocketAddr, stage: Stage) {
-    tracing::debug!(%peer, stage = stage.as_str(), "cut off a connection that stalled");
-    shared
-        .metrics
-        .connection_timeouts
-        .get_or_create(&StageLabel {
-            stage: stage.as_str(),
-        })
-        .inc();
+/// Why the server closed a connection.
+#[derive(Clone, Copy)]
+enum Closed {
+    /// The client stalled past its stage's bound.
+    TimedOut,
+    /// It was waiting on its client when a full pool needed room.
+    Shed,
 }
 
-fn shed(shared: &Shared, peer: SocketAddr, stage: Stage) {
-    tracing::debug!(%peer, stage = stage.as_str(), "shed a connection waiting on its client to make room");
-    shared
-        .metrics
-        .connections_shed
+fn closed(shared: &Shared, peer: SocketAddr, stage: Stage, why: Closed) {
+    let (family, message) = match why {
+        Closed::TimedOut => (
+            &shared.metrics.connection_timeouts,
+            "cut off a connection that stalled",
+        ),
+        Closed::Shed => (
+            &shared.metrics.connections_shed,
+            "shed a connection waiting on its client to make room",
+        ),
+    };
+    tracing::debug!(%peer, stage = stage.as_str(), "{message}");
+    family
         .get_or_create(&StageLabel {
             stage: stage.as_str(),
         })
