@@ -322,13 +322,13 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
             continue;
         };
         // Both servers at the same rates, interleaved, up to the webhook's saturation.
+        // (At --start-rate at least, so the CPU figures exist even on a busy machine.)
         let mut rates: Vec<u32> =
             std::iter::successors(Some(args.start_rate), |r| r.checked_mul(2))
                 .take_while(|r| *r < webhook_sat)
                 .collect();
-        if webhook_sat > 0 {
-            rates.push(webhook_sat);
-        }
+        rates.push(webhook_sat.max(args.start_rate));
+        rates.dedup();
         let mut pairs = Vec::new();
         for &rate in &rates {
             let mut pair = Vec::new();
@@ -351,18 +351,34 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
                 format!("{sat}/s")
             }
         };
-        let ratio = *webhook_sat as f64 / (*bare_sat).max(1) as f64;
-        println!(
-            "{name}: saturation webhook {}, bare {}: webhook/bare {ratio:.2} (target >= 0.85: {})",
-            ceiling(*webhook_sat),
-            ceiling(*bare_sat),
-            if ratio >= 0.85 { "met" } else { "MISSED" }
-        );
+        if *webhook_sat == 0 || *bare_sat == 0 {
+            println!(
+                "{name}: saturation webhook {}, bare {}: no ratio (a server sustained not even --start-rate; is the machine busy? see gen lag)",
+                ceiling(*webhook_sat),
+                ceiling(*bare_sat)
+            );
+        } else {
+            let ratio = f64::from(*webhook_sat) / f64::from(*bare_sat);
+            println!(
+                "{name}: saturation webhook {}, bare {}: webhook/bare {ratio:.2} (target >= 0.85: {})",
+                ceiling(*webhook_sat),
+                ceiling(*bare_sat),
+                if ratio >= 0.85 { "met" } else { "MISSED" }
+            );
+        }
         let mut worst: Option<(u32, f64)> = None;
         for (w, b) in pairs {
             let p99 = ms(w.p99) / ms(b.p99).max(1e-9);
+            let cpu = match (w.cpu_per_request, b.cpu_per_request) {
+                (Some(w), Some(b)) if !b.is_zero() => format!(
+                    ", CPU {:.1} µs = {:.2}x bare",
+                    w.as_secs_f64() * 1e6,
+                    w.as_secs_f64() / b.as_secs_f64()
+                ),
+                _ => String::new(),
+            };
             println!(
-                "  at {:>6}/s: webhook p50 {:.3} ms = {:.2}x bare, p99 {:.3} ms = {:.2}x bare{}",
+                "  at {:>6}/s: webhook p50 {:.3} ms = {:.2}x bare, p99 {:.3} ms = {:.2}x bare{cpu}{}",
                 w.rate,
                 ms(w.p50),
                 ms(w.p50) / ms(b.p50).max(1e-9),
