@@ -22,7 +22,12 @@ pub fn spec_defaults() -> [(&'static str, Value); 4] {
 /// The patch that fills the absent defaults of a Prefetch object. Empty when nothing is
 /// missing, or when `spec` is absent or not an object (validation denies those).
 pub fn default_patch(object: &Value) -> Patch {
-    let Some(spec) = object.get("spec").and_then(Value::as_object) else {
+    default_spec_patch(object.get("spec"))
+}
+
+/// [`default_patch`] given only the object's `spec` (`None` when it has none).
+pub fn default_spec_patch(spec: Option<&Value>) -> Patch {
+    let Some(spec) = spec.and_then(Value::as_object) else {
         return Patch(Vec::new());
     };
     let operations = spec_defaults()

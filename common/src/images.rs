@@ -280,7 +280,8 @@ pub fn pod_spec_json_images(spec: &serde_json::Value) -> TemplateImages {
     collect_images(containers.filter_map(|c| c.get("image")?.as_str()))
 }
 
-fn collect_images<'a>(references: impl Iterator<Item = &'a str>) -> TemplateImages {
+/// Normalizes image references as written in a pod spec (see [`pod_spec_images`]).
+pub fn collect_images<'a>(references: impl Iterator<Item = &'a str>) -> TemplateImages {
     let mut out = TemplateImages::default();
     for reference in references {
         match normalize(reference) {

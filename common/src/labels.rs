@@ -99,9 +99,17 @@ pub fn selects(
     selector: &BTreeMap<String, String>,
     labels: Option<&BTreeMap<String, String>>,
 ) -> bool {
+    selects_by(selector, |key| labels?.get(key).map(String::as_str))
+}
+
+/// [`selects`] over any label lookup (e.g. labels borrowed from a request body).
+pub fn selects_by<'l>(
+    selector: &BTreeMap<String, String>,
+    label: impl Fn(&str) -> Option<&'l str>,
+) -> bool {
     selector
         .iter()
-        .all(|(key, want)| labels.and_then(|l| l.get(key)) == Some(want))
+        .all(|(key, want)| label(key) == Some(want.as_str()))
 }
 
 #[cfg(test)]

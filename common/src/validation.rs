@@ -82,8 +82,13 @@ pub const KNOWN_SPEC_FIELDS: [&str; 8] = [
 
 /// Validates a whole Prefetch object (`{"apiVersion", "kind", "metadata", "spec"}`).
 pub fn validate_prefetch(object: &Value, ctx: &ValidationContext<'_>) -> Verdict {
+    validate_prefetch_spec(object.get("spec"), ctx)
+}
+
+/// Validates a Prefetch's `spec` (`None` when the object has none).
+pub fn validate_prefetch_spec(spec: Option<&Value>, ctx: &ValidationContext<'_>) -> Verdict {
     let mut verdict = Verdict::default();
-    let Some(spec) = object.get("spec") else {
+    let Some(spec) = spec else {
         verdict.error(
             "spec",
             "required: a Prefetch needs at least spec.filter_by_labels",

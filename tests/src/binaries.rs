@@ -238,6 +238,14 @@ impl WebhookProcess {
         self.process.logs()
     }
 
+    /// The current value of one metric series (`name` or `name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        Ok(metric_value(
+            &http_get(self.ops_addr, "/metrics").await?.1,
+            series,
+        ))
+    }
+
     pub async fn terminate(self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
         self.process.terminate(within).await
     }
@@ -294,4 +302,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, Stri
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The value of one series in Prometheus text (`name` or `name{labels}` exactly), summed over
+/// the lines that carry it; 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .filter_map(|value| value.trim().parse::<f64>().ok())
+        .fold(0.0, |sum, value| sum + value)
 }

@@ -89,6 +89,82 @@ pub fn realistic_deployment(namespace: &str, name: &str, image: &str) -> Value {
     deployment
 }
 
+/// A Prefetch as a cluster holds it after `kubectl apply` and a few rounds: last-applied
+/// annotation, managedFields, every spec field, and a full status. About 6 KB of JSON.
+/// `defaults`: whether the spec carries the fields the webhook defaults.
+pub fn realistic_prefetch(namespace: &str, name: &str, defaults: bool) -> Value {
+    let nodes: Vec<String> = (0..20).map(|i| format!("worker-pool-a-{i:03}")).collect();
+    let images: Vec<String> = (0..10)
+        .map(|i| format!("registry.example.com/shop/service-{i:02}:2026.11.{i}"))
+        .collect();
+    let digests: serde_json::Map<String, Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            (
+                image.clone(),
+                json!(format!("{image}@sha256:{:064x}", i + 1)),
+            )
+        })
+        .collect();
+    let mut spec = json!({
+        "filter_by_labels": {"app.kubernetes.io/part-of": "shop", "tier": "frontend"},
+        "node_selector": {"node.kubernetes.io/pool": "a"},
+        "tolerations": [
+            {"key": "dedicated", "operator": "Equal", "value": "shop", "effect": "NoSchedule"},
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+        ],
+        "priority_class_name": "low-priority"
+    });
+    if defaults {
+        for (field, value) in [
+            ("node_filter", json!("worker")),
+            ("retry_after", json!(600)),
+            ("max_parallel", json!(20)),
+            ("pull_timeout", json!(600)),
+        ] {
+            spec[field] = value;
+        }
+    }
+    let condition = |kind: &str, status: &str, reason: &str| {
+        json!({"type": kind, "status": status, "reason": reason, "message": format!("{reason}: 200 of 200 node x image pairs"),
+               "lastTransitionTime": "2026-11-20T10:00:00Z", "observedGeneration": 3})
+    };
+    let mut prefetch = json!({
+        "apiVersion": "cache.techsquad.rocks/v1", "kind": "Prefetch",
+        "metadata": {
+            "name": name, "namespace": namespace, "uid": "5f0c7c1e-0000-4000-8000-000000000002",
+            "resourceVersion": "987654", "generation": 3, "creationTimestamp": "2026-11-01T09:00:00Z",
+            "labels": {"team": "payments"},
+            "annotations": {},
+            "managedFields": [
+                {"manager": "kubectl-client-side-apply", "operation": "Update", "apiVersion": "cache.techsquad.rocks/v1",
+                 "time": "2026-11-20T10:00:00Z", "fieldsType": "FieldsV1",
+                 "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}}, "f:labels": {".": {}, "f:team": {}}},
+                              "f:spec": {".": {}, "f:filter_by_labels": {".": {}, "f:app.kubernetes.io/part-of": {}, "f:tier": {}},
+                                         "f:node_selector": {".": {}, "f:node.kubernetes.io/pool": {}}, "f:tolerations": {}, "f:priority_class_name": {}}}},
+                {"manager": "prefetch-controller", "operation": "Update", "apiVersion": "cache.techsquad.rocks/v1",
+                 "time": "2026-11-20T10:05:00Z", "fieldsType": "FieldsV1", "subresource": "status",
+                 "fieldsV1": {"f:status": {".": {}, "f:phase": {}, "f:images": {}, "f:nodes": {}, "f:total": {}, "f:ready": {},
+                                           "f:failed": {}, "f:digests": {}, "f:conditions": {}, "f:last_round_start": {}, "f:last_round_end": {}}}}
+            ]
+        },
+        "spec": spec,
+        "status": {
+            "phase": "SUCCEEDED", "observed_generation": 3, "images": images, "nodes": nodes,
+            "total": 200, "ready": 200, "failed": 0, "failures": [], "digests": digests,
+            "last_round_start": "2026-11-20T10:04:00Z", "last_round_end": "2026-11-20T10:05:00Z",
+            "next_round": "2026-11-20T10:15:00Z",
+            "conditions": [condition("Ready", "True", "Prefetched"), condition("Progressing", "False", "RoundDone"), condition("Degraded", "False", "NoFailures")]
+        }
+    });
+    let applied = json!({"apiVersion": "cache.techsquad.rocks/v1", "kind": "Prefetch",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"team": "payments"}}, "spec": prefetch["spec"].clone()});
+    prefetch["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] =
+        json!(applied.to_string());
+    prefetch
+}
+
 /// An AdmissionReview v1 request as the API server sends it.
 #[allow(clippy::too_many_arguments)]
 pub fn admission_review(

@@ -9,4 +9,5 @@ pub mod kubelet;
 pub mod manifests;
 pub mod rbac;
 pub mod scenario;
+pub mod stall;
 pub mod tls_client;

@@ -14,6 +14,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -92,14 +93,27 @@ impl PinnedClient {
         })
     }
 
-    pub async fn connect(&self) -> anyhow::Result<Connection> {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `Host` header value for this server.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// A TLS connection with no HTTP on it yet.
+    pub async fn connect_tls(&self) -> anyhow::Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.addr).await?;
         tcp.set_nodelay(true)?;
-        let tls = self
-            .connector
+        self.connector
             .connect(self.server_name.clone(), tcp)
             .await
-            .context("TLS handshake")?;
+            .context("TLS handshake")
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        let tls = self.connect_tls().await?;
         let (_, session) = tls.get_ref();
         let peer_certificate = session
             .peer_certificates()

@@ -1,24 +1,32 @@
 //! The three admission decisions, from request body to AdmissionReview response. No I/O: the
 //! caches are read through [`Caches`], and time is passed in, so every path is unit-tested.
+//!
+//! Requests are read with [`crate::review`]: only the fields a decision uses, borrowed from the
+//! body. The validating hook never allows what it could not judge (no object, not an object,
+//! not a Prefetch, an unknown operation); the mutating hooks stay fail-open.
 
 use std::collections::BTreeSet;
 
 use base64::Engine;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
-use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionReview, Operation};
-use prefetch_common::annotations::{API_GROUP, KIND, PREFETCH_IMAGES, PREFETCH_REQUESTED_AT};
-use prefetch_common::defaulting::default_patch;
-use prefetch_common::images::pod_spec_json_images;
-use prefetch_common::validation::{ValidationContext, validate_prefetch};
+use prefetch_common::annotations::{
+    API_GROUP, API_VERSION, KIND, PREFETCH_IMAGES, PREFETCH_REQUESTED_AT,
+};
+use prefetch_common::defaulting::default_spec_patch;
+use prefetch_common::images::collect_images;
+use prefetch_common::validation::{ValidationContext, validate_prefetch_spec};
 use serde::Serialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use crate::index::{NodeNames, PrefetchIndex};
+use crate::review::{
+    self, DeploymentView, ObjectOr, Operation, PodSpecImages, PrefetchView, REVIEW_API_VERSION,
+    REVIEW_KIND, Request, RetryAfterView,
+};
 
-const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
-const REVIEW_KIND: &str = "AdmissionReview";
+pub use crate::review::BadReview;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -28,6 +36,12 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [
+        Endpoint::MutatePrefetch,
+        Endpoint::ValidatePrefetch,
+        Endpoint::MutateDeployment,
+    ];
+
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::MutatePrefetch => "/mutate/prefetch",
@@ -37,17 +51,22 @@ impl Endpoint {
     }
 }
 
-/// The request cannot be read as an AdmissionReview v1: answered with HTTP 400.
-#[derive(Debug, thiserror::Error)]
-pub enum BadReview {
-    #[error("malformed AdmissionReview: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error(
-        "only {REVIEW_API_VERSION} {REVIEW_KIND} is supported, got apiVersion {api_version:?} kind {kind:?}"
-    )]
-    Version { api_version: String, kind: String },
-    #[error("AdmissionReview has no request")]
-    NoRequest,
+/// Why a request was denied: `status` of the AdmissionResponse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// 422 (Invalid) for a Prefetch that breaks a rule; 400 (BadRequest) for a request the
+    /// hook could not judge.
+    pub code: u16,
+    pub message: String,
+}
+
+impl Denial {
+    fn reason(&self) -> &'static str {
+        match self.code {
+            422 => "Invalid",
+            _ => "BadRequest",
+        }
+    }
 }
 
 /// What the webhook decided, before serialization.
@@ -55,7 +74,7 @@ pub enum BadReview {
 pub struct Answer {
     pub uid: String,
     pub allowed: bool,
-    pub denial: Option<String>,
+    pub denial: Option<Denial>,
     pub patch: Option<Patch>,
     pub warnings: Vec<String>,
     /// Metrics label: allowed, patched, denied or error.
@@ -77,6 +96,18 @@ impl Answer {
         }
     }
 
+    fn deny(uid: &str, code: u16, message: String) -> Self {
+        Self {
+            uid: uid.into(),
+            allowed: false,
+            why: message.clone(),
+            denial: Some(Denial { code, message }),
+            patch: None,
+            warnings: Vec::new(),
+            result: "denied",
+        }
+    }
+
     fn with_patch(mut self, patch: Patch) -> Self {
         if !patch.0.is_empty() {
             self.patch = Some(patch);
@@ -88,6 +119,13 @@ impl Answer {
     /// The AdmissionReview v1 response body. The patch is base64 of the JSON patch, as the
     /// API server's Go types expect for a `[]byte` field.
     pub fn to_review_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Review<'a> {
+            api_version: &'static str,
+            kind: &'static str,
+            response: Response<'a>,
+        }
         #[derive(Serialize)]
         #[serde(rename_all = "camelCase")]
         struct Status<'a> {
@@ -118,18 +156,20 @@ impl Answer {
         let response = Response {
             uid: &self.uid,
             allowed: self.allowed,
-            status: self.denial.as_deref().map(|message| Status {
-                code: 422,
-                reason: "Invalid",
-                message,
+            status: self.denial.as_ref().map(|denial| Status {
+                code: denial.code,
+                reason: denial.reason(),
+                message: &denial.message,
             }),
             patch_type: patch.as_ref().map(|_| "JSONPatch"),
             patch,
             warnings: &self.warnings,
         };
-        serde_json::to_vec(
-            &json!({"apiVersion": REVIEW_API_VERSION, "kind": REVIEW_KIND, "response": response}),
-        )
+        serde_json::to_vec(&Review {
+            api_version: REVIEW_API_VERSION,
+            kind: REVIEW_KIND,
+            response,
+        })
     }
 }
 
@@ -147,98 +187,132 @@ pub fn review(
     caches: &Caches<'_>,
     now: jiff::Timestamp,
 ) -> Result<Answer, BadReview> {
-    let review: AdmissionReview<DynamicObject> = serde_json::from_slice(body)?;
-    if review.types.api_version != REVIEW_API_VERSION || review.types.kind != REVIEW_KIND {
-        return Err(BadReview::Version {
-            api_version: review.types.api_version,
-            kind: review.types.kind,
-        });
-    }
-    let request: AdmissionRequest<DynamicObject> =
-        review.try_into().map_err(|_| BadReview::NoRequest)?;
     Ok(match endpoint {
-        Endpoint::MutatePrefetch => mutate_prefetch(&request),
-        Endpoint::ValidatePrefetch => validate(&request, caches),
-        Endpoint::MutateDeployment => deployment_signal(&request, caches.prefetches, now),
+        Endpoint::MutatePrefetch => mutate_prefetch(&review::parse(body)?),
+        Endpoint::ValidatePrefetch => validate(&review::parse(body)?, caches),
+        Endpoint::MutateDeployment => {
+            deployment_signal(&review::parse(body)?, caches.prefetches, now)
+        }
     })
 }
 
-fn is_prefetch(request: &AdmissionRequest<DynamicObject>) -> bool {
-    request.kind.group == API_GROUP && request.kind.kind == KIND
+/// A Prefetch review as the endpoints read it; `P`, the old object, is read only as far as
+/// the decision needs (nothing for defaulting, `spec.retry_after` for validation).
+type PrefetchRequest<'a, P> = Request<'a, ObjectOr<PrefetchView>, P>;
+
+/// What a Prefetch endpoint is asked about.
+enum Target<'r> {
+    /// A Prefetch object to default or validate.
+    Prefetch(&'r PrefetchView),
+    /// DELETE or CONNECT: nothing to check.
+    Nothing,
+    /// Another resource was sent to this endpoint: the webhook configuration is wrong.
+    Misrouted(String),
+    /// A Prefetch request that cannot be judged, and why.
+    Unjudgeable(String),
 }
 
-fn describe(request: &AdmissionRequest<DynamicObject>) -> String {
-    let k = &request.kind;
-    let group = if k.group.is_empty() {
-        String::new()
-    } else {
-        format!("{}/", k.group)
-    };
-    format!("{group}{}/{}", k.version, k.kind)
-}
-
-/// The Prefetch a Prefetch endpoint is asked about, or the answer when there is none: a
-/// misrouted kind is allowed with a warning (a misconfigured webhook must not block other
-/// resources), and DELETE or CONNECT have nothing to check.
-fn prefetch_object(
-    request: &AdmissionRequest<DynamicObject>,
-    endpoint: Endpoint,
-) -> Result<&DynamicObject, Box<Answer>> {
-    if !is_prefetch(request) {
-        let mut answer = Answer::allow(
-            &request.uid,
-            format!("not a Prefetch ({})", describe(request)),
-        );
-        answer.warnings.push(format!(
-            "prefetch-webhook: {} ignores {}; check the webhook configuration",
+fn target<'r, P>(request: &'r PrefetchRequest<'_, P>, endpoint: Endpoint) -> Target<'r> {
+    if !request.kind.is(API_GROUP, API_VERSION, KIND) {
+        return Target::Misrouted(format!(
+            "{} handles {API_GROUP}/{API_VERSION} {KIND} only, got {}; check the webhook configuration's rules",
             endpoint.path(),
-            describe(request)
+            request.kind
         ));
-        return Err(Box::new(answer));
     }
-    request
-        .object
-        .as_ref()
-        .filter(|_| matches!(request.operation, Operation::Create | Operation::Update))
-        .ok_or_else(|| Box::new(Answer::allow(&request.uid, "no object to admit")))
+    let operation = request.operation;
+    match operation {
+        Operation::Delete | Operation::Connect => return Target::Nothing,
+        Operation::Other => {
+            return Target::Unjudgeable(
+                "request.operation is not one of CREATE, UPDATE, DELETE or CONNECT".into(),
+            );
+        }
+        Operation::Create | Operation::Update => {}
+    }
+    let view = match &request.object {
+        None => {
+            return Target::Unjudgeable(format!(
+                "request.object is missing or null on {}: there is no Prefetch to check",
+                operation.as_str()
+            ));
+        }
+        Some(ObjectOr::NotAnObject(what)) => {
+            return Target::Unjudgeable(format!(
+                "request.object must be a Prefetch object, got {what}"
+            ));
+        }
+        Some(ObjectOr::Object(view)) => view,
+    };
+    let api_version = format!("{API_GROUP}/{API_VERSION}");
+    for (field, value, want) in [
+        ("apiVersion", &view.api_version, api_version.as_str()),
+        ("kind", &view.kind, KIND),
+    ] {
+        // Absent is fine (the request's kind says what it is); present must agree.
+        if let Some(value) = value
+            && value.as_str() != Some(want)
+        {
+            return Target::Unjudgeable(format!("request.object.{field} is {value}, not {want:?}"));
+        }
+    }
+    Target::Prefetch(view)
 }
 
-fn mutate_prefetch(request: &AdmissionRequest<DynamicObject>) -> Answer {
-    let object = match prefetch_object(request, Endpoint::MutatePrefetch) {
-        Ok(object) => object,
-        Err(answer) => return *answer,
+fn mutate_prefetch(request: &PrefetchRequest<'_, IgnoredAny>) -> Answer {
+    let uid = &request.uid;
+    let view = match target(request, Endpoint::MutatePrefetch) {
+        Target::Prefetch(view) => view,
+        // Fail-open: a misconfigured webhook must not block other resources.
+        Target::Misrouted(why) => {
+            let mut answer = Answer::allow(uid, why.clone());
+            answer.warnings.push(format!("prefetch-webhook: {why}"));
+            return answer;
+        }
+        Target::Nothing => return Answer::allow(uid, "no object to default"),
+        // The validating hook denies it, naming what is wrong.
+        Target::Unjudgeable(why) => return Answer::allow(uid, why),
     };
-    let patch = default_patch(&object.data);
+    let patch = default_spec_patch(view.spec.as_ref());
     let why = if patch.0.is_empty() {
         "all defaults present".to_string()
     } else {
         format!("defaulted {} field(s)", patch.0.len())
     };
-    Answer::allow(&request.uid, why).with_patch(patch)
+    Answer::allow(uid, why).with_patch(patch)
 }
 
-fn validate(request: &AdmissionRequest<DynamicObject>, caches: &Caches<'_>) -> Answer {
-    let object = match prefetch_object(request, Endpoint::ValidatePrefetch) {
-        Ok(object) => object,
-        Err(answer) => return *answer,
+fn retry_after(view: &PrefetchView) -> &Value {
+    view.spec
+        .as_ref()
+        .and_then(|spec| spec.get("retry_after"))
+        .unwrap_or(&Value::Null)
+}
+
+fn validate(
+    request: &PrefetchRequest<'_, ObjectOr<RetryAfterView>>,
+    caches: &Caches<'_>,
+) -> Answer {
+    let uid = &request.uid;
+    let view = match target(request, Endpoint::ValidatePrefetch) {
+        Target::Prefetch(view) => view,
+        Target::Nothing => return Answer::allow(uid, "nothing to validate"),
+        Target::Misrouted(why) | Target::Unjudgeable(why) => {
+            return Answer::deny(uid, 400, format!("cannot validate this request: {why}"));
+        }
     };
-    let data = &object.data;
     // Ratcheting: an object admitted under a lower floor may still be updated (labels, other
     // fields) as long as it does not change retry_after.
     let unchanged_retry_after = request.operation == Operation::Update
-        && request
-            .old_object
-            .as_ref()
-            .map(|o| &o.data["spec"]["retry_after"])
-            == Some(&data["spec"]["retry_after"]);
+        && matches!(&request.old_object, Some(ObjectOr::Object(old)) if old.retry_after() == retry_after(view));
     let min_retry_after = if unchanged_retry_after {
         prefetch_common::limits::MIN_RETRY_AFTER
     } else {
         caches.min_retry_after
     };
     let verdict = caches.nodes.with_names(|node_names| {
-        validate_prefetch(
-            data,
+        validate_prefetch_spec(
+            view.spec.as_ref(),
             &ValidationContext {
                 min_retry_after,
                 node_names,
@@ -246,49 +320,60 @@ fn validate(request: &AdmissionRequest<DynamicObject>, caches: &Caches<'_>) -> A
         )
     });
     if verdict.is_allowed() {
-        let mut answer = Answer::allow(&request.uid, "valid");
+        let mut answer = Answer::allow(uid, "valid");
         answer.warnings = verdict.warnings;
         answer
     } else {
-        let message = verdict.denial_message();
-        Answer {
-            uid: request.uid.clone(),
-            allowed: false,
-            denial: Some(message.clone()),
-            patch: None,
-            warnings: verdict.warnings,
-            result: "denied",
-            why: message,
-        }
+        let mut answer = Answer::deny(uid, 422, verdict.denial_message());
+        answer.warnings = verdict.warnings;
+        answer
     }
+}
+
+fn references<'s>(spec: Option<&'s PodSpecImages<'_>>) -> BTreeSet<&'s str> {
+    spec.map(|spec| spec.references().collect())
+        .unwrap_or_default()
+}
+
+/// The images `new` brings that `old` does not have, normalized and sorted. References
+/// written the same in both are never normalized (most of a pod template, usually).
+fn added_images(new: Option<&PodSpecImages<'_>>, old: Option<&PodSpecImages<'_>>) -> Vec<String> {
+    let (new, old) = (references(new), references(old));
+    let candidates: Vec<&str> = new.difference(&old).copied().collect();
+    if candidates.is_empty() {
+        return Vec::new();
+    }
+    let old = collect_images(old.into_iter()).images;
+    collect_images(candidates.into_iter())
+        .images
+        .into_iter()
+        .filter(|image| !old.contains(image))
+        .collect()
 }
 
 /// Annotates a Deployment whose pod template brings images new to it, when a Prefetch in its
 /// namespace selects it. Always allows: this hook must never block a Deployment.
 fn deployment_signal(
-    request: &AdmissionRequest<DynamicObject>,
+    request: &Request<'_, DeploymentView<'_>>,
     prefetches: &PrefetchIndex,
     now: jiff::Timestamp,
 ) -> Answer {
     let uid = &request.uid;
     if request.kind.group != "apps" || request.kind.kind != "Deployment" {
-        return Answer::allow(uid, format!("not a Deployment ({})", describe(request)));
+        return Answer::allow(uid, format!("not a Deployment ({})", request.kind));
     }
     if request.sub_resource.is_some() {
         return Answer::allow(uid, "subresource");
     }
-    let object = match (&request.operation, &request.object) {
+    let object = match (request.operation, &request.object) {
         (Operation::Create | Operation::Update, Some(object)) => object,
         _ => return Answer::allow(uid, "no new object"),
     };
-    let template_images =
-        |o: &DynamicObject| pod_spec_json_images(&o.data["spec"]["template"]["spec"]).images;
-    let new_images = template_images(object);
-    let old_images = match (&request.operation, &request.old_object) {
-        (Operation::Update, Some(old)) => template_images(old),
-        _ => BTreeSet::new(),
+    let old = match (request.operation, &request.old_object) {
+        (Operation::Update, Some(old)) => old.template_images(),
+        _ => None,
     };
-    let added: Vec<String> = new_images.difference(&old_images).cloned().collect();
+    let added = added_images(object.template_images(), old);
     if added.is_empty() {
         return Answer::allow(uid, "no new images");
     }
@@ -297,12 +382,14 @@ fn deployment_signal(
         answer.result = "error";
         return answer;
     }
+    let metadata = object.metadata.as_ref();
     let namespace = request
         .namespace
         .as_deref()
-        .or(object.metadata.namespace.as_deref())
+        .or(metadata.and_then(|m| m.namespace.as_deref()))
         .unwrap_or("default");
-    let selecting = prefetches.selecting(namespace, object.metadata.labels.as_ref());
+    let labels = metadata.and_then(|m| m.labels.as_ref());
+    let selecting = prefetches.selecting_by(namespace, |key| labels?.get(key).map(|v| &**v));
     if selecting.is_empty() {
         return Answer::allow(uid, "no Prefetch in the namespace selects it");
     }
@@ -316,7 +403,7 @@ fn deployment_signal(
     };
     let requested_at = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
     let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
-    let operations = if object.metadata.annotations.is_none() {
+    let operations = if metadata.and_then(|m| m.annotations).is_none() {
         vec![add(
             PointerBuf::from_tokens(["metadata", "annotations"]),
             json!({ PREFETCH_IMAGES: images_json, PREFETCH_REQUESTED_AT: requested_at }),
@@ -345,7 +432,9 @@ mod tests {
     use super::*;
     use kube::core::DeserializeGuard;
     use kube::runtime::watcher::Event;
+    use prefetch_common::validation::validate_prefetch;
     use prefetch_common::{Prefetch, PrefetchSpec};
+    use proptest::prelude::*;
 
     fn synced_index(prefetches: &[(&str, &str, &str, &str)]) -> PrefetchIndex {
         let index = PrefetchIndex::default();
@@ -363,8 +452,8 @@ mod tests {
         index
     }
 
-    fn review_body(group: &str, kind: &str, op: &str, object: Value, old: Value) -> Vec<u8> {
-        serde_json::to_vec(&json!({
+    fn review_value(group: &str, kind: &str, op: &str, object: Value, old: Value) -> Value {
+        json!({
             "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
             "request": {
                 "uid": "uid-1", "kind": {"group": group, "version": "v1", "kind": kind},
@@ -372,8 +461,11 @@ mod tests {
                 "name": "x", "namespace": "default", "operation": op,
                 "userInfo": {"username": "test"}, "object": object, "oldObject": old
             }
-        }))
-        .unwrap()
+        })
+    }
+
+    fn review_body(group: &str, kind: &str, op: &str, object: Value, old: Value) -> Vec<u8> {
+        serde_json::to_vec(&review_value(group, kind, op, object, old)).unwrap()
     }
 
     fn deployment(labels: Value, annotations: Option<Value>, images: &[&str]) -> Value {
@@ -387,6 +479,12 @@ mod tests {
         }
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
                "spec": {"template": {"spec": {"containers": containers}}}})
+    }
+
+    fn sample() -> Value {
+        json!({"apiVersion": "cache.techsquad.rocks/v1", "kind": "Prefetch",
+            "metadata": {"name": "prefetch-sample", "namespace": "default"},
+            "spec": {"filter_by_labels": {"app": "nginx"}, "retry_after": 60, "node_filter": "worker"}})
     }
 
     fn now() -> jiff::Timestamp {
@@ -498,12 +596,32 @@ mod tests {
     }
 
     #[test]
+    fn escaped_labels_and_images_are_read_like_plain_ones() {
+        let index = synced_index(&[("default", "pf", "app", "nginx")]);
+        // JSON escapes force the owned path of the borrowed strings.
+        let body = review_body(
+            "apps",
+            "Deployment",
+            "CREATE",
+            deployment(json!({"app": "nginx"}), None, &["nginx:1.25"]),
+            Value::Null,
+        );
+        let escaped = String::from_utf8(body)
+            .unwrap()
+            .replace("\"nginx\"", "\"ngin\\u0078\"")
+            .replace("nginx:1.25", "ngin\\u0078:1.25");
+        let answer = decide(Endpoint::MutateDeployment, escaped.as_bytes(), &index);
+        assert_eq!(answer.result, "patched", "{answer:?}");
+        assert_eq!(
+            patch_json(&answer)[0]["value"][PREFETCH_IMAGES],
+            "[\"docker.io/library/nginx:1.25\"]"
+        );
+    }
+
+    #[test]
     fn defaulting_and_validation_of_the_sample() {
         let index = PrefetchIndex::default();
-        let sample = json!({"apiVersion": "cache.techsquad.rocks/v1", "kind": "Prefetch",
-            "metadata": {"name": "prefetch-sample", "namespace": "default"},
-            "spec": {"filter_by_labels": {"app": "nginx"}, "retry_after": 60, "node_filter": "worker"}});
-        let body = review_body(API_GROUP, KIND, "CREATE", sample, Value::Null);
+        let body = review_body(API_GROUP, KIND, "CREATE", sample(), Value::Null);
         let mutated = decide(Endpoint::MutatePrefetch, &body, &index);
         assert_eq!(mutated.result, "patched");
         assert_eq!(patch_json(&mutated).as_array().unwrap().len(), 2);
@@ -536,8 +654,11 @@ mod tests {
         let change = review_body(API_GROUP, KIND, "UPDATE", obj(90, "2"), obj(60, "1"));
         let answer = review(Endpoint::ValidatePrefetch, &change, &caches, now()).unwrap();
         assert_eq!(
-            answer.denial.as_deref(),
-            Some("Prefetch is invalid: spec.retry_after: must be >= 120, got 90")
+            answer.denial,
+            Some(Denial {
+                code: 422,
+                message: "Prefetch is invalid: spec.retry_after: must be >= 120, got 90".into()
+            })
         );
         let create = review_body(API_GROUP, KIND, "CREATE", obj(60, "1"), Value::Null);
         assert!(
@@ -545,6 +666,141 @@ mod tests {
                 .unwrap()
                 .allowed
         );
+        // An UPDATE without a readable old object gets the configured floor.
+        let no_old = review_body(API_GROUP, KIND, "UPDATE", obj(60, "2"), json!("x"));
+        assert!(
+            !review(Endpoint::ValidatePrefetch, &no_old, &caches, now())
+                .unwrap()
+                .allowed
+        );
+    }
+
+    /// Every class of request the validating hook cannot judge: denied (400) naming what is
+    /// wrong; the mutating hook allows the same requests without a patch.
+    #[test]
+    fn the_validating_hook_denies_what_it_cannot_judge() {
+        let index = PrefetchIndex::default();
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut review = review_value(API_GROUP, KIND, "CREATE", sample(), Value::Null);
+            f(&mut review["request"]);
+            serde_json::to_vec(&review).unwrap()
+        };
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "null object on CREATE",
+                with(&|r| r["object"] = Value::Null),
+                "request.object is missing or null on CREATE",
+            ),
+            (
+                "no object on UPDATE",
+                with(&|r| {
+                    r["operation"] = json!("UPDATE");
+                    r.as_object_mut().unwrap().remove("object");
+                }),
+                "request.object is missing or null on UPDATE",
+            ),
+            (
+                "a string",
+                with(&|r| r["object"] = json!("Prefetch")),
+                "request.object must be a Prefetch object, got a string",
+            ),
+            (
+                "a number",
+                with(&|r| r["object"] = json!(42)),
+                "got a number",
+            ),
+            (
+                "a list",
+                with(&|r| r["object"] = json!([sample()])),
+                "got a list",
+            ),
+            (
+                "a boolean",
+                with(&|r| r["object"] = json!(false)),
+                "got a boolean",
+            ),
+            (
+                "another kind",
+                with(&|r| {
+                    r["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"})
+                }),
+                "/validate/prefetch handles cache.techsquad.rocks/v1 Prefetch only, got apps/v1 Deployment",
+            ),
+            (
+                "another version",
+                with(&|r| r["kind"]["version"] = json!("v2")),
+                "got cache.techsquad.rocks/v2 Prefetch",
+            ),
+            (
+                "an object of another kind",
+                with(&|r| r["object"]["kind"] = json!("Deployment")),
+                "request.object.kind is \"Deployment\", not \"Prefetch\"",
+            ),
+            (
+                "an object of another apiVersion",
+                with(&|r| r["object"]["apiVersion"] = json!(7)),
+                "request.object.apiVersion is 7, not \"cache.techsquad.rocks/v1\"",
+            ),
+            (
+                "an unknown operation",
+                with(&|r| r["operation"] = json!("PATCH")),
+                "request.operation is not one of CREATE, UPDATE, DELETE or CONNECT",
+            ),
+        ];
+        for (name, body, expected) in cases {
+            let answer = decide(Endpoint::ValidatePrefetch, &body, &index);
+            assert!(!answer.allowed, "{name}: allowed");
+            let denial = answer.denial.expect("denial");
+            assert_eq!(denial.code, 400, "{name}");
+            assert!(
+                denial.message.starts_with("cannot validate this request: ")
+                    && denial.message.contains(expected),
+                "{name}: {:?} lacks {expected:?}",
+                denial.message
+            );
+            let mutated = decide(Endpoint::MutatePrefetch, &body, &index);
+            assert!(
+                mutated.allowed && mutated.patch.is_none(),
+                "{name}: {mutated:?}"
+            );
+        }
+
+        // A misrouted kind is allowed with a warning by the mutating hook only.
+        let misrouted = with(&|r| r["kind"]["kind"] = json!("Pod"));
+        let answer = decide(Endpoint::MutatePrefetch, &misrouted, &index);
+        assert!(answer.allowed);
+        assert_eq!(answer.warnings.len(), 1, "{answer:?}");
+        assert!(answer.warnings[0].contains("check the webhook configuration"));
+
+        // DELETE and CONNECT carry no object to judge: allowed.
+        for op in ["DELETE", "CONNECT"] {
+            let body = with(&|r| {
+                r["operation"] = json!(op);
+                r["object"] = Value::Null;
+            });
+            assert!(
+                decide(Endpoint::ValidatePrefetch, &body, &index).allowed,
+                "{op}"
+            );
+        }
+        // A Prefetch object without apiVersion and kind is judged by the request's kind.
+        let bare = with(&|r| {
+            let object = r["object"].as_object_mut().unwrap();
+            object.remove("apiVersion");
+            object.remove("kind");
+        });
+        assert!(decide(Endpoint::ValidatePrefetch, &bare, &index).allowed);
+        // No spec, a null spec: judged, and denied as invalid (422).
+        for spec in [None, Some(Value::Null)] {
+            let body = with(&|r| match &spec {
+                None => {
+                    r["object"].as_object_mut().unwrap().remove("spec");
+                }
+                Some(v) => r["object"]["spec"] = v.clone(),
+            });
+            let answer = decide(Endpoint::ValidatePrefetch, &body, &index);
+            assert_eq!(answer.denial.map(|d| d.code), Some(422), "{spec:?}");
+        }
     }
 
     #[test]
@@ -578,6 +834,7 @@ mod tests {
             })]));
         let body: Value = serde_json::from_slice(&patched.to_review_json().unwrap()).unwrap();
         assert_eq!(body["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(body["kind"], "AdmissionReview");
         assert_eq!(body["response"]["uid"], "u");
         assert_eq!(body["response"]["patchType"], "JSONPatch");
         let decoded = base64::engine::general_purpose::STANDARD
@@ -588,12 +845,7 @@ mod tests {
             json!([{"op": "add", "path": "/spec/retry_after", "value": 300}])
         );
 
-        let denied = Answer {
-            allowed: false,
-            denial: Some("no".into()),
-            result: "denied",
-            ..Answer::allow("u", "x")
-        };
+        let denied = Answer::deny("u", 422, "no".into());
         let body: Value = serde_json::from_slice(&denied.to_review_json().unwrap()).unwrap();
         assert_eq!(body["response"]["allowed"], false);
         assert_eq!(
@@ -601,5 +853,283 @@ mod tests {
             json!({"code": 422, "reason": "Invalid", "message": "no"})
         );
         assert!(body["response"].get("patch").is_none());
+        let unjudged = Answer::deny("u", 400, "why".into());
+        let body: Value = serde_json::from_slice(&unjudged.to_review_json().unwrap()).unwrap();
+        assert_eq!(body["response"]["status"]["reason"], "BadRequest");
+    }
+
+    /// Arbitrary JSON of small depth.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map("[a-zA-Z_]{1,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// `valid` most of the time, otherwise any JSON or nothing at all.
+    fn mostly(valid: impl Strategy<Value = Value>) -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            10 => valid.prop_map(Some),
+            1 => any_json().prop_map(Some),
+            1 => Just(None),
+        ]
+    }
+
+    fn one_of(values: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        prop::sample::select(values).prop_map(Value::from)
+    }
+
+    fn plausible_spec() -> impl Strategy<Value = Value> {
+        prop_oneof![valid_spec(), any_spec()]
+    }
+
+    fn valid_spec() -> impl Strategy<Value = Value> {
+        (
+            prop::collection::btree_map("[a-z]{1,4}", one_of(&["nginx", "x"]), 1..3),
+            prop::option::of(30i64..=86400),
+            prop::option::of(one_of(&["", "worker"])),
+        )
+            .prop_map(|(labels, retry_after, node_filter)| {
+                let mut spec = json!({"filter_by_labels": labels});
+                if let Some(retry_after) = retry_after {
+                    spec["retry_after"] = json!(retry_after);
+                }
+                if let Some(node_filter) = node_filter {
+                    spec["node_filter"] = node_filter;
+                }
+                spec
+            })
+    }
+
+    fn any_spec() -> impl Strategy<Value = Value> {
+        let mut names = prefetch_common::validation::KNOWN_SPEC_FIELDS.to_vec();
+        names.push("extra");
+        let value = prop_oneof![
+            3 => prop::collection::btree_map("[a-z]{1,4}", one_of(&["nginx", "x", "bad value!"]), 0..3)
+                .prop_map(|m| json!(m)),
+            3 => (-10i64..100_000).prop_map(Value::from),
+            2 => one_of(&["", "worker", "Worker_1"]),
+            2 => any_json(),
+        ];
+        prop::collection::btree_map(prop::sample::select(names), value, 0..9)
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()))
+    }
+
+    fn plausible_object() -> impl Strategy<Value = Value> {
+        let images = prop::collection::vec(
+            one_of(&[
+                "nginx:1.25",
+                "redis",
+                "Not A Ref",
+                "registry.local:5000/a@sha256:00",
+            ]),
+            0..3,
+        );
+        let deployment = (
+            mostly(prop::collection::btree_map("[a-z]{1,3}", one_of(&["nginx", "web"]), 0..3).prop_map(|m| json!(m))),
+            mostly(images.prop_map(|i| json!(i.into_iter().map(|image| json!({"name": "c", "image": image})).collect::<Vec<_>>()))),
+            any::<bool>(),
+        )
+            .prop_map(|(labels, containers, annotated)| {
+                let mut d = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": "web", "namespace": "default"}, "spec": {"template": {"spec": {}}}});
+                if let Some(labels) = labels {
+                    d["metadata"]["labels"] = labels;
+                }
+                if annotated {
+                    d["metadata"]["annotations"] = json!({"a": "b"});
+                }
+                if let Some(containers) = containers {
+                    d["spec"]["template"]["spec"]["containers"] = containers;
+                }
+                d
+            });
+        let prefetch = (
+            mostly(one_of(&["cache.techsquad.rocks/v1", "apps/v1"])),
+            mostly(one_of(&["Prefetch", "Deployment"])),
+            mostly(plausible_spec()),
+        )
+            .prop_map(|(api_version, kind, spec)| {
+                let mut p = json!({"metadata": {"name": "p"}});
+                for (field, value) in [("apiVersion", api_version), ("kind", kind), ("spec", spec)]
+                {
+                    if let Some(value) = value {
+                        p[field] = value;
+                    }
+                }
+                p
+            });
+        prop_oneof![3 => prefetch, 3 => deployment, 1 => any_json()]
+    }
+
+    /// AdmissionReviews that are right in shape most of the time, with any field of any type.
+    fn plausible_review() -> impl Strategy<Value = Value> {
+        let kind = prop_oneof![
+            3 => Just(json!({"group": API_GROUP, "version": "v1", "kind": "Prefetch"})),
+            2 => Just(json!({"group": "apps", "version": "v1", "kind": "Deployment"})),
+            1 => Just(json!({"group": API_GROUP, "version": "v2", "kind": "Prefetch"})),
+            1 => Just(json!({"group": "", "version": "v1", "kind": "Pod"})),
+        ];
+        let request = (
+            mostly(one_of(&["uid-1", ""])),
+            mostly(kind),
+            mostly(one_of(&[
+                "CREATE", "UPDATE", "CREATE", "UPDATE", "DELETE", "CONNECT", "PATCH", "create",
+            ])),
+            mostly(one_of(&["default", "other"])),
+            prop_oneof![4 => Just(None), 1 => mostly(one_of(&["status", "scale"]))],
+            mostly(plausible_object()),
+            mostly(plausible_object()),
+        )
+            .prop_map(
+                |(uid, kind, operation, namespace, sub_resource, object, old)| {
+                    let mut r = serde_json::Map::new();
+                    for (field, value) in [
+                        ("uid", uid),
+                        ("kind", kind),
+                        ("operation", operation),
+                        ("namespace", namespace),
+                        ("subResource", sub_resource),
+                        ("object", object),
+                        ("oldObject", old),
+                    ] {
+                        if let Some(value) = value {
+                            r.insert(field.into(), value);
+                        }
+                    }
+                    Value::Object(r)
+                },
+            );
+        (
+            mostly(Just(json!("admission.k8s.io/v1"))),
+            mostly(Just(json!("AdmissionReview"))),
+            mostly(request),
+        )
+            .prop_map(|(api_version, kind, request)| {
+                let mut review = serde_json::Map::new();
+                for (field, value) in [
+                    ("apiVersion", api_version),
+                    ("kind", kind),
+                    ("request", request),
+                ] {
+                    if let Some(value) = value {
+                        review.insert(field.into(), value);
+                    }
+                }
+                Value::Object(review)
+            })
+    }
+
+    /// Every endpoint on `body`: never a panic; either a 400 or an answer that serializes to a
+    /// well-formed AdmissionReview response echoing the uid. Returns the answers.
+    fn answers(body: &[u8], index: &PrefetchIndex) -> Vec<(Endpoint, Option<Answer>)> {
+        let nodes = NodeNames::default();
+        let caches = Caches {
+            prefetches: index,
+            nodes: &nodes,
+            min_retry_after: 30,
+        };
+        Endpoint::ALL
+            .into_iter()
+            .map(|endpoint| {
+                let answer = review(endpoint, body, &caches, now()).ok();
+                if let Some(answer) = &answer {
+                    let out: Value =
+                        serde_json::from_slice(&answer.to_review_json().unwrap()).unwrap();
+                    assert_eq!(out["apiVersion"], REVIEW_API_VERSION);
+                    assert_eq!(out["response"]["uid"], answer.uid.as_str());
+                    assert_eq!(out["response"]["allowed"], answer.allowed);
+                    assert_eq!(answer.allowed, answer.denial.is_none());
+                }
+                (endpoint, answer)
+            })
+            .collect()
+    }
+
+    /// The validating hook's allow, re-derived from the JSON: a Prefetch v1 request that is a
+    /// DELETE or CONNECT, or whose object is a valid Prefetch.
+    fn validation_may_allow(review: &Value) -> bool {
+        let request = &review["request"];
+        let kind = &request["kind"];
+        if !(kind["group"] == API_GROUP && kind["version"] == "v1" && kind["kind"] == "Prefetch") {
+            return false;
+        }
+        match request["operation"].as_str() {
+            Some("DELETE" | "CONNECT") => return true,
+            Some("CREATE" | "UPDATE") => {}
+            _ => return false,
+        }
+        let object = &request["object"];
+        object.is_object()
+            && [
+                ("apiVersion", "cache.techsquad.rocks/v1"),
+                ("kind", "Prefetch"),
+            ]
+            .iter()
+            .all(|(f, want)| object[f].is_null() || object[f] == *want)
+            && validate_prefetch(object, &ValidationContext::default()).is_allowed()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_bytes_get_an_answer_or_a_400(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let index = synced_index(&[("default", "pf", "app", "nginx")]);
+            answers(&bytes, &index);
+        }
+
+        #[test]
+        fn damaged_reviews_get_an_answer_or_a_400(
+            review in plausible_review(),
+            cut in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let index = synced_index(&[("default", "pf", "app", "nginx")]);
+            let mut body = serde_json::to_vec(&review).unwrap();
+            let at = cut.index(body.len().max(1));
+            if at < body.len() {
+                body[at] = byte;
+            }
+            answers(&body, &index);
+            answers(&body[..at.min(body.len())], &index);
+        }
+
+        #[test]
+        fn plausible_reviews_are_judged_soundly(review in plausible_review()) {
+            let index = synced_index(&[("default", "pf", "app", "nginx")]);
+            let body = serde_json::to_vec(&review).unwrap();
+            for (endpoint, answer) in answers(&body, &index) {
+                let Some(answer) = answer else { continue };
+                match endpoint {
+                    Endpoint::ValidatePrefetch => {
+                        prop_assert!(
+                            !answer.allowed || validation_may_allow(&review),
+                            "allowed what it could not judge: {answer:?}"
+                        );
+                        prop_assert!(answer.patch.is_none());
+                    }
+                    Endpoint::MutatePrefetch | Endpoint::MutateDeployment => {
+                        prop_assert!(answer.allowed, "a mutating hook denied: {answer:?}");
+                        if let Some(patch) = &answer.patch {
+                            let mut object = review["request"]["object"].clone();
+                            prop_assert!(json_patch::patch(&mut object, patch).is_ok(), "{patch:?} does not apply");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

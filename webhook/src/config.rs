@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::limits::Bounds;
+use crate::serve::ServeLimits;
 use clap::Parser;
 use prefetch_common::limits::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
 pub use prefetch_common::telemetry::LogFormat;
@@ -35,15 +37,62 @@ pub struct Args {
     /// Warn when a Prefetch's node_filter matches no node (watches Node names).
     #[arg(long, env = "PREFETCH_WARN_UNMATCHED_NODE_FILTER", default_value_t = true, action = clap::ArgAction::Set)]
     pub warn_unmatched_node_filter: bool,
-    /// At most this many client connections at once; more wait in the accept queue.
-    #[arg(long, env = "PREFETCH_MAX_CONNECTIONS", default_value_t = 1024)]
-    pub max_connections: usize,
+    /// At most this many client connections at once. At the limit, a new connection closes
+    /// one that is waiting on its client (never one being answered).
+    #[arg(long, env = "PREFETCH_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// At most this many requests between their headers and their written response, over
+    /// all connections. At the limit, the connection whose request has waited longest on its
+    /// client is closed.
+    #[arg(long, env = "PREFETCH_MAX_CONCURRENT_REQUESTS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+    /// At most this many concurrent streams per HTTP/2 connection.
+    #[arg(long, env = "PREFETCH_MAX_CONCURRENT_STREAMS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+    /// A client must finish the TLS handshake within this.
+    #[arg(long, env = "PREFETCH_TLS_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+    /// A request's headers must arrive within this: from the handshake for a connection's
+    /// first request, from the request's first byte for later ones.
+    #[arg(long, env = "PREFETCH_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A request's body must arrive (and be answered) within this after its headers.
+    #[arg(long, env = "PREFETCH_BODY_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// The client must take the response within this.
+    #[arg(long, env = "PREFETCH_RESPONSE_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub response_write_timeout: Duration,
+    /// A kept-alive connection with no request open is closed after this.
+    #[arg(long, env = "PREFETCH_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "PREFETCH_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
     /// Log format.
     #[arg(long, env = "PREFETCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl Args {
+    /// The accept loop's bounds, from the flags.
+    pub fn serve_limits(&self) -> ServeLimits {
+        ServeLimits {
+            bounds: Bounds {
+                handshake: self.tls_handshake_timeout,
+                headers: self.header_read_timeout,
+                body: self.body_read_timeout,
+                response: self.response_write_timeout,
+                idle: self.idle_timeout,
+            },
+            max_connections: self.max_connections as usize,
+            max_requests: self.max_concurrent_requests as usize,
+            max_streams: self.max_concurrent_streams,
+            drain_timeout: self.shutdown_timeout,
+        }
+    }
 }
 
 pub use prefetch_common::duration::parse_duration;
@@ -62,5 +111,50 @@ mod tests {
         assert!(Args::try_parse_from(["prefetch-webhook", "--min-retry-after", "10"]).is_err());
         assert!(Args::try_parse_from(["prefetch-webhook", "--min-retry-after", "600"]).is_ok());
         assert!(Args::try_parse_from(["prefetch-webhook", "--log-format", "xml"]).is_err());
+        assert!(Args::try_parse_from(["prefetch-webhook", "--max-connections", "0"]).is_err());
+        assert!(Args::try_parse_from(["prefetch-webhook", "--idle-timeout", "0s"]).is_err());
+    }
+
+    #[test]
+    fn connection_bounds_default_to_what_the_api_server_needs() {
+        let limits = Args::try_parse_from(["prefetch-webhook"])
+            .unwrap()
+            .serve_limits();
+        assert_eq!(limits, ServeLimits::default());
+        // The API server gives up on a hook after its timeoutSeconds (2 s and 5 s here):
+        // every per-request bound leaves it that long.
+        assert!(limits.bounds.headers >= Duration::from_secs(5));
+        assert!(limits.bounds.body >= Duration::from_secs(5));
+        let limits = Args::try_parse_from([
+            "prefetch-webhook",
+            "--tls-handshake-timeout=1s",
+            "--header-read-timeout=2s",
+            "--body-read-timeout=3s",
+            "--response-write-timeout=4s",
+            "--idle-timeout=500ms",
+            "--max-connections=8",
+            "--max-concurrent-requests=4",
+            "--max-concurrent-streams=2",
+        ])
+        .unwrap()
+        .serve_limits();
+        assert_eq!(
+            limits.bounds,
+            Bounds {
+                handshake: Duration::from_secs(1),
+                headers: Duration::from_secs(2),
+                body: Duration::from_secs(3),
+                response: Duration::from_secs(4),
+                idle: Duration::from_millis(500),
+            }
+        );
+        assert_eq!(
+            (
+                limits.max_connections,
+                limits.max_requests,
+                limits.max_streams
+            ),
+            (8, 4, 2)
+        );
     }
 }

@@ -16,7 +16,7 @@ use kube::runtime::watcher::Event;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use prefetch_common::Prefetch;
-use prefetch_common::labels::selects;
+use prefetch_common::labels::selects_by;
 
 use crate::locks;
 use crate::metrics::Metrics;
@@ -54,6 +54,15 @@ impl PrefetchIndex {
         namespace: &str,
         labels: Option<&BTreeMap<String, String>>,
     ) -> Vec<String> {
+        self.selecting_by(namespace, |key| labels?.get(key).map(String::as_str))
+    }
+
+    /// [`Self::selecting`] over any label lookup (labels borrowed from a request body).
+    pub fn selecting_by<'l>(
+        &self,
+        namespace: &str,
+        label: impl Fn(&str) -> Option<&'l str>,
+    ) -> Vec<String> {
         let guard = locks::read(&self.selectors);
         guard
             .live
@@ -61,7 +70,7 @@ impl PrefetchIndex {
             .map(|by_name| {
                 by_name
                     .iter()
-                    .filter(|(_, selector)| !selector.is_empty() && selects(selector, labels))
+                    .filter(|(_, selector)| !selector.is_empty() && selects_by(selector, &label))
                     .map(|(name, _)| name.clone())
                     .collect()
             })

@@ -7,9 +7,12 @@
 
 pub mod admission;
 pub mod config;
+pub mod conn;
 pub mod http;
 pub mod index;
+pub mod limits;
 mod locks;
 pub mod metrics;
+pub mod review;
 pub mod serve;
 pub mod tls;

@@ -7,7 +7,7 @@ use prefetch_webhook::config::Args;
 use prefetch_webhook::http::{AppState, admission_router, ops_router};
 use prefetch_webhook::index::{NodeNames, PrefetchIndex, run_node_watch, run_prefetch_watch};
 use prefetch_webhook::metrics::Metrics;
-use prefetch_webhook::serve::{ServeLimits, serve_tls};
+use prefetch_webhook::serve::serve_tls;
 use prefetch_webhook::tls::{CertFiles, ReloadingCert, server_config, watch_cert_files};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -85,16 +85,12 @@ async fn main() -> anyhow::Result<()> {
     };
     tokio::spawn(signal_shutdown(shutdown.clone(), state.serving.clone()));
 
-    let limits = ServeLimits {
-        max_connections: args.max_connections,
-        drain_timeout: args.shutdown_timeout,
-        ..ServeLimits::default()
-    };
     serve_tls(
         admission_listener,
         tls,
         admission_router(state),
-        limits,
+        args.serve_limits(),
+        metrics,
         shutdown,
     )
     .await;

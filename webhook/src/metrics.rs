@@ -25,6 +25,12 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// handshake, headers, body, response, idle (see `limits.rs`).
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResourceLabel {
     pub resource: &'static str,
 }
@@ -38,6 +44,10 @@ pub struct Metrics {
     pub cert_reloads: Family<ReasonLabel, Counter>,
     pub watch_errors: Family<ResourceLabel, Counter>,
     pub watched_prefetches: Gauge,
+    pub connection_timeouts: Family<StageLabel, Counter>,
+    pub connections_shed: Family<StageLabel, Counter>,
+    pub open_connections: Gauge,
+    pub inflight_requests: Gauge,
 }
 
 impl Default for Metrics {
@@ -89,6 +99,30 @@ impl Default for Metrics {
             "Prefetches in the watch cache",
             watched_prefetches.clone(),
         );
+        let connection_timeouts = Family::<StageLabel, Counter>::default();
+        registry.register(
+            "connection_timeouts",
+            "Connections cut off because the client stalled, by the stage it stalled in",
+            connection_timeouts.clone(),
+        );
+        let connections_shed = Family::<StageLabel, Counter>::default();
+        registry.register(
+            "connections_shed",
+            "Connections waiting on their client that were closed to make room at the connection or request limit, by stage",
+            connections_shed.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open on the admission port",
+            open_connections.clone(),
+        );
+        let inflight_requests = Gauge::default();
+        registry.register(
+            "inflight_requests",
+            "Admission requests between their headers and their written response",
+            inflight_requests.clone(),
+        );
         Self {
             registry,
             requests,
@@ -98,6 +132,10 @@ impl Default for Metrics {
             cert_reloads,
             watch_errors,
             watched_prefetches,
+            connection_timeouts,
+            connections_shed,
+            open_connections,
+            inflight_requests,
         }
     }
 }
