@@ -137,7 +137,12 @@ impl PullLedger {
                     record.images[at].1 = recorded;
                 }
             }
-            Err(at) => record.images.insert(at, (image, recorded)),
+            Err(at) => {
+                // Grown one by one: a node holds tens of entries, and doubling would leave up
+                // to half of each node's capacity unused across thousands of nodes.
+                record.images.reserve_exact(1);
+                record.images.insert(at, (image, recorded));
+            }
         }
     }
 
