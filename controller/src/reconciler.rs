@@ -30,7 +30,7 @@ use crate::outcome::read_pod;
 use crate::plan::{ImagePlan, node_images, plan_images_with, selects_deployment};
 use crate::pod::NODE_ANNOTATION;
 use crate::ratelimit::RateLimiter;
-use crate::records::{LISTED_IMAGES, assumed_present, cached_listed, record_outcomes};
+use crate::records::{assumed_present, cached_listed, record_outcomes};
 use crate::round::{
     RolloutSignal, RoundInput, RoundMemory, cached_status_predates, reconcile_round,
 };
@@ -121,13 +121,7 @@ pub(crate) fn cached_images(node: &Node) -> std::borrow::Cow<'_, [String]> {
 /// Keeps only what planning reads, to bound memory at thousands of nodes.
 fn slim_node(node: &mut Node) {
     node.metadata.managed_fields = None;
-    // The only annotation a cached node carries: how many images it listed (the full-list rule).
-    let listed = node
-        .status
-        .as_ref()
-        .and_then(|s| s.images.as_ref())
-        .map_or(0, Vec::len);
-    node.metadata.annotations = Some([(LISTED_IMAGES.to_string(), listed.to_string())].into());
+    node.metadata.annotations = None;
     if let Some(status) = node.status.as_mut() {
         status.addresses = None;
         status.allocatable = None;
@@ -145,13 +139,20 @@ fn slim_node(node: &mut Node) {
         }
     }
     // One entry holding every name the node reports, normalized, sorted and de-duplicated:
-    // planning then checks presence by binary search, and each name is stored once.
+    // planning then checks presence by binary search, and each name is stored once. Its
+    // `sizeBytes` is how many images the node listed (`records::cached_listed`, for the
+    // full-list rule).
+    let listed = node
+        .status
+        .as_ref()
+        .and_then(|s| s.images.as_ref())
+        .map_or(0, Vec::len);
     let names: Vec<String> = node_images(node).into_iter().collect();
     if let Some(status) = node.status.as_mut() {
-        status.images = (!names.is_empty()).then(|| {
+        status.images = (listed > 0).then(|| {
             vec![k8s_openapi::api::core::v1::ContainerImage {
                 names: Some(names),
-                size_bytes: None,
+                size_bytes: i64::try_from(listed).ok(),
             }]
         });
     }
@@ -669,7 +670,7 @@ mod tests {
         // Heartbeats on every condition change nothing.
         let later = slim(raw("False", "2026-11-22T10:00:40Z", 50));
         assert_eq!(node_fingerprint(&calm), node_fingerprint(&later));
-        assert_eq!(later.metadata.annotations.as_ref().unwrap().len(), 1);
+        assert_eq!(later.metadata.annotations, None);
         let fewer = slim(raw("False", "2026-11-22T10:00:00Z", 49));
         assert_eq!(cached_listed(&fewer), 49);
         assert_ne!(node_fingerprint(&calm), node_fingerprint(&fewer));

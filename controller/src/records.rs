@@ -22,18 +22,16 @@ use crate::round::Observed;
 /// node's uid, and the rule reads records only on full lists.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
-/// Annotation on a *cached* node (never on the API server: `slim_node` drops every real
-/// annotation) holding how many images the node's `status.images` listed before slimming
-/// folded them into one entry.
-pub const LISTED_IMAGES: &str = "prefetch-controller.internal/listed-images";
-
-/// How many images a cached node lists (see [`LISTED_IMAGES`]).
+/// How many images a *cached* node listed. `slim_node` folds a node's `status.images` into one
+/// entry holding every name, and keeps the number of entries the kubelet listed in that entry's
+/// `sizeBytes` (no other field holds it, and the real sizes are not needed).
 pub fn cached_listed(node: &Node) -> usize {
-    node.metadata
-        .annotations
+    node.status
         .as_ref()
-        .and_then(|a| a.get(LISTED_IMAGES))
-        .and_then(|n| n.parse().ok())
+        .and_then(|s| s.images.as_ref())
+        .and_then(|i| i.first())
+        .and_then(|i| i.size_bytes)
+        .and_then(|n| usize::try_from(n).ok())
         .unwrap_or(0)
 }
 

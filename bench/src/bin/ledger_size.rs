@@ -64,7 +64,10 @@ fn main() {
         .enumerate()
         .map(|(i, image)| {
             let repository = image.rsplit_once(':').map_or(image.as_str(), |(r, _)| r);
-            format!("{repository}@sha256:{:064x}", i as u128 * 0x9e37_79b9_7f4a_7c15)
+            format!(
+                "{repository}@sha256:{:064x}",
+                i as u128 * 0x9e37_79b9_7f4a_7c15
+            )
         })
         .collect();
     println!(
