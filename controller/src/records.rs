@@ -115,8 +115,13 @@ pub fn prune(ctx: &Context, prefetches: &Store<Prefetch>) {
     ctx.metrics.ledger_pairs.set(ledger.len() as i64);
 }
 
-/// Prunes every [`PRUNE_EVERY`] until `stop`.
+/// Prunes every [`PRUNE_EVERY`] until `stop`, once the Prefetch cache has synced (on a
+/// half-filled one, images some Prefetch wants would look unwanted).
 pub async fn upkeep(ctx: Arc<Context>, prefetches: Store<Prefetch>, stop: CancellationToken) {
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        ready = crate::warmer::until_ready(&prefetches) => if ready.is_err() { return },
+    }
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
