@@ -160,6 +160,22 @@ pub fn has_disk_pressure(node: &Node) -> bool {
     condition_true(node, "DiskPressure")
 }
 
+/// `node` with a DiskPressure condition True added (for tests).
+#[cfg(test)]
+pub(crate) fn under_disk_pressure(mut node: Node) -> Node {
+    let condition = k8s_openapi::api::core::v1::NodeCondition {
+        type_: "DiskPressure".into(),
+        status: "True".into(),
+        ..Default::default()
+    };
+    node.status
+        .get_or_insert_with(Default::default)
+        .conditions
+        .get_or_insert_with(Vec::new)
+        .push(condition);
+    node
+}
+
 /// `Toleration.ToleratesTaint` of k8s.io/api/core/v1.
 pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
     let effect = toleration.effect.as_deref().unwrap_or("");

@@ -455,17 +455,8 @@ mod tests {
     #[test]
     fn disk_pressure_nodes_are_skipped_with_that_reason() {
         let p = prefetch("default", json!({"filter_by_labels": {"app": "nginx"}}));
-        let mut pressed = node("pressed", json!([]), json!([]));
-        pressed
-            .status
-            .as_mut()
-            .unwrap()
-            .conditions
-            .as_mut()
-            .unwrap()
-            .push(
-                serde_json::from_value(json!({"type": "DiskPressure", "status": "True"})).unwrap(),
-            );
+        let pressed =
+            crate::eligibility::under_disk_pressure(node("pressed", json!([]), json!([])));
         let mut not_ready = node("not-ready", json!([]), json!([]));
         not_ready.status.as_mut().unwrap().conditions = None;
         let plan = plan_images(

@@ -492,17 +492,7 @@ mod tests {
         let mut cordoned = node("n", json!([warming_taint()]));
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
         assert_eq!(held_back(&cordoned, KEY).as_deref(), Some("cordoned"));
-        let mut pressure = node("n", json!([warming_taint()]));
-        pressure
-            .status
-            .as_mut()
-            .unwrap()
-            .conditions
-            .as_mut()
-            .unwrap()
-            .push(
-                serde_json::from_value(json!({"type": "DiskPressure", "status": "True"})).unwrap(),
-            );
+        let pressure = crate::eligibility::under_disk_pressure(node("n", json!([warming_taint()])));
         assert_eq!(held_back(&pressure, KEY).as_deref(), Some("DiskPressure"));
         // Held, a node no Prefetch targets (the planner skips it) keeps its taint until the
         // timeout, instead of being lifted as untargeted.
