@@ -2,7 +2,6 @@
 //! API server, the test playing the node provisioner (nodes join with the warmup taint) and the
 //! kubelet. Each scenario takes seconds: timeouts are short flags.
 
-use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -14,7 +13,8 @@ use prefetch_tests::apiserver::Fault;
 use prefetch_tests::fixtures::{nginx_deployment, prefetch};
 use prefetch_tests::kubelet::Pull;
 use prefetch_tests::scenario::{
-    CONTROLLER_TOKEN, Scenario, controller, node, scenario, until_phase, wait_for_status,
+    CONTROLLER_TOKEN, Scenario, controller, eventually, node, scenario, until_phase,
+    wait_for_status,
 };
 use serde_json::{Value, json};
 
@@ -49,22 +49,6 @@ async fn warming(s: &Scenario, name: &str) -> bool {
         .unwrap()
         .iter()
         .any(|t| t["key"] == WARMING)
-}
-
-/// Polls `check` until it holds, or fails naming `what` after `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// (reason, note) of the events about Node `name` (cluster-scoped: they live in "default").

@@ -10,6 +10,7 @@ use prefetch_common::duration::parse_duration;
 use prefetch_common::labels::label_key_error;
 use prefetch_common::telemetry::LogFormat;
 
+use crate::fulllist::DEFAULT_NODE_STATUS_MAX_IMAGES;
 use crate::warmup::{DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WarmupConfig};
 
 /// kube-prefetch reconciler: runs short-lived prefetch pods so matching nodes pull the images
@@ -75,6 +76,11 @@ pub struct RunArgs {
     /// Lift the warmup taint at the latest this long after the node's creation (e.g. 15m, 90s).
     #[arg(long, env = "PREFETCH_WARMUP_TIMEOUT", default_value = DEFAULT_WARMUP_TIMEOUT, value_parser = parse_duration)]
     pub warmup_timeout: Duration,
+    /// The kubelets' `--node-status-max-images`: a node listing this many images has a full
+    /// list, on which an image our pod pulled in an earlier round counts as present though not
+    /// listed. 0 turns that off (for kubelets running with -1, no cap).
+    #[arg(long, env = "PREFETCH_NODE_STATUS_MAX_IMAGES", default_value_t = DEFAULT_NODE_STATUS_MAX_IMAGES)]
+    pub node_status_max_images: u32,
     /// Log format.
     #[arg(long, env = "PREFETCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -102,6 +108,9 @@ pub enum Command {
         /// The warmup timeout, as the controller's flag.
         #[arg(long, env = "PREFETCH_WARMUP_TIMEOUT", default_value = DEFAULT_WARMUP_TIMEOUT, value_parser = parse_duration)]
         warmup_timeout: Duration,
+        /// The kubelets' image list cap, as the controller's flag (0: off).
+        #[arg(long, env = "PREFETCH_NODE_STATUS_MAX_IMAGES", default_value_t = DEFAULT_NODE_STATUS_MAX_IMAGES)]
+        node_status_max_images: u32,
     },
 }
 
@@ -159,5 +168,18 @@ mod tests {
         assert!(err.contains("invalid taint key"), "{err}");
         assert!(parse(&["--warmup-timeout", "0s"]).is_err());
         assert!(parse(&["--warmup-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_image_list_cap_defaults_to_the_kubelets() {
+        assert_eq!(parse(&[]).unwrap().run.node_status_max_images, 50);
+        assert_eq!(
+            parse(&["--node-status-max-images", "0"])
+                .unwrap()
+                .run
+                .node_status_max_images,
+            0
+        );
+        assert!(parse(&["--node-status-max-images", "-1"]).is_err());
     }
 }

@@ -23,8 +23,28 @@ pub enum SkipReason {
     Unschedulable,
     /// Its Ready condition is not True.
     NotReady,
+    /// Its DiskPressure condition is True: a pull there would only trigger the kubelet's image
+    /// garbage collection (and evict pods). Checked before taints, so the reason reads the
+    /// same whether or not the Prefetch tolerates `node.kubernetes.io/disk-pressure`.
+    DiskPressure,
     /// A NoSchedule or NoExecute taint that `spec.tolerations` does not tolerate.
     Taint { taint: String },
+}
+
+impl SkipReason {
+    /// The reason's name, for counts (`DiskPressure`, `NotReady`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SkipReason::NameFilter { .. } => "NameFilter",
+            SkipReason::NodeSelector => "NodeSelector",
+            SkipReason::Deleting => "Deleting",
+            SkipReason::NotLinux { .. } => "NotLinux",
+            SkipReason::Unschedulable => "Unschedulable",
+            SkipReason::NotReady => "NotReady",
+            SkipReason::DiskPressure => "DiskPressure",
+            SkipReason::Taint { .. } => "Taint",
+        }
+    }
 }
 
 impl fmt::Display for SkipReason {
@@ -38,6 +58,10 @@ impl fmt::Display for SkipReason {
             SkipReason::NotLinux { os } => write!(f, "not a Linux node ({os})"),
             SkipReason::Unschedulable => write!(f, "cordoned (unschedulable)"),
             SkipReason::NotReady => write!(f, "not Ready"),
+            SkipReason::DiskPressure => write!(
+                f,
+                "DiskPressure: the node is low on disk, a pull would only trigger image garbage collection"
+            ),
             SkipReason::Taint { taint } => write!(f, "taint {taint} not tolerated"),
         }
     }
@@ -90,6 +114,9 @@ pub fn skip_reason(
     if !is_ready(node) {
         return Some(SkipReason::NotReady);
     }
+    if has_disk_pressure(node) {
+        return Some(SkipReason::DiskPressure);
+    }
     let tolerations = spec.tolerations.as_deref().unwrap_or(&[]);
     for taint in spec_.and_then(|s| s.taints.as_deref()).unwrap_or(&[]) {
         if warmup_taint.is_some_and(|key| is_warmup_taint(taint, key)) {
@@ -110,12 +137,43 @@ pub fn skip_reason(
     None
 }
 
-pub fn is_ready(node: &Node) -> bool {
+/// The node conditions planning reads; the controller's node cache keeps only these.
+pub const PLANNING_CONDITIONS: [&str; 2] = ["Ready", "DiskPressure"];
+
+/// Whether the node's condition `type_` has status True (absent or Unknown: false).
+fn condition_true(node: &Node, type_: &str) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .and_then(|c| c.iter().find(|c| c.type_ == type_))
         .is_some_and(|c| c.status == "True")
+}
+
+pub fn is_ready(node: &Node) -> bool {
+    condition_true(node, "Ready")
+}
+
+/// The kubelet reports DiskPressure True when free disk (or inodes) on the node's root or image
+/// filesystem falls below its eviction threshold. Unknown (a node that stopped reporting) is
+/// not pressure: such a node is not Ready either.
+pub fn has_disk_pressure(node: &Node) -> bool {
+    condition_true(node, "DiskPressure")
+}
+
+/// `node` with a DiskPressure condition True added (for tests).
+#[cfg(test)]
+pub(crate) fn under_disk_pressure(mut node: Node) -> Node {
+    let condition = k8s_openapi::api::core::v1::NodeCondition {
+        type_: "DiskPressure".into(),
+        status: "True".into(),
+        ..Default::default()
+    };
+    node.status
+        .get_or_insert_with(Default::default)
+        .conditions
+        .get_or_insert_with(Vec::new)
+        .push(condition);
+    node
 }
 
 /// `Toleration.ToleratesTaint` of k8s.io/api/core/v1.
@@ -271,6 +329,53 @@ mod tests {
             json!({"metadata": {"deletionTimestamp": "2026-11-22T00:00:00Z"}}),
         );
         assert_eq!(skip_reason(&deleting, &s, None), Some(SkipReason::Deleting));
+    }
+
+    #[test]
+    fn disk_pressure_is_skipped_after_readiness_and_before_taints() {
+        let s = spec(json!({}));
+        let pressure = |status: &str| {
+            ready(
+                "n",
+                json!({"status": {"conditions": [{"type": "Ready", "status": "True"},
+                                                 {"type": "DiskPressure", "status": status}]}}),
+            )
+        };
+        assert_eq!(
+            skip_reason(&pressure("True"), &s, None),
+            Some(SkipReason::DiskPressure)
+        );
+        assert_eq!(skip_reason(&pressure("False"), &s, None), None);
+        assert_eq!(skip_reason(&pressure("Unknown"), &s, None), None);
+        // The node lifecycle controller taints such a node; the reason stays DiskPressure,
+        // and tolerating every taint does not let a pod onto it.
+        let tainted = ready(
+            "n",
+            json!({"spec": {"taints": [{"key": "node.kubernetes.io/disk-pressure", "effect": "NoSchedule"}]},
+                   "status": {"conditions": [{"type": "Ready", "status": "True"},
+                                             {"type": "DiskPressure", "status": "True"}]}}),
+        );
+        assert_eq!(
+            skip_reason(&tainted, &s, None),
+            Some(SkipReason::DiskPressure)
+        );
+        let everything = spec(json!({"tolerations": [{"operator": "Exists"}]}));
+        assert_eq!(
+            skip_reason(&tainted, &everything, None),
+            Some(SkipReason::DiskPressure)
+        );
+        // Not Ready comes first: that is the more fundamental reason.
+        let both = ready(
+            "n",
+            json!({"status": {"conditions": [{"type": "Ready", "status": "False"},
+                                             {"type": "DiskPressure", "status": "True"}]}}),
+        );
+        assert_eq!(skip_reason(&both, &s, None), Some(SkipReason::NotReady));
+        assert!(
+            SkipReason::DiskPressure
+                .to_string()
+                .starts_with("DiskPressure: ")
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod eligibility;
+pub mod fulllist;
 pub mod leader;
 pub mod ledger;
 pub mod metrics;
@@ -14,6 +15,7 @@ pub mod plan_command;
 pub mod pod;
 pub mod ratelimit;
 pub mod reconciler;
+pub mod records;
 pub mod round;
 pub mod warmer;
 pub mod warmup;

@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
             files,
             warmup_taint,
             warmup_timeout,
+            node_status_max_images,
         }) => {
             let mut objects = Objects::default();
             for file in &files {
@@ -30,7 +31,12 @@ fn main() -> anyhow::Result<()> {
             let warmup = WarmupConfig::new(&warmup_taint, warmup_timeout);
             print!(
                 "{}",
-                render(&objects, warmup.as_ref(), jiff::Timestamp::now())
+                render(
+                    &objects,
+                    warmup.as_ref(),
+                    node_status_max_images,
+                    jiff::Timestamp::now()
+                )
             );
             Ok(())
         }
@@ -94,6 +100,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_pod_creates_per_second: args.max_pod_creates_per_second,
         identity: identity.clone(),
         concurrency: args.concurrency,
+        node_status_max_images: args.node_status_max_images,
     };
     if args.leader_elect {
         let (leading_tx, mut leading) = watch::channel(false);

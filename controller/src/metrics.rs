@@ -29,6 +29,7 @@ pub struct Metrics {
     pub node_warmup: Histogram,
     pub node_warmup_timeouts: Counter,
     pub warming_nodes: Gauge,
+    pub ledger_pairs: Gauge,
 }
 
 impl Default for Metrics {
@@ -97,6 +98,12 @@ impl Default for Metrics {
             "Nodes carrying the warmup taint",
             warming_nodes.clone(),
         );
+        let ledger_pairs = Gauge::default();
+        registry.register(
+            "ledger_pairs",
+            "Node x image outcomes kept beyond their round (warming nodes, full image lists)",
+            ledger_pairs.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -109,6 +116,7 @@ impl Default for Metrics {
             node_warmup,
             node_warmup_timeouts,
             warming_nodes,
+            ledger_pairs,
         }
     }
 }

@@ -14,13 +14,16 @@ use prefetch_common::labels::selects;
 use crate::eligibility::{SkipReason, skip_reason};
 use crate::warmup::is_warming;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodePlan {
     pub node: String,
     /// Images the node still needs: a prefetch pod pulls these.
     pub pull: Vec<String>,
-    /// Images the node already lists: done without a pod.
+    /// Images the node already has: done without a pod.
     pub present: Vec<String>,
+    /// Those of `present` the node does not list but counts as having by the full-list rule
+    /// (`fulllist.rs`): its list is full and our pod pulled them in an earlier round.
+    pub assumed: Vec<String>,
     /// The node carries the warmup taint: its pods come first, and tolerate that taint.
     pub warming: bool,
 }
@@ -51,6 +54,41 @@ impl ImagePlan {
     /// Node x image pairs of a round.
     pub fn total_pairs(&self) -> usize {
         self.targets.len() * self.images.len()
+    }
+
+    /// The skipped nodes counted by reason, in check order: `DiskPressure: 2, NotReady: 1`
+    /// (empty when none is skipped).
+    pub fn skipped_by_reason(&self) -> String {
+        let mut counts: Vec<(&SkipReason, usize)> = Vec::new();
+        for skipped in &self.skipped {
+            match counts
+                .iter_mut()
+                .find(|(r, _)| r.kind() == skipped.reason.kind())
+            {
+                Some((_, n)) => *n += 1,
+                None => counts.push((&skipped.reason, 1)),
+            }
+        }
+        counts.sort_by_key(|(r, _)| check_order(r));
+        counts
+            .iter()
+            .map(|(r, n)| format!("{}: {n}", r.kind()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Position of a reason's check in `skip_reason`.
+fn check_order(reason: &SkipReason) -> u8 {
+    match reason {
+        SkipReason::NameFilter { .. } => 0,
+        SkipReason::NodeSelector => 1,
+        SkipReason::Deleting => 2,
+        SkipReason::NotLinux { .. } => 3,
+        SkipReason::Unschedulable => 4,
+        SkipReason::NotReady => 5,
+        SkipReason::DiskPressure => 6,
+        SkipReason::Taint { .. } => 7,
     }
 }
 
@@ -83,20 +121,27 @@ pub fn plan_images<'a>(
     nodes: impl IntoIterator<Item = &'a Node>,
     warmup_taint: Option<&str>,
 ) -> ImagePlan {
-    plan_images_with(prefetch, deployments, nodes, warmup_taint, |node| {
-        Cow::Owned(node_images(node).into_iter().collect())
-    })
+    plan_images_with(
+        prefetch,
+        deployments,
+        nodes,
+        warmup_taint,
+        |node| Cow::Owned(node_images(node).into_iter().collect()),
+        |_, _| false,
+    )
 }
 
 /// [`plan_images`] with each node's images given by `images_on` as a sorted list of
 /// normalized references (the controller's cache stores nodes that way, so a reconcile
-/// neither parses nor allocates per image).
+/// neither parses nor allocates per image), and `assumed(node, image)` saying whether an
+/// image the node does not list counts as present by the full-list rule.
 pub fn plan_images_with<'a>(
     prefetch: &Prefetch,
     deployments: impl IntoIterator<Item = &'a Deployment>,
     nodes: impl IntoIterator<Item = &'a Node>,
     warmup_taint: Option<&str>,
     images_on: impl Fn(&'a Node) -> Cow<'a, [String]>,
+    assumed: impl Fn(&'a Node, &str) -> bool,
 ) -> ImagePlan {
     let mut plan = ImagePlan::default();
     let mut images = BTreeSet::new();
@@ -139,17 +184,22 @@ pub fn plan_images_with<'a>(
             Some(reason) => plan.skipped.push(Skipped { node: name, reason }),
             None => {
                 let on_node = images_on(node);
-                let (present, pull) = plan
-                    .images
-                    .iter()
-                    .cloned()
-                    .partition(|image| on_node.binary_search(image).is_ok());
-                plan.targets.push(NodePlan {
+                let mut target = NodePlan {
                     node: name,
-                    pull,
-                    present,
                     warming: warmup_taint.is_some_and(|key| is_warming(node, key)),
-                });
+                    ..NodePlan::default()
+                };
+                for image in &plan.images {
+                    if on_node.binary_search(image).is_ok() {
+                        target.present.push(image.clone());
+                    } else if assumed(node, image) {
+                        target.present.push(image.clone());
+                        target.assumed.push(image.clone());
+                    } else {
+                        target.pull.push(image.clone());
+                    }
+                }
+                plan.targets.push(target);
             }
         }
     }
@@ -362,6 +412,79 @@ mod tests {
             &off.skipped.last().unwrap().reason,
             SkipReason::Taint { taint } if taint == &format!("{key}:NoSchedule")
         ));
+    }
+
+    #[test]
+    fn images_the_full_list_rule_assumes_are_present_without_a_pod() {
+        let p = prefetch("default", json!({"filter_by_labels": {"app": "nginx"}}));
+        let deployments = [deployment(
+            "default",
+            "web",
+            json!({"app": "nginx"}),
+            &["nginx:1.7.9", "redis:7", "envoyproxy/envoy:v1.31.0"],
+            &[],
+            &[],
+        )];
+        let nodes = [
+            node(
+                "full",
+                json!([]),
+                json!([{"names": ["nginx:1.7.9"], "sizeBytes": 1}]),
+            ),
+            node("other", json!([]), json!([])),
+        ];
+        let redis = "docker.io/library/redis:7";
+        let plan = plan_images_with(
+            &p,
+            &deployments,
+            &nodes,
+            None,
+            |n| Cow::Owned(node_images(n).into_iter().collect()),
+            |n, image| n.metadata.name.as_deref() == Some("full") && image == redis,
+        );
+        let full = &plan.targets[0];
+        assert_eq!(full.node, "full");
+        assert_eq!(full.pull, ["docker.io/envoyproxy/envoy:v1.31.0"]);
+        assert_eq!(full.present, ["docker.io/library/nginx:1.7.9", redis]);
+        assert_eq!(full.assumed, [redis]);
+        let other = &plan.targets[1];
+        assert_eq!(other.pull.len(), 3);
+        assert!(other.assumed.is_empty());
+    }
+
+    #[test]
+    fn disk_pressure_nodes_are_skipped_with_that_reason() {
+        let p = prefetch("default", json!({"filter_by_labels": {"app": "nginx"}}));
+        let pressed =
+            crate::eligibility::under_disk_pressure(node("pressed", json!([]), json!([])));
+        let mut not_ready = node("not-ready", json!([]), json!([]));
+        not_ready.status.as_mut().unwrap().conditions = None;
+        let plan = plan_images(
+            &p,
+            &[],
+            &[
+                pressed.clone(),
+                not_ready,
+                node("fine", json!([]), json!([])),
+            ],
+            None,
+        );
+        assert_eq!(plan.skipped_by_reason(), "NotReady: 1, DiskPressure: 1");
+        let plan = plan_images(
+            &p,
+            &[],
+            &[pressed, node("fine", json!([]), json!([]))],
+            None,
+        );
+        assert_eq!(plan.targets.len(), 1);
+        assert_eq!(plan.skipped_by_reason(), "DiskPressure: 1");
+        assert_eq!(
+            plan.skipped,
+            [Skipped {
+                node: "pressed".into(),
+                reason: SkipReason::DiskPressure
+            }]
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Node;
 use prefetch_common::Prefetch;
 use serde_json::Value;
 
+use crate::fulllist::is_full;
 use crate::ledger::PullLedger;
 use crate::naming::pod_name;
 use crate::plan::{node_images, plan_images};
@@ -106,7 +107,13 @@ impl Objects {
 
 /// The plan of every Prefetch, as text, then the warming nodes (`warmup`: the controller's
 /// warm-node settings, `None` when off) and what each still needs, judged at `now`.
-pub fn render(objects: &Objects, warmup: Option<&WarmupConfig>, now: Timestamp) -> String {
+/// `max_images` is `--node-status-max-images`: targets with a full image list are marked.
+pub fn render(
+    objects: &Objects,
+    warmup: Option<&WarmupConfig>,
+    max_images: u32,
+    now: Timestamp,
+) -> String {
     let warmup_taint = warmup.map(|w| w.taint.as_str());
     let mut out = String::new();
     if objects.prefetches.is_empty() {
@@ -175,6 +182,20 @@ pub fn render(objects: &Objects, warmup: Option<&WarmupConfig>, now: Timestamp) 
                         target.present.join(", ")
                     );
                 }
+            }
+            let listed = objects
+                .nodes
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(target.node.as_str()))
+                .and_then(|n| n.status.as_ref()?.images.as_ref())
+                .map_or(0, Vec::len);
+            if is_full(listed, max_images) {
+                let _ = writeln!(
+                    out,
+                    "  {:<width$}    (image list full: {listed} listed, cap {max_images}; the controller \
+                     counts an image its pod pulled here in an earlier round as present)",
+                    ""
+                );
             }
         }
         for skipped in &plan.skipped {
@@ -287,7 +308,7 @@ mod tests {
             ),
             (1, 1, 4)
         );
-        let text = render(&objects, None, Timestamp::now());
+        let text = render(&objects, None, 50, Timestamp::now());
         for line in [
             "Prefetch default/prefetch-sample",
             "docker.io/library/nginx:1.7.9",
@@ -315,7 +336,7 @@ mod tests {
             crate::warmup::DEFAULT_WARMUP_TAINT,
             std::time::Duration::from_secs(900),
         );
-        let text = render(&objects, warmup.as_ref(), Timestamp::now());
+        let text = render(&objects, warmup.as_ref(), 50, Timestamp::now());
         for line in [
             "kind-worker4        pod prefetch-prefetch-sample-kind-worker4 pulls docker.io/library/nginx:1.7.9 (warming: ahead of the other nodes)",
             "kind-worker5        skipped: not Ready",
@@ -329,12 +350,56 @@ mod tests {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         // Warm nodes off: the taint is a taint like any other, and no warming section.
-        let off = render(&objects, None, Timestamp::now());
+        let off = render(&objects, None, 50, Timestamp::now());
         assert!(
             off.contains("kind-worker4        skipped: taint cache.techsquad.rocks/warming:NoSchedule not tolerated"),
             "{off}"
         );
         assert!(!off.contains("Warming nodes"), "{off}");
+    }
+
+    #[test]
+    fn disk_pressure_and_full_lists_are_shown() {
+        let mut objects = Objects::default();
+        objects.load("cluster.yaml", CLUSTER).unwrap();
+        let node = |name: &str, pressure: &str, images: usize| {
+            let images: Vec<String> = (0..images)
+                .map(|i| {
+                    format!(
+                        "  - {{names: [\"docker.io/library/big-{i}:1\"], sizeBytes: {}}}",
+                        1_000_000 + i
+                    )
+                })
+                .collect();
+            format!(
+                "kind: Node\nmetadata: {{name: {name}, labels: {{kubernetes.io/os: linux}}}}\nstatus:\n  \
+                 conditions: [{{type: Ready, status: \"True\"}}, {{type: DiskPressure, status: \"{pressure}\"}}]\n  \
+                 images:\n{}\n",
+                if images.is_empty() {
+                    "  - {names: [\"docker.io/library/pause:3.10\"], sizeBytes: 1}".to_string()
+                } else {
+                    images.join("\n")
+                }
+            )
+        };
+        let text = [
+            node("kind-worker6", "True", 0),
+            node("kind-worker7", "False", 50),
+            node("kind-worker8", "False", 49),
+        ]
+        .join("---\n");
+        objects.load("nodes.yaml", &text).unwrap();
+        let out = render(&objects, None, 50, Timestamp::now());
+        for line in [
+            "kind-worker6        skipped: DiskPressure: the node is low on disk, a pull would only trigger image garbage collection",
+            "kind-worker7        pod prefetch-prefetch-sample-kind-worker7 pulls docker.io/library/nginx:1.7.9",
+            "                      (image list full: 50 listed, cap 50; the controller counts an image its pod pulled here in an earlier round as present)",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+        assert_eq!(out.matches("image list full").count(), 1, "{out}");
+        let off = render(&objects, None, 0, Timestamp::now());
+        assert!(!off.contains("image list full"), "{off}");
     }
 
     #[test]
@@ -345,7 +410,8 @@ mod tests {
         assert_eq!(objects.nodes.len(), 1);
         assert_eq!(objects.ignored, ["f.yaml: Service s"]);
         assert!(
-            render(&objects, None, Timestamp::now()).starts_with("no Prefetch in the given files")
+            render(&objects, None, 50, Timestamp::now())
+                .starts_with("no Prefetch in the given files")
         );
     }
 

@@ -23,17 +23,18 @@ use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::eligibility::is_ready;
+use crate::eligibility::{PLANNING_CONDITIONS, has_disk_pressure, is_ready};
 use crate::ledger::PullLedger;
 use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
 use crate::outcome::read_pod;
 use crate::plan::{ImagePlan, node_images, plan_images_with, selects_deployment};
 use crate::pod::NODE_ANNOTATION;
 use crate::ratelimit::RateLimiter;
+use crate::records::{assumed_present, cached_listed, record_outcomes};
 use crate::round::{
-    Observed, RolloutSignal, RoundInput, RoundMemory, cached_status_predates, reconcile_round,
+    RolloutSignal, RoundInput, RoundMemory, cached_status_predates, reconcile_round,
 };
-use crate::warmup::{WarmupConfig, is_warming, open_warming_targets, settled};
+use crate::warmup::{WarmupConfig, open_warming_targets, settled};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,8 +60,11 @@ pub struct Context {
     pub noop_image: String,
     /// Warm nodes' settings; `None` when `--warmup-taint` is empty.
     pub warmup: Option<WarmupConfig>,
-    /// Outcomes on warming nodes, beyond the rounds that saw them (see `ledger.rs`).
+    /// Outcomes beyond the rounds that saw them, for warming nodes and full image lists (see
+    /// `ledger.rs`, `records.rs`).
     pub ledger: Mutex<PullLedger>,
+    /// `--node-status-max-images`: a node listing this many images has a full list.
+    pub node_status_max_images: u32,
     /// Wakes the warm loop: a warming node changed, or an outcome on one was recorded.
     pub warm_wake: Arc<Notify>,
     /// Reconciles every Prefetch (as a node change does).
@@ -88,6 +92,8 @@ pub fn node_fingerprint(node: &Node) -> u64 {
         }
     }
     is_ready(node).hash(&mut h);
+    has_disk_pressure(node).hash(&mut h);
+    cached_listed(node).hash(&mut h);
     if let Some(status) = &node.status {
         status
             .node_info
@@ -125,7 +131,7 @@ fn slim_node(node: &mut Node) {
         status.volumes_in_use = None;
         status.config = None;
         if let Some(conditions) = status.conditions.as_mut() {
-            conditions.retain(|c| c.type_ == "Ready");
+            conditions.retain(|c| PLANNING_CONDITIONS.contains(&c.type_.as_str()));
             for c in conditions.iter_mut() {
                 c.last_heartbeat_time = None;
                 c.message = None;
@@ -133,13 +139,20 @@ fn slim_node(node: &mut Node) {
         }
     }
     // One entry holding every name the node reports, normalized, sorted and de-duplicated:
-    // planning then checks presence by binary search, and each name is stored once.
+    // planning then checks presence by binary search, and each name is stored once. Its
+    // `sizeBytes` is how many images the node listed (`records::cached_listed`, for the
+    // full-list rule).
+    let listed = node
+        .status
+        .as_ref()
+        .and_then(|s| s.images.as_ref())
+        .map_or(0, Vec::len);
     let names: Vec<String> = node_images(node).into_iter().collect();
     if let Some(status) = node.status.as_mut() {
-        status.images = (!names.is_empty()).then(|| {
+        status.images = (listed > 0).then(|| {
             vec![k8s_openapi::api::core::v1::ContainerImage {
                 names: Some(names),
-                size_bytes: None,
+                size_bytes: i64::try_from(listed).ok(),
             }]
         });
     }
@@ -287,6 +300,7 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
         nodes.iter().map(AsRef::as_ref),
         warmup_taint,
         cached_images,
+        |node, image| assumed_present(&ctx, &prefetch, node, image),
     );
     let warming_open = warming_open(&ctx, &plan, &prefetch);
     let signal = rollout_signal(&prefetch, deployments.iter().map(AsRef::as_ref));
@@ -302,8 +316,8 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
         warmup_taint,
         warming_open: &warming_open,
     });
-    // Before any pod is deleted: outcomes on warming nodes outlive this round.
-    record_warming_outcomes(&ctx, &decision.observed, now);
+    // Before any pod is deleted: outcomes on warming nodes and full lists outlive this round.
+    record_outcomes(&ctx, &decision.observed);
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     for pod_name in &decision.delete {
@@ -404,30 +418,6 @@ fn warming_open(ctx: &Context, plan: &ImagePlan, prefetch: &Prefetch) -> BTreeSe
     })
 }
 
-/// Puts the outcomes observed on warming nodes in the ledger, and wakes the warm loop.
-fn record_warming_outcomes(ctx: &Context, observed: &[Observed], now: jiff::Timestamp) {
-    let Some(warmup) = &ctx.warmup else {
-        return;
-    };
-    let mut recorded = false;
-    let mut ledger = lock(&ctx.ledger);
-    for o in observed {
-        if let Some(node) = ctx.nodes.get(&ObjectRef::new(&o.node))
-            && is_warming(&node, &warmup.taint)
-        {
-            let uid = node.metadata.uid.as_deref().unwrap_or("");
-            ledger.record(&o.node, uid, &o.image, &o.outcome, now);
-            recorded = true;
-        }
-    }
-    if recorded {
-        ctx.warm_wake.notify_one();
-        // Another Prefetch may be waiting for this node to be free of our pod: it goes now
-        // rather than at its next poll (a warming node is served at once).
-        let _ = ctx.reconcile_all.try_send(());
-    }
-}
-
 pub fn error_policy(prefetch: Arc<Prefetch>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconciles
@@ -443,6 +433,7 @@ pub struct Settings {
     pub max_pod_creates_per_second: f64,
     pub identity: String,
     pub concurrency: u16,
+    pub node_status_max_images: u32,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -534,6 +525,7 @@ pub async fn run(
         noop_image: settings.noop_image,
         warmup: settings.warmup.clone(),
         ledger: Mutex::new(PullLedger::default()),
+        node_status_max_images: settings.node_status_max_images,
         warm_wake,
         reconcile_all,
     });
@@ -546,6 +538,11 @@ pub async fn run(
             stop.clone(),
         ))
     });
+    tokio::spawn(crate::records::upkeep(
+        ctx.clone(),
+        prefetch_store.clone(),
+        stop.clone(),
+    ));
     let node_triggers = futures::stream::unfold(node_rx, |mut rx| async move {
         rx.recv().await.map(|()| ((), rx))
     });
@@ -634,6 +631,53 @@ mod tests {
             ..Default::default()
         });
         assert_ne!(node_fingerprint(&a), node_fingerprint(&cordoned));
+    }
+
+    #[test]
+    fn disk_pressure_and_the_image_count_survive_slimming_and_flip_the_fingerprint() {
+        let raw = |pressure: &str, heartbeat: &str, images: usize| {
+            let images: Vec<serde_json::Value> = (0..images)
+                .map(|i| json!({"names": [format!("docker.io/library/img-{i}:1")], "sizeBytes": 1000 - i}))
+                .collect();
+            node(json!({"metadata": {"name": "n", "annotations": {"a": "b"}},
+                "status": {"images": images, "conditions": [
+                    {"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat},
+                    {"type": "MemoryPressure", "status": "False", "lastHeartbeatTime": heartbeat},
+                    {"type": "DiskPressure", "status": pressure, "lastHeartbeatTime": heartbeat,
+                     "message": "kubelet has disk pressure"}]}}))
+        };
+        let slim = |mut n: Node| {
+            slim_node(&mut n);
+            n
+        };
+        let calm = slim(raw("False", "2026-11-22T10:00:00Z", 50));
+        let kinds: Vec<&str> = calm
+            .status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(kinds, ["Ready", "DiskPressure"]);
+        assert!(!has_disk_pressure(&calm));
+        assert_eq!(cached_listed(&calm), 50);
+        assert_eq!(cached_images(&calm).len(), 50);
+        let pressed = slim(raw("True", "2026-11-22T10:00:00Z", 50));
+        assert!(has_disk_pressure(&pressed));
+        assert_ne!(node_fingerprint(&calm), node_fingerprint(&pressed));
+        // Heartbeats on every condition change nothing.
+        let later = slim(raw("False", "2026-11-22T10:00:40Z", 50));
+        assert_eq!(node_fingerprint(&calm), node_fingerprint(&later));
+        assert_eq!(later.metadata.annotations, None);
+        let fewer = slim(raw("False", "2026-11-22T10:00:00Z", 49));
+        assert_eq!(cached_listed(&fewer), 49);
+        assert_ne!(node_fingerprint(&calm), node_fingerprint(&fewer));
+        assert_eq!(
+            cached_listed(&slim(raw("False", "2026-11-22T10:00:00Z", 0))),
+            0
+        );
     }
 
     #[test]

@@ -267,10 +267,14 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
             type_: "Normal",
             reason: "RoundStarted",
             message: format!(
-                "{why}: {} image(s) on {} node(s), {} node(s) skipped",
+                "{why}: {} image(s) on {} node(s), {} node(s) skipped{}",
                 input.plan.images.len(),
                 input.plan.targets.len(),
-                input.plan.skipped.len()
+                input.plan.skipped.len(),
+                match input.plan.skipped_by_reason() {
+                    counts if counts.is_empty() => counts,
+                    counts => format!(" ({counts})"),
+                }
             ),
         });
     }

@@ -94,7 +94,7 @@ pub async fn run(
 /// `Store::wait_until_ready`, polled afresh every 100 ms: in kube-runtime 5 the readiness
 /// future keeps a single waker, so of several tasks waiting at once (the Controller waits on
 /// this very store) only the last to poll is woken.
-async fn until_ready(store: &Store<Prefetch>) -> Result<(), WriterDropped> {
+pub(crate) async fn until_ready(store: &Store<Prefetch>) -> Result<(), WriterDropped> {
     loop {
         if let Ok(ready) =
             tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await
@@ -119,9 +119,8 @@ async fn pass(
         .filter(|n| n.metadata.deletion_timestamp.is_none() && warmup::is_warming(n, &config.taint))
         .collect();
     ctx.metrics.warming_nodes.set(warming.len() as i64);
-    let live: HashSet<(&str, &str)> = warming.iter().map(|n| (name(n), uid(n))).collect();
-    lock(&ctx.ledger).retain(|name, uid| live.contains(&(name, uid)));
-    state.keep_only(&live.iter().map(|(_, uid)| *uid).collect());
+    // The ledger is pruned by `records::upkeep`, for warm nodes and full lists alike.
+    state.keep_only(&warming.iter().map(|n| uid(n)).collect());
     if warming.is_empty() {
         return IDLE_WAIT;
     }
@@ -298,8 +297,8 @@ async fn lifted(
     if matches!(verdict, Verdict::TimedOut { .. }) {
         ctx.metrics.node_warmup_timeouts.inc();
     }
-    // The node's ledger entries stay until the cache shows it no longer warming (the next pass
-    // drops them): a reconcile reading the cache before that must still see its pairs done.
+    // The node's ledger entries stay while the cache shows it warming (`ledger::node_use`): a
+    // reconcile reading the cache before the change must still see its pairs done.
     let Some((type_, reason, note)) = warmup::event(verdict, &config.taint, held_for) else {
         return;
     };

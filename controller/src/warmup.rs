@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 use prefetch_common::{Prefetch, PrefetchStatus};
 use serde_json::json;
 
-use crate::eligibility::is_ready;
+use crate::eligibility::{has_disk_pressure, is_ready};
 use crate::ledger::PullLedger;
 use crate::plan::{ImagePlan, plan_images_with};
 
@@ -107,11 +107,21 @@ fn is_transient(key: &str) -> bool {
     })
 }
 
-/// Why a warming node cannot be judged yet: not Ready, cordoned, or carrying a taint of
-/// [`TRANSIENT_TAINTS`] (other than the warmup taint itself) that keeps pods off.
+/// Why a warming node cannot be judged yet: not Ready, under DiskPressure, cordoned, or
+/// carrying a taint of [`TRANSIENT_TAINTS`] (other than the warmup taint itself) that keeps
+/// pods off.
+///
+/// DiskPressure holds the taint rather than lifting it: the planner skips such a node, so
+/// without the hold it would look untargeted and be opened to workloads whose images it does
+/// not have and cannot pull now. Kubernetes itself keeps pods off it meanwhile (the
+/// `node.kubernetes.io/disk-pressure` taint), so the hold costs nothing; once the pressure
+/// clears the node is warmed as usual, and `--warmup-timeout` lifts the taint if it never does.
 pub fn held_back(node: &Node, key: &str) -> Option<String> {
     if !is_ready(node) {
         return Some("not Ready".into());
+    }
+    if has_disk_pressure(node) {
+        return Some("DiskPressure".into());
     }
     if node
         .spec
@@ -211,6 +221,8 @@ where
             warming.iter().copied(),
             Some(key),
             &images_on,
+            // Warming nodes are judged by every outcome the ledger holds (`settled`).
+            |_, _| false,
         );
         let id = format!(
             "{}/{}",
@@ -480,6 +492,35 @@ mod tests {
         let mut cordoned = node("n", json!([warming_taint()]));
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
         assert_eq!(held_back(&cordoned, KEY).as_deref(), Some("cordoned"));
+        let pressure = crate::eligibility::under_disk_pressure(node("n", json!([warming_taint()])));
+        assert_eq!(held_back(&pressure, KEY).as_deref(), Some("DiskPressure"));
+        // Held, a node no Prefetch targets (the planner skips it) keeps its taint until the
+        // timeout, instead of being lifted as untargeted.
+        let created = Some(t("2026-11-22T10:00:00Z"));
+        let timeout = Duration::from_secs(900);
+        assert_eq!(
+            decide(
+                created,
+                held_back(&pressure, KEY),
+                &[],
+                t("2026-11-22T10:01:00Z"),
+                timeout
+            ),
+            Verdict::Warming {
+                open: vec![],
+                held: Some("DiskPressure".into())
+            }
+        );
+        assert!(
+            decide(
+                created,
+                held_back(&pressure, KEY),
+                &[],
+                t("2026-11-22T10:15:00Z"),
+                timeout
+            )
+            .lifts()
+        );
         for transient in [
             "node.kubernetes.io/not-ready",
             "node.kubernetes.io/network-unavailable",
@@ -789,7 +830,6 @@ mod tests {
                 reason: "ErrImagePull".into(),
                 message: String::new(),
             },
-            t("2026-11-22T10:01:00Z"),
         );
         let got = wishes_with(&ledger);
         assert!(got["worker-1"].iter().all(|w| w.open.is_empty()));
@@ -839,24 +879,28 @@ mod tests {
                     pull: vec!["nginx".into()],
                     present: vec![],
                     warming: true,
+                    ..Default::default()
                 },
                 crate::plan::NodePlan {
                     node: "b".into(),
                     pull: vec!["nginx".into()],
                     present: vec![],
                     warming: false,
+                    ..Default::default()
                 },
                 crate::plan::NodePlan {
                     node: "c".into(),
                     pull: vec![],
                     present: vec!["nginx".into()],
                     warming: true,
+                    ..Default::default()
                 },
                 crate::plan::NodePlan {
                     node: "d".into(),
                     pull: vec!["nginx".into()],
                     present: vec![],
                     warming: true,
+                    ..Default::default()
                 },
             ],
             ..Default::default()

@@ -1,6 +1,11 @@
 //! Plays the kubelet for the in-process cluster: finds prefetch pods, "pulls" their images
 //! and writes container statuses as the kubelet would, and adds pulled images to the node's
 //! `status.images`. Against a real cluster the real kubelet does this and this is not run.
+//!
+//! Like the kubelet (`nodestatus.Images`, with its default `--node-status-max-images`), it lists
+//! at most [`NODE_STATUS_MAX_IMAGES`] images per node: those it holds, sorted by size, largest
+//! first (the image manager's order), the rest left out. What a node holds is what it listed
+//! when the fake kubelet first pulled there, plus what it pulled since.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -26,6 +31,22 @@ pub enum Pull {
 }
 
 pub type Rule = Arc<dyn Fn(&str, &str) -> Pull + Send + Sync>;
+
+/// The kubelet's default `--node-status-max-images`.
+pub const NODE_STATUS_MAX_IMAGES: usize = 50;
+
+/// Size of an image the fake kubelet pulls: small, so a node listing 50 larger images never
+/// lists it.
+pub const PULLED_SIZE: i64 = 1000;
+
+/// What a node lists of the images it holds: the largest [`NODE_STATUS_MAX_IMAGES`], largest
+/// first (a stable sort: equal sizes keep their order).
+pub fn listed(held: &[Value]) -> Vec<Value> {
+    let mut sorted = held.to_vec();
+    sorted.sort_by_key(|i| std::cmp::Reverse(i["sizeBytes"].as_i64().unwrap_or(0)));
+    sorted.truncate(NODE_STATUS_MAX_IMAGES);
+    sorted
+}
 
 pub struct FakeKubelet {
     stop: CancellationToken,
@@ -60,6 +81,9 @@ impl FakeKubelet {
             let selector =
                 ListParams::default().labels("app.kubernetes.io/managed-by=prefetch-controller");
             let mut first_seen: std::collections::HashMap<String, tokio::time::Instant> =
+                std::collections::HashMap::new();
+            // node uid -> every image it holds (listed or not).
+            let mut held: std::collections::HashMap<String, Vec<Value>> =
                 std::collections::HashMap::new();
             loop {
                 tokio::select! {
@@ -142,18 +166,23 @@ impl FakeKubelet {
                     if !pulled.is_empty()
                         && let Ok(current) = nodes.get(&node).await
                     {
-                        let mut images: Vec<Value> = current
-                            .status
-                            .and_then(|s| s.images)
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|i| json!({"names": i.names, "sizeBytes": i.size_bytes}))
-                            .collect();
+                        let images = held
+                            .entry(current.uid().unwrap_or_default())
+                            .or_insert_with(|| {
+                                current
+                                    .status
+                                    .and_then(|s| s.images)
+                                    .unwrap_or_default()
+                                    .into_iter()
+                                    .map(|i| json!({"names": i.names, "sizeBytes": i.size_bytes}))
+                                    .collect()
+                            });
                         for image in pulled {
                             images.push(
-                                json!({"names": [digest_of(&image), image], "sizeBytes": 1000}),
+                                json!({"names": [digest_of(&image), image], "sizeBytes": PULLED_SIZE}),
                             );
                         }
+                        let images = listed(images);
                         let _ = nodes
                             .patch_status(
                                 &node,
@@ -175,6 +204,16 @@ impl FakeKubelet {
             .iter()
             .map(|(_, n)| n.clone())
             .collect()
+    }
+
+    /// Prefetch pods seen on `node`.
+    pub fn seen_on(&self, node: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, n)| n == node)
+            .count()
     }
 
     pub fn seen_pods(&self) -> usize {

@@ -72,6 +72,22 @@ pub async fn wait_for_status(
     }
 }
 
+/// Polls `check` until it holds, or fails naming `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// (node, image or every image) -> what the kubelet does.
 type RuleMap = HashMap<(String, Option<String>), Pull>;
 
