@@ -202,6 +202,8 @@ struct HealthState {
     down_since: Option<Instant>,
     /// The latest failure, while down.
     error: Option<String>,
+    /// Failures since the start.
+    failures: u64,
 }
 
 /// A snapshot of one watch, for reports.
@@ -212,6 +214,8 @@ pub struct WatchStatus {
     /// How long the watch has not been known healthy; zero when it is.
     pub stale_for: Duration,
     pub error: Option<String>,
+    /// Failed requests since the start (a counter).
+    pub failures: u64,
 }
 
 impl WatchStatus {
@@ -242,6 +246,7 @@ impl WatchHealth {
                 synced: false,
                 down_since: Some(Instant::now()),
                 error: None,
+                failures: 0,
             }),
         }
     }
@@ -267,6 +272,7 @@ impl WatchHealth {
                 .down_since
                 .map_or(Duration::ZERO, |since| now.saturating_duration_since(since)),
             error: state.error,
+            failures: state.failures,
         }
     }
 
@@ -291,6 +297,7 @@ impl WatchHealth {
         let mut state = self.lock();
         state.down_since.get_or_insert_with(Instant::now);
         state.error = Some(message.to_string());
+        state.failures += 1;
     }
 }
 

@@ -32,7 +32,7 @@ pub struct StageLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResourceLabel {
-    pub resource: &'static str,
+    pub resource: String,
 }
 
 pub struct Metrics {
@@ -44,6 +44,7 @@ pub struct Metrics {
     pub cert_reloads: Family<ReasonLabel, Counter>,
     pub watch_errors: Family<ResourceLabel, Counter>,
     pub watched_prefetches: Gauge,
+    pub watch_stale_seconds: Family<ResourceLabel, Gauge>,
     pub connection_timeouts: Family<StageLabel, Counter>,
     pub connections_shed: Family<StageLabel, Counter>,
     pub open_connections: Gauge,
@@ -93,6 +94,12 @@ impl Default for Metrics {
             "Watch failures by resource (retried with backoff)",
             watch_errors.clone(),
         );
+        let watch_stale_seconds = Family::<ResourceLabel, Gauge>::default();
+        registry.register(
+            "watch_stale_seconds",
+            "Seconds since each watch cache was last known current (0 while its watch is healthy)",
+            watch_stale_seconds.clone(),
+        );
         let watched_prefetches = Gauge::default();
         registry.register(
             "watched_prefetches",
@@ -132,6 +139,7 @@ impl Default for Metrics {
             cert_reloads,
             watch_errors,
             watched_prefetches,
+            watch_stale_seconds,
             connection_timeouts,
             connections_shed,
             open_connections,
@@ -141,6 +149,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Brings the watch series up to date (at scrape time: staleness grows by itself).
+    pub fn refresh_watches(&self, statuses: &[prefetch_common::watch::WatchStatus]) {
+        for status in statuses {
+            let label = ResourceLabel {
+                resource: status.name.clone(),
+            };
+            self.watch_stale_seconds
+                .get_or_create(&label)
+                .set(status.stale_for.as_secs() as i64);
+            let errors = self.watch_errors.get_or_create(&label);
+            errors.inc_by(status.failures.saturating_sub(errors.get()));
+        }
+    }
+
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
