@@ -75,6 +75,11 @@ pub struct RunArgs {
     /// Lift the warmup taint at the latest this long after the node's creation (e.g. 15m, 90s).
     #[arg(long, env = "PREFETCH_WARMUP_TIMEOUT", default_value = DEFAULT_WARMUP_TIMEOUT, value_parser = parse_duration)]
     pub warmup_timeout: Duration,
+    /// On SIGTERM/SIGINT, how long writes in flight (pod creations, status and Lease writes)
+    /// may take to finish before the process exits anyway. Below the pod's
+    /// terminationGracePeriodSeconds (30 s by default), so the kubelet never has to kill it.
+    #[arg(long, env = "PREFETCH_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     /// Log format.
     #[arg(long, env = "PREFETCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
