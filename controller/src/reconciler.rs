@@ -531,8 +531,10 @@ pub async fn run(
         stop.clone(),
     );
 
-    // Planning on a half-filled cache would run rounds over too few nodes: wait for all three.
-    // Until then `/readyz` says which watch is missing and why.
+    // Planning on a half-filled cache would run rounds over too few nodes: wait for all four.
+    // Until then `/readyz` says which watch is missing and why. The Prefetch cache too: the
+    // Controller holds its runner until that store is ready, and a held runner would never
+    // finish, not even on shutdown (as with the CRD not installed).
     tokio::select! {
         _ = term.cancelled() => {
             tracing::info!("stopping before the watch caches synced");
@@ -542,7 +544,8 @@ pub async fn run(
             tokio::try_join!(
                 nodes.wait_until_ready(),
                 deployments.wait_until_ready(),
-                pods.wait_until_ready()
+                pods.wait_until_ready(),
+                prefetch_store.wait_until_ready()
             )
         } => if synced.is_err() {
             tracing::error!("a watch cache ended before it synced");

@@ -268,6 +268,9 @@ impl Shared {
         faults.retain(|(_, n)| *n > 0);
         Some(code)
     }
+    pub fn clear_faults(&self) {
+        lock(&self.faults).clear();
+    }
     pub fn drop_watches(&self) {
         self.watch_epoch.send_modify(|e| *e += 1);
     }
