@@ -11,7 +11,7 @@
 //!   and it cannot meet 410 Expired. A 410 met by a watch that resumed on its own (the server
 //!   closed the stream) relists at once, without a backoff step.
 //! - Each failure is logged at warn with the delay before the next try while the backoff
-//!   grows; at the cap, the same error is repeated once a minute. Recovery is logged at info.
+//!   grows; at the cap (3 s), the same error is repeated once a minute. Recovery is logged at info.
 //! - [`WatchHealth`] says whether the watch has synced, since when it has been failing and
 //!   with what error; a [`WatchSet`] gathers them for `/readyz` and the staleness metric.
 //! - The watch stops when its [`CancellationToken`] is cancelled, in any state.
@@ -150,9 +150,9 @@ pub struct Step {
 impl Backoff {
     pub const INITIAL: Duration = Duration::from_millis(500);
     /// A watch whose API server returns is back within this (plus one LIST).
-    pub const MAX: Duration = Duration::from_secs(5);
+    pub const MAX: Duration = Duration::from_secs(3);
     /// At the cap, a failure that repeats is logged once per this many tries (about a minute).
-    const LOG_EVERY_AT_CAP: u32 = 12;
+    const LOG_EVERY_AT_CAP: u32 = 20;
 
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -443,7 +443,7 @@ mod tests {
                     .as_millis() as u64
             })
             .collect();
-        assert_eq!(delays, [500, 1000, 2000, 4000, 5000, 5000, 5000]);
+        assert_eq!(delays, [500, 1000, 2000, 3000, 3000, 3000, 3000]);
         b.reset();
         assert_eq!(
             b.on_failure(&FailureKind::Unreachable, true).delay,
@@ -476,13 +476,13 @@ mod tests {
     #[test]
     fn logs_each_step_then_once_a_minute_at_the_cap() {
         let mut b = Backoff::default();
-        let logged: Vec<bool> = (0..30)
+        let logged: Vec<bool> = (0..45)
             .map(|_| b.on_failure(&FailureKind::Unreachable, true).log)
             .collect();
-        // Growing: 500 ms .. 4 s, then the first 5 s step; at the cap every 12th try.
-        assert!(logged[..5].iter().all(|l| *l), "{logged:?}");
-        let at_cap: Vec<usize> = (5..30).filter(|i| logged[*i]).collect();
-        assert_eq!(at_cap, [11, 23], "failures 12 and 24");
+        // Growing: 500 ms .. 2 s, then the first 3 s step; at the cap every 20th try.
+        assert!(logged[..4].iter().all(|l| *l), "{logged:?}");
+        let at_cap: Vec<usize> = (4..45).filter(|i| logged[*i]).collect();
+        assert_eq!(at_cap, [19, 39], "failures 20 and 40");
         assert!(
             b.on_failure(&FailureKind::Unreachable, false).log,
             "a new error is always logged"
