@@ -29,7 +29,10 @@ const SHUTDOWN_TIMEOUT: &str = "60s";
 const EXIT_BOUND: Duration = Duration::from_secs(5);
 
 fn api(s: &Scenario) -> &TestApiServer {
-    s.cluster.api.as_ref().expect("scenarios run on the test API server")
+    s.cluster
+        .api
+        .as_ref()
+        .expect("scenarios run on the test API server")
 }
 
 async fn controller_with(s: &Scenario, extra: &[&str], label: &'static str) -> ControllerProcess {
@@ -116,9 +119,12 @@ async fn controller_without_the_crd_says_so_stops_on_sigterm_and_converges_once_
     unready_because(second.metrics_addr, "is the CRD installed?").await;
     api(&s).clear_faults();
     let started = Instant::now();
-    until_http(second.metrics_addr, "/readyz", Duration::from_secs(10), |status, _| {
-        status == 200
-    })
+    until_http(
+        second.metrics_addr,
+        "/readyz",
+        Duration::from_secs(10),
+        |status, _| status == 200,
+    )
     .await
     .expect("ready once the CRD is there");
     until_phase(&s, Phase::Succeeded).await;
@@ -153,9 +159,12 @@ async fn leader_mid_round_stops_on_sigterm_releases_the_lease_and_a_successor_co
     }
     let lease_args = ["--leader-elect", "true", "--lease-namespace", s.ns.as_str()];
     let leader = controller_with(&s, &lease_args, "leader").await;
-    wait_for_status(&s.prefetches, "prefetch-sample", Duration::from_secs(30), |st| {
-        st.phase == Phase::Running
-    })
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Running,
+    )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.kubelet.seen_pods() < 3 {
@@ -219,7 +228,10 @@ async fn controller_resumes_at_once_after_an_outage_and_stops_on_sigterm_during_
         st.phase == Phase::Succeeded
     })
     .await;
-    eprintln!("a Prefetch created on return converged in {:?}", back.elapsed());
+    eprintln!(
+        "a Prefetch created on return converged in {:?}",
+        back.elapsed()
+    );
 
     api.go_down().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -319,17 +331,28 @@ async fn webhook_not_synced_says_why_and_stops_on_sigterm() {
     else {
         return;
     };
-    let (_, body) = until_http(w.webhook.ops_addr, "/readyz", Duration::from_secs(10), |status, body| {
-        status == 503 && body.contains("prefetches: not synced: 404 Not Found — is the CRD installed?")
-    })
+    let (_, body) = until_http(
+        w.webhook.ops_addr,
+        "/readyz",
+        Duration::from_secs(10),
+        |status, body| {
+            status == 503
+                && body.contains("prefetches: not synced: 404 Not Found — is the CRD installed?")
+        },
+    )
     .await
     .expect("readyz names the watch and the error");
     eprintln!("readyz: {body}");
     // Installed: ready within seconds.
     w.cluster.api.as_ref().unwrap().clear_faults();
-    until_http(w.webhook.ops_addr, "/readyz", Duration::from_secs(8), |status, _| status == 200)
-        .await
-        .expect("ready once the CRD is there");
+    until_http(
+        w.webhook.ops_addr,
+        "/readyz",
+        Duration::from_secs(8),
+        |status, _| status == 200,
+    )
+    .await
+    .expect("ready once the CRD is there");
 
     // The API server unreachable from the start.
     let status = w.webhook.terminate(EXIT_BOUND).await.expect("exits");
@@ -339,9 +362,14 @@ async fn webhook_not_synced_says_why_and_stops_on_sigterm() {
     let Some(down) = webhook("webhook-unreachable", Start::Down).await else {
         return;
     };
-    until_http(down.webhook.ops_addr, "/readyz", Duration::from_secs(10), |status, body| {
-        status == 503 && body.contains("prefetches: not synced: API server unreachable")
-    })
+    until_http(
+        down.webhook.ops_addr,
+        "/readyz",
+        Duration::from_secs(10),
+        |status, body| {
+            status == 503 && body.contains("prefetches: not synced: API server unreachable")
+        },
+    )
     .await
     .expect("readyz says the API server is unreachable");
     let status = down.webhook.terminate(EXIT_BOUND).await.expect("exits");
@@ -360,7 +388,10 @@ async fn webhook_sees_a_prefetch_within_5s_of_a_20s_outage() {
     create_prefetch(&w.cluster, "before", json!({"app": "before"})).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !signalled(&w.client, &ns, json!({"app": "before"})).await {
-        assert!(Instant::now() < deadline, "the webhook never saw the first Prefetch");
+        assert!(
+            Instant::now() < deadline,
+            "the webhook never saw the first Prefetch"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -372,7 +403,10 @@ async fn webhook_sees_a_prefetch_within_5s_of_a_20s_outage() {
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("stale") && body.contains("prefetches: down for"), "{body}");
+    assert!(
+        body.contains("stale") && body.contains("prefetches: down for"),
+        "{body}"
+    );
     let stale = w
         .webhook
         .metric("prefetch_webhook_watch_stale_seconds{resource=\"prefetches\"}")

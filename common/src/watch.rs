@@ -86,8 +86,7 @@ impl Failure {
             | watcher::Error::WatchStartFailed(e)
             | watcher::Error::WatchFailed(e) => e,
             watcher::Error::WatchError(status) => {
-                let (kind, message) =
-                    describe_status(status.code, &status.reason, &status.message);
+                let (kind, message) = describe_status(status.code, &status.reason, &status.message);
                 return Self { kind, message };
             }
             watcher::Error::NoResourceVersion => {
@@ -99,8 +98,7 @@ impl Failure {
         };
         match client {
             kube::Error::Api(status) => {
-                let (kind, message) =
-                    describe_status(status.code, &status.reason, &status.message);
+                let (kind, message) = describe_status(status.code, &status.reason, &status.message);
                 Self { kind, message }
             }
             kube::Error::HyperError(_) | kube::Error::Service(_) => Self {
@@ -222,7 +220,10 @@ impl WatchStatus {
     /// Why this watch makes its process unready, if it does: not synced yet, or down for
     /// longer than `bound`.
     pub fn unready_reason(&self, bound: Option<Duration>) -> Option<String> {
-        let error = self.error.as_deref().unwrap_or("waiting for the first list");
+        let error = self
+            .error
+            .as_deref()
+            .unwrap_or("waiting for the first list");
         if !self.synced {
             return Some(format!("{}: not synced: {error}", self.name));
         }
@@ -493,8 +494,11 @@ mod tests {
     fn failures_are_described_for_readyz() {
         let status = |code: u16, reason: &str| {
             watcher::Error::InitialListFailed(kube::Error::Api(Box::new(
-                kube::core::Status::failure("the server could not find the requested resource", reason)
-                    .with_code(code),
+                kube::core::Status::failure(
+                    "the server could not find the requested resource",
+                    reason,
+                )
+                .with_code(code),
             )))
         };
         let f = Failure::classify(&status(404, "NotFound"));
@@ -525,7 +529,10 @@ mod tests {
         );
         health.failed("404 Not Found — is the CRD installed?");
         assert_eq!(
-            health.status(Instant::now()).unready_reason(None).as_deref(),
+            health
+                .status(Instant::now())
+                .unready_reason(None)
+                .as_deref(),
             Some("prefetches: not synced: 404 Not Found — is the CRD installed?")
         );
         health.listed();

@@ -9,17 +9,17 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::Controller;
 use kube::{Api, Client, Resource, ResourceExt};
 use prefetch_common::Prefetch;
-use prefetch_common::watch::{WatchHealth, WatchSet, spawn_watch};
 use prefetch_common::annotations::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREFETCH_IMAGES, PREFETCH_LABEL, PREFETCH_REQUESTED_AT,
 };
+use prefetch_common::watch::{WatchHealth, WatchSet, spawn_watch};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -228,7 +228,9 @@ fn trigger_stream<K>(
 where
     K: Send + 'static,
 {
-    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// Newest webhook rollout signal among the Deployments a Prefetch selects.

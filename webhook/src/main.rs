@@ -3,12 +3,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Parser;
+use prefetch_common::watch::WatchSet;
 use prefetch_webhook::config::Args;
 use prefetch_webhook::http::{AppState, admission_router, ops_router};
 use prefetch_webhook::index::{NodeNames, PrefetchIndex, run_node_watch, run_prefetch_watch};
 use prefetch_webhook::metrics::Metrics;
 use prefetch_webhook::serve::serve_tls;
-use prefetch_common::watch::WatchSet;
 use prefetch_webhook::tls::{CertFiles, ReloadingCert, server_config, watch_cert_files};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
