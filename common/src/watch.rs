@@ -176,7 +176,7 @@ impl Backoff {
             let previous = Self::INITIAL.saturating_mul(1u32 << (self.failures - 2).min(16));
             previous >= Self::MAX
         };
-        let log = !same_as_last || !at_cap || self.failures % Self::LOG_EVERY_AT_CAP == 0;
+        let log = !same_as_last || !at_cap || self.failures.is_multiple_of(Self::LOG_EVERY_AT_CAP);
         Step { delay, log }
     }
 
