@@ -191,6 +191,48 @@ async fn leader_mid_round_stops_on_sigterm_releases_the_lease_and_a_successor_co
     terminates(successor).await;
 }
 
+/// A pod creation that never gets an answer holds shutdown for `--shutdown-timeout`, no
+/// longer: the process waits for it, then exits 0 anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_hangs_holds_shutdown_only_until_the_timeout() {
+    let Some(s) = scenario("faults-hung-write", json!({})).await else {
+        return;
+    };
+    let api = api(&s);
+    api.inject(
+        Fault {
+            verb: Some("create"),
+            resource: Some("pods"),
+            client: Some(CONTROLLER_TOKEN),
+            code: Fault::HANG,
+        },
+        u32::MAX,
+    );
+    let process = controller(&s, &["--shutdown-timeout", "2s"], "hung-write").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !api
+        .request_counts()
+        .iter()
+        .any(|(k, _)| k.verb == "create" && k.resource == "pods" && k.client == CONTROLLER_TOKEN)
+    {
+        assert!(Instant::now() < deadline, "the controller creates a pod");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    let status = process
+        .process
+        .terminate(Duration::from_secs(6))
+        .await
+        .expect("exits after the shutdown timeout");
+    let took = started.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took >= Duration::from_millis(1800),
+        "the write in flight was given its chance: exited after {took:?}"
+    );
+    api.clear_faults();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_resumes_at_once_after_an_outage_and_stops_on_sigterm_during_one() {
     let Some(s) = scenario("faults-outage", json!({})).await else {

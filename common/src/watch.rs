@@ -337,6 +337,52 @@ impl WatchSet {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResourceLabel {
+    pub resource: String,
+}
+
+type Family<M> = prometheus_client::metrics::family::Family<ResourceLabel, M>;
+
+/// The watch series both binaries export: `watch_errors_total{resource}` and
+/// `watch_stale_seconds{resource}`, brought up to date from a [`WatchSet`] at scrape time.
+#[derive(Debug, Default, Clone)]
+pub struct WatchMetrics {
+    errors: Family<prometheus_client::metrics::counter::Counter>,
+    stale: Family<prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl WatchMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "watch_errors",
+            "Failed watch requests by resource (retried with backoff)",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "watch_stale_seconds",
+            "Seconds since each watch cache was last known current (0 while its watch is healthy)",
+            metrics.stale.clone(),
+        );
+        metrics
+    }
+
+    /// Brings the series up to date (staleness grows by itself, so this runs at scrape time).
+    pub fn refresh(&self, watches: &WatchSet) {
+        for status in watches.statuses(Instant::now()) {
+            let label = ResourceLabel {
+                resource: status.name.clone(),
+            };
+            self.stale
+                .get_or_create(&label)
+                .set(status.stale_for.as_secs() as i64);
+            let errors = self.errors.get_or_create(&label);
+            errors.inc_by(status.failures.saturating_sub(errors.get()));
+        }
+    }
+}
+
 /// Runs a watch until `stop`: `connect` makes a fresh watcher stream (called again after
 /// every failure), `on_event` receives its events.
 pub async fn run_watch<K, S>(

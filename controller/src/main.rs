@@ -61,7 +61,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.metrics_addr))?;
     tracing::info!(metrics = %listener.local_addr()?, identity = %identity, leader_elect = args.leader_elect, warmup_taint = %args.warmup_taint, shutdown_timeout_s = args.shutdown_timeout.as_secs_f64(), "prefetch-controller starting");
     let ops = {
-        let metrics = metrics.clone();
+        let (metrics, scraped) = (metrics.clone(), watches.clone());
         let ready = (watches.clone(), shutdown.clone());
         let app = axum::Router::new()
             .route("/healthz", get(|| async { "ok" }))
@@ -76,6 +76,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 "/metrics",
                 get(move || {
                     let metrics = metrics.clone();
+                    metrics.watches.refresh(&scraped);
                     async move {
                         match metrics.encode() {
                             Ok(text) => (

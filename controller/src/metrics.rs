@@ -1,5 +1,6 @@
 //! Prometheus metrics on the metrics address (`/metrics`).
 
+use prefetch_common::watch::WatchMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,6 +30,7 @@ pub struct Metrics {
     pub node_warmup: Histogram,
     pub node_warmup_timeouts: Counter,
     pub warming_nodes: Gauge,
+    pub watches: WatchMetrics,
 }
 
 impl Default for Metrics {
@@ -97,8 +99,10 @@ impl Default for Metrics {
             "Nodes carrying the warmup taint",
             warming_nodes.clone(),
         );
+        let watches = WatchMetrics::register(&mut registry);
         Self {
             registry,
+            watches,
             reconciles,
             pods_created,
             images_prefetched,

@@ -219,9 +219,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    state
-        .metrics
-        .refresh_watches(&state.watches.statuses(tokio::time::Instant::now()));
+    state.metrics.watches.refresh(&state.watches);
     match state.metrics.encode() {
         Ok(text) => (
             [(

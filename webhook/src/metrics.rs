@@ -1,5 +1,6 @@
 //! Prometheus metrics, served on the plain-HTTP metrics address.
 
+use prefetch_common::watch::WatchMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,11 +31,6 @@ pub struct StageLabel {
     pub stage: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResourceLabel {
-    pub resource: String,
-}
-
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -42,9 +38,8 @@ pub struct Metrics {
     pub rollout_signals: Counter,
     pub deployment_errors: Family<ReasonLabel, Counter>,
     pub cert_reloads: Family<ReasonLabel, Counter>,
-    pub watch_errors: Family<ResourceLabel, Counter>,
+    pub watches: WatchMetrics,
     pub watched_prefetches: Gauge,
-    pub watch_stale_seconds: Family<ResourceLabel, Gauge>,
     pub connection_timeouts: Family<StageLabel, Counter>,
     pub connections_shed: Family<StageLabel, Counter>,
     pub open_connections: Gauge,
@@ -88,18 +83,7 @@ impl Default for Metrics {
             "Serving certificate reloads by result",
             cert_reloads.clone(),
         );
-        let watch_errors = Family::<ResourceLabel, Counter>::default();
-        registry.register(
-            "watch_errors",
-            "Watch failures by resource (retried with backoff)",
-            watch_errors.clone(),
-        );
-        let watch_stale_seconds = Family::<ResourceLabel, Gauge>::default();
-        registry.register(
-            "watch_stale_seconds",
-            "Seconds since each watch cache was last known current (0 while its watch is healthy)",
-            watch_stale_seconds.clone(),
-        );
+        let watches = WatchMetrics::register(&mut registry);
         let watched_prefetches = Gauge::default();
         registry.register(
             "watched_prefetches",
@@ -137,9 +121,8 @@ impl Default for Metrics {
             rollout_signals,
             deployment_errors,
             cert_reloads,
-            watch_errors,
+            watches,
             watched_prefetches,
-            watch_stale_seconds,
             connection_timeouts,
             connections_shed,
             open_connections,
@@ -149,20 +132,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Brings the watch series up to date (at scrape time: staleness grows by itself).
-    pub fn refresh_watches(&self, statuses: &[prefetch_common::watch::WatchStatus]) {
-        for status in statuses {
-            let label = ResourceLabel {
-                resource: status.name.clone(),
-            };
-            self.watch_stale_seconds
-                .get_or_create(&label)
-                .set(status.stale_for.as_secs() as i64);
-            let errors = self.watch_errors.get_or_create(&label);
-            errors.inc_by(status.failures.saturating_sub(errors.get()));
-        }
-    }
-
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

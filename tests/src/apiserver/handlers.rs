@@ -143,6 +143,19 @@ async fn serve(
         .unwrap_or("anonymous");
     state.shared.count(verb, target.rt.group, &resource, client);
     if let Some(code) = state.shared.take_fault(verb, target.rt.plural, client) {
+        if code == super::Fault::HANG {
+            let mut epoch = state.shared.watch_epoch();
+            epoch.mark_unchanged();
+            tokio::select! {
+                _ = state.stop.cancelled() => {}
+                _ = epoch.changed() => {}
+            }
+            return error(ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the server is going down",
+            ));
+        }
         return error(injected(code, verb, &target, client));
     }
     let shared = &state.shared;

@@ -131,7 +131,14 @@ pub struct Fault {
     pub resource: Option<&'static str>,
     /// Only requests with this bearer token (see `TestApiServer::kubeconfig_for`).
     pub client: Option<&'static str>,
+    /// The status to answer, or [`Fault::HANG`].
     pub code: u16,
+}
+
+impl Fault {
+    /// Not an answer: the request hangs, as on an API server that stopped responding, until
+    /// the server goes down (`go_down`) or is dropped.
+    pub const HANG: u16 = 0;
 }
 
 type ObjectKey = (ResourceType, String, String);
