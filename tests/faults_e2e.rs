@@ -13,7 +13,9 @@ use kube::Api;
 use kube::api::PostParams;
 use prefetch_common::{Phase, Prefetch};
 use prefetch_tests::apiserver::{Fault, TestApiServer};
-use prefetch_tests::binaries::{ControllerProcess, WebhookOptions, WebhookProcess, until_http};
+use prefetch_tests::binaries::{
+    ControllerProcess, WebhookOptions, WebhookProcess, metric_value, until_http,
+};
 use prefetch_tests::cluster::TestCluster;
 use prefetch_tests::fixtures::{deployment_review, issue_test_certs, nginx_deployment, prefetch};
 use prefetch_tests::kubelet::Pull;
@@ -254,6 +256,11 @@ async fn controller_resumes_at_once_after_an_outage_and_stops_on_sigterm_during_
     .expect("a write while the watchers are away");
     api.compact();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let stale = metric_value(
+        &process.metrics().await.unwrap(),
+        "prefetch_controller_watch_stale_seconds{resource=\"nodes\"}",
+    );
+    assert!(stale >= 2.0, "the node cache is reported stale: {stale}");
     api.come_back().await.expect("listening again");
     let back = Instant::now();
     let second: Prefetch = serde_json::from_value(prefetch(
@@ -274,6 +281,15 @@ async fn controller_resumes_at_once_after_an_outage_and_stops_on_sigterm_during_
         "a Prefetch created on return converged in {:?}",
         back.elapsed()
     );
+    let metrics = process.metrics().await.unwrap();
+    for resource in ["nodes", "pods", "deployments", "prefetches"] {
+        let series = format!("prefetch_controller_watch_stale_seconds{{resource=\"{resource}\"}}");
+        assert_eq!(
+            metric_value(&metrics, &series),
+            0.0,
+            "{series} after the outage"
+        );
+    }
 
     api.go_down().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
