@@ -142,11 +142,25 @@ async fn controller_forbidden_by_rbac_says_so_and_stops_on_sigterm() {
     };
     api(&s).inject(persistent("pods", 403), u32::MAX);
     let process = controller_with(&s, &[], "forbidden").await;
+    let started = Instant::now();
     let body = unready_because(process.metrics_addr, "pods: not synced: 403 Forbidden").await;
     assert!(body.contains("RBAC"), "{body}");
     assert!(
         body.contains("cannot list resource \"pods\""),
         "the server's message is kept: {body}"
+    );
+    // Retries at 0.5, 1, 2, 3, 3 s: at most five tries in 7 s, each logged once at warn.
+    tokio::time::sleep(Duration::from_secs(7).saturating_sub(started.elapsed())).await;
+    let warnings = process
+        .process
+        .logs()
+        .iter()
+        .filter(|l| l.contains("\"level\":\"WARN\"") && l.contains("403"))
+        .count();
+    eprintln!("{warnings} warnings in 7 s");
+    assert!(
+        (1..=6).contains(&warnings),
+        "one warning per backoff step: {warnings} in 7 s"
     );
     terminates(process).await;
 }
