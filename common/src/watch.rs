@@ -189,6 +189,8 @@ impl Backoff {
 #[derive(Debug)]
 pub struct WatchHealth {
     name: String,
+    /// The process is not ready until this watch has synced.
+    required: bool,
     state: Mutex<HealthState>,
 }
 
@@ -208,6 +210,8 @@ struct HealthState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchStatus {
     pub name: String,
+    /// Readiness waits for this watch's first sync.
+    pub required: bool,
     pub synced: bool,
     /// How long the watch has not been known healthy; zero when it is.
     pub stale_for: Duration,
@@ -217,9 +221,9 @@ pub struct WatchStatus {
 }
 
 impl WatchStatus {
-    /// Why this watch makes its process unready, if it does: not synced yet, or down for
-    /// longer than `bound`.
-    pub fn unready_reason(&self, bound: Option<Duration>) -> Option<String> {
+    /// What is wrong with this watch, if anything: not synced yet, or (given a `bound`) down
+    /// for longer than that.
+    pub fn problem(&self, bound: Option<Duration>) -> Option<String> {
         let error = self
             .error
             .as_deref()
@@ -240,9 +244,10 @@ impl WatchStatus {
 }
 
 impl WatchHealth {
-    pub fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<String>, required: bool) -> Self {
         Self {
             name: name.into(),
+            required,
             state: Mutex::new(HealthState {
                 synced: false,
                 down_since: Some(Instant::now()),
@@ -268,6 +273,7 @@ impl WatchHealth {
         let state = self.lock().clone();
         WatchStatus {
             name: self.name.clone(),
+            required: self.required,
             synced: state.synced,
             stale_for: state
                 .down_since
@@ -310,9 +316,19 @@ pub struct WatchSet {
 }
 
 impl WatchSet {
-    /// A new watch's health, registered here.
+    /// A new watch's health, registered here; the process is not ready until it has synced.
     pub fn register(&self, name: impl Into<String>) -> Arc<WatchHealth> {
-        let health = Arc::new(WatchHealth::new(name));
+        self.add(WatchHealth::new(name, true))
+    }
+
+    /// A watch that readiness does not wait for (a cache for warnings, say); it is reported
+    /// all the same.
+    pub fn register_optional(&self, name: impl Into<String>) -> Arc<WatchHealth> {
+        self.add(WatchHealth::new(name, false))
+    }
+
+    fn add(&self, health: WatchHealth) -> Arc<WatchHealth> {
+        let health = Arc::new(health);
         let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
         watches.retain(|w| w.strong_count() > 0);
         watches.push(Arc::downgrade(&health));
@@ -328,11 +344,13 @@ impl WatchSet {
             .collect()
     }
 
-    /// Why the process is not ready, one line per watch; empty when ready.
-    pub fn unready_reasons(&self, bound: Option<Duration>) -> Vec<String> {
+    /// Why the process is not ready (a required watch has not synced), one line per watch;
+    /// empty when ready.
+    pub fn unready_reasons(&self) -> Vec<String> {
         self.statuses(Instant::now())
             .iter()
-            .filter_map(|s| s.unready_reason(bound))
+            .filter(|s| s.required)
+            .filter_map(|s| s.problem(None))
             .collect()
     }
 }
@@ -565,20 +583,17 @@ mod tests {
 
     #[test]
     fn status_reports_staleness_and_reasons() {
-        let health = WatchHealth::new("prefetches");
+        let health = WatchHealth::new("prefetches", true);
         let t0 = Instant::now();
         let s = health.status(t0 + Duration::from_secs(3));
         assert!(!s.synced);
         assert_eq!(
-            s.unready_reason(None).as_deref(),
+            s.problem(None).as_deref(),
             Some("prefetches: not synced: waiting for the first list")
         );
         health.failed("404 Not Found — is the CRD installed?");
         assert_eq!(
-            health
-                .status(Instant::now())
-                .unready_reason(None)
-                .as_deref(),
+            health.status(Instant::now()).problem(None).as_deref(),
             Some("prefetches: not synced: 404 Not Found — is the CRD installed?")
         );
         health.listed();
@@ -588,10 +603,10 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(40);
         let s = health.status(later);
         assert!(s.stale_for >= Duration::from_secs(40));
-        assert_eq!(s.unready_reason(None), None, "no bound: synced is ready");
-        assert_eq!(s.unready_reason(Some(Duration::from_secs(60))), None);
+        assert_eq!(s.problem(None), None, "no bound: synced is ready");
+        assert_eq!(s.problem(Some(Duration::from_secs(60))), None);
         assert!(
-            s.unready_reason(Some(Duration::from_secs(30)))
+            s.problem(Some(Duration::from_secs(30)))
                 .is_some_and(|r| r.starts_with("prefetches: down for 40 s (more than 30 s)")),
         );
         // Events during a relist do not count as healthy; its end does.
@@ -606,8 +621,13 @@ mod tests {
         let set = WatchSet::default();
         let a = set.register("a");
         {
-            let _b = set.register("b");
+            let _b = set.register_optional("b");
             assert_eq!(set.statuses(Instant::now()).len(), 2);
+            assert_eq!(
+                set.unready_reasons(),
+                ["a: not synced: waiting for the first list"],
+                "an optional watch does not hold readiness"
+            );
         }
         let names: Vec<String> = set
             .statuses(Instant::now())

@@ -175,7 +175,7 @@ fn readyz(watches: &WatchSet, shutdown: &CancellationToken) -> axum::response::R
     if shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    let reasons = watches.unready_reasons(None);
+    let reasons = watches.unready_reasons();
     if reasons.is_empty() {
         "ok".into_response()
     } else {

@@ -186,35 +186,32 @@ fn respond(
     }
 }
 
-/// 503 while shutting down or while a watch cache has not synced yet, saying which and why.
-/// A cache that synced once and then went stale keeps the webhook ready (it is named in the
-/// body): every replica is stale alike in an API outage, and an unready webhook would fail
-/// every Prefetch write (failurePolicy Fail) and drop every rollout signal, not just the few
-/// the stale cache misses.
+/// 503 while shutting down or while the Prefetch cache has not synced yet, saying which watch
+/// and why. A cache that synced once and then went stale keeps the webhook ready (it is named
+/// in the body once down longer than `--cache-stale-after`): every replica is stale alike in
+/// an API outage, and an unready webhook would fail every Prefetch write (failurePolicy Fail)
+/// and drop every rollout signal, not just the few the stale cache misses. The node cache
+/// (warnings only) never holds readiness.
 async fn readyz(State(state): State<AppState>) -> Response {
     if !state.serving.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    let statuses = state.watches.statuses(tokio::time::Instant::now());
-    let not_synced: Vec<String> = statuses
+    let problems: Vec<String> = state
+        .watches
+        .statuses(tokio::time::Instant::now())
         .iter()
-        .filter_map(|s| s.unready_reason(None))
+        .filter_map(|s| s.problem(Some(state.stale_after)))
         .collect();
-    if !not_synced.is_empty() {
-        return (
+    if !state.watches.unready_reasons().is_empty() {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n", not_synced.join("\n")),
+            format!("{}\n", problems.join("\n")),
         )
-            .into_response();
-    }
-    let stale: Vec<String> = statuses
-        .iter()
-        .filter_map(|s| s.unready_reason(Some(state.stale_after)))
-        .collect();
-    if stale.is_empty() {
+            .into_response()
+    } else if problems.is_empty() {
         "ok".into_response()
     } else {
-        format!("ok, serving from stale caches:\n{}\n", stale.join("\n")).into_response()
+        format!("ok, but:\n{}\n", problems.join("\n")).into_response()
     }
 }
 

@@ -76,7 +76,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(run_node_watch(
             client,
             state.nodes.clone(),
-            state.watches.register("nodes"),
+            state.watches.register_optional("nodes"),
             shutdown.child_token(),
         ))
     });
