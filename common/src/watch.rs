@@ -424,8 +424,11 @@ pub async fn run_watch<K, S>(
                 item = stream.next() => item,
             };
             let Some(item) = item else {
-                // A watcher stream does not end; if one does, start afresh.
-                continue 'connect;
+                // A watcher stream does not end; if one does, start afresh (not in a hot loop).
+                tokio::select! {
+                    _ = stop.cancelled() => break 'connect,
+                    _ = tokio::time::sleep(Backoff::INITIAL) => continue 'connect,
+                }
             };
             match item {
                 Ok(event) => {
