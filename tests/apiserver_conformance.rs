@@ -367,6 +367,48 @@ async fn expired_versions_and_injected_faults() {
         .map(|(_, n)| *n)
         .sum::<u64>();
     assert_eq!(gets, 2);
+
+    // 404 and 403 with the bodies kube-apiserver sends (a CRD not installed; RBAC).
+    for code in [404, 403] {
+        api.inject(
+            Fault {
+                verb: Some("list"),
+                resource: Some("leases"),
+                client: None,
+                code,
+            },
+            1,
+        );
+        let (got, reason) = api_code(leases.list(&ListParams::default()).await.unwrap_err());
+        assert_eq!(
+            (got, reason.as_str()),
+            (code, if code == 404 { "NotFound" } else { "Forbidden" })
+        );
+    }
+
+    // An outage: the watch ends, connections are refused, and the same address serves again
+    // afterwards with the store intact.
+    let mut watch = leases
+        .watch(&WatchParams::default().timeout(30), "0")
+        .await
+        .unwrap()
+        .boxed();
+    while let Ok(Ok(Some(_))) =
+        tokio::time::timeout(Duration::from_millis(200), watch.try_next()).await
+    {}
+    api.go_down().await;
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = watch.try_next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the open watch ends with the outage");
+    match leases.get("a").await {
+        Err(kube::Error::Api(status)) => panic!("answered during the outage: {status:?}"),
+        Err(_) => {}
+        Ok(_) => panic!("served during the outage"),
+    }
+    api.come_back().await.unwrap();
+    assert_eq!(leases.get("a").await.unwrap().name_any(), "a");
 }
 
 /// A JSON patch guarded by `test` ops (how the controller lifts the warmup taint): applied

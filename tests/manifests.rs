@@ -524,3 +524,40 @@ fn kustomize_renders_the_cert_manager_install() {
     assert_eq!(kinds.iter().filter(|k| **k == "Issuer").count(), 2);
     assert!(!kinds.contains(&"Secret"), "cert-manager writes the Secret");
 }
+
+/// SIGTERM must end both binaries before the kubelet's SIGKILL: each one's `--shutdown-timeout`
+/// (from its args, else its default) is below its pod's terminationGracePeriodSeconds (the
+/// Kubernetes default, 30 s, when unset). The chart renders the same Deployments (chart.rs).
+#[test]
+fn shutdown_timeouts_fit_in_the_grace_periods() {
+    use clap::Parser;
+    let docs = documents();
+    for (name, binary) in [
+        ("prefetch-controller", "prefetch-controller"),
+        ("prefetch-webhook", "prefetch-webhook"),
+    ] {
+        let deployment: Deployment = typed(&docs, "Deployment", name);
+        let spec = pod_spec(&deployment);
+        let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+        let args: Vec<String> = std::iter::once(binary.to_string())
+            .chain(spec.containers[0].args.iter().flatten().cloned())
+            .collect();
+        let timeout = match binary {
+            "prefetch-controller" => {
+                prefetch_controller::config::Cli::try_parse_from(&args)
+                    .unwrap()
+                    .run
+                    .shutdown_timeout
+            }
+            _ => {
+                prefetch_webhook::config::Args::try_parse_from(&args)
+                    .unwrap()
+                    .shutdown_timeout
+            }
+        };
+        assert!(
+            timeout.as_secs() + 5 <= grace as u64,
+            "{name}: --shutdown-timeout {timeout:?} leaves less than 5 s of its {grace} s grace period"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! Shared core of kube-prefetch: the `Prefetch` API types, validation and defaulting, image
-//! reference normalization and the pod-template logic. Pure functions only; no I/O.
+//! reference normalization and the pod-template logic. Pure functions, plus the small shells
+//! both binaries share (signals, telemetry, the watch runner in `watch`).
 
 pub mod annotations;
 pub mod api;
@@ -12,5 +13,6 @@ pub mod limits;
 pub mod signals;
 pub mod telemetry;
 pub mod validation;
+pub mod watch;
 
 pub use api::{Phase, Prefetch, PrefetchSpec, PrefetchStatus, PullFailure, RolloutRecord};

@@ -9,8 +9,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// `RUST_LOG` (default `info`), with kube-runtime's watcher kept to errors unless `RUST_LOG`
+/// names kube_runtime: watch failures are logged by `watch::run_watch`, once per backoff step,
+/// and kube-runtime's watcher would repeat a 403 at warn on every retry.
+fn filter_spec(rust_log: Option<String>) -> String {
+    let spec = rust_log
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "info".into());
+    if spec.contains("kube_runtime") {
+        spec
+    } else {
+        format!("{spec},kube_runtime::watcher=error")
+    }
+}
+
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter_spec(std::env::var("RUST_LOG").ok()))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -21,5 +36,23 @@ pub fn init(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_runtime_watcher_is_quiet_unless_asked_for() {
+        assert_eq!(filter_spec(None), "info,kube_runtime::watcher=error");
+        assert_eq!(
+            filter_spec(Some("debug".into())),
+            "debug,kube_runtime::watcher=error"
+        );
+        assert_eq!(
+            filter_spec(Some("info,kube_runtime=debug".into())),
+            "info,kube_runtime=debug"
+        );
     }
 }

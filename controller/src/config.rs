@@ -81,6 +81,11 @@ pub struct RunArgs {
     /// listed. 0 turns that off (for kubelets running with -1, no cap).
     #[arg(long, env = "PREFETCH_NODE_STATUS_MAX_IMAGES", default_value_t = DEFAULT_NODE_STATUS_MAX_IMAGES)]
     pub node_status_max_images: u32,
+    /// On SIGTERM/SIGINT, how long writes in flight (pod creations, status and Lease writes)
+    /// may take to finish before the process exits anyway. Below the pod's
+    /// terminationGracePeriodSeconds (30 s by default), so the kubelet never has to kill it.
+    #[arg(long, env = "PREFETCH_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     /// Log format.
     #[arg(long, env = "PREFETCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -88,7 +88,11 @@ pub async fn run(
     let mut last_renewed: Option<tokio::time::Instant> = None;
     loop {
         let now = Timestamp::now();
-        let outcome = attempt(&api, &name, &me, now).await;
+        // A write that hangs (an API server that stopped answering) must not hold shutdown.
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            outcome = attempt(&api, &name, &me, now) => outcome,
+        };
         match outcome {
             Ok(true) => {
                 if !*leading.borrow() {

@@ -1,10 +1,11 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
+use prefetch_common::watch::WatchSet;
 use prefetch_controller::config::{Cli, Command, RunArgs};
 use prefetch_controller::metrics::Metrics;
 use prefetch_controller::plan_command::{Objects, render};
@@ -50,27 +51,38 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     prefetch_common::telemetry::init(args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The root of every wait in the process: cancelled on SIGTERM/SIGINT, whatever state the
+    // process is in, and from then on the process exits within --shutdown-timeout.
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone(), args.shutdown_timeout));
     let client = kube::Client::try_default()
         .await
         .context("connecting to the cluster (KUBECONFIG or in-cluster)")?;
     let identity = args.identity();
     let metrics = Arc::new(Metrics::default());
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    let watches = Arc::new(WatchSet::default());
 
     let listener = tokio::net::TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
-    tracing::info!(metrics = %listener.local_addr()?, identity = %identity, leader_elect = args.leader_elect, warmup_taint = %args.warmup_taint, "prefetch-controller starting");
+    tracing::info!(metrics = %listener.local_addr()?, identity = %identity, leader_elect = args.leader_elect, warmup_taint = %args.warmup_taint, shutdown_timeout_s = args.shutdown_timeout.as_secs_f64(), "prefetch-controller starting");
     let ops = {
-        let metrics = metrics.clone();
+        let (metrics, scraped) = (metrics.clone(), watches.clone());
+        let ready = (watches.clone(), shutdown.clone());
         let app = axum::Router::new()
             .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(|| async { "ok" }))
+            .route(
+                "/readyz",
+                get(move || {
+                    let (watches, shutdown) = ready.clone();
+                    async move { readyz(&watches, &shutdown) }
+                }),
+            )
             .route(
                 "/metrics",
                 get(move || {
                     let metrics = metrics.clone();
+                    metrics.watches.refresh(&scraped);
                     async move {
                         match metrics.encode() {
                             Ok(text) => (
@@ -81,7 +93,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                                 text,
                             )
                                 .into_response(),
-                            Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                            Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
                         }
                     }
                 }),
@@ -119,15 +131,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
             }
             metrics.leader.set(1);
-            let mut lost = leading.clone();
-            let stop = shutdown.clone();
-            let term_over = async move {
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = lost.wait_for(|l| !*l) => {}
-                }
+            // This term ends on shutdown (a child token) or when the lease is lost.
+            let term = shutdown.child_token();
+            let lost = {
+                let (term, mut leading) = (term.clone(), leading.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = term.cancelled() => {}
+                        _ = leading.wait_for(|l| !*l) => term.cancel(),
+                    }
+                })
             };
-            reconciler::run(client.clone(), settings(), metrics.clone(), term_over).await;
+            reconciler::run(
+                client.clone(),
+                settings(),
+                metrics.clone(),
+                &watches,
+                term.clone(),
+            )
+            .await;
+            term.cancel();
+            let _ = lost.await;
             metrics.leader.set(0);
             if !shutdown.is_cancelled() {
                 tracing::warn!("leadership lost; stopped acting and rejoining the election");
@@ -138,10 +162,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let _ = campaign.await;
     } else {
         metrics.leader.set(1);
-        let stop = shutdown.clone();
-        reconciler::run(client.clone(), settings(), metrics.clone(), async move {
-            stop.cancelled().await
-        })
+        reconciler::run(
+            client.clone(),
+            settings(),
+            metrics.clone(),
+            &watches,
+            shutdown.child_token(),
+        )
         .await;
     }
     let _ = ops.await;
@@ -149,8 +176,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGTERM or Ctrl-C: stop taking work, let reconciles in progress finish, release the lease.
-async fn signal_shutdown(shutdown: CancellationToken) {
+/// 503 while shutting down or while a watch cache of this term has not synced, saying which
+/// and why. A standby replica (no term, no watches) is ready.
+fn readyz(watches: &WatchSet, shutdown: &CancellationToken) -> axum::response::Response {
+    if shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let reasons = watches.unready_reasons();
+    if reasons.is_empty() {
+        "ok".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", reasons.join("\n")),
+        )
+            .into_response()
+    }
+}
+
+/// SIGTERM or Ctrl-C: stop taking work, let reconciles in progress finish, release the lease;
+/// past `timeout`, exit anyway (whatever is still waiting has had its chance).
+async fn signal_shutdown(shutdown: CancellationToken, timeout: std::time::Duration) {
     prefetch_common::signals::shutdown_signal().await;
     shutdown.cancel();
+    tokio::time::sleep(timeout).await;
+    tracing::warn!(
+        timeout_s = timeout.as_secs_f64(),
+        "shutdown timeout reached; exiting with work still in flight"
+    );
+    std::process::exit(0);
 }

@@ -1,5 +1,6 @@
 //! Prometheus metrics on the metrics address (`/metrics`).
 
+use prefetch_common::watch::WatchMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,6 +31,7 @@ pub struct Metrics {
     pub node_warmup_timeouts: Counter,
     pub warming_nodes: Gauge,
     pub ledger_pairs: Gauge,
+    pub watches: WatchMetrics,
 }
 
 impl Default for Metrics {
@@ -104,8 +106,10 @@ impl Default for Metrics {
             "Node x image outcomes kept beyond their round (warming nodes, full image lists)",
             ledger_pairs.clone(),
         );
+        let watches = WatchMetrics::register(&mut registry);
         Self {
             registry,
+            watches,
             reconciles,
             pods_created,
             images_prefetched,

@@ -9,16 +9,17 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use prefetch_common::Prefetch;
 use prefetch_common::annotations::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREFETCH_IMAGES, PREFETCH_LABEL, PREFETCH_REQUESTED_AT,
 };
+use prefetch_common::watch::{WatchHealth, WatchSet, spawn_watch};
 use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -193,42 +194,56 @@ fn slim_deployment(deployment: &mut Deployment) {
     deployment.status = None;
 }
 
-/// A reflector kept current by a background task; returns its store once started.
-fn run_reflector<K>(
+/// A watch cache for one term of leadership: the shared watch runner (see
+/// `prefetch_common::watch`) feeding a store, objects slimmed first; `on_event` sees each event
+/// after the store applied it.
+fn cache<K>(
+    health: Arc<WatchHealth>,
     api: Api<K>,
     config: watcher::Config,
     slim: fn(&mut K),
-    on_event: impl FnMut(&Event<K>) + Send + 'static,
+    mut on_event: impl FnMut(&Event<K>) + Send + 'static,
     stop: CancellationToken,
 ) -> Store<K>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(slim));
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = stop.cancelled() => {}
-            _ = drive(stream, on_event) => {}
-        }
+    let (reader, mut writer) = reflector::store();
+    spawn_watch(health, api, config, stop, move |event| {
+        let event = event.modify(slim);
+        writer.apply_watcher_event(&event);
+        on_event(&event);
     });
     reader
 }
 
-use kube::runtime::watcher::watcher;
+type Trigger<K> = mpsc::UnboundedSender<Result<K, watcher::Error>>;
 
-async fn drive<K>(
-    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
-    mut on_event: impl FnMut(&Event<K>),
-) {
-    let mut stream = std::pin::pin!(stream);
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(event) => on_event(&event),
-            Err(err) => tracing::warn!(error = %err, "watch failed; retrying with backoff"),
+/// Feeds the objects an event touched (applied, or deleted too) to a Controller trigger.
+/// Unbounded, but the Controller drains it as it comes (its scheduler keeps one entry per
+/// object), so it holds what one watch event carries.
+fn forward<K: Clone>(event: &Event<K>, trigger: &Trigger<K>, deleted_too: bool) {
+    match event {
+        Event::Apply(obj) | Event::InitApply(obj) => {
+            let _ = trigger.send(Ok(obj.clone()));
         }
+        Event::Delete(obj) if deleted_too => {
+            let _ = trigger.send(Ok(obj.clone()));
+        }
+        _ => {}
     }
+}
+
+fn trigger_stream<K>(
+    rx: mpsc::UnboundedReceiver<Result<K, watcher::Error>>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Send + 'static,
+{
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// Newest webhook rollout signal among the Deployments a Prefetch selects.
@@ -436,14 +451,18 @@ pub struct Settings {
     pub node_status_max_images: u32,
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `term` is cancelled (shutdown, or leadership lost), whatever
+/// state it is in: waiting for the caches to sync, or reconciling (in-flight reconciles
+/// finish; the caller bounds how long).
 pub async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    watches: &WatchSet,
+    term: CancellationToken,
 ) {
-    // The watch caches live as long as this term of leadership.
+    // The watch caches live as long as this term of leadership, and past `term` until the
+    // reconciles in flight have finished.
     let stop = CancellationToken::new();
     let _stop_on_return = stop.clone().drop_guard();
     let (node_tx, node_rx) = mpsc::channel::<()>(1);
@@ -451,7 +470,8 @@ pub async fn run(
     let reconcile_all = node_tx.clone();
     let node_changed = warm_wake.clone();
     let mut fingerprints: HashMap<String, u64> = HashMap::new();
-    let nodes = run_reflector(
+    let nodes = cache(
+        watches.register("nodes"),
         Api::<Node>::all(client.clone()),
         watcher::Config::default(),
         slim_node,
@@ -474,36 +494,59 @@ pub async fn run(
         },
         stop.clone(),
     );
-    let deployments = run_reflector(
+    // One watch per resource feeds both the caches the rounds read and the Controller's
+    // triggers.
+    let (deployment_tx, deployment_rx) = mpsc::unbounded_channel();
+    let deployments = cache(
+        watches.register("deployments"),
         Api::<Deployment>::all(client.clone()),
         watcher::Config::default(),
         slim_deployment,
-        |_| {},
+        move |event| forward(event, &deployment_tx, true),
         stop.clone(),
     );
-    let pod_config = watcher::Config::default().labels(&managed_pods_selector());
-    let pods = run_reflector(
+    let (pod_tx, pod_rx) = mpsc::unbounded_channel();
+    let pods = cache(
+        watches.register("pods"),
         Api::<Pod>::all(client.clone()),
-        pod_config.clone(),
+        watcher::Config::default().labels(&managed_pods_selector()),
         slim_pod,
+        move |event| forward(event, &pod_tx, true),
+        stop.clone(),
+    );
+    let (prefetch_tx, prefetch_rx) = mpsc::unbounded_channel();
+    let prefetch_store = cache(
+        watches.register("prefetches"),
+        Api::<Prefetch>::all(client.clone()),
+        watcher::Config::default(),
         |_| {},
+        move |event| forward(event, &prefetch_tx, false),
         stop.clone(),
     );
 
-    // Planning on a half-filled cache would run rounds over too few nodes: wait for all three.
-    let synced = tokio::try_join!(
-        nodes.wait_until_ready(),
-        deployments.wait_until_ready(),
-        pods.wait_until_ready()
-    );
-    if synced.is_err() {
-        tracing::error!("a watch cache ended before it synced");
-        return;
+    // Planning on a half-filled cache would run rounds over too few nodes: wait for all four.
+    // Until then `/readyz` says which watch is missing and why. The Prefetch cache too: the
+    // Controller holds its runner until that store is ready, and a held runner would never
+    // finish, not even on shutdown (as with the CRD not installed).
+    tokio::select! {
+        _ = term.cancelled() => {
+            tracing::info!("stopping before the watch caches synced");
+            return;
+        }
+        synced = async {
+            tokio::try_join!(
+                nodes.wait_until_ready(),
+                deployments.wait_until_ready(),
+                pods.wait_until_ready(),
+                prefetch_store.wait_until_ready()
+            )
+        } => if synced.is_err() {
+            tracing::error!("a watch cache ended before it synced");
+            return;
+        }
     }
     tracing::info!("watch caches synced; reconciling");
-    let prefetches: Api<Prefetch> = Api::all(client.clone());
-    let controller = Controller::new(prefetches, watcher::Config::default());
-    let prefetch_store = controller.store();
+    let controller = Controller::for_stream(trigger_stream(prefetch_rx), prefetch_store.clone());
     let settings_concurrency = settings.concurrency;
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -547,11 +590,10 @@ pub async fn run(
         rx.recv().await.map(|()| ((), rx))
     });
     controller
-        .owns(Api::<Pod>::all(client.clone()), pod_config)
-        .watches(
-            Api::<Deployment>::all(client.clone()),
-            watcher::Config::default(),
-            move |deployment| {
+        .owns_stream(trigger_stream(pod_rx))
+        .watches_stream(
+            trigger_stream(deployment_rx),
+            move |deployment: Deployment| {
                 prefetch_store
                     .state()
                     .into_iter()
@@ -562,7 +604,7 @@ pub async fn run(
         )
         .reconcile_all_on(node_triggers)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings_concurrency))
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(term.cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
             match result {

@@ -183,6 +183,14 @@ impl WebhookOptions {
 impl WebhookProcess {
     /// Starts the webhook on 127.0.0.1 with OS-chosen ports and waits until it is ready.
     pub async fn start(options: WebhookOptions) -> anyhow::Result<Self> {
+        let webhook = Self::spawn(options).await?;
+        webhook.wait_ready(Duration::from_secs(30)).await?;
+        Ok(webhook)
+    }
+
+    /// Starts the webhook and returns once it listens, ready or not (its caches may never
+    /// sync: an unreachable API server, a missing CRD).
+    pub async fn spawn(options: WebhookOptions) -> anyhow::Result<Self> {
         let mut args: Vec<String> = [
             "--listen-addr",
             "127.0.0.1:0",
@@ -211,13 +219,11 @@ impl WebhookProcess {
             options.echo_logs,
         )
         .await?;
-        let webhook = Self {
+        Ok(Self {
             process,
             admission_addr: address(&entry, "admission")?,
             ops_addr: address(&entry, "ops")?,
-        };
-        webhook.wait_ready(Duration::from_secs(30)).await?;
-        Ok(webhook)
+        })
     }
 
     /// Polls /readyz until 200.
@@ -285,6 +291,33 @@ impl ControllerProcess {
 
     pub async fn metrics(&self) -> anyhow::Result<String> {
         Ok(http_get(self.metrics_addr, "/metrics").await?.1)
+    }
+
+    pub async fn terminate(self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        self.process.terminate(within).await
+    }
+}
+
+/// Polls `path` on a plain-HTTP ops address until `(status, body)` satisfies `want`; the last
+/// answer, or an error naming it after `within`.
+pub async fn until_http(
+    addr: SocketAddr,
+    path: &str,
+    within: Duration,
+    want: impl Fn(u16, &str) -> bool,
+) -> anyhow::Result<(u16, String)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let answer = http_get(addr, path).await;
+        if let Ok((status, body)) = &answer
+            && want(*status, body)
+        {
+            return Ok((*status, body.clone()));
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{path} never gave the expected answer within {within:?}; last: {answer:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -71,6 +71,10 @@ pub struct Args {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "PREFETCH_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// A watch cache down longer than this is named in /readyz's body, which stays 200 once
+    /// the caches synced (see the README). The staleness metric reports every watch always.
+    #[arg(long, env = "PREFETCH_CACHE_STALE_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub cache_stale_after: Duration,
     /// Log format.
     #[arg(long, env = "PREFETCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

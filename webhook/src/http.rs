@@ -3,7 +3,9 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use prefetch_common::watch::WatchSet;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -26,8 +28,12 @@ pub struct AppState {
     pub nodes: Arc<NodeNames>,
     pub metrics: Arc<Metrics>,
     pub min_retry_after: i64,
-    /// False before the caches sync and after shutdown begins.
+    /// False once shutdown begins.
     pub serving: Arc<AtomicBool>,
+    /// The watch caches, for `/readyz` and the staleness metric.
+    pub watches: Arc<WatchSet>,
+    /// A watch down longer than this is named in `/readyz` (which stays 200: see README).
+    pub stale_after: Duration,
 }
 
 pub fn admission_router(state: AppState) -> Router {
@@ -180,21 +186,37 @@ fn respond(
     }
 }
 
+/// 503 while shutting down or while the Prefetch cache has not synced yet, saying which watch
+/// and why. A cache that synced once and then went stale keeps the webhook ready (it is named
+/// in the body once down longer than `--cache-stale-after`): every replica is stale alike in
+/// an API outage, and an unready webhook would fail every Prefetch write (failurePolicy Fail)
+/// and drop every rollout signal, not just the few the stale cache misses. The node cache
+/// (warnings only) never holds readiness.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.serving.load(Ordering::Acquire) && state.prefetches.is_synced() {
-        "ok".into_response()
-    } else if !state.prefetches.is_synced() {
+    if !state.serving.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let problems: Vec<String> = state
+        .watches
+        .statuses(tokio::time::Instant::now())
+        .iter()
+        .filter_map(|s| s.problem(Some(state.stale_after)))
+        .collect();
+    if !state.watches.unready_reasons().is_empty() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "Prefetch watch cache not synced yet\n",
+            format!("{}\n", problems.join("\n")),
         )
             .into_response()
+    } else if problems.is_empty() {
+        "ok".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+        format!("ok, but:\n{}\n", problems.join("\n")).into_response()
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.watches.refresh(&state.watches);
     match state.metrics.encode() {
         Ok(text) => (
             [(

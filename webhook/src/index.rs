@@ -1,5 +1,7 @@
 //! Watch caches the webhook answers from: which Prefetch selects which Deployments, and the
-//! cluster's node names. Fed by kube-runtime watchers; never an API call per request.
+//! cluster's node names. Fed by kube-runtime watchers run by `prefetch_common::watch` (the
+//! one runner of every watch: resetting backoff, relist after a failure, health for
+//! `/readyz` and the staleness metric); never an API call per request.
 //!
 //! A relist (`Init` .. `InitDone`) builds a fresh map and swaps it in whole, so objects deleted
 //! while the watch was down disappear too.
@@ -8,15 +10,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::watcher::Event;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use prefetch_common::Prefetch;
 use prefetch_common::labels::selects_by;
+use prefetch_common::watch::{WatchHealth, run_watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::locks;
 use crate::metrics::Metrics;
@@ -194,11 +197,17 @@ impl NodeNames {
     }
 }
 
-/// Keeps `index` in step with the cluster's Prefetches until the stream ends.
-pub async fn run_prefetch_watch(client: Client, index: Arc<PrefetchIndex>, metrics: Arc<Metrics>) {
+/// Keeps `index` in step with the cluster's Prefetches until `stop`.
+pub async fn run_prefetch_watch(
+    client: Client,
+    index: Arc<PrefetchIndex>,
+    metrics: Arc<Metrics>,
+    health: Arc<WatchHealth>,
+    stop: CancellationToken,
+) {
     let api: Api<DeserializeGuard<Prefetch>> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    drive(stream, "prefetches", &metrics, |event| {
+    let connect = move || watcher(api.clone(), watcher::Config::default());
+    run_watch(health, connect, stop, |event| {
         for invalid in index.apply(event) {
             tracing::warn!(prefetch = %invalid, "ignoring a Prefetch that does not deserialize; it selects nothing");
         }
@@ -208,36 +217,15 @@ pub async fn run_prefetch_watch(client: Client, index: Arc<PrefetchIndex>, metri
 }
 
 /// Keeps `names` in step with the cluster's Nodes (metadata only: names are all we need).
-pub async fn run_node_watch(client: Client, names: Arc<NodeNames>, metrics: Arc<Metrics>) {
-    let api: Api<PartialObjectMeta<Node>> = Api::all(client);
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    drive(stream, "nodes", &metrics, |event| names.apply(event)).await;
-}
-
-async fn drive<K>(
-    stream: impl Stream<Item = Result<Event<K>, watcher::Error>>,
-    resource: &'static str,
-    metrics: &Metrics,
-    mut apply: impl FnMut(Event<K>),
+pub async fn run_node_watch(
+    client: Client,
+    names: Arc<NodeNames>,
+    health: Arc<WatchHealth>,
+    stop: CancellationToken,
 ) {
-    let mut stream = std::pin::pin!(stream);
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(event) => {
-                if matches!(event, Event::InitDone) {
-                    tracing::info!(resource, "watch cache synced");
-                }
-                apply(event);
-            }
-            Err(err) => {
-                metrics
-                    .watch_errors
-                    .get_or_create(&crate::metrics::ResourceLabel { resource })
-                    .inc();
-                tracing::warn!(resource, error = %err, "watch failed; retrying with backoff");
-            }
-        }
-    }
+    let api: Api<PartialObjectMeta<Node>> = Api::all(client);
+    let connect = move || watcher(api.clone(), watcher::Config::default());
+    run_watch(health, connect, stop, |event| names.apply(event)).await;
 }
 
 #[cfg(test)]

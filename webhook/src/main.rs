@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Parser;
+use prefetch_common::watch::WatchSet;
 use prefetch_webhook::config::Args;
 use prefetch_webhook::http::{AppState, admission_router, ops_router};
 use prefetch_webhook::index::{NodeNames, PrefetchIndex, run_node_watch, run_prefetch_watch};
@@ -44,6 +45,8 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         min_retry_after: args.min_retry_after,
         serving: Arc::new(AtomicBool::new(true)),
+        watches: Arc::new(WatchSet::default()),
+        stale_after: args.cache_stale_after,
     };
 
     let admission_listener = TcpListener::bind(args.listen_addr)
@@ -59,15 +62,24 @@ async fn main() -> anyhow::Result<()> {
         "prefetch-webhook listening"
     );
 
+    // Cancelled on SIGTERM/SIGINT; every task below stops on it, whatever state it is in.
     let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone(), state.serving.clone()));
     let watches = tokio::spawn(run_prefetch_watch(
         client.clone(),
         state.prefetches.clone(),
         metrics.clone(),
+        state.watches.register("prefetches"),
+        shutdown.child_token(),
     ));
-    let node_watch = args
-        .warn_unmatched_node_filter
-        .then(|| tokio::spawn(run_node_watch(client, state.nodes.clone(), metrics.clone())));
+    let node_watch = args.warn_unmatched_node_filter.then(|| {
+        tokio::spawn(run_node_watch(
+            client,
+            state.nodes.clone(),
+            state.watches.register_optional("nodes"),
+            shutdown.child_token(),
+        ))
+    });
     tokio::spawn(watch_cert_files(
         cert,
         args.tls_reload_interval,
@@ -83,7 +95,6 @@ async fn main() -> anyhow::Result<()> {
                 .await
         })
     };
-    tokio::spawn(signal_shutdown(shutdown.clone(), state.serving.clone()));
 
     serve_tls(
         admission_listener,
@@ -95,9 +106,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await;
 
-    watches.abort();
+    // Cancelled with `shutdown`: they end at once.
+    let _ = watches.await;
     if let Some(node_watch) = node_watch {
-        node_watch.abort();
+        let _ = node_watch.await;
     }
     match ops.await {
         Ok(Err(err)) => tracing::warn!(error = %err, "ops server ended with an error"),

@@ -1,5 +1,6 @@
 //! Prometheus metrics, served on the plain-HTTP metrics address.
 
+use prefetch_common::watch::WatchMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,11 +31,6 @@ pub struct StageLabel {
     pub stage: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResourceLabel {
-    pub resource: &'static str,
-}
-
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -42,7 +38,7 @@ pub struct Metrics {
     pub rollout_signals: Counter,
     pub deployment_errors: Family<ReasonLabel, Counter>,
     pub cert_reloads: Family<ReasonLabel, Counter>,
-    pub watch_errors: Family<ResourceLabel, Counter>,
+    pub watches: WatchMetrics,
     pub watched_prefetches: Gauge,
     pub connection_timeouts: Family<StageLabel, Counter>,
     pub connections_shed: Family<StageLabel, Counter>,
@@ -87,12 +83,7 @@ impl Default for Metrics {
             "Serving certificate reloads by result",
             cert_reloads.clone(),
         );
-        let watch_errors = Family::<ResourceLabel, Counter>::default();
-        registry.register(
-            "watch_errors",
-            "Watch failures by resource (retried with backoff)",
-            watch_errors.clone(),
-        );
+        let watches = WatchMetrics::register(&mut registry);
         let watched_prefetches = Gauge::default();
         registry.register(
             "watched_prefetches",
@@ -130,7 +121,7 @@ impl Default for Metrics {
             rollout_signals,
             deployment_errors,
             cert_reloads,
-            watch_errors,
+            watches,
             watched_prefetches,
             connection_timeouts,
             connections_shed,

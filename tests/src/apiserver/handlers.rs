@@ -143,11 +143,20 @@ async fn serve(
         .unwrap_or("anonymous");
     state.shared.count(verb, target.rt.group, &resource, client);
     if let Some(code) = state.shared.take_fault(verb, target.rt.plural, client) {
-        return error(ApiError::new(
-            code,
-            "InternalError",
-            format!("injected fault {code} for {verb} {resource}"),
-        ));
+        if code == super::Fault::HANG {
+            let mut epoch = state.shared.watch_epoch();
+            epoch.mark_unchanged();
+            tokio::select! {
+                _ = state.stop.cancelled() => {}
+                _ = epoch.changed() => {}
+            }
+            return error(ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the server is going down",
+            ));
+        }
+        return error(injected(code, verb, &target, client));
     }
     let shared = &state.shared;
     let ns = target.namespace.clone().unwrap_or_default();
@@ -212,6 +221,46 @@ async fn serve(
                 .map_or_else(error, ok)
         }
         _ => error(ApiError::new(405, "MethodNotAllowed", verb)),
+    }
+}
+
+/// An injected fault, with the body kube-apiserver sends for that code.
+fn injected(code: u16, verb: &str, target: &Target, client: &str) -> ApiError {
+    let group = target.rt.group;
+    let resource = target.rt.plural;
+    match code {
+        // A resource the server does not serve (a CRD not installed): the same answer as for
+        // any unknown path.
+        404 => ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ),
+        403 => {
+            let qualified = if group.is_empty() {
+                resource.to_string()
+            } else {
+                format!("{resource}.{group}")
+            };
+            let scope = match &target.namespace {
+                Some(ns) => format!("in the namespace \"{ns}\""),
+                None => "at the cluster scope".to_string(),
+            };
+            let mut err = ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "{qualified} is forbidden: User \"{client}\" cannot {verb} resource \"{resource}\" in API group \"{group}\" {scope}"
+                ),
+            );
+            err.body["details"] = json!({"group": group, "kind": resource});
+            err
+        }
+        _ => ApiError::new(
+            code,
+            "InternalError",
+            format!("injected fault {code} for {verb} {resource}"),
+        ),
     }
 }
 

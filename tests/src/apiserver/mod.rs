@@ -8,7 +8,9 @@
 //! Expired ERROR event when the version has been compacted away; namespaces must exist; the
 //! status subresource ignores spec and the main resource ignores status; generation bumps on
 //! spec changes; ownerReference garbage collection on delete. It is not a conformance target:
-//! no admission, no schema validation, no RBAC. Tests may inject faults and count requests.
+//! no admission, no schema validation, no RBAC. Tests may inject faults (error answers with
+//! the real server's Status bodies: 404 as for a CRD not installed, 403 as RBAC denies), take
+//! the server down (connections refused) and bring it back, and count requests.
 
 mod handlers;
 mod resources;
@@ -35,6 +37,24 @@ pub struct TestApiServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    /// The listener's task and its own stop token (see [`Self::go_down`]).
+    listening: Mutex<Option<(CancellationToken, tokio::task::JoinHandle<()>)>>,
+}
+
+fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    stop: &CancellationToken,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let app = handlers::router(shared, stop.clone());
+    let token = stop.child_token();
+    let done = token.clone();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(done.cancelled_owned())
+            .await;
+    });
+    (token, task)
 }
 
 impl TestApiServer {
@@ -56,14 +76,43 @@ impl TestApiServer {
             )?;
         }
         let stop = CancellationToken::new();
-        let app = handlers::router(shared.clone(), stop.clone());
-        let token = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await;
-        });
-        Ok(Self { addr, shared, stop })
+        let listening = Mutex::new(Some(serve(listener, shared.clone(), &stop)));
+        Ok(Self {
+            addr,
+            shared,
+            stop,
+            listening,
+        })
+    }
+
+    /// An outage, as a stopped kube-apiserver: closes the listener (new connections are
+    /// refused) and every open connection, watches included. The store is kept.
+    pub async fn go_down(&self) {
+        let listening = self
+            .listening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((token, task)) = listening {
+            token.cancel();
+            self.shared.drop_watches();
+            // Graceful: requests in flight finish (watches just ended), idle connections close.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Ends an outage: listens again on the same address.
+    pub async fn come_back(&self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(self.addr).await?;
+        let serving = serve(listener, self.shared.clone(), &self.stop);
+        *self.listening.lock().unwrap_or_else(|p| p.into_inner()) = Some(serving);
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -107,6 +156,11 @@ impl TestApiServer {
     /// Answers the next `count` requests matching `fault` with its status instead of serving.
     pub fn inject(&self, fault: Fault, count: u32) {
         self.shared.inject(fault, count);
+    }
+
+    /// Removes every injected fault (a persistent one is injected with `u32::MAX`).
+    pub fn clear_faults(&self) {
+        self.shared.clear_faults();
     }
 
     /// Ends every open watch (clients must re-watch), as an API server restart would.

@@ -131,7 +131,14 @@ pub struct Fault {
     pub resource: Option<&'static str>,
     /// Only requests with this bearer token (see `TestApiServer::kubeconfig_for`).
     pub client: Option<&'static str>,
+    /// The status to answer, or [`Fault::HANG`].
     pub code: u16,
+}
+
+impl Fault {
+    /// Not an answer: the request hangs, as on an API server that stopped responding, until
+    /// the server goes down (`go_down`) or is dropped.
+    pub const HANG: u16 = 0;
 }
 
 type ObjectKey = (ResourceType, String, String);
@@ -267,6 +274,9 @@ impl Shared {
         let code = fault.code;
         faults.retain(|(_, n)| *n > 0);
         Some(code)
+    }
+    pub fn clear_faults(&self) {
+        lock(&self.faults).clear();
     }
     pub fn drop_watches(&self) {
         self.watch_epoch.send_modify(|e| *e += 1);
