@@ -227,14 +227,13 @@ pub fn rollout_signal<'a>(
         .into_iter()
         .filter(|d| selects_deployment(prefetch, d))
         .filter_map(|d| {
-            let annotations = d.metadata.annotations.as_ref()?;
-            let requested_at = annotations.get(PREFETCH_REQUESTED_AT)?.parse().ok()?;
-            let images: Vec<String> =
-                serde_json::from_str(annotations.get(PREFETCH_IMAGES)?).ok()?;
+            let signal = prefetch_common::annotations::rollout_signal(
+                d.metadata.annotations.as_ref(),
+            )?;
             Some(RolloutSignal {
                 deployment: d.name_any(),
-                images,
-                requested_at,
+                images: signal.images,
+                requested_at: signal.requested_at,
             })
         })
         .max_by_key(|s| s.requested_at)

@@ -5,7 +5,10 @@ use anyhow::Context;
 use clap::Parser;
 use prefetch_webhook::config::Args;
 use prefetch_webhook::http::{AppState, admission_router, ops_router};
-use prefetch_webhook::index::{NodeNames, PrefetchIndex, run_node_watch, run_prefetch_watch};
+use prefetch_webhook::index::{
+    DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex, run_deployment_watch,
+    run_lease_watch, run_node_watch, run_prefetch_watch,
+};
 use prefetch_webhook::metrics::Metrics;
 use prefetch_webhook::serve::serve_tls;
 use prefetch_webhook::tls::{CertFiles, ReloadingCert, server_config, watch_cert_files};
@@ -44,6 +47,10 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         min_retry_after: args.min_retry_after,
         serving: Arc::new(AtomicBool::new(true)),
+        deployments: Arc::new(DeploymentIndex::default()),
+        lease: Arc::new(LeaderLease::default()),
+        client: Some(client.clone()),
+        live_read_timeout: args.live_read_timeout,
     };
 
     let admission_listener = TcpListener::bind(args.listen_addr)
@@ -65,6 +72,20 @@ async fn main() -> anyhow::Result<()> {
         state.prefetches.clone(),
         metrics.clone(),
     ));
+    let gate_watches = [
+        tokio::spawn(run_deployment_watch(
+            client.clone(),
+            state.deployments.clone(),
+            metrics.clone(),
+        )),
+        tokio::spawn(run_lease_watch(
+            client.clone(),
+            args.lease_namespace.clone(),
+            args.lease_name.clone(),
+            state.lease.clone(),
+            metrics.clone(),
+        )),
+    ];
     let node_watch = args
         .warn_unmatched_node_filter
         .then(|| tokio::spawn(run_node_watch(client, state.nodes.clone(), metrics.clone())));
@@ -96,6 +117,9 @@ async fn main() -> anyhow::Result<()> {
     .await;
 
     watches.abort();
+    for watch in gate_watches {
+        watch.abort();
+    }
     if let Some(node_watch) = node_watch {
         node_watch.abort();
     }

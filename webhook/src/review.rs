@@ -302,6 +302,47 @@ impl<'a> DeploymentView<'a> {
     }
 }
 
+/// A Pod as the pod gate reads it: metadata (owner, labels), images, scheduling gates and
+/// whether it is already bound. Everything else (most of an ~8 KB pod) is skipped.
+#[derive(Debug, Default, Deserialize)]
+pub struct PodView<'a> {
+    #[serde(borrow, default)]
+    pub metadata: Option<MetaView<'a>>,
+    #[serde(borrow, default)]
+    pub spec: Option<PodSpecView<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecView<'a> {
+    #[serde(borrow, default)]
+    pub containers: Option<Vec<ContainerImage<'a>>>,
+    #[serde(borrow, default)]
+    pub init_containers: Option<Vec<ContainerImage<'a>>>,
+    #[serde(borrow, default)]
+    pub scheduling_gates: Option<Vec<SchedulingGateView<'a>>>,
+    #[serde(borrow, default)]
+    pub node_name: Option<Str<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SchedulingGateView<'a> {
+    #[serde(borrow, default)]
+    pub name: Str<'a>,
+}
+
+impl PodSpecView<'_> {
+    /// Every image reference as written, containers first.
+    pub fn references(&self) -> impl Iterator<Item = &str> {
+        let init = self.init_containers.iter().flatten();
+        self.containers
+            .iter()
+            .flatten()
+            .chain(init)
+            .filter_map(|c| c.image.as_deref())
+    }
+}
+
 /// A Prefetch as the Prefetch endpoints judge it: `spec` as a tree (validation reports
 /// wrongly typed fields by name, so it cannot be typed), `apiVersion` and `kind` as whatever
 /// JSON they are; metadata and status are skipped.
