@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod eligibility;
+pub mod gate;
+pub mod gate_loop;
 pub mod leader;
 pub mod ledger;
 pub mod metrics;

@@ -498,6 +498,22 @@ pub async fn run(
         stop.clone(),
     );
 
+    let gate_wake = Arc::new(Notify::new());
+    let gated_pods = {
+        let wake = gate_wake.clone();
+        run_reflector(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&crate::gate_loop::gated_pods_selector()),
+            crate::gate_loop::slim_gated_pod,
+            move |event| {
+                if matches!(event, Event::Apply(_) | Event::InitDone) {
+                    wake.notify_one();
+                }
+            },
+            stop.clone(),
+        )
+    };
+
     // Planning on a half-filled cache would run rounds over too few nodes: wait for all three.
     let synced = tokio::try_join!(
         nodes.wait_until_ready(),
@@ -545,6 +561,14 @@ pub async fn run(
             stop.clone(),
         ))
     });
+    // The gate loop too: leader only, for as long as this term of leadership.
+    let gate_loop = tokio::spawn(crate::gate_loop::run(
+        ctx.clone(),
+        prefetch_store.clone(),
+        gated_pods,
+        gate_wake,
+        stop.clone(),
+    ));
     let node_triggers = futures::stream::unfold(node_rx, |mut rx| async move {
         rx.recv().await.map(|()| ((), rx))
     });
@@ -579,8 +603,14 @@ pub async fn run(
             std::future::ready(())
         })
         .await;
-    // Let a taint removal in progress finish (bounded), then stop the loop.
+    // Let a taint removal or gate release in progress finish (bounded), then stop the loops.
     stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), gate_loop)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the gate loop did not stop within 5 s");
+    }
     if let Some(task) = warm_loop
         && tokio::time::timeout(Duration::from_secs(5), task)
             .await

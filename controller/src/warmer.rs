@@ -94,7 +94,7 @@ pub async fn run(
 /// `Store::wait_until_ready`, polled afresh every 100 ms: in kube-runtime 5 the readiness
 /// future keeps a single waker, so of several tasks waiting at once (the Controller waits on
 /// this very store) only the last to poll is woken.
-async fn until_ready(store: &Store<Prefetch>) -> Result<(), WriterDropped> {
+pub(crate) async fn until_ready(store: &Store<Prefetch>) -> Result<(), WriterDropped> {
     loop {
         if let Ok(ready) =
             tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await
