@@ -51,12 +51,16 @@ impl Release {
             Release::Prefetched => (
                 "Normal",
                 "RolloutReleased",
-                format!("released {count} gated {pods}: the rollout's images are on every targeted node"),
+                format!(
+                    "released {count} gated {pods}: the rollout's images are on every targeted node"
+                ),
             ),
             Release::TimedOut => (
                 "Warning",
                 "RolloutGateTimedOut",
-                format!("released {count} gated {pods} at gate_timeout: the rollout's images were not on every targeted node yet"),
+                format!(
+                    "released {count} gated {pods} at gate_timeout: the rollout's images were not on every targeted node yet"
+                ),
             ),
             Release::PrefetchRemoved => (
                 "Warning",
@@ -77,7 +81,9 @@ pub enum Verdict {
     /// The pod does not carry our gate (released already, or never gated): nothing to do.
     NotGated,
     /// Keep it gated; look again at `until` at the latest.
-    Hold { until: Timestamp },
+    Hold {
+        until: Timestamp,
+    },
     Release(Release),
 }
 
@@ -120,7 +126,9 @@ pub fn verdict(pod: &Pod, prefetch: Option<&Prefetch>, now: Timestamp) -> Verdic
     // The signal the pod was gated for: gated-until less gate_timeout. A later signal's round
     // being done covers it too (its images were pulled in the same, extended round).
     let signal = until
-        .checked_sub(SignedDuration::from_secs(prefetch.spec.gate_timeout_seconds()))
+        .checked_sub(SignedDuration::from_secs(
+            prefetch.spec.gate_timeout_seconds(),
+        ))
         .unwrap_or(until);
     let prefetched = prefetch
         .status
@@ -288,7 +296,10 @@ mod tests {
 
     #[test]
     fn the_patch_tests_the_gates_and_removes_only_ours() {
-        let p = pod(&["a.example/one", SCHEDULING_GATE, "b.example/two"], Some(UNTIL));
+        let p = pod(
+            &["a.example/one", SCHEDULING_GATE, "b.example/two"],
+            Some(UNTIL),
+        );
         let patch = release_patch(&p).unwrap();
         assert_eq!(
             serde_json::to_value(&patch).unwrap(),

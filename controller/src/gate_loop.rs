@@ -96,10 +96,9 @@ async fn pass(
         if released.contains_key(&uid) {
             continue;
         }
-        let (Some(namespace), Some(gated_by)) = (
-            pod.namespace(),
-            pod.labels().get(GATED_BY_LABEL).cloned(),
-        ) else {
+        let (Some(namespace), Some(gated_by)) =
+            (pod.namespace(), pod.labels().get(GATED_BY_LABEL).cloned())
+        else {
             continue;
         };
         let prefetch = prefetches.get(&ObjectRef::new(&gated_by).within(&namespace));

@@ -106,7 +106,9 @@ impl Default for Metrics {
             "Pods held by the rollout scheduling gate",
             gated_pods.clone(),
         );
-        let rollout_gate = Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0]);
+        let rollout_gate = Histogram::new([
+            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+        ]);
         registry.register(
             "rollout_gate_seconds",
             "Time a gated pod was held, from its creation to its release",

@@ -227,9 +227,8 @@ pub fn rollout_signal<'a>(
         .into_iter()
         .filter(|d| selects_deployment(prefetch, d))
         .filter_map(|d| {
-            let signal = prefetch_common::annotations::rollout_signal(
-                d.metadata.annotations.as_ref(),
-            )?;
+            let signal =
+                prefetch_common::annotations::rollout_signal(d.metadata.annotations.as_ref())?;
             Some(RolloutSignal {
                 deployment: d.name_any(),
                 images: signal.images,

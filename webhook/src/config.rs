@@ -38,10 +38,18 @@ pub struct Args {
     #[arg(long, env = "PREFETCH_WARN_UNMATCHED_NODE_FILTER", default_value_t = true, action = clap::ArgAction::Set)]
     pub warn_unmatched_node_filter: bool,
     /// Namespace of the controller's leader Lease: pods are gated only while it is fresh.
-    #[arg(long, env = "PREFETCH_LEASE_NAMESPACE", default_value = "prefetch-system")]
+    #[arg(
+        long,
+        env = "PREFETCH_LEASE_NAMESPACE",
+        default_value = "prefetch-system"
+    )]
     pub lease_namespace: String,
     /// Name of the controller's leader Lease.
-    #[arg(long, env = "PREFETCH_LEASE_NAME", default_value = "prefetch-controller")]
+    #[arg(
+        long,
+        env = "PREFETCH_LEASE_NAME",
+        default_value = "prefetch-controller"
+    )]
     pub lease_name: String,
     /// Bound of the pod gate's one live read of a Deployment its cache is behind on (the
     /// hook's timeoutSeconds is 2 s).

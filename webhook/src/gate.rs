@@ -58,10 +58,7 @@ pub fn read(body: &[u8]) -> Result<Read, BadReview> {
     let request: Request<'_, PodView<'_>, IgnoredAny> = review::parse(body)?;
     let uid = request.uid.to_string();
     if !request.kind.is("", "v1", "Pod") {
-        return Ok(Read::NotForUs(
-            uid,
-            format!("not a Pod ({})", request.kind),
-        ));
+        return Ok(Read::NotForUs(uid, format!("not a Pod ({})", request.kind)));
     }
     if request.operation != Operation::Create || request.sub_resource.is_some() {
         return Ok(Read::NotForUs(uid, "not a pod CREATE".into()));
@@ -173,7 +170,9 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
             ));
         }
         None => {
-            return Decision::Pass("no controller holds the Lease: nobody would lift a gate".into());
+            return Decision::Pass(
+                "no controller holds the Lease: nobody would lift a gate".into(),
+            );
         }
     }
     let facts = match inputs.deployment {
@@ -260,7 +259,12 @@ pub fn gate_patch(pod: &PodFacts, prefetch: &str, until: Timestamp) -> Patch {
             )
         })
     };
-    member(pod.has_labels, "labels", GATED_BY_LABEL, prefetch.to_string());
+    member(
+        pod.has_labels,
+        "labels",
+        GATED_BY_LABEL,
+        prefetch.to_string(),
+    );
     member(
         pod.has_annotations,
         "annotations",
@@ -325,7 +329,11 @@ mod tests {
         ))
     }
 
-    fn deployment(signal_at: Option<&str>, signalled: &[&str], template: &[&str]) -> DeploymentFacts {
+    fn deployment(
+        signal_at: Option<&str>,
+        signalled: &[&str],
+        template: &[&str],
+    ) -> DeploymentFacts {
         let norm = |refs: &[&str]| collect_images(refs.iter().copied()).images;
         DeploymentFacts {
             labels: [("app".to_string(), "web".to_string())].into(),
@@ -435,7 +443,11 @@ mod tests {
             ])
         );
         // The patch applies to the pod as the API server holds it.
-        let mut object = pod_value(rs_owner("web-7d4b9c8f6"), Some("7d4b9c8f6"), &["nginx:1.25"]);
+        let mut object = pod_value(
+            rs_owner("web-7d4b9c8f6"),
+            Some("7d4b9c8f6"),
+            &["nginx:1.25"],
+        );
         json_patch::patch(&mut object, &patch).unwrap();
         assert_eq!(object["metadata"]["labels"][GATED_BY_LABEL], "pf");
     }
@@ -456,7 +468,11 @@ mod tests {
         );
         pod.gates = Some(vec![SCHEDULING_GATE.into()]);
         let ops = gate_patch(&pod, "pf", t(NOW)).0;
-        assert_eq!(ops.len(), 2, "our gate already there: only label and annotation");
+        assert_eq!(
+            ops.len(),
+            2,
+            "our gate already there: only label and annotation"
+        );
         pod.gates = Some(vec![]);
         let value = serde_json::to_value(gate_patch(&pod, "pf", t(NOW))).unwrap();
         assert_eq!(value[0]["path"], "/spec/schedulingGates");
@@ -464,7 +480,9 @@ mod tests {
 
     #[test]
     fn owner_and_template_hash_edge_cases() {
-        let read = |owner: Value, hash: Option<&str>| facts(pod_value(owner, hash, &["nginx:1.25"])).deployment;
+        let read = |owner: Value, hash: Option<&str>| {
+            facts(pod_value(owner, hash, &["nginx:1.25"])).deployment
+        };
         assert_eq!(read(rs_owner("web-abc"), Some("abc")), Ok("web".into()));
         assert_eq!(
             read(rs_owner("my-web-app-abc"), Some("abc")),
@@ -495,7 +513,11 @@ mod tests {
             ),
             (rs_owner("web-abc"), None, "no pod-template-hash label"),
             (rs_owner("web-abc"), Some(""), "no pod-template-hash label"),
-            (rs_owner("web-xyz"), Some("abc"), "not named <deployment>-abc"),
+            (
+                rs_owner("web-xyz"),
+                Some("abc"),
+                "not named <deployment>-abc",
+            ),
             (rs_owner("webabc"), Some("abc"), "not named"),
             (rs_owner("-abc"), Some("abc"), "not named"),
             (rs_owner("abc"), Some("abc"), "not named"),
@@ -520,7 +542,11 @@ mod tests {
     #[test]
     fn only_pod_creates_are_considered() {
         let pod = pod_value(rs_owner("web-abc"), Some("abc"), &["nginx"]);
-        for (kind, op) in [("Pod", "UPDATE"), ("Pod", "DELETE"), ("Deployment", "CREATE")] {
+        for (kind, op) in [
+            ("Pod", "UPDATE"),
+            ("Pod", "DELETE"),
+            ("Deployment", "CREATE"),
+        ] {
             assert!(matches!(
                 read(&review_body(kind, op, pod.clone())).unwrap(),
                 Read::NotForUs(..)
@@ -531,9 +557,19 @@ mod tests {
             Read::NotForUs(..)
         ));
         assert!(read(b"{not json").is_err());
-        assert!(read(br#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}"#).is_err());
+        assert!(
+            read(br#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}"#)
+                .is_err()
+        );
         // A wrongly typed field is a malformed review, never a panic.
-        assert!(read(&review_body("Pod", "CREATE", json!({"spec": {"containers": 3}}))).is_err());
+        assert!(
+            read(&review_body(
+                "Pod",
+                "CREATE",
+                json!({"spec": {"containers": 3}})
+            ))
+            .is_err()
+        );
     }
 
     #[test]
@@ -545,7 +581,11 @@ mod tests {
         case.gating = gating(&[("a", 900, Some("2026-11-22T02:59:00Z")), ("b", 900, None)]);
         assert_eq!(gated_by(&case.decide(&pod)), "b");
         case.gating = gating(&[("a", 60, None), ("b", 900, None)]);
-        assert_eq!(gated_by(&case.decide(&pod)), "b", "a's gate_timeout is over");
+        assert_eq!(
+            gated_by(&case.decide(&pod)),
+            "b",
+            "a's gate_timeout is over"
+        );
     }
 
     #[test]

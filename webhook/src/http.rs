@@ -202,25 +202,31 @@ fn pod_error(state: &AppState, reason: &'static str) {
 /// admits), and counted.
 async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
     let now = jiff::Timestamp::now();
-    let first = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, admission::BadReview> {
-        let pod = match gate::read(body)? {
-            Read::Pod(pod) => pod,
-            Read::NotForUs(uid, why) => return Ok(Err(admission::Answer::allow_pod(&uid, why))),
-        };
-        if !(state.prefetches.is_synced()
-            && state.deployments.is_synced()
-            && state.lease.is_synced())
-        {
-            return Ok(Err(admission::Answer::allow_pod(&pod.uid, "caches not synced yet")
+    let first =
+        std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, admission::BadReview> {
+            let pod = match gate::read(body)? {
+                Read::Pod(pod) => pod,
+                Read::NotForUs(uid, why) => {
+                    return Ok(Err(admission::Answer::allow_pod(&uid, why)));
+                }
+            };
+            if !(state.prefetches.is_synced()
+                && state.deployments.is_synced()
+                && state.lease.is_synced())
+            {
+                return Ok(Err(admission::Answer::allow_pod(
+                    &pod.uid,
+                    "caches not synced yet",
+                )
                 .errored()));
-        }
-        let cached = match &pod.deployment {
-            Ok(name) => state.deployments.get(&pod.namespace, name),
-            Err(_) => None,
-        };
-        let decision = decide(state, &pod, cached.as_deref(), false, now);
-        Ok(Ok((pod, decision)))
-    }));
+            }
+            let cached = match &pod.deployment {
+                Ok(name) => state.deployments.get(&pod.namespace, name),
+                Err(_) => None,
+            };
+            let decision = decide(state, &pod, cached.as_deref(), false, now);
+            Ok(Ok((pod, decision)))
+        }));
     let (pod, decision) = match first {
         Ok(Ok(Ok(decided))) => decided,
         Ok(Ok(Err(answer))) => return pod_answer(state, answer, "caches_not_synced"),

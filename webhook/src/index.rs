@@ -309,7 +309,10 @@ impl DeploymentIndex {
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<DeploymentFacts>> {
         let guard = locks::read(&self.maps);
-        guard.0.get(&(namespace.to_string(), name.to_string())).cloned()
+        guard
+            .0
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     pub fn len(&self) -> usize {

@@ -6,8 +6,8 @@ use clap::Parser;
 use prefetch_webhook::config::Args;
 use prefetch_webhook::http::{AppState, admission_router, ops_router};
 use prefetch_webhook::index::{
-    DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex, run_deployment_watch,
-    run_lease_watch, run_node_watch, run_prefetch_watch,
+    DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex, run_deployment_watch, run_lease_watch,
+    run_node_watch, run_prefetch_watch,
 };
 use prefetch_webhook::metrics::Metrics;
 use prefetch_webhook::serve::serve_tls;
