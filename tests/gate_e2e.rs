@@ -91,6 +91,19 @@ async fn a_gated_rollout_starts_no_pod_cold() {
             .unwrap(),
         6.0
     );
+    // The release is a pods patch, which the install grants the controller (controller_e2e.rs
+    // checks its other grants exactly).
+    let api = rig.cluster.api.as_ref().unwrap();
+    let called = prefetch_tests::rbac::called(api, prefetch_tests::scenario::CONTROLLER_TOKEN);
+    let patch = (String::new(), "pods".to_string(), "patch".to_string());
+    assert!(called.contains(&patch));
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/base/controller/rbac.yaml");
+    assert!(
+        prefetch_tests::rbac::granted(&manifest)
+            .unwrap()
+            .contains(&patch)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
