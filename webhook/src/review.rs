@@ -266,13 +266,20 @@ pub struct ContainerImage<'a> {
 impl PodSpecImages<'_> {
     /// Every image reference as written, containers first.
     pub fn references(&self) -> impl Iterator<Item = &str> {
-        let init = self.init_containers.iter().flatten();
-        self.containers
-            .iter()
-            .flatten()
-            .chain(init)
-            .filter_map(|c| c.image.as_deref())
+        image_references(&self.containers, &self.init_containers)
     }
+}
+
+/// The image references of containers, then initContainers, as written.
+fn image_references<'s>(
+    containers: &'s Option<Vec<ContainerImage<'_>>>,
+    init_containers: &'s Option<Vec<ContainerImage<'_>>>,
+) -> impl Iterator<Item = &'s str> {
+    containers
+        .iter()
+        .flatten()
+        .chain(init_containers.iter().flatten())
+        .filter_map(|c| c.image.as_deref())
 }
 
 /// A Deployment (apps/v1): its metadata and its pod template's images.
@@ -334,12 +341,7 @@ pub struct SchedulingGateView<'a> {
 impl PodSpecView<'_> {
     /// Every image reference as written, containers first.
     pub fn references(&self) -> impl Iterator<Item = &str> {
-        let init = self.init_containers.iter().flatten();
-        self.containers
-            .iter()
-            .flatten()
-            .chain(init)
-            .filter_map(|c| c.image.as_deref())
+        image_references(&self.containers, &self.init_containers)
     }
 }
 
