@@ -301,7 +301,7 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
         }
         if signal {
             d["metadata"]["annotations"]["cache.techsquad.rocks/prefetch-images"] =
-                json!(serde_json::to_string(&[format!("{}", bench_image(tag))])?);
+                json!(serde_json::to_string(&[bench_image(tag)])?);
             d["metadata"]["annotations"]["cache.techsquad.rocks/prefetch-requested-at"] =
                 json!(prefetch_common::annotations::rfc3339(jiff::Timestamp::now()));
         }
