@@ -111,7 +111,18 @@ fn load(doc: &Value) -> Policy {
 
 impl Policy {
     fn review(&self, username: &str, operation: &str, old: &Value, new: &Value) -> Verdict {
-        let (group, resource) = ("", "nodes");
+        self.review_on("nodes", username, operation, old, new)
+    }
+
+    fn review_on(
+        &self,
+        resource: &str,
+        username: &str,
+        operation: &str,
+        old: &Value,
+        new: &Value,
+    ) -> Verdict {
+        let group = "";
         let matched = self.rules.iter().any(|(groups, resources, operations)| {
             groups.iter().any(|g| g == group || g == "*")
                 && resources.iter().any(|r| r == resource || r == "*")
@@ -498,4 +509,281 @@ fn the_policy_names_the_controllers_account_and_taint() {
         policy["metadata"]["name"]
     );
     assert_eq!(binding.value["spec"]["validationActions"], json!(["Deny"]));
+}
+
+// Warm rollouts (DESIGN.md section 9): on a Pod, the controller may only remove the rollout
+// scheduling gate; its own prefetch pods' creation and deletion are not this policy's.
+
+/// A gated workload pod as stored.
+fn gated_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": "web-7d4b9c8f6-x2x9z", "namespace": "shop", "uid": "p-1", "resourceVersion": "77",
+            "labels": {"app": "web", "pod-template-hash": "7d4b9c8f6", "cache.techsquad.rocks/gated-by": "web"},
+            "annotations": {"cache.techsquad.rocks/gated-until": "2026-11-22T10:15:00Z"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9c8f6", "uid": "rs", "controller": true}]
+        },
+        "spec": {
+            "containers": [{"name": "web", "image": "nginx:1.25"}],
+            "initContainers": [{"name": "init", "image": "busybox:1.36"}],
+            "schedulingGates": [{"name": "example.com/quota"}, {"name": "cache.techsquad.rocks/prefetch"}],
+            "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            "terminationGracePeriodSeconds": 30
+        },
+        "status": {"phase": "Pending"}
+    })
+}
+
+/// What the API server hands admission after the controller's release patch.
+fn released(pod: &Value) -> Value {
+    let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone()).unwrap();
+    let patch = prefetch_controller::gate::release_patch(&typed).expect("gated");
+    let mut new = pod.clone();
+    json_patch::patch(&mut new, &patch).unwrap();
+    new
+}
+
+#[test]
+fn the_controllers_gate_release_is_allowed() {
+    let policy = load(&policy_document());
+    let old = gated_pod();
+    let new = released(&old);
+    assert_eq!(
+        new["spec"]["schedulingGates"],
+        json!([{"name": "example.com/quota"}])
+    );
+    assert_eq!(
+        policy.review_on("pods", CONTROLLER, "UPDATE", &old, &new),
+        Verdict::Allowed
+    );
+    // Our gate the only one: none left.
+    let only = edited(&old, |p| {
+        p["spec"]["schedulingGates"] = json!([{"name": "cache.techsquad.rocks/prefetch"}])
+    });
+    let mut lifted = released(&only);
+    assert_eq!(lifted["spec"]["schedulingGates"], json!([]));
+    assert_eq!(
+        policy.review_on("pods", CONTROLLER, "UPDATE", &only, &lifted),
+        Verdict::Allowed
+    );
+    lifted["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("schedulingGates");
+    assert_eq!(
+        policy.review_on("pods", CONTROLLER, "UPDATE", &only, &lifted),
+        Verdict::Allowed
+    );
+}
+
+#[test]
+fn any_other_pod_change_by_the_controller_is_denied() {
+    let policy = load(&policy_document());
+    let old = gated_pod();
+    let lifted = released(&old);
+    let gates =
+        "may change the scheduling gates of a Pod only by removing cache.techsquad.rocks/prefetch";
+    let meta = "may not change the labels, annotations, finalizers or owners of a Node or a Pod";
+    let spec = "may not change the spec of a Pod but for removing the rollout gate";
+    type Edit = fn(&mut Value);
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "another gate removed",
+            |p| p["spec"]["schedulingGates"] = json!([{"name": "cache.techsquad.rocks/prefetch"}]),
+            gates,
+        ),
+        (
+            "every gate removed",
+            |p| p["spec"]["schedulingGates"] = json!([]),
+            gates,
+        ),
+        (
+            "a gate added",
+            |p| {
+                p["spec"]["schedulingGates"] =
+                    json!([{"name": "example.com/quota"}, {"name": "x.example/y"}])
+            },
+            gates,
+        ),
+        (
+            "label changed",
+            |p| p["metadata"]["labels"]["app"] = json!("evil"),
+            meta,
+        ),
+        (
+            "gated-by label dropped",
+            |p| {
+                p["metadata"]["labels"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("cache.techsquad.rocks/gated-by");
+            },
+            meta,
+        ),
+        (
+            "annotation added",
+            |p| p["metadata"]["annotations"]["x"] = json!("y"),
+            meta,
+        ),
+        (
+            "owner dropped",
+            |p| p["metadata"]["ownerReferences"] = json!([]),
+            meta,
+        ),
+        (
+            "finalizer added",
+            |p| p["metadata"]["finalizers"] = json!(["x.example/hold"]),
+            meta,
+        ),
+        (
+            "image changed",
+            |p| p["spec"]["containers"][0]["image"] = json!("evil:1"),
+            spec,
+        ),
+        (
+            "init image changed",
+            |p| p["spec"]["initContainers"][0]["image"] = json!("evil:1"),
+            spec,
+        ),
+        (
+            "toleration added",
+            |p| {
+                p["spec"]["tolerations"] =
+                    json!([{"key": "dedicated", "operator": "Exists"}, {"operator": "Exists"}])
+            },
+            spec,
+        ),
+        (
+            "nodeSelector set",
+            |p| p["spec"]["nodeSelector"] = json!({"pool": "gpu"}),
+            spec,
+        ),
+        (
+            "affinity set",
+            |p| p["spec"]["affinity"] = json!({"nodeAffinity": {}}),
+            spec,
+        ),
+        (
+            "deadline set",
+            |p| p["spec"]["activeDeadlineSeconds"] = json!(1),
+            spec,
+        ),
+        (
+            "grace changed",
+            |p| p["spec"]["terminationGracePeriodSeconds"] = json!(1),
+            spec,
+        ),
+    ];
+    for (what, edit, words) in cases {
+        let mut new = lifted.clone();
+        edit(&mut new);
+        match policy.review_on("pods", CONTROLLER, "UPDATE", &old, &new) {
+            Verdict::Denied(messages) => assert!(
+                messages.iter().any(|m| m.contains(words)),
+                "{what}: denied, but not for {words:?}: {messages:?}"
+            ),
+            other => panic!("{what}: expected a denial, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn prefetch_pods_come_and_go_and_nobody_else_is_matched() {
+    let policy = load(&policy_document());
+    let pod = gated_pod();
+    for op in ["CREATE", "DELETE"] {
+        let (old, new) = if op == "CREATE" {
+            (Value::Null, pod.clone())
+        } else {
+            (pod.clone(), Value::Null)
+        };
+        assert_eq!(
+            policy.review_on("pods", CONTROLLER, op, &old, &new),
+            Verdict::NotMatched,
+            "{op}"
+        );
+    }
+    let relabelled = edited(&pod, |p| p["metadata"]["labels"]["app"] = json!("x"));
+    for user in [
+        "system:serviceaccount:kube-system:replicaset-controller",
+        "kubernetes-admin",
+    ] {
+        assert_eq!(
+            policy.review_on("pods", user, "UPDATE", &pod, &relabelled),
+            Verdict::NotMatched
+        );
+    }
+}
+
+/// The pod hook's `matchConditions` (base install), evaluated as the API server would.
+#[test]
+fn the_pod_hook_admits_only_replicaset_owned_pods() {
+    let hooks = base_documents()
+        .into_iter()
+        .find(|d| d.kind == "MutatingWebhookConfiguration")
+        .unwrap()
+        .value;
+    let hook = hooks["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["clientConfig"]["service"]["path"] == "/mutate/pod")
+        .expect("the pod hook")
+        .clone();
+    let conditions: Vec<Program> = hook["matchConditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| compile(c["expression"].as_str().unwrap()))
+        .collect();
+    let admits = |pod: &Value| {
+        let mut ctx = Context::default();
+        ctx.add_variable("object", pod.clone()).unwrap();
+        ctx.add_variable("request", json!({"operation": "CREATE"}))
+            .unwrap();
+        conditions
+            .iter()
+            .all(|c| c.execute(&ctx) == Ok(Cel::Bool(true)))
+    };
+    let pod = gated_pod();
+    assert!(admits(&pod));
+    assert!(
+        prefetch_tests::rollout::owned_by_replica_set(&pod),
+        "the test API server's mirror agrees"
+    );
+    for (what, edit) in [
+        (
+            "no owner",
+            (|p: &mut Value| {
+                p["metadata"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("ownerReferences");
+            }) as fn(&mut Value),
+        ),
+        ("not the controller", |p| {
+            p["metadata"]["ownerReferences"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("controller");
+        }),
+        ("controller false", |p| {
+            p["metadata"]["ownerReferences"][0]["controller"] = json!(false)
+        }),
+        ("a StatefulSet's", |p| {
+            p["metadata"]["ownerReferences"][0]["kind"] = json!("StatefulSet")
+        }),
+        (
+            "a Job's",
+            |p| p["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "j", "controller": true}]),
+        ),
+    ] {
+        let other = edited(&pod, edit);
+        assert!(!admits(&other), "{what}");
+        assert!(
+            !prefetch_tests::rollout::owned_by_replica_set(&other),
+            "{what}: mirror"
+        );
+    }
 }

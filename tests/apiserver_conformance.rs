@@ -531,3 +531,81 @@ async fn node_taints_are_validated() {
         .unwrap_err();
     assert_eq!(api_code(err).0, 422);
 }
+
+/// Pod scheduling gates as kube-apiserver validates them (`ValidatePodUpdate`): a gate may
+/// only be removed; adding one, or changing other spec fields, is 422 Invalid; a pod created
+/// bound may not carry gates. Our controller's release patch (test + remove) is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduling_gates_may_only_shrink() {
+    use k8s_openapi::api::core::v1::Pod;
+    let c = TestCluster::start("gates").await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), &c.namespace);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "gated"},
+        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}],
+                 "schedulingGates": [{"name": "example.com/a"}, {"name": "cache.techsquad.rocks/prefetch"}]}
+    }))
+    .unwrap();
+    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
+    let json_patch =
+        |ops: serde_json::Value| Patch::<()>::Json(serde_json::from_value(ops).unwrap());
+    let add = json_patch(
+        json!([{"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": "example.com/b"}}]),
+    );
+    let err = pods
+        .patch("gated", &PatchParams::default(), &add)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(err), (422, "Invalid".into()));
+    let other = json_patch(json!([{"op": "add", "path": "/spec/restartPolicy", "value": "Never"}]));
+    let err = pods
+        .patch("gated", &PatchParams::default(), &other)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(err).0, 422);
+    // The controller's own release: removes only its gate.
+    let release = prefetch_controller::gate::release_patch(&created).unwrap();
+    let released = pods
+        .patch(
+            "gated",
+            &PatchParams::default(),
+            &Patch::<()>::Json(release.clone()),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = released
+        .spec
+        .unwrap()
+        .scheduling_gates
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| g.name)
+        .collect();
+    assert_eq!(names, ["example.com/a"]);
+    // The same patch again: its test no longer holds.
+    let err = pods
+        .patch(
+            "gated",
+            &PatchParams::default(),
+            &Patch::<()>::Json(release),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(err).0, 422);
+    let bound: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "bound"},
+        "spec": {"nodeName": "somewhere", "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}],
+                 "schedulingGates": [{"name": "example.com/a"}]}
+    }))
+    .unwrap();
+    let err = pods
+        .create(&PostParams::default(), &bound)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(err), (422, "Invalid".into()));
+    if let Some(api) = &c.api {
+        // A gated pod is never bound (the scheduler's binding fails too).
+        assert!(api.bind(&c.namespace, "gated", "node-1").is_err());
+    }
+    c.cleanup().await;
+}

@@ -365,7 +365,7 @@ fn chart_generated_certificates_serve_the_webhook_service() {
         assert_eq!(secret.name, "prefetch-webhook-tls");
         assert_eq!(secret.value["type"], "kubernetes.io/tls");
         let ca_b64 = secret.value["data"]["ca.crt"].as_str().unwrap();
-        assert_eq!(ca_bundles(&rendered), vec![ca_b64.to_string(); 3]);
+        assert_eq!(ca_bundles(&rendered), vec![ca_b64.to_string(); 4]);
         assert_serves_the_service(
             &secret_pem(secret, "tls.crt"),
             &secret_pem(secret, "tls.key"),
@@ -412,7 +412,7 @@ fn make_certs_files_become_the_secret_and_the_ca_bundle() {
     assert_eq!(secret_pem(secret, "tls.key"), key);
     assert_eq!(secret_pem(secret, "ca.crt"), ca);
     let ca_b64 = base64::engine::general_purpose::STANDARD.encode(&ca);
-    assert_eq!(ca_bundles(&rendered), vec![ca_b64; 3]);
+    assert_eq!(ca_bundles(&rendered), vec![ca_b64; 4]);
     assert_serves_the_service(&cert, &key, &ca, NAMESPACE);
     assert_same_apart_from_certificates(&rendered);
 }
@@ -522,8 +522,9 @@ fn values_reach_the_objects() {
 }
 
 #[test]
-fn warm_nodes_off_drops_the_node_rbac_and_the_policy() {
-    let Some(helm) = helm_for("warm_nodes_off_drops_the_node_rbac_and_the_policy") else {
+fn warm_nodes_off_drops_the_node_rbac_and_the_policys_node_rule() {
+    let Some(helm) = helm_for("warm_nodes_off_drops_the_node_rbac_and_the_policys_node_rule")
+    else {
         return;
     };
     let rendered =
@@ -545,22 +546,22 @@ fn warm_nodes_off_drops_the_node_rbac_and_the_policy() {
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
     assert_eq!(node_verbs, ["list", "watch"].map(String::from).into());
-    for kind in [
-        "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding",
-    ] {
-        assert!(
-            !docs.contains_key(&(kind.to_string(), "prefetch-controller".to_string())),
-            "{kind}"
-        );
-    }
+    // The policy stays for the rollout gate's pod rule; its node rule goes.
+    let rules = get("ValidatingAdmissionPolicy", "prefetch-controller")["spec"]["matchConstraints"]
+        ["resourceRules"]
+        .clone();
+    assert_eq!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["resources"].clone())
+            .collect::<Vec<_>>(),
+        [json!(["pods"])]
+    );
     // Everything else as with warm nodes on.
     let on = helm_template(&helm, NAMESPACE, &[], &[]).unwrap();
-    let on_keys: BTreeSet<_> = on
-        .iter()
-        .map(Doc::key)
-        .filter(|(k, _)| !k.starts_with("ValidatingAdmissionPolicy"))
-        .collect();
+    let on_keys: BTreeSet<_> = on.iter().map(Doc::key).collect();
     let off_keys: BTreeSet<_> = rendered.iter().map(Doc::key).collect();
     assert_eq!(on_keys, off_keys);
 }

@@ -523,6 +523,10 @@ async fn the_manifests_grant_exactly_what_the_controller_calls() {
         &prefetch_tests::rbac::called(api, CONTROLLER_TOKEN),
         &prefetch_tests::rbac::granted(&manifest).unwrap(),
         // kube's event Recorder patches an event only when the same one repeats (a series).
-        &[("events.k8s.io", "events", "patch")],
+        &[
+            ("events.k8s.io", "events", "patch"),
+            // Only when a gated pod is released (tests/gate_e2e.rs checks that call).
+            ("", "pods", "patch"),
+        ],
     );
 }

@@ -173,7 +173,33 @@ fn webhook_configurations_reach_the_webhook_as_designed() {
             .map(String::from)
             .into()
     );
-    assert_eq!(paths.len(), 2);
+    // The rollout gate: fail-open, 2 s, the same exclusions, pod CREATE only, and only pods a
+    // ReplicaSet controls.
+    let (policy, timeout, pod_hook) = &paths[prefetch_webhook::http::MUTATE_POD];
+    assert_eq!((policy.as_deref(), *timeout), (Some("Ignore"), Some(2)));
+    assert_eq!(pod_hook.side_effects, "None");
+    assert_eq!(
+        pod_hook.namespace_selector,
+        deployment_hook.namespace_selector
+    );
+    let rules = pod_hook.rules.clone().unwrap_or_default();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&[String::new()][..]));
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["pods".to_string()][..])
+    );
+    assert_eq!(
+        rules[0].operations.as_deref(),
+        Some(&["CREATE".to_string()][..])
+    );
+    let conditions = pod_hook.match_conditions.clone().unwrap_or_default();
+    assert!(
+        conditions.iter().any(|c| c.expression.contains("'ReplicaSet'")
+            && c.expression.contains("o.controller")),
+        "only ReplicaSet-owned pods may reach it: {conditions:?}"
+    );
+    assert_eq!(paths.len(), 3);
 }
 
 fn pod_spec(deployment: &Deployment) -> &PodSpec {
@@ -488,7 +514,7 @@ fn kustomize_renders_the_make_certs_install() {
             hooks += 1;
         }
     }
-    assert_eq!(hooks, 3);
+    assert_eq!(hooks, 4);
     let base: BTreeSet<(String, String)> = documents()
         .into_iter()
         .map(|(_, kind, name, _)| (kind, name))

@@ -26,14 +26,22 @@ use prefetch_tests::apiserver::TestApiServer;
 use prefetch_tests::binaries::{WebhookOptions, WebhookProcess};
 use prefetch_tests::cluster::client_for;
 use prefetch_tests::fixtures::{
-    TempDir, deployment_review, issue_test_certs, prefetch, prefetch_review, realistic_deployment,
-    realistic_prefetch,
+    TempDir, deployment_review, issue_test_certs, pod_review, prefetch, prefetch_review,
+    realistic_deployment, realistic_pod, realistic_prefetch,
 };
 use prefetch_tests::tls_client::{Connection, PinnedClient, Protocol, install_crypto_provider};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
+
+/// The pod workloads' Deployments: one rolling out a signalled image, one quiet.
+const GATED_DEPLOYMENT: &str = "shop-frontend";
+const QUIET_DEPLOYMENT: &str = "shop-cart";
+
+fn bench_image(tag: &str) -> String {
+    format!("registry.example.com/shop/frontend:{tag}")
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,6 +72,10 @@ struct Args {
     /// The p99 a rate must stay under to count as sustained, in milliseconds.
     #[arg(long, default_value_t = 5.0)]
     target_p99_ms: f64,
+    /// Measure exactly these arrival rates (comma-separated) instead of searching for the
+    /// saturation, e.g. 1000,5000.
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<u32>,
     /// Servers to measure: webhook, bare, or both.
     #[arg(long, value_delimiter = ',', default_values_t = ["webhook".to_string(), "bare".to_string()])]
     servers: Vec<String>,
@@ -90,7 +102,13 @@ struct Workload {
 }
 
 impl Workload {
-    const NAMES: [&'static str; 3] = ["deployment", "prefetch-default", "prefetch-validate"];
+    const NAMES: [&'static str; 5] = [
+        "deployment",
+        "prefetch-default",
+        "prefetch-validate",
+        "pod-gate",
+        "pod-pass",
+    ];
 
     /// Distinct request bodies (uids differ), built before the clock starts.
     fn build(name: &str) -> anyhow::Result<Self> {
@@ -106,7 +124,7 @@ impl Workload {
         };
         let (name, path, about, bodies, expect): (_, _, _, _, fn(&Value) -> bool) = match name {
             "deployment" => {
-                let image = |tag: &str| format!("registry.example.com/shop/frontend:{tag}");
+                let image = bench_image;
                 let old = realistic_deployment("default", "shop-frontend", &image("2026.11.1"));
                 let new = realistic_deployment("default", "shop-frontend", &image("2026.11.2"));
                 (
@@ -137,6 +155,37 @@ impl Workload {
                     "UPDATE of the same Prefetch, valid: every rule checked, allowed",
                     bodies(&|uid| prefetch_review(&uid, "UPDATE", new.clone(), old.clone()))?,
                     (|r: &Value| r["allowed"] == true && r.get("status").is_none())
+                        as fn(&Value) -> bool,
+                )
+            }
+            "pod-gate" => {
+                let pod = realistic_pod(
+                    "default",
+                    GATED_DEPLOYMENT,
+                    "7d4b9c8f6",
+                    &bench_image("2026.11.2"),
+                );
+                (
+                    "pod-gate",
+                    "/mutate/pod",
+                    "CREATE of a pod of a ReplicaSet whose Deployment rolls out a signalled image, selected by a Prefetch with gate_rollouts, a controller leading: the path that gates",
+                    bodies(&|uid| pod_review(&uid, pod.clone()))?,
+                    (|r: &Value| r.get("patch").is_some()) as fn(&Value) -> bool,
+                )
+            }
+            "pod-pass" => {
+                let pod = realistic_pod(
+                    "default",
+                    QUIET_DEPLOYMENT,
+                    "5f6d7c8b9",
+                    &bench_image("2026.11.1"),
+                );
+                (
+                    "pod-pass",
+                    "/mutate/pod",
+                    "CREATE of a pod of a ReplicaSet whose Deployment has no rollout signal (most pods): allowed unchanged",
+                    bodies(&|uid| pod_review(&uid, pod.clone()))?,
+                    (|r: &Value| r["allowed"] == true && r.get("patch").is_none())
                         as fn(&Value) -> bool,
                 )
             }
@@ -227,10 +276,69 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
         "bench",
         json!({"filter_by_labels": {"app": "nginx"}}),
     ))?;
-    Api::<Prefetch>::namespaced(client, "default")
+    Api::<Prefetch>::namespaced(client.clone(), "default")
         .create(&PostParams::default(), &object)
         .await?;
-    let webhook = WebhookProcess::start(WebhookOptions::with_cert_dir(&kubeconfig, &certs)).await?;
+    // The pod gate's world: a gating Prefetch, a Deployment mid-rollout (signalled now), a
+    // quiet one, and a controller's Lease kept fresh while the benchmark runs.
+    let gating: Prefetch = serde_json::from_value(prefetch(
+        "default",
+        "bench-gate",
+        json!({"filter_by_labels": {"app": "nginx"}, "gate_rollouts": true}),
+    ))?;
+    Api::<Prefetch>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &gating)
+        .await?;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    for (name, tag, signal) in [
+        (GATED_DEPLOYMENT, "2026.11.2", true),
+        (QUIET_DEPLOYMENT, "2026.11.1", false),
+    ] {
+        let mut d = realistic_deployment("default", name, &bench_image(tag));
+        for field in ["uid", "resourceVersion", "generation"] {
+            d["metadata"].as_object_mut().map(|m| m.remove(field));
+        }
+        if signal {
+            d["metadata"]["annotations"]["cache.techsquad.rocks/prefetch-images"] =
+                json!(serde_json::to_string(&[bench_image(tag)])?);
+            d["metadata"]["annotations"]["cache.techsquad.rocks/prefetch-requested-at"] =
+                json!(prefetch_common::annotations::rfc3339(jiff::Timestamp::now()));
+        }
+        deployments
+            .create(&PostParams::default(), &serde_json::from_value(d)?)
+            .await?;
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "default");
+    let lease =
+        |now: jiff::Timestamp| -> anyhow::Result<k8s_openapi::api::coordination::v1::Lease> {
+            Ok(serde_json::from_value(json!({
+                "metadata": {"name": "prefetch-controller"},
+                "spec": {"holderIdentity": "bench", "leaseDurationSeconds": 15,
+                         "renewTime": now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}
+            }))?)
+        };
+    leases
+        .create(&PostParams::default(), &lease(jiff::Timestamp::now())?)
+        .await?;
+    let renewer = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Ok(l) = lease(jiff::Timestamp::now()) {
+                let _ = leases
+                    .patch(
+                        "prefetch-controller",
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(json!({"spec": l.spec})),
+                    )
+                    .await;
+            }
+        }
+    });
+    let mut options = WebhookOptions::with_cert_dir(&kubeconfig, &certs);
+    options.extra_args = vec!["--lease-namespace".into(), "default".into()];
+    let webhook = WebhookProcess::start(options).await?;
     let (bare_addr, bare) = start_bare(&certs, args.bare_wrapper.as_deref()).await?;
     let server_cpus: Vec<usize> = (1..cores).collect();
     if pin {
@@ -310,6 +418,15 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
     let mut summaries = Vec::new();
     for workload in &workloads {
         check_answers(&webhook_client, workload).await?;
+        if !args.rates.is_empty() {
+            for &rate in &args.rates {
+                for server in &servers {
+                    let row = run_rate(server, workload, rate, &args).await?;
+                    print_row(workload, server, &row);
+                }
+            }
+            continue;
+        }
         let mut saturation = Vec::new();
         for server in &servers {
             saturation.push(find_saturation(server, workload, &args).await?);
@@ -416,6 +533,7 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
             );
         }
     }
+    renewer.abort();
     Ok(())
 }
 

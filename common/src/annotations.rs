@@ -14,3 +14,39 @@ pub const PREFETCH_LABEL: &str = "cache.techsquad.rocks/prefetch";
 pub const API_GROUP: &str = "cache.techsquad.rocks";
 pub const API_VERSION: &str = "v1";
 pub const KIND: &str = "Prefetch";
+
+/// The scheduling gate the pod webhook adds to a rollout's new pods (DESIGN.md section 9).
+pub const SCHEDULING_GATE: &str = "cache.techsquad.rocks/prefetch";
+/// Label on a gated pod naming the Prefetch whose round releases it.
+pub const GATED_BY_LABEL: &str = "cache.techsquad.rocks/gated-by";
+/// Annotation on a gated pod: RFC 3339 time after which it is released whatever happened.
+pub const GATED_UNTIL_ANNOTATION: &str = "cache.techsquad.rocks/gated-until";
+/// Label the Deployment controller puts on a ReplicaSet's pods; the ReplicaSet is named
+/// `<deployment>-<this value>`.
+pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
+/// A rollout signal as the webhook wrote it on a Deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    /// Normalized images new in the rollout.
+    pub images: Vec<String>,
+    pub requested_at: jiff::Timestamp,
+}
+
+/// The rollout signal in a Deployment's annotations; `None` when absent or unreadable.
+pub fn rollout_signal(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Option<Signal> {
+    let annotations = annotations?;
+    let requested_at = annotations.get(PREFETCH_REQUESTED_AT)?.parse().ok()?;
+    let images = serde_json::from_str(annotations.get(PREFETCH_IMAGES)?).ok()?;
+    Some(Signal {
+        images,
+        requested_at,
+    })
+}
+
+/// RFC 3339 UTC with second precision, as the webhook writes times.
+pub fn rfc3339(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}

@@ -98,6 +98,21 @@ pub struct PrefetchSpec {
     /// PriorityClass given to prefetch pods. Unset by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+
+    /// Hold the new pods of a selected Deployment's rollout (with a scheduling gate) until
+    /// the rollout's new images are on the targeted nodes, so no new pod starts on a node
+    /// that still has to pull. Needs the pod webhook and a running controller; a pod is
+    /// released at the latest after gate_timeout. Delays rollouts by up to the pull time.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_rollouts: Option<bool>,
+
+    /// Seconds after the rollout signal at which gated pods are released even if their
+    /// images are not on every node yet (a failed or slow pull never strands a rollout).
+    /// Default 900.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 3600))]
+    pub gate_timeout: Option<i64>,
 }
 
 impl PrefetchSpec {
@@ -112,6 +127,12 @@ impl PrefetchSpec {
     }
     pub fn pull_timeout_seconds(&self) -> i64 {
         self.pull_timeout.unwrap_or(limits::DEFAULT_PULL_TIMEOUT)
+    }
+    pub fn gate_rollouts(&self) -> bool {
+        self.gate_rollouts.unwrap_or(false)
+    }
+    pub fn gate_timeout_seconds(&self) -> i64 {
+        self.gate_timeout.unwrap_or(limits::DEFAULT_GATE_TIMEOUT)
     }
 }
 
@@ -155,6 +176,10 @@ pub struct RolloutRecord {
     pub requested_at: Option<Time>,
     /// When the reconciler started prefetching for it.
     pub observed_at: Option<Time>,
+    /// When every targeted node had the rollout's images pulled or failed (the round for
+    /// this signal ended). Pods gated for this rollout are released then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetched_at: Option<Time>,
 }
 
 /// Observed state, written by prefetch-controller.

@@ -5,17 +5,21 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use serde_json::{Value, json};
 
-use crate::limits::{DEFAULT_MAX_PARALLEL, DEFAULT_PULL_TIMEOUT, DEFAULT_RETRY_AFTER};
+use crate::limits::{
+    DEFAULT_GATE_TIMEOUT, DEFAULT_MAX_PARALLEL, DEFAULT_PULL_TIMEOUT, DEFAULT_RETRY_AFTER,
+};
 
 /// The spec fields that have a concrete default. The empty defaults (node_selector,
 /// tolerations) and unset priority_class_name mean the same absent as present, so they are
 /// not written.
-pub fn spec_defaults() -> [(&'static str, Value); 4] {
+pub fn spec_defaults() -> [(&'static str, Value); 6] {
     [
         ("node_filter", json!("")),
         ("retry_after", json!(DEFAULT_RETRY_AFTER)),
         ("max_parallel", json!(DEFAULT_MAX_PARALLEL)),
         ("pull_timeout", json!(DEFAULT_PULL_TIMEOUT)),
+        ("gate_rollouts", json!(false)),
+        ("gate_timeout", json!(DEFAULT_GATE_TIMEOUT)),
     ]
 }
 
@@ -61,7 +65,8 @@ mod tests {
         assert_eq!(
             patched["spec"],
             json!({"filter_by_labels": {"app": "nginx"}, "node_filter": "", "retry_after": 300,
-                   "max_parallel": 20, "pull_timeout": 600})
+                   "max_parallel": 20, "pull_timeout": 600, "gate_rollouts": false,
+                   "gate_timeout": 900})
         );
     }
 
@@ -73,7 +78,9 @@ mod tests {
             patch,
             json!([
                 {"op": "add", "path": "/spec/max_parallel", "value": 20},
-                {"op": "add", "path": "/spec/pull_timeout", "value": 600}
+                {"op": "add", "path": "/spec/pull_timeout", "value": 600},
+                {"op": "add", "path": "/spec/gate_rollouts", "value": false},
+                {"op": "add", "path": "/spec/gate_timeout", "value": 900}
             ])
         );
     }

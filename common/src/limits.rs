@@ -13,6 +13,10 @@ pub const DEFAULT_PULL_TIMEOUT: i64 = 600;
 pub const MIN_PULL_TIMEOUT: i64 = 30;
 pub const MAX_PULL_TIMEOUT: i64 = 86_400;
 
+pub const DEFAULT_GATE_TIMEOUT: i64 = 900;
+pub const MIN_GATE_TIMEOUT: i64 = 60;
+pub const MAX_GATE_TIMEOUT: i64 = 3_600;
+
 pub const MAX_NODE_FILTER_LEN: usize = 253;
 
 /// At most this many failures are kept in `status.failures`.

@@ -69,7 +69,7 @@ impl Default for ValidationContext<'_> {
 }
 
 /// The spec fields of `cache.techsquad.rocks/v1` Prefetch.
-pub const KNOWN_SPEC_FIELDS: [&str; 8] = [
+pub const KNOWN_SPEC_FIELDS: [&str; 10] = [
     "filter_by_labels",
     "node_filter",
     "retry_after",
@@ -78,6 +78,8 @@ pub const KNOWN_SPEC_FIELDS: [&str; 8] = [
     "pull_timeout",
     "tolerations",
     "priority_class_name",
+    "gate_rollouts",
+    "gate_timeout",
 ];
 
 /// Validates a whole Prefetch object (`{"apiVersion", "kind", "metadata", "spec"}`).
@@ -124,6 +126,21 @@ pub fn validate_prefetch_spec(spec: Option<&Value>, ctx: &ValidationContext<'_>)
     );
     validate_tolerations(spec, &mut verdict);
     validate_priority_class_name(spec, &mut verdict);
+    if let Some(value) = field(spec, "gate_rollouts")
+        && !value.is_boolean()
+    {
+        verdict.error(
+            "spec.gate_rollouts",
+            format!("must be true or false, got {}", type_name(value)),
+        );
+    }
+    integer_in_range(
+        spec,
+        "gate_timeout",
+        MIN_GATE_TIMEOUT,
+        MAX_GATE_TIMEOUT,
+        &mut verdict,
+    );
 
     for field in spec
         .keys()
@@ -639,6 +656,30 @@ mod tests {
             "{got:?}"
         );
         assert_eq!(got.len(), 7);
+    }
+
+    #[test]
+    fn gate_fields_are_typed_and_bounded() {
+        let with = |k: &str, v: Value| messages(json!({"filter_by_labels": {"a": "b"}, k: v}));
+        assert_eq!(with("gate_rollouts", json!(true)), Vec::<String>::new());
+        assert_eq!(with("gate_timeout", json!(60)), Vec::<String>::new());
+        assert_eq!(with("gate_timeout", json!(3600)), Vec::<String>::new());
+        assert_eq!(
+            with("gate_rollouts", json!("yes")),
+            ["spec.gate_rollouts: must be true or false, got a string"]
+        );
+        assert_eq!(
+            with("gate_timeout", json!(59)),
+            ["spec.gate_timeout: must be >= 60, got 59"]
+        );
+        assert_eq!(
+            with("gate_timeout", json!(3601)),
+            ["spec.gate_timeout: must be <= 3600, got 3601"]
+        );
+        assert_eq!(
+            with("gate_timeout", json!("15m")),
+            ["spec.gate_timeout: must be an integer between 60 and 3600, got a string"]
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 pub mod config;
 pub mod eligibility;
 pub mod fulllist;
+pub mod gate;
+pub mod gate_loop;
 pub mod leader;
 pub mod ledger;
 pub mod metrics;

@@ -32,6 +32,9 @@ pub struct Metrics {
     pub warming_nodes: Gauge,
     pub ledger_pairs: Gauge,
     pub watches: WatchMetrics,
+    pub gated_pods: Gauge,
+    pub rollout_gate: Histogram,
+    pub gate_releases: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -107,7 +110,30 @@ impl Default for Metrics {
             ledger_pairs.clone(),
         );
         let watches = WatchMetrics::register(&mut registry);
+        let gated_pods = Gauge::default();
+        registry.register(
+            "gated_pods",
+            "Pods held by the rollout scheduling gate",
+            gated_pods.clone(),
+        );
+        let rollout_gate = Histogram::new([
+            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
+        ]);
+        registry.register(
+            "rollout_gate_seconds",
+            "Time a gated pod was held, from its creation to its release",
+            rollout_gate.clone(),
+        );
+        let gate_releases = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "gate_releases",
+            "Gated pods released, by reason (prefetched, timed_out, prefetch_removed, gate_disabled)",
+            gate_releases.clone(),
+        );
         Self {
+            gated_pods,
+            rollout_gate,
+            gate_releases,
             registry,
             watches,
             reconciles,

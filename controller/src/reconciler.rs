@@ -255,14 +255,12 @@ pub fn rollout_signal<'a>(
         .into_iter()
         .filter(|d| selects_deployment(prefetch, d))
         .filter_map(|d| {
-            let annotations = d.metadata.annotations.as_ref()?;
-            let requested_at = annotations.get(PREFETCH_REQUESTED_AT)?.parse().ok()?;
-            let images: Vec<String> =
-                serde_json::from_str(annotations.get(PREFETCH_IMAGES)?).ok()?;
+            let signal =
+                prefetch_common::annotations::rollout_signal(d.metadata.annotations.as_ref())?;
             Some(RolloutSignal {
                 deployment: d.name_any(),
-                images,
-                requested_at,
+                images: signal.images,
+                requested_at: signal.requested_at,
             })
         })
         .max_by_key(|s| s.requested_at)
@@ -524,6 +522,23 @@ pub async fn run(
         stop.clone(),
     );
 
+    let gate_wake = Arc::new(Notify::new());
+    let gated_pods = {
+        let wake = gate_wake.clone();
+        cache(
+            watches.register("gated-pods"),
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(&crate::gate_loop::gated_pods_selector()),
+            crate::gate_loop::slim_gated_pod,
+            move |event| {
+                if matches!(event, Event::Apply(_) | Event::InitDone) {
+                    wake.notify_one();
+                }
+            },
+            stop.clone(),
+        )
+    };
+
     // Planning on a half-filled cache would run rounds over too few nodes: wait for all four.
     // Until then `/readyz` says which watch is missing and why. The Prefetch cache too: the
     // Controller holds its runner until that store is ready, and a held runner would never
@@ -586,6 +601,14 @@ pub async fn run(
         prefetch_store.clone(),
         stop.clone(),
     ));
+    // The gate loop too: leader only, for as long as this term of leadership.
+    let gate_loop = tokio::spawn(crate::gate_loop::run(
+        ctx.clone(),
+        prefetch_store.clone(),
+        gated_pods,
+        gate_wake,
+        stop.clone(),
+    ));
     let node_triggers = futures::stream::unfold(node_rx, |mut rx| async move {
         rx.recv().await.map(|()| ((), rx))
     });
@@ -619,8 +642,14 @@ pub async fn run(
             std::future::ready(())
         })
         .await;
-    // Let a taint removal in progress finish (bounded), then stop the loop.
+    // Let a taint removal or gate release in progress finish (bounded), then stop the loops.
     stop.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), gate_loop)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the gate loop did not stop within 5 s");
+    }
     if let Some(task) = warm_loop
         && tokio::time::timeout(Duration::from_secs(5), task)
             .await

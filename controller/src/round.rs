@@ -176,6 +176,19 @@ fn round_trigger(input: &RoundInput<'_>, status: &PrefetchStatus) -> Option<Stri
     (input.now >= next).then(|| "retry_after elapsed".into())
 }
 
+/// The rollout a resumed round still owes `prefetched_at` to (the memory that tracked it died
+/// with the previous process).
+fn unfinished_rollout(status: &PrefetchStatus) -> Option<(Timestamp, BTreeSet<String>)> {
+    let record = status.last_rollout.as_ref()?;
+    if record.prefetched_at.is_some() {
+        return None;
+    }
+    Some((
+        record.requested_at.as_ref()?.0,
+        record.images.iter().cloned().collect(),
+    ))
+}
+
 fn is_new_signal(signal: &RolloutSignal, status: &PrefetchStatus) -> bool {
     let seen = status
         .last_rollout
@@ -213,6 +226,7 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
             images: signal.images.clone(),
             requested_at: Some(time(signal.requested_at)),
             observed_at: Some(time(now)),
+            prefetched_at: None,
         });
         new_rollout = Some((
             signal.requested_at,
@@ -250,7 +264,7 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
         memory = Some(RoundMemory {
             started: start.0,
             outcomes,
-            rollout: None,
+            rollout: unfinished_rollout(&previous),
         });
     }
     if memory.is_none()
@@ -461,6 +475,12 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
         });
         if done {
             decision.rollout_latency = Some(until(*requested_at, now));
+            // What releases the pods held for this rollout (DESIGN.md section 9).
+            if let Some(record) = status.last_rollout.as_mut()
+                && record.requested_at.as_ref().map(|t| t.0) == Some(*requested_at)
+            {
+                record.prefetched_at = Some(time(now));
+            }
             memory.rollout = None;
         }
     }
@@ -998,6 +1018,23 @@ mod tests {
         let finished = world.step(&pods, rollout.memory.as_ref(), t("2026-11-22T10:00:31Z"));
         assert_eq!(finished.rollout_latency, Some(Duration::from_secs(12)));
         assert_eq!(finished.status.phase, Phase::Succeeded);
+        assert_eq!(
+            rollout.status.last_rollout.as_ref().unwrap().prefetched_at,
+            None,
+            "not prefetched while pulling"
+        );
+        assert_eq!(
+            finished.status.last_rollout.as_ref().unwrap().prefetched_at,
+            Some(Time(t("2026-11-22T10:00:31Z")))
+        );
+
+        // A controller restarted mid-rollout still records when it is prefetched.
+        world.prefetch.status = Some(rollout.status.clone());
+        let resumed = world.step(&pods, None, t("2026-11-22T10:00:32Z"));
+        assert_eq!(
+            resumed.status.last_rollout.as_ref().unwrap().prefetched_at,
+            Some(Time(t("2026-11-22T10:00:32Z")))
+        );
 
         // The same signal again starts nothing.
         world.prefetch.status = Some(finished.status.clone());

@@ -89,6 +89,72 @@ pub fn realistic_deployment(namespace: &str, name: &str, image: &str) -> Value {
     deployment
 }
 
+/// A pod of `deployment`'s ReplicaSet `<deployment>-<hash>` as the API server hands it to a
+/// mutating webhook on CREATE: the template of [`realistic_deployment`] with the defaults the
+/// API server has filled in, the ReplicaSet's controller reference, and the
+/// kube-controller-manager's managedFields. About 8 KB of JSON.
+pub fn realistic_pod(namespace: &str, deployment: &str, hash: &str, image: &str) -> Value {
+    let d = realistic_deployment(namespace, deployment, image);
+    let mut spec = d["spec"]["template"]["spec"].clone();
+    for list in ["initContainers", "containers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            c["terminationMessagePath"] = json!("/dev/termination-log");
+            c["terminationMessagePolicy"] = json!("File");
+            c["volumeMounts"].as_array_mut().unwrap().push(json!({
+                "name": "kube-api-access-x7k2p", "readOnly": true,
+                "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}));
+        }
+    }
+    spec["restartPolicy"] = json!("Always");
+    spec["dnsPolicy"] = json!("ClusterFirst");
+    spec["schedulerName"] = json!("default-scheduler");
+    spec["serviceAccount"] = spec["serviceAccountName"].clone();
+    spec["securityContext"] = json!({});
+    spec["enableServiceLinks"] = json!(true);
+    spec["preemptionPolicy"] = json!("PreemptLowerPriority");
+    spec["priority"] = json!(0);
+    spec["tolerations"] = json!([
+        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+    ]);
+    spec["volumes"].as_array_mut().unwrap().push(json!({"name": "kube-api-access-x7k2p", "projected": {
+        "defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+        ]}}));
+    let mut labels = d["spec"]["template"]["metadata"]["labels"].clone();
+    labels["pod-template-hash"] = json!(hash);
+    let fields: Vec<Value> = ["app", "proxy", "migrate"]
+        .iter()
+        .map(|c| json!({format!("k:{{\"name\":\"{c}\"}}"): {".": {}, "f:env": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:livenessProbe": {}, "f:name": {}, "f:ports": {}, "f:readinessProbe": {}, "f:resources": {}, "f:securityContext": {}, "f:terminationMessagePath": {}, "f:terminationMessagePolicy": {}, "f:volumeMounts": {}}}))
+        .collect();
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "generateName": format!("{deployment}-{hash}-"),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": d["spec"]["template"]["metadata"]["annotations"].clone(),
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{deployment}-{hash}"),
+                                 "uid": "5b0c9a52-0000-4000-8000-000000000002", "controller": true, "blockOwnerDeletion": true}],
+            "managedFields": [{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+                               "time": "2026-11-22T10:00:00Z", "fieldsType": "FieldsV1",
+                               "fieldsV1": {"f:metadata": {"f:generateName": {}, "f:labels": {}, "f:ownerReferences": {}},
+                                            "f:spec": {"f:containers": fields, "f:volumes": {}}}}]
+        },
+        "spec": spec,
+        "status": {"phase": "Pending", "qosClass": "Burstable"}
+    })
+}
+
+pub const POD_GVR: (&str, &str, &str, &str) = ("", "v1", "Pod", "pods");
+
+/// A pod CREATE review (no name yet: the ReplicaSet's pods are generateName'd).
+pub fn pod_review(uid: &str, object: Value) -> Value {
+    review_of(POD_GVR, uid, "CREATE", object, Value::Null)
+}
+
 /// A Prefetch as a cluster holds it after `kubectl apply` and a few rounds: last-applied
 /// annotation, managedFields, every spec field, and a full status. About 6 KB of JSON.
 /// `defaults`: whether the spec carries the fields the webhook defaults.

@@ -108,6 +108,22 @@ impl Answer {
         }
     }
 
+    /// A pod gate answer: always allowed.
+    pub fn allow_pod(uid: &str, why: impl Into<String>) -> Self {
+        Self::allow(uid, why)
+    }
+
+    /// Allowed, counted as an error.
+    pub fn errored(mut self) -> Self {
+        self.result = "error";
+        self
+    }
+
+    /// Allowed with the gate patch.
+    pub fn gated(self, patch: Patch) -> Self {
+        self.with_patch(patch)
+    }
+
     fn with_patch(mut self, patch: Patch) -> Self {
         if !patch.0.is_empty() {
             self.patch = Some(patch);
@@ -178,6 +194,9 @@ pub struct Caches<'a> {
     pub prefetches: &'a PrefetchIndex,
     pub nodes: &'a NodeNames,
     pub min_retry_after: i64,
+    /// When a holder last renewed the controller's Lease (`None`: nobody holds it, or the
+    /// Lease cache is not synced).
+    pub leader_renewed: Option<jiff::Timestamp>,
 }
 
 /// Parses `body` and decides. `now` stamps rollout signals.
@@ -189,7 +208,7 @@ pub fn review(
 ) -> Result<Answer, BadReview> {
     Ok(match endpoint {
         Endpoint::MutatePrefetch => mutate_prefetch(&review::parse(body)?),
-        Endpoint::ValidatePrefetch => validate(&review::parse(body)?, caches),
+        Endpoint::ValidatePrefetch => validate(&review::parse(body)?, caches, now),
         Endpoint::MutateDeployment => {
             deployment_signal(&review::parse(body)?, caches.prefetches, now)
         }
@@ -292,6 +311,7 @@ fn retry_after(view: &PrefetchView) -> &Value {
 fn validate(
     request: &PrefetchRequest<'_, ObjectOr<RetryAfterView>>,
     caches: &Caches<'_>,
+    now: jiff::Timestamp,
 ) -> Answer {
     let uid = &request.uid;
     let view = match target(request, Endpoint::ValidatePrefetch) {
@@ -319,6 +339,18 @@ fn validate(
             },
         )
     });
+    let mut verdict = verdict;
+    let gates = view.spec.as_ref().and_then(|s| s.get("gate_rollouts")) == Some(&Value::Bool(true));
+    let leading = caches
+        .leader_renewed
+        .is_some_and(|renewed| now.duration_since(renewed) <= crate::gate::LEASE_FRESHNESS);
+    if gates && !leading {
+        verdict.warnings.push(
+            "spec.gate_rollouts: no prefetch-controller holds a fresh leader Lease, so pods \
+             will not be gated until one runs"
+                .into(),
+        );
+    }
     if verdict.is_allowed() {
         let mut answer = Answer::allow(uid, "valid");
         answer.warnings = verdict.warnings;
@@ -401,7 +433,7 @@ fn deployment_signal(
             return answer;
         }
     };
-    let requested_at = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let requested_at = prefetch_common::annotations::rfc3339(now);
     let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
     let operations = if metadata.and_then(|m| m.annotations).is_none() {
         vec![add(
@@ -497,12 +529,38 @@ mod tests {
             prefetches: index,
             nodes: &nodes,
             min_retry_after: 30,
+            leader_renewed: None,
         };
         review(endpoint, body, &caches, now()).unwrap()
     }
 
     fn patch_json(answer: &Answer) -> Value {
         serde_json::to_value(answer.patch.as_ref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn gate_rollouts_without_a_leading_controller_warns() {
+        let index = PrefetchIndex::default();
+        let nodes = NodeNames::default();
+        let mut object = sample();
+        object["spec"]["gate_rollouts"] = json!(true);
+        let body = review_body(API_GROUP, KIND, "CREATE", object, Value::Null);
+        let warnings = |leader_renewed: Option<jiff::Timestamp>| {
+            let caches = Caches {
+                prefetches: &index,
+                nodes: &nodes,
+                min_retry_after: 30,
+                leader_renewed,
+            };
+            review(Endpoint::ValidatePrefetch, &body, &caches, now())
+                .unwrap()
+                .warnings
+        };
+        let stale = warnings(Some("2026-11-22T02:59:29Z".parse().unwrap()));
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert!(stale[0].contains("pods will not be gated"));
+        assert_eq!(warnings(None), stale);
+        assert!(warnings(Some("2026-11-22T02:59:50Z".parse().unwrap())).is_empty());
     }
 
     #[test]
@@ -624,7 +682,7 @@ mod tests {
         let body = review_body(API_GROUP, KIND, "CREATE", sample(), Value::Null);
         let mutated = decide(Endpoint::MutatePrefetch, &body, &index);
         assert_eq!(mutated.result, "patched");
-        assert_eq!(patch_json(&mutated).as_array().unwrap().len(), 2);
+        assert_eq!(patch_json(&mutated).as_array().unwrap().len(), 4);
         let validated = decide(Endpoint::ValidatePrefetch, &body, &index);
         assert!(
             validated.allowed && validated.patch.is_none(),
@@ -640,6 +698,7 @@ mod tests {
             prefetches: &index,
             nodes: &nodes,
             min_retry_after: 120,
+            leader_renewed: None,
         };
         let obj = |retry: i64, label: &str| {
             json!({"metadata": {"name": "p", "labels": {"v": label}},
@@ -811,6 +870,7 @@ mod tests {
             prefetches: &index,
             nodes: &nodes,
             min_retry_after: 30,
+            leader_renewed: None,
         };
         let err = |body: &[u8]| {
             review(Endpoint::ValidatePrefetch, body, &caches, now())
@@ -1040,6 +1100,7 @@ mod tests {
             prefetches: index,
             nodes: &nodes,
             min_retry_after: 30,
+            leader_renewed: None,
         };
         Endpoint::ALL
             .into_iter()

@@ -37,6 +37,24 @@ pub struct Args {
     /// Warn when a Prefetch's node_filter matches no node (watches Node names).
     #[arg(long, env = "PREFETCH_WARN_UNMATCHED_NODE_FILTER", default_value_t = true, action = clap::ArgAction::Set)]
     pub warn_unmatched_node_filter: bool,
+    /// Namespace of the controller's leader Lease: pods are gated only while it is fresh.
+    #[arg(
+        long,
+        env = "PREFETCH_LEASE_NAMESPACE",
+        default_value = "prefetch-system"
+    )]
+    pub lease_namespace: String,
+    /// Name of the controller's leader Lease.
+    #[arg(
+        long,
+        env = "PREFETCH_LEASE_NAME",
+        default_value = "prefetch-controller"
+    )]
+    pub lease_name: String,
+    /// Bound of the pod gate's one live read of a Deployment its cache is behind on (the
+    /// hook's timeoutSeconds is 2 s).
+    #[arg(long, env = "PREFETCH_LIVE_READ_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    pub live_read_timeout: Duration,
     /// At most this many client connections at once. At the limit, a new connection closes
     /// one that is waiting on its client (never one being answered).
     #[arg(long, env = "PREFETCH_MAX_CONNECTIONS", default_value_t = 1024,
@@ -111,6 +129,11 @@ mod tests {
         assert_eq!(args.listen_addr.to_string(), "0.0.0.0:8443");
         assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(args.min_retry_after, 30);
+        assert_eq!(
+            (args.lease_namespace.as_str(), args.lease_name.as_str()),
+            ("prefetch-system", "prefetch-controller")
+        );
+        assert_eq!(args.live_read_timeout, Duration::from_millis(500));
         assert_eq!(args.log_format, LogFormat::Text);
         assert!(Args::try_parse_from(["prefetch-webhook", "--min-retry-after", "10"]).is_err());
         assert!(Args::try_parse_from(["prefetch-webhook", "--min-retry-after", "600"]).is_ok());

@@ -15,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::admission::{self, Caches, Endpoint};
-use crate::index::{NodeNames, PrefetchIndex};
-use crate::metrics::{EndpointLabel, Metrics, ReasonLabel, RequestLabels};
+use crate::gate::{self, Decision, PodFacts, Read};
+use crate::index::{DeploymentFacts, DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex};
+use crate::metrics::{EndpointLabel, Metrics, ReasonLabel, RequestLabels, ResultLabel};
 
 /// Bodies above this get 413. The API server caps objects near 3 MiB; an AdmissionReview holds
 /// two of them plus envelope, so 7 MiB admits every legitimate review.
@@ -34,13 +35,33 @@ pub struct AppState {
     pub watches: Arc<WatchSet>,
     /// A watch down longer than this is named in `/readyz` (which stays 200: see README).
     pub stale_after: Duration,
+    pub deployments: Arc<DeploymentIndex>,
+    pub lease: Arc<LeaderLease>,
+    /// For the pod gate's live read of a Deployment the cache is behind on.
+    pub client: Option<kube::Client>,
+    /// Bound of that live read.
+    pub live_read_timeout: std::time::Duration,
 }
+
+impl AppState {
+    /// When the controller's Lease was last renewed by a holder, once its cache is synced.
+    fn leader_renewed(&self) -> Option<jiff::Timestamp> {
+        self.lease
+            .is_synced()
+            .then(|| self.lease.renewed_at())
+            .flatten()
+    }
+}
+
+/// Path of the pod gate.
+pub const MUTATE_POD: &str = "/mutate/pod";
 
 pub fn admission_router(state: AppState) -> Router {
     Router::new()
         .route(Endpoint::MutatePrefetch.path(), post(mutate_prefetch))
         .route(Endpoint::ValidatePrefetch.path(), post(validate_prefetch))
         .route(Endpoint::MutateDeployment.path(), post(mutate_deployment))
+        .route(MUTATE_POD, post(mutate_pod))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -85,27 +106,48 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
+fn not_json(path: &'static str) -> (&'static str, Response) {
+    tracing::info!(
+        endpoint = path,
+        "rejected: Content-Type is not application/json"
+    );
+    (
+        "bad_request",
+        (
+            StatusCode::BAD_REQUEST,
+            "Content-Type must be application/json\n",
+        )
+            .into_response(),
+    )
+}
+
+fn record(state: &AppState, path: &'static str, started: Instant, result: &'static str) {
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            endpoint: path,
+            result,
+        })
+        .inc();
+    state
+        .metrics
+        .duration
+        .get_or_create(&EndpointLabel { endpoint: path })
+        .observe(started.elapsed().as_secs_f64());
+}
+
 fn handle(endpoint: Endpoint, state: &AppState, headers: &HeaderMap, body: &[u8]) -> Response {
     let started = Instant::now();
     let path = endpoint.path();
     let (result, response) = if !is_json(headers) {
-        tracing::info!(
-            endpoint = path,
-            "rejected: Content-Type is not application/json"
-        );
-        (
-            "bad_request",
-            (
-                StatusCode::BAD_REQUEST,
-                "Content-Type must be application/json\n",
-            )
-                .into_response(),
-        )
+        not_json(path)
     } else {
         let caches = Caches {
             prefetches: &state.prefetches,
             nodes: &state.nodes,
             min_retry_after: state.min_retry_after,
+            leader_renewed: state.leader_renewed(),
         };
         // Belt and braces: a bug must cost one request, never the process or a Deployment.
         match std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -132,20 +174,224 @@ fn handle(endpoint: Endpoint, state: &AppState, headers: &HeaderMap, body: &[u8]
             }
         }
     };
+    record(state, path, started, result);
+    response
+}
+
+async fn mutate_pod(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let (result, response) = if !is_json(&headers) {
+        pod_error(&state, "unreadable");
+        not_json(MUTATE_POD)
+    } else {
+        pod_review(&state, &body).await
+    };
+    record(&state, MUTATE_POD, started, result);
+    response
+}
+
+fn pod_error(state: &AppState, reason: &'static str) {
     state
         .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            endpoint: path,
-            result,
-        })
+        .pod_gate
+        .get_or_create(&ResultLabel { result: "errored" })
         .inc();
     state
         .metrics
-        .duration
-        .get_or_create(&EndpointLabel { endpoint: path })
-        .observe(started.elapsed().as_secs_f64());
-    response
+        .pod_gate_errors
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+}
+
+/// The pod gate, fail-open: whatever goes wrong, the pod is allowed unchanged (or, for a body
+/// that is no AdmissionReview, answered 400, which the API server's `failurePolicy: Ignore`
+/// admits), and counted.
+async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
+    let now = jiff::Timestamp::now();
+    let first =
+        std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, admission::BadReview> {
+            let pod = match gate::read(body)? {
+                Read::Pod(pod) => pod,
+                Read::NotForUs(uid, why) => {
+                    return Ok(Err(admission::Answer::allow_pod(&uid, why)));
+                }
+            };
+            if !(state.prefetches.is_synced()
+                && state.deployments.is_synced()
+                && state.lease.is_synced())
+            {
+                return Ok(Err(admission::Answer::allow_pod(
+                    &pod.uid,
+                    "caches not synced yet",
+                )
+                .errored()));
+            }
+            let cached = match &pod.deployment {
+                Ok(name) => state.deployments.get(&pod.namespace, name),
+                Err(_) => None,
+            };
+            let decision = decide(state, &pod, cached.as_deref(), false, now);
+            Ok(Ok((pod, decision)))
+        }));
+    let (pod, decision) = match first {
+        Ok(Ok(Ok(decided))) => decided,
+        Ok(Ok(Err(answer))) => return pod_answer(state, answer, "caches_not_synced"),
+        Ok(Err(bad)) => {
+            pod_error(state, "unreadable");
+            tracing::info!(endpoint = MUTATE_POD, error = %bad, "rejected a malformed review");
+            return (
+                "bad_request",
+                (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response(),
+            );
+        }
+        Err(_) => return pod_panicked(state),
+    };
+    let decision = match decision {
+        Decision::ReadLive { deployment } => {
+            let live = match read_deployment(state, &pod.namespace, &deployment).await {
+                Ok(live) => live,
+                Err(why) => {
+                    let answer = admission::Answer::allow_pod(
+                        &pod.uid,
+                        format!("live read of Deployment {deployment} failed: {why}"),
+                    )
+                    .errored();
+                    return pod_answer(state, answer, "live_read");
+                }
+            };
+            match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                decide(state, &pod, live.as_ref(), true, now)
+            })) {
+                Ok(decision) => decision,
+                Err(_) => return pod_panicked(state),
+            }
+        }
+        decision => decision,
+    };
+    let answer = match decision {
+        Decision::Gate {
+            prefetch,
+            deployment,
+            until,
+            patch,
+        } => admission::Answer::allow_pod(
+            &pod.uid,
+            format!(
+                "gated for Prefetch {prefetch} (Deployment {deployment}) until {}",
+                prefetch_common::annotations::rfc3339(until)
+            ),
+        )
+        .gated(patch),
+        Decision::Pass(why) | Decision::ReadLive { deployment: why } => {
+            admission::Answer::allow_pod(&pod.uid, why)
+        }
+    };
+    pod_answer(state, answer, "internal")
+}
+
+fn decide(
+    state: &AppState,
+    pod: &PodFacts,
+    deployment: Option<&DeploymentFacts>,
+    live: bool,
+    now: jiff::Timestamp,
+) -> Decision {
+    let gating = |labels: &std::collections::BTreeMap<String, String>| {
+        state
+            .prefetches
+            .gating_by(&pod.namespace, |key| labels.get(key).map(String::as_str))
+    };
+    gate::decide(
+        pod,
+        &gate::Inputs {
+            deployment,
+            live,
+            gating: &gating,
+            leader_renewed: state.leader_renewed(),
+            now,
+        },
+    )
+}
+
+/// One GET of a Deployment, bounded by `live_read_timeout`; `Ok(None)` when it does not exist.
+async fn read_deployment(
+    state: &AppState,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<DeploymentFacts>, String> {
+    let count = |result| {
+        state
+            .metrics
+            .deployment_live_reads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    };
+    let Some(client) = state.client.clone() else {
+        count("error");
+        return Err("no API client".into());
+    };
+    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client, namespace);
+    match tokio::time::timeout(state.live_read_timeout, api.get_opt(name)).await {
+        Ok(Ok(found)) => {
+            count("ok");
+            Ok(found.as_ref().map(DeploymentFacts::of))
+        }
+        Ok(Err(err)) => {
+            count("error");
+            Err(err.to_string())
+        }
+        Err(_) => {
+            count("timeout");
+            Err(format!("no answer within {:?}", state.live_read_timeout))
+        }
+    }
+}
+
+fn pod_panicked(state: &AppState) -> (&'static str, Response) {
+    tracing::error!(endpoint = MUTATE_POD, "pod gate panicked; answering 500");
+    pod_error(state, "panic");
+    ("error", StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Counts and logs a pod answer; an `errored` answer under `error_reason`.
+fn pod_answer(
+    state: &AppState,
+    answer: admission::Answer,
+    error_reason: &'static str,
+) -> (&'static str, Response) {
+    match answer.result {
+        "patched" => {
+            state
+                .metrics
+                .pod_gate
+                .get_or_create(&ResultLabel { result: "gated" })
+                .inc();
+            tracing::info!(endpoint = MUTATE_POD, uid = %answer.uid, reason = %answer.why, "pod gated");
+        }
+        "error" => {
+            pod_error(state, error_reason);
+            tracing::warn!(endpoint = MUTATE_POD, uid = %answer.uid, reason = %answer.why, "pod allowed ungated after an error");
+        }
+        _ => {
+            state
+                .metrics
+                .pod_gate
+                .get_or_create(&ResultLabel { result: "passed" })
+                .inc();
+            tracing::debug!(endpoint = MUTATE_POD, uid = %answer.uid, reason = %answer.why, "pod passed");
+        }
+    }
+    match answer.to_review_json() {
+        Ok(body) => (
+            answer.result,
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        ),
+        Err(err) => {
+            tracing::error!(endpoint = MUTATE_POD, error = %err, "could not encode the response");
+            ("error", StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+    }
 }
 
 fn respond(

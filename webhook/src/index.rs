@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
@@ -17,6 +19,7 @@ use kube::runtime::watcher::Event;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use prefetch_common::Prefetch;
+use prefetch_common::images::pod_spec_images;
 use prefetch_common::labels::selects_by;
 use prefetch_common::watch::{WatchHealth, run_watch};
 use tokio_util::sync::CancellationToken;
@@ -26,12 +29,53 @@ use crate::metrics::Metrics;
 
 type Selector = BTreeMap<String, String>;
 
-/// namespace -> Prefetch name -> filter_by_labels.
+/// What the webhook keeps of one Prefetch: its selector, and what the pod gate reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Entry {
+    selector: Selector,
+    /// `spec.gate_rollouts`, with `spec.gate_timeout` in seconds.
+    gate_timeout: Option<i64>,
+    /// `status.last_rollout.requested_at`, when its `prefetched_at` is set.
+    prefetched_through: Option<jiff::Timestamp>,
+}
+
+impl Entry {
+    fn of(prefetch: Prefetch) -> Self {
+        let prefetched_through = prefetch
+            .status
+            .and_then(|s| s.last_rollout)
+            .filter(|r| r.prefetched_at.is_some())
+            .and_then(|r| r.requested_at)
+            .map(|t| t.0);
+        Self {
+            gate_timeout: prefetch
+                .spec
+                .gate_rollouts()
+                .then(|| prefetch.spec.gate_timeout_seconds()),
+            selector: prefetch.spec.filter_by_labels,
+            prefetched_through,
+        }
+    }
+}
+
+/// A Prefetch with `gate_rollouts` that selects a Deployment, as the pod gate reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatingPrefetch {
+    pub name: String,
+    /// `spec.gate_timeout`, seconds.
+    pub gate_timeout: i64,
+    /// The newest rollout signal (`requested_at`) its status shows prefetched.
+    pub prefetched_through: Option<jiff::Timestamp>,
+}
+
+type ByNamespace = HashMap<String, BTreeMap<String, Entry>>;
+
+/// namespace -> Prefetch name -> what the decisions read of it.
 #[derive(Debug, Default)]
 struct Selectors {
-    live: HashMap<String, BTreeMap<String, Selector>>,
+    live: ByNamespace,
     /// Being filled by a relist; swapped into `live` at `InitDone`.
-    relist: Option<HashMap<String, BTreeMap<String, Selector>>>,
+    relist: Option<ByNamespace>,
 }
 
 /// Which Prefetches select which Deployments, per namespace.
@@ -73,11 +117,39 @@ impl PrefetchIndex {
             .map(|by_name| {
                 by_name
                     .iter()
-                    .filter(|(_, selector)| !selector.is_empty() && selects_by(selector, &label))
+                    .filter(|(_, entry)| {
+                        !entry.selector.is_empty() && selects_by(&entry.selector, &label)
+                    })
                     .map(|(name, _)| name.clone())
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The Prefetches in `namespace` with `gate_rollouts` that select an object with these
+    /// labels, by name.
+    pub fn gating_by<'l>(
+        &self,
+        namespace: &str,
+        label: impl Fn(&str) -> Option<&'l str>,
+    ) -> Vec<GatingPrefetch> {
+        let guard = locks::read(&self.selectors);
+        let Some(by_name) = guard.live.get(namespace) else {
+            return Vec::new();
+        };
+        by_name
+            .iter()
+            .filter_map(|(name, entry)| {
+                let gate_timeout = entry.gate_timeout?;
+                (!entry.selector.is_empty() && selects_by(&entry.selector, &label)).then(|| {
+                    GatingPrefetch {
+                        name: name.clone(),
+                        gate_timeout,
+                        prefetched_through: entry.prefetched_through,
+                    }
+                })
+            })
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -94,11 +166,11 @@ impl PrefetchIndex {
     pub fn apply(&self, event: Event<DeserializeGuard<Prefetch>>) -> Vec<String> {
         let mut invalid = Vec::new();
         let mut entry =
-            |guard: DeserializeGuard<Prefetch>| -> Option<((String, String), Option<Selector>)> {
+            |guard: DeserializeGuard<Prefetch>| -> Option<((String, String), Option<Entry>)> {
                 match guard.0 {
                     Ok(prefetch) => {
                         let key = namespace_and_name(&prefetch.metadata)?;
-                        Some((key, Some(prefetch.spec.filter_by_labels)))
+                        Some((key, Some(Entry::of(prefetch))))
                     }
                     Err(err) => {
                         invalid.push(format!(
@@ -146,7 +218,7 @@ impl PrefetchIndex {
     }
 }
 
-fn remove(map: &mut HashMap<String, BTreeMap<String, Selector>>, ns: &str, name: &str) {
+fn remove(map: &mut ByNamespace, ns: &str, name: &str) {
     if let Some(by_name) = map.get_mut(ns) {
         by_name.remove(name);
         if by_name.is_empty() {
@@ -197,6 +269,135 @@ impl NodeNames {
     }
 }
 
+/// What the pod gate reads of a Deployment: its labels (which Prefetches select it), its
+/// rollout signal, and its pod template's normalized images. Nothing else is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentFacts {
+    pub labels: BTreeMap<String, String>,
+    pub signal: Option<prefetch_common::annotations::Signal>,
+    pub template_images: BTreeSet<String>,
+}
+
+impl DeploymentFacts {
+    pub fn of(deployment: &Deployment) -> Self {
+        let template_images = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|spec| pod_spec_images(spec).images)
+            .unwrap_or_default();
+        Self {
+            labels: deployment.metadata.labels.clone().unwrap_or_default(),
+            signal: prefetch_common::annotations::rollout_signal(
+                deployment.metadata.annotations.as_ref(),
+            ),
+            template_images,
+        }
+    }
+}
+
+type DeploymentMap = HashMap<(String, String), Arc<DeploymentFacts>>;
+
+/// The cluster's Deployments, slimmed to [`DeploymentFacts`], by (namespace, name).
+#[derive(Debug, Default)]
+pub struct DeploymentIndex {
+    maps: RwLock<(DeploymentMap, Option<DeploymentMap>)>,
+    synced: AtomicBool,
+}
+
+impl DeploymentIndex {
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<DeploymentFacts>> {
+        let guard = locks::read(&self.maps);
+        guard
+            .0
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        locks::read(&self.maps).0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn apply(&self, event: Event<Deployment>) {
+        let key = |d: &Deployment| namespace_and_name(&d.metadata);
+        let mut guard = locks::write(&self.maps);
+        let (live, relist) = &mut *guard;
+        match event {
+            Event::Init => *relist = Some(HashMap::new()),
+            Event::InitApply(d) => {
+                if let Some(k) = key(&d) {
+                    relist
+                        .get_or_insert_with(HashMap::new)
+                        .insert(k, Arc::new(DeploymentFacts::of(&d)));
+                }
+            }
+            Event::InitDone => {
+                *live = relist.take().unwrap_or_default();
+                self.synced.store(true, Ordering::Release);
+            }
+            Event::Apply(d) => {
+                if let Some(k) = key(&d) {
+                    live.insert(k, Arc::new(DeploymentFacts::of(&d)));
+                }
+            }
+            Event::Delete(d) => {
+                if let Some(k) = key(&d) {
+                    live.remove(&k);
+                }
+            }
+        }
+    }
+}
+
+/// The controller's leader Lease as the pod gate reads it: who holds it and when it was
+/// last renewed.
+#[derive(Debug, Default)]
+pub struct LeaderLease {
+    /// `(holderIdentity set, renewTime)`; `None` when there is no such Lease.
+    state: RwLock<Option<(bool, Option<jiff::Timestamp>)>>,
+    synced: AtomicBool,
+}
+
+impl LeaderLease {
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// When a holder last renewed the Lease; `None` when nobody holds it (or unknown).
+    pub fn renewed_at(&self) -> Option<jiff::Timestamp> {
+        match *locks::read(&self.state) {
+            Some((true, renewed)) => renewed,
+            _ => None,
+        }
+    }
+
+    fn read(lease: &Lease) -> (bool, Option<jiff::Timestamp>) {
+        let spec = lease.spec.as_ref();
+        let held = spec
+            .and_then(|s| s.holder_identity.as_deref())
+            .is_some_and(|h| !h.is_empty());
+        (held, spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0))
+    }
+
+    pub fn apply(&self, event: Event<Lease>) {
+        let mut state = locks::write(&self.state);
+        match event {
+            Event::Init => {}
+            Event::InitApply(lease) | Event::Apply(lease) => *state = Some(Self::read(&lease)),
+            Event::InitDone => self.synced.store(true, Ordering::Release),
+            Event::Delete(_) => *state = None,
+        }
+    }
+}
+
 /// Keeps `index` in step with the cluster's Prefetches until `stop`.
 pub async fn run_prefetch_watch(
     client: Client,
@@ -214,6 +415,33 @@ pub async fn run_prefetch_watch(
         metrics.watched_prefetches.set(index.len() as i64);
     })
     .await;
+}
+
+/// Keeps `index` in step with the cluster's Deployments (all namespaces) until `stop`.
+pub async fn run_deployment_watch(
+    client: Client,
+    index: Arc<DeploymentIndex>,
+    health: Arc<WatchHealth>,
+    stop: CancellationToken,
+) {
+    let api: Api<Deployment> = Api::all(client);
+    let connect = move || watcher(api.clone(), watcher::Config::default());
+    run_watch(health, connect, stop, |event| index.apply(event)).await;
+}
+
+/// Keeps `lease` in step with the controller's leader Lease `namespace/name` until `stop`.
+pub async fn run_lease_watch(
+    client: Client,
+    namespace: String,
+    name: String,
+    lease: Arc<LeaderLease>,
+    health: Arc<WatchHealth>,
+    stop: CancellationToken,
+) {
+    let api: Api<Lease> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let connect = move || watcher(api.clone(), config.clone());
+    run_watch(health, connect, stop, |event| lease.apply(event)).await;
 }
 
 /// Keeps `names` in step with the cluster's Nodes (metadata only: names are all we need).

@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod config;
 pub mod conn;
+pub mod gate;
 pub mod http;
 pub mod index;
 pub mod limits;

@@ -6,7 +6,10 @@ use clap::Parser;
 use prefetch_common::watch::WatchSet;
 use prefetch_webhook::config::Args;
 use prefetch_webhook::http::{AppState, admission_router, ops_router};
-use prefetch_webhook::index::{NodeNames, PrefetchIndex, run_node_watch, run_prefetch_watch};
+use prefetch_webhook::index::{
+    DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex, run_deployment_watch, run_lease_watch,
+    run_node_watch, run_prefetch_watch,
+};
 use prefetch_webhook::metrics::Metrics;
 use prefetch_webhook::serve::serve_tls;
 use prefetch_webhook::tls::{CertFiles, ReloadingCert, server_config, watch_cert_files};
@@ -47,6 +50,10 @@ async fn main() -> anyhow::Result<()> {
         serving: Arc::new(AtomicBool::new(true)),
         watches: Arc::new(WatchSet::default()),
         stale_after: args.cache_stale_after,
+        deployments: Arc::new(DeploymentIndex::default()),
+        lease: Arc::new(LeaderLease::default()),
+        client: Some(client.clone()),
+        live_read_timeout: args.live_read_timeout,
     };
 
     let admission_listener = TcpListener::bind(args.listen_addr)
@@ -72,6 +79,22 @@ async fn main() -> anyhow::Result<()> {
         state.watches.register("prefetches"),
         shutdown.child_token(),
     ));
+    let gate_watches = [
+        tokio::spawn(run_deployment_watch(
+            client.clone(),
+            state.deployments.clone(),
+            state.watches.register_optional("deployments"),
+            shutdown.child_token(),
+        )),
+        tokio::spawn(run_lease_watch(
+            client.clone(),
+            args.lease_namespace.clone(),
+            args.lease_name.clone(),
+            state.lease.clone(),
+            state.watches.register_optional("leases"),
+            shutdown.child_token(),
+        )),
+    ];
     let node_watch = args.warn_unmatched_node_filter.then(|| {
         tokio::spawn(run_node_watch(
             client,
@@ -108,6 +131,9 @@ async fn main() -> anyhow::Result<()> {
 
     // Cancelled with `shutdown`: they end at once.
     let _ = watches.await;
+    for watch in gate_watches {
+        let _ = watch.await;
+    }
     if let Some(node_watch) = node_watch {
         let _ = node_watch.await;
     }

@@ -44,6 +44,14 @@ pub struct Metrics {
     pub connections_shed: Family<StageLabel, Counter>,
     pub open_connections: Gauge,
     pub inflight_requests: Gauge,
+    pub pod_gate: Family<ResultLabel, Counter>,
+    pub pod_gate_errors: Family<ReasonLabel, Counter>,
+    pub deployment_live_reads: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
 }
 
 impl Default for Metrics {
@@ -114,7 +122,28 @@ impl Default for Metrics {
             "Admission requests between their headers and their written response",
             inflight_requests.clone(),
         );
+        let pod_gate = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "pod_gate",
+            "Pod reviews of /mutate/pod by result: gated, passed (allowed unchanged), errored (allowed unchanged after an internal error)",
+            pod_gate.clone(),
+        );
+        let pod_gate_errors = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "pod_gate_errors",
+            "Pods allowed ungated because of an error, by reason",
+            pod_gate_errors.clone(),
+        );
+        let deployment_live_reads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "deployment_live_reads",
+            "Live GETs of a Deployment the watch cache was behind on, by result",
+            deployment_live_reads.clone(),
+        );
         Self {
+            pod_gate,
+            pod_gate_errors,
+            deployment_live_reads,
             registry,
             requests,
             duration,

@@ -266,13 +266,20 @@ pub struct ContainerImage<'a> {
 impl PodSpecImages<'_> {
     /// Every image reference as written, containers first.
     pub fn references(&self) -> impl Iterator<Item = &str> {
-        let init = self.init_containers.iter().flatten();
-        self.containers
-            .iter()
-            .flatten()
-            .chain(init)
-            .filter_map(|c| c.image.as_deref())
+        image_references(&self.containers, &self.init_containers)
     }
+}
+
+/// The image references of containers, then initContainers, as written.
+fn image_references<'s>(
+    containers: &'s Option<Vec<ContainerImage<'_>>>,
+    init_containers: &'s Option<Vec<ContainerImage<'_>>>,
+) -> impl Iterator<Item = &'s str> {
+    containers
+        .iter()
+        .flatten()
+        .chain(init_containers.iter().flatten())
+        .filter_map(|c| c.image.as_deref())
 }
 
 /// A Deployment (apps/v1): its metadata and its pod template's images.
@@ -299,6 +306,42 @@ pub struct PodTemplateView<'a> {
 impl<'a> DeploymentView<'a> {
     pub fn template_images(&self) -> Option<&PodSpecImages<'a>> {
         self.spec.as_ref()?.template.as_ref()?.spec.as_ref()
+    }
+}
+
+/// A Pod as the pod gate reads it: metadata (owner, labels), images, scheduling gates and
+/// whether it is already bound. Everything else (most of an ~8 KB pod) is skipped.
+#[derive(Debug, Default, Deserialize)]
+pub struct PodView<'a> {
+    #[serde(borrow, default)]
+    pub metadata: Option<MetaView<'a>>,
+    #[serde(borrow, default)]
+    pub spec: Option<PodSpecView<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecView<'a> {
+    #[serde(borrow, default)]
+    pub containers: Option<Vec<ContainerImage<'a>>>,
+    #[serde(borrow, default)]
+    pub init_containers: Option<Vec<ContainerImage<'a>>>,
+    #[serde(borrow, default)]
+    pub scheduling_gates: Option<Vec<SchedulingGateView<'a>>>,
+    #[serde(borrow, default)]
+    pub node_name: Option<Str<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SchedulingGateView<'a> {
+    #[serde(borrow, default)]
+    pub name: Str<'a>,
+}
+
+impl PodSpecView<'_> {
+    /// Every image reference as written, containers first.
+    pub fn references(&self) -> impl Iterator<Item = &str> {
+        image_references(&self.containers, &self.init_containers)
     }
 }
 

@@ -177,12 +177,18 @@ async fn serve(
         "list" => list(shared, &target, &query),
         "watch" => watch(&state, &target, &query),
         "create" => match parse_body(&body) {
-            Ok(obj) => shared
-                .create(target.rt, &ns, obj)
-                .map_or_else(error, created),
+            Ok(obj) => match admit(shared, target.rt, "CREATE", &ns, obj, None, client).await {
+                Ok(obj) => shared
+                    .create(target.rt, &ns, obj)
+                    .map_or_else(error, created),
+                Err(e) => error(e),
+            },
             Err(e) => error(e),
         },
         "update" => match parse_body(&body) {
+            Ok(obj) if !status_only => {
+                admitted_update(shared, &target, &ns, &name, client, |_| Ok(obj)).await
+            }
             Ok(obj) => shared
                 .update(target.rt, &ns, &name, status_only, |_| Ok(obj))
                 .map_or_else(error, ok),
@@ -203,11 +209,18 @@ async fn serve(
                 .unwrap_or("")
                 .trim()
                 .to_string();
-            shared
-                .update(target.rt, &ns, &name, status_only, |old| {
+            if status_only {
+                shared
+                    .update(target.rt, &ns, &name, status_only, |old| {
+                        apply_patch(old, &content_type, &patch)
+                    })
+                    .map_or_else(error, ok)
+            } else {
+                admitted_update(shared, &target, &ns, &name, client, |old| {
                     apply_patch(old, &content_type, &patch)
                 })
-                .map_or_else(error, ok)
+                .await
+            }
         }
         "delete" => {
             let options = if body.is_empty() {
@@ -262,6 +275,53 @@ fn injected(code: u16, verb: &str, target: &Target, client: &str) -> ApiError {
             format!("injected fault {code} for {verb} {resource}"),
         ),
     }
+}
+
+async fn admit(
+    shared: &SharedState,
+    rt: ResourceType,
+    operation: &str,
+    ns: &str,
+    object: Value,
+    old: Option<&Value>,
+    user: &str,
+) -> Result<Value, ApiError> {
+    let hooks = shared.hooks();
+    if hooks.is_empty() {
+        return Ok(object);
+    }
+    super::admission::admit(&hooks, rt, operation, ns, object, old, user).await
+}
+
+/// An update or patch of the main resource: the new object goes through mutating admission
+/// (UPDATE, with the stored object as oldObject) before it is stored. The write carries the
+/// resourceVersion it was computed from, so a change in between is a 409 as usual.
+async fn admitted_update(
+    shared: &SharedState,
+    target: &Target,
+    ns: &str,
+    name: &str,
+    user: &str,
+    update: impl FnOnce(&Value) -> Result<Value, ApiError>,
+) -> Response {
+    let old = match shared.get(target.rt, ns, name) {
+        Ok(old) => old,
+        Err(e) => return error(e),
+    };
+    let new = match update(&old) {
+        Ok(new) => new,
+        Err(e) => return error(e),
+    };
+    let mut new = match admit(shared, target.rt, "UPDATE", ns, new, Some(&old), user).await {
+        Ok(new) => new,
+        Err(e) => return error(e),
+    };
+    if new.pointer("/metadata/resourceVersion").is_none() {
+        new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+    }
+    shared
+        .update(target.rt, ns, name, false, |_| Ok(new))
+        .map_or_else(error, ok)
 }
 
 fn apply_patch(old: &Value, content_type: &str, patch: &Value) -> Result<Value, ApiError> {

@@ -7,11 +7,14 @@
 //! watch from a resourceVersion, with selector transitions sent as ADDED/DELETED and a 410
 //! Expired ERROR event when the version has been compacted away; namespaces must exist; the
 //! status subresource ignores spec and the main resource ignores status; generation bumps on
-//! spec changes; ownerReference garbage collection on delete. It is not a conformance target:
-//! no admission, no schema validation, no RBAC. Tests may inject faults (error answers with
-//! the real server's Status bodies: 404 as for a CRD not installed, 403 as RBAC denies), take
-//! the server down (connections refused) and bring it back, and count requests.
+//! spec changes; ownerReference garbage collection on delete; mutating admission webhooks
+//! registered by the test (`admission.rs`); pod scheduling gates (only removal on update, no
+//! binding while gated). It is not a conformance target: no schema validation, no RBAC. Tests
+//! may inject faults (error answers with the real server's Status bodies: 404 as for a CRD not
+//! installed, 403 as RBAC denies), take the server down (connections refused) and bring it
+//! back, and count requests.
 
+mod admission;
 mod handlers;
 mod resources;
 mod selector;
@@ -26,6 +29,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use admission::{MatchCondition, MutatingWebhook};
 pub use resources::{RESOURCES, ResourceType};
 pub use selector::{FieldSelector, LabelSelector};
 pub use store::{Fault, RequestKey};
@@ -163,6 +167,28 @@ impl TestApiServer {
         self.shared.clear_faults();
     }
 
+    /// Registers a mutating admission webhook: from now on, matching requests go through it
+    /// before they are stored (see `admission.rs`).
+    pub fn register_mutating_webhook(&self, hook: MutatingWebhook) {
+        self.shared
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(hook);
+    }
+
+    pub fn handle(&self) -> ApiHandle {
+        ApiHandle(self.shared.clone())
+    }
+
+    /// Binds a pod to a node as the scheduler does through `pods/binding`: fails for a bound
+    /// or a gated pod, as the real one does.
+    pub fn bind(&self, namespace: &str, name: &str, node: &str) -> anyhow::Result<Value> {
+        self.shared
+            .bind(namespace, name, node)
+            .map_err(|e| anyhow::anyhow!("{}", e.body))
+    }
+
     /// Ends every open watch (clients must re-watch), as an API server restart would.
     pub fn drop_watches(&self) {
         self.shared.drop_watches();
@@ -216,6 +242,46 @@ impl TestApiServer {
 
     pub fn object_count(&self) -> usize {
         self.shared.object_count()
+    }
+}
+
+/// A handle on a running test API server's store for in-process players (scheduler, kubelet)
+/// that outlive a borrow of the server; it does not keep the server running.
+#[derive(Clone)]
+pub struct ApiHandle(Arc<Shared>);
+
+impl ApiHandle {
+    pub fn objects(&self, group: &str, plural: &str) -> Vec<Value> {
+        self.0.objects(group, plural)
+    }
+
+    pub fn objects_where(
+        &self,
+        group: &str,
+        plural: &str,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        self.0.objects_where(group, plural, wanted)
+    }
+
+    pub fn merge_status_direct(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+        status: &Value,
+    ) -> anyhow::Result<Value> {
+        self.0
+            .merge_status_direct(group, version, plural, namespace, name, status)
+    }
+
+    /// See [`TestApiServer::bind`].
+    pub fn bind(&self, namespace: &str, name: &str, node: &str) -> anyhow::Result<Value> {
+        self.0
+            .bind(namespace, name, node)
+            .map_err(|e| anyhow::anyhow!("{}", e.body))
     }
 }
 

@@ -159,6 +159,8 @@ pub struct Shared {
     watch_epoch: watch::Sender<u64>,
     counts: Lock<BTreeMap<RequestKey, u64>>,
     faults: Lock<Vec<(Fault, u32)>>,
+    /// Mutating admission webhooks, in registration order.
+    pub hooks: Lock<Vec<super::admission::MutatingWebhook>>,
 }
 
 fn lock<T>(m: &Lock<T>) -> std::sync::MutexGuard<'_, T> {
@@ -190,6 +192,7 @@ impl Shared {
             watch_epoch: watch::channel(0).0,
             counts: Lock::new(BTreeMap::new()),
             faults: Lock::new(Vec::new()),
+            hooks: Lock::new(Vec::new()),
         }
     }
 
@@ -278,6 +281,11 @@ impl Shared {
     pub fn clear_faults(&self) {
         lock(&self.faults).clear();
     }
+
+    pub fn hooks(&self) -> Vec<super::admission::MutatingWebhook> {
+        lock(&self.hooks).clone()
+    }
+
     pub fn drop_watches(&self) {
         self.watch_epoch.send_modify(|e| *e += 1);
     }
@@ -513,6 +521,46 @@ impl Shared {
         status_only: bool,
         update: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
+        self.write(rt, ns, name, status_only, false, update)
+    }
+
+    /// A pod's `binding` subresource, as the scheduler calls it (k8s
+    /// pkg/registry/core/pod/storage `assignPod`): 409 when already bound, an error when the pod
+    /// still has scheduling gates ("pod has non-empty .spec.schedulingGates").
+    pub fn bind(&self, ns: &str, name: &str, node: &str) -> Result<Value, ApiError> {
+        let rt = lookup("", "v1", "pods").expect("pods is a known resource");
+        self.write(rt, ns, name, false, true, |old| {
+            if let Some(bound) = old.pointer("/spec/nodeName").and_then(Value::as_str)
+                && !bound.is_empty()
+            {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!("Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{bound}\""),
+                ));
+            }
+            if !scheduling_gates(old).is_empty() {
+                return Err(ApiError::new(
+                    500,
+                    "InternalError",
+                    format!("pod {name} has non-empty .spec.schedulingGates"),
+                ));
+            }
+            let mut new = old.clone();
+            new["spec"]["nodeName"] = json!(node);
+            Ok(new)
+        })
+    }
+
+    fn write(
+        &self,
+        rt: ResourceType,
+        ns: &str,
+        name: &str,
+        status_only: bool,
+        binding: bool,
+        update: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
         let mut inner = lock(&self.inner);
         let key = (rt, ns_of(rt, ns), name.to_string());
         let old = inner
@@ -580,6 +628,9 @@ impl Shared {
             return Ok(old);
         }
         validate(rt, name, &new)?;
+        if !status_only && !binding {
+            validate_update(rt, name, &old, &new)?;
+        }
         if rt.generation && !status_only && new.get("spec") != old.get("spec") {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             new["metadata"]["generation"] = json!(generation);
@@ -690,6 +741,9 @@ fn ns_of(rt: ResourceType, ns: &str) -> String {
 /// a Node's taints (qualified-name keys, label-syntax values, a known effect, each key and
 /// effect pair once). Answered as the real one does: 422 Invalid naming the field.
 fn validate(rt: ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
+    if rt.kind == "Pod" {
+        return validate_pod(rt, name, obj);
+    }
     if rt.kind != "Node" {
         return Ok(());
     }
@@ -739,6 +793,109 @@ fn validate(rt: ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
                 "{field}: Duplicate value: taints must be unique by key and effect pair"
             ));
         }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(rt, name, errors))
+    }
+}
+
+fn scheduling_gates(pod: &Value) -> Vec<&str> {
+    pod.pointer("/spec/schedulingGates")
+        .and_then(Value::as_array)
+        .map(|gates| {
+            gates
+                .iter()
+                .filter_map(|g| g.get("name").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pod's scheduling gates, as `ValidatePodSpec` checks them (k8s
+/// pkg/apis/core/validation/validation.go `validateSchedulingGates`, and `ValidatePodCreate`):
+/// unique names, and no gates on a pod created already bound ("spec.nodeName: Forbidden:
+/// cannot be set until all schedulingGates have been cleared").
+fn validate_pod(rt: ResourceType, name: &str, pod: &Value) -> Result<(), ApiError> {
+    let gates = scheduling_gates(pod);
+    let mut errors = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, gate) in gates.iter().enumerate() {
+        if !seen.insert(*gate) {
+            errors.push(format!(
+                "spec.schedulingGates[{i}]: Duplicate value: {gate:?}"
+            ));
+        }
+    }
+    if !gates.is_empty()
+        && pod
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty())
+    {
+        errors.push(
+            "spec.nodeName: Forbidden: cannot be set until all schedulingGates have been cleared"
+                .into(),
+        );
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(rt, name, errors))
+    }
+}
+
+/// What `ValidatePodUpdate` allows (k8s pkg/apis/core/validation/validation.go): scheduling
+/// gates may only be removed ("only deletion is allowed, but found new scheduling gate"), and
+/// the spec may change only in containers' and initContainers' images,
+/// activeDeadlineSeconds, tolerations (additions), terminationGracePeriodSeconds and, while
+/// the pod is gated, its scheduling directives (nodeSelector, affinity). `spec.nodeName` is set
+/// by a binding, never by an update.
+fn validate_update(rt: ResourceType, name: &str, old: &Value, new: &Value) -> Result<(), ApiError> {
+    if rt.kind != "Pod" {
+        return Ok(());
+    }
+    let (old_gates, new_gates) = (scheduling_gates(old), scheduling_gates(new));
+    let mut errors: Vec<String> = new_gates
+        .iter()
+        .filter(|g| !old_gates.contains(g))
+        .map(|g| {
+            format!(
+                "spec.schedulingGates: Forbidden: only deletion is allowed, but found new scheduling gate '{g}'"
+            )
+        })
+        .collect();
+    let mutable = |spec: &Value| -> Value {
+        let mut spec = spec.clone();
+        if let Some(map) = spec.as_object_mut() {
+            for field in [
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+                "schedulingGates",
+            ] {
+                map.remove(field);
+            }
+            if !old_gates.is_empty() {
+                map.remove("nodeSelector");
+                map.remove("affinity");
+            }
+            for list in ["containers", "initContainers"] {
+                if let Some(containers) = map.get_mut(list).and_then(Value::as_array_mut) {
+                    for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+                        c.remove("image");
+                    }
+                }
+            }
+        }
+        spec
+    };
+    let spec = |pod: &Value| pod.get("spec").cloned().unwrap_or(Value::Null);
+    if mutable(&spec(old)) != mutable(&spec(new)) {
+        errors.push(
+            "spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
+        );
     }
     if errors.is_empty() {
         Ok(())

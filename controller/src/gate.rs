@@ -1,0 +1,326 @@
+//! Warm rollouts (DESIGN.md section 9): when a pod the webhook held with the scheduling gate
+//! `cache.techsquad.rocks/prefetch` is released. Pure; `gate_loop.rs` applies the verdicts.
+//!
+//! A gated pod carries the label `cache.techsquad.rocks/gated-by: <prefetch>` and the
+//! annotation `cache.techsquad.rocks/gated-until: <RFC 3339>` (signal time + gate_timeout). It
+//! is released when the first of these holds:
+//! - its Prefetch's round for the rollout is done: `status.last_rollout.prefetched_at` is set
+//!   for a signal at least as new as the pod's ("done" counts failed pulls as done, as for warm
+//!   nodes: a failed node is reported in the Prefetch's status, the pods are not held for it);
+//! - `gated-until` has passed (also when the annotation is missing or unreadable: release);
+//! - the Prefetch is gone, or no longer has `gate_rollouts`.
+//!
+//! Nothing depends on this process having seen the gating: a restarted or newly elected
+//! controller reaches the same verdicts from the pods and Prefetches alone.
+
+use jiff::{SignedDuration, Timestamp};
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{Patch, PatchOperation, RemoveOperation, TestOperation};
+use k8s_openapi::api::core::v1::Pod;
+use prefetch_common::Prefetch;
+use prefetch_common::annotations::{GATED_UNTIL_ANNOTATION, SCHEDULING_GATE};
+use serde_json::{Value, json};
+
+/// Why a gated pod was released; the Event reason and metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Release {
+    /// The rollout's images are done on every targeted node.
+    Prefetched,
+    /// `gated-until` passed (or the pod carried no readable time).
+    TimedOut,
+    /// The Prefetch is gone.
+    PrefetchRemoved,
+    /// The Prefetch no longer has `gate_rollouts`.
+    GateDisabled,
+}
+
+impl Release {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Release::Prefetched => "prefetched",
+            Release::TimedOut => "timed_out",
+            Release::PrefetchRemoved => "prefetch_removed",
+            Release::GateDisabled => "gate_disabled",
+        }
+    }
+
+    /// The Event on the Prefetch for `count` pods released for this reason.
+    pub fn event(self, count: usize) -> (&'static str, &'static str, String) {
+        let pods = if count == 1 { "pod" } else { "pods" };
+        match self {
+            Release::Prefetched => (
+                "Normal",
+                "RolloutReleased",
+                format!(
+                    "released {count} gated {pods}: the rollout's images are on every targeted node"
+                ),
+            ),
+            Release::TimedOut => (
+                "Warning",
+                "RolloutGateTimedOut",
+                format!(
+                    "released {count} gated {pods} at gate_timeout: the rollout's images were not on every targeted node yet"
+                ),
+            ),
+            Release::PrefetchRemoved => (
+                "Warning",
+                "RolloutGateOrphaned",
+                format!("released {count} gated {pods}: this Prefetch was removed"),
+            ),
+            Release::GateDisabled => (
+                "Normal",
+                "RolloutGateDisabled",
+                format!("released {count} gated {pods}: gate_rollouts is off"),
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The pod does not carry our gate (released already, or never gated): nothing to do.
+    NotGated,
+    /// Keep it gated; look again at `until` at the latest.
+    Hold {
+        until: Timestamp,
+    },
+    Release(Release),
+}
+
+/// The pod's scheduling gate names, in order.
+pub fn gates(pod: &Pod) -> Vec<&str> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.scheduling_gates.iter().flatten())
+        .map(|g| g.name.as_str())
+        .collect()
+}
+
+pub fn gated_until(pod: &Pod) -> Option<Timestamp> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(GATED_UNTIL_ANNOTATION)?
+        .parse()
+        .ok()
+}
+
+/// The verdict on one pod labelled gated-by `prefetch`'s name. `prefetch` is `None` when no
+/// such Prefetch exists (the caller has a synced cache).
+pub fn verdict(pod: &Pod, prefetch: Option<&Prefetch>, now: Timestamp) -> Verdict {
+    if !gates(pod).contains(&SCHEDULING_GATE) {
+        return Verdict::NotGated;
+    }
+    let Some(until) = gated_until(pod) else {
+        return Verdict::Release(Release::TimedOut);
+    };
+    if now >= until {
+        return Verdict::Release(Release::TimedOut);
+    }
+    let Some(prefetch) = prefetch else {
+        return Verdict::Release(Release::PrefetchRemoved);
+    };
+    if !prefetch.spec.gate_rollouts() {
+        return Verdict::Release(Release::GateDisabled);
+    }
+    // The signal the pod was gated for: gated-until less gate_timeout. A later signal's round
+    // being done covers it too (its images were pulled in the same, extended round).
+    let signal = until
+        .checked_sub(SignedDuration::from_secs(
+            prefetch.spec.gate_timeout_seconds(),
+        ))
+        .unwrap_or(until);
+    let prefetched = prefetch
+        .status
+        .as_ref()
+        .and_then(|s| s.last_rollout.as_ref())
+        .filter(|r| r.prefetched_at.is_some())
+        .and_then(|r| r.requested_at.as_ref())
+        .is_some_and(|requested| requested.0 >= signal);
+    if prefetched {
+        Verdict::Release(Release::Prefetched)
+    } else {
+        Verdict::Hold { until }
+    }
+}
+
+/// The JSON patch that removes our gate and nothing else: a `test` of the whole gate list as
+/// read, then a `remove` of our entry, so a concurrent change to the gates fails the patch
+/// (422) instead of removing the wrong one. `None` when the pod does not carry our gate.
+pub fn release_patch(pod: &Pod) -> Option<Patch> {
+    let gates = gates(pod);
+    let index = gates.iter().position(|g| *g == SCHEDULING_GATE)?;
+    let listed: Vec<Value> = gates.iter().map(|g| json!({ "name": g })).collect();
+    let path = PointerBuf::from_tokens(["spec", "schedulingGates"]);
+    let mut entry = path.clone();
+    entry.push_back(index.to_string());
+    Some(Patch(vec![
+        PatchOperation::Test(TestOperation {
+            path,
+            value: Value::Array(listed),
+        }),
+        PatchOperation::Remove(RemoveOperation { path: entry }),
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use prefetch_common::{PrefetchSpec, PrefetchStatus, RolloutRecord};
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn pod(gates: &[&str], until: Option<&str>) -> Pod {
+        let mut value = json!({"metadata": {"name": "web-abc-1", "namespace": "default",
+            "labels": {"cache.techsquad.rocks/gated-by": "pf"}},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}],
+                     "schedulingGates": gates.iter().map(|g| json!({"name": g})).collect::<Vec<_>>()}});
+        if let Some(until) = until {
+            value["metadata"]["annotations"] = json!({GATED_UNTIL_ANNOTATION: until});
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn prefetch(gate: bool, rollout: Option<(&str, Option<&str>)>) -> Prefetch {
+        let mut p = Prefetch::new(
+            "pf",
+            PrefetchSpec {
+                filter_by_labels: [("app".into(), "web".into())].into(),
+                gate_rollouts: Some(gate),
+                gate_timeout: Some(900),
+                ..Default::default()
+            },
+        );
+        p.status = rollout.map(|(requested, prefetched)| PrefetchStatus {
+            last_rollout: Some(RolloutRecord {
+                deployment: "web".into(),
+                images: vec!["docker.io/library/nginx:1.25".into()],
+                requested_at: Some(Time(t(requested))),
+                observed_at: None,
+                prefetched_at: prefetched.map(|p| Time(t(p))),
+            }),
+            ..Default::default()
+        });
+        p
+    }
+
+    const UNTIL: &str = "2026-11-22T03:15:00Z"; // signal at 03:00:00, gate_timeout 900
+    const NOW: &str = "2026-11-22T03:01:00Z";
+
+    #[test]
+    fn held_until_the_rollout_is_prefetched() {
+        let gated = pod(&[SCHEDULING_GATE], Some(UNTIL));
+        let now = t(NOW);
+        let running = prefetch(true, Some(("2026-11-22T03:00:00Z", None)));
+        assert_eq!(
+            verdict(&gated, Some(&running), now),
+            Verdict::Hold { until: t(UNTIL) }
+        );
+        let done = prefetch(
+            true,
+            Some(("2026-11-22T03:00:00Z", Some("2026-11-22T03:00:40Z"))),
+        );
+        assert_eq!(
+            verdict(&gated, Some(&done), now),
+            Verdict::Release(Release::Prefetched)
+        );
+        // A later rollout done covers this pod; an earlier one does not.
+        let later = prefetch(
+            true,
+            Some(("2026-11-22T03:00:30Z", Some("2026-11-22T03:00:50Z"))),
+        );
+        assert_eq!(
+            verdict(&gated, Some(&later), now),
+            Verdict::Release(Release::Prefetched)
+        );
+        let earlier = prefetch(
+            true,
+            Some(("2026-11-22T02:59:59Z", Some("2026-11-22T03:00:50Z"))),
+        );
+        assert_eq!(
+            verdict(&gated, Some(&earlier), now),
+            Verdict::Hold { until: t(UNTIL) }
+        );
+        assert_eq!(
+            verdict(&gated, Some(&prefetch(true, None)), now),
+            Verdict::Hold { until: t(UNTIL) }
+        );
+    }
+
+    #[test]
+    fn released_at_gated_until_whatever_else() {
+        let gated = pod(&[SCHEDULING_GATE], Some(UNTIL));
+        let running = prefetch(true, Some(("2026-11-22T03:00:00Z", None)));
+        assert_eq!(
+            verdict(&gated, Some(&running), t("2026-11-22T03:14:59Z")),
+            Verdict::Hold { until: t(UNTIL) }
+        );
+        for p in [Some(&running), None] {
+            assert_eq!(
+                verdict(&gated, p, t(UNTIL)),
+                Verdict::Release(Release::TimedOut)
+            );
+        }
+        for broken in [None, Some("soon")] {
+            assert_eq!(
+                verdict(&pod(&[SCHEDULING_GATE], broken), Some(&running), t(NOW)),
+                Verdict::Release(Release::TimedOut)
+            );
+        }
+    }
+
+    #[test]
+    fn released_when_the_prefetch_is_gone_or_stops_gating() {
+        let gated = pod(&[SCHEDULING_GATE], Some(UNTIL));
+        assert_eq!(
+            verdict(&gated, None, t(NOW)),
+            Verdict::Release(Release::PrefetchRemoved)
+        );
+        assert_eq!(
+            verdict(&gated, Some(&prefetch(false, None)), t(NOW)),
+            Verdict::Release(Release::GateDisabled)
+        );
+    }
+
+    #[test]
+    fn pods_without_our_gate_are_left_alone() {
+        for gates in [&[][..], &["example.com/other"][..]] {
+            let p = pod(gates, Some(UNTIL));
+            assert_eq!(verdict(&p, None, t(UNTIL)), Verdict::NotGated);
+            assert_eq!(release_patch(&p), None);
+        }
+    }
+
+    #[test]
+    fn the_patch_tests_the_gates_and_removes_only_ours() {
+        let p = pod(
+            &["a.example/one", SCHEDULING_GATE, "b.example/two"],
+            Some(UNTIL),
+        );
+        let patch = release_patch(&p).unwrap();
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!([
+                {"op": "test", "path": "/spec/schedulingGates", "value": [
+                    {"name": "a.example/one"}, {"name": SCHEDULING_GATE}, {"name": "b.example/two"}]},
+                {"op": "remove", "path": "/spec/schedulingGates/1"}
+            ])
+        );
+        let mut object = serde_json::to_value(&p).unwrap();
+        let before = object.clone();
+        json_patch::patch(&mut object, &patch).unwrap();
+        assert_eq!(
+            object["spec"]["schedulingGates"],
+            json!([{"name": "a.example/one"}, {"name": "b.example/two"}])
+        );
+        object["spec"]["schedulingGates"] = before["spec"]["schedulingGates"].clone();
+        assert_eq!(object, before, "nothing but the gate changed");
+        // A gate list changed since it was read fails the test.
+        let mut changed = before.clone();
+        changed["spec"]["schedulingGates"] = json!([{"name": SCHEDULING_GATE}]);
+        assert!(json_patch::patch(&mut changed, &patch).is_err());
+    }
+}

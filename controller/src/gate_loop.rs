@@ -1,0 +1,179 @@
+//! The shell around `gate.rs`: for as long as this replica leads, look at every gated pod
+//! (a watch on the gated-by label) about once a second and remove our scheduling gate from
+//! those whose verdict is a release. Events on the Prefetch are aggregated per pass and reason.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodSpec};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt};
+use prefetch_common::Prefetch;
+use prefetch_common::annotations::{GATED_BY_LABEL, GATED_UNTIL_ANNOTATION};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::gate::{Release, Verdict, release_patch, verdict};
+use crate::metrics::ResultLabel;
+use crate::reconciler::Context;
+
+/// Longest wait between two passes: a pod is released at most this long after its
+/// `gated-until`, or after its Prefetch's status shows the rollout prefetched.
+pub const GATE_POLL: Duration = Duration::from_secs(1);
+/// A pod released by this process is not patched again for this long (the watch cache may
+/// still show the gate).
+const RELEASED_MEMORY: Duration = Duration::from_secs(10);
+
+/// Label selector of the gated-pod watch.
+pub fn gated_pods_selector() -> String {
+    GATED_BY_LABEL.to_string()
+}
+
+/// Keeps of a gated pod only what the verdict reads.
+pub fn slim_gated_pod(pod: &mut Pod) {
+    let meta = &mut pod.metadata;
+    meta.managed_fields = None;
+    meta.owner_references = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == GATED_BY_LABEL);
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == GATED_UNTIL_ANNOTATION);
+    }
+    let gates = pod.spec.as_mut().and_then(|s| s.scheduling_gates.take());
+    pod.spec = Some(PodSpec {
+        scheduling_gates: gates,
+        ..Default::default()
+    });
+    pod.status = None;
+}
+
+pub async fn run(
+    ctx: Arc<Context>,
+    prefetches: Store<Prefetch>,
+    pods: Store<Pod>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    // A half-filled Prefetch cache would read as "Prefetch removed" and release pods early.
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        ready = crate::warmer::until_ready(&prefetches) => if ready.is_err() { return },
+    }
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        ready = pods.wait_until_ready() => if ready.is_err() { return },
+    }
+    tracing::info!("warm rollouts: releasing gated pods when prefetched or at gated-until");
+    let mut released: HashMap<String, Instant> = HashMap::new();
+    loop {
+        pass(&ctx, &prefetches, &pods, &mut released).await;
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(GATE_POLL) => {}
+        }
+    }
+    ctx.metrics.gated_pods.set(0);
+}
+
+async fn pass(
+    ctx: &Context,
+    prefetches: &Store<Prefetch>,
+    pods: &Store<Pod>,
+    released: &mut HashMap<String, Instant>,
+) {
+    let now = jiff::Timestamp::now();
+    released.retain(|_, at| at.elapsed() < RELEASED_MEMORY);
+    let mut held = 0i64;
+    // (namespace, prefetch, reason) -> pods released
+    let mut events: BTreeMap<(String, String, Release), usize> = BTreeMap::new();
+    for pod in pods.state() {
+        let uid = pod.uid().unwrap_or_default();
+        if released.contains_key(&uid) {
+            continue;
+        }
+        let (Some(namespace), Some(gated_by)) =
+            (pod.namespace(), pod.labels().get(GATED_BY_LABEL).cloned())
+        else {
+            continue;
+        };
+        let prefetch = prefetches.get(&ObjectRef::new(&gated_by).within(&namespace));
+        let reason = match verdict(&pod, prefetch.as_deref(), now) {
+            Verdict::NotGated => continue,
+            Verdict::Hold { .. } => {
+                held += 1;
+                continue;
+            }
+            Verdict::Release(reason) => reason,
+        };
+        let Some(patch) = release_patch(&pod) else {
+            continue;
+        };
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+        let name = pod.name_any();
+        match api
+            .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+        {
+            Ok(_) => {
+                released.insert(uid, Instant::now());
+                let waited = pod
+                    .creation_timestamp()
+                    .map(|t| now.duration_since(t.0).as_secs_f64().max(0.0))
+                    .unwrap_or(0.0);
+                ctx.metrics.rollout_gate.observe(waited);
+                ctx.metrics
+                    .gate_releases
+                    .get_or_create(&ResultLabel {
+                        result: reason.as_str(),
+                    })
+                    .inc();
+                tracing::info!(pod = %format!("{namespace}/{name}"), prefetch = %gated_by, reason = reason.as_str(), waited_seconds = waited, "released a gated pod");
+                *events.entry((namespace, gated_by, reason)).or_default() += 1;
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => {
+                // 422: the gate list changed since the cache read it; the next pass sees it.
+                held += 1;
+                tracing::warn!(pod = %format!("{namespace}/{name}"), error = %err, "could not release a gated pod; retrying");
+            }
+        }
+    }
+    ctx.metrics.gated_pods.set(held);
+    for ((namespace, name, reason), count) in events {
+        let (type_, why, note) = reason.event(count);
+        let uid = prefetches
+            .get(&ObjectRef::new(&name).within(&namespace))
+            .and_then(|p| p.uid());
+        let reference = ObjectReference {
+            api_version: Some(format!(
+                "{}/{}",
+                prefetch_common::annotations::API_GROUP,
+                prefetch_common::annotations::API_VERSION
+            )),
+            kind: Some(prefetch_common::annotations::KIND.into()),
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+            uid,
+            ..Default::default()
+        };
+        let event = Event {
+            type_: if type_ == "Warning" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: why.into(),
+            note: Some(note),
+            action: "ReleaseGate".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(prefetch = %format!("{namespace}/{name}"), error = %err, "could not record event");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Mutating admission as kube-apiserver runs it for the webhooks our install registers: on a
+//! matching request the object (and the old object, for UPDATE) goes to the webhook in an
+//! AdmissionReview v1 over TLS, bounded by `timeoutSeconds`; a returned JSON patch is applied
+//! before the object is validated and stored; a denial fails the request with the webhook's
+//! status. With `failurePolicy: Ignore`, a call that fails (connection refused, TLS error,
+//! timeout, a non-200 answer, an unreadable response, a patch that does not apply) admits the
+//! object unchanged; with `Fail` it fails the request (k8s
+//! staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/mutating/dispatcher.go).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use super::resources::ResourceType;
+use super::store::ApiError;
+use crate::tls_client::PinnedClient;
+
+/// A `matchConditions` rule, as a predicate on the object (the install's CEL, mirrored).
+pub type MatchCondition = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
+
+/// One webhook of a MutatingWebhookConfiguration.
+#[derive(Clone)]
+pub struct MutatingWebhook {
+    pub name: String,
+    pub group: &'static str,
+    pub plural: &'static str,
+    /// CREATE, UPDATE.
+    pub operations: Vec<&'static str>,
+    pub client: Arc<PinnedClient>,
+    pub path: String,
+    pub timeout: Duration,
+    /// `failurePolicy: Ignore`.
+    pub ignore_failures: bool,
+    /// Namespaces the namespaceSelector excludes.
+    pub excluded_namespaces: Vec<String>,
+    pub match_condition: Option<MatchCondition>,
+}
+
+impl MutatingWebhook {
+    fn applies(&self, rt: ResourceType, operation: &str, namespace: &str, object: &Value) -> bool {
+        rt.group == self.group
+            && rt.plural == self.plural
+            && self.operations.contains(&operation)
+            && !self.excluded_namespaces.iter().any(|n| n == namespace)
+            && self.match_condition.as_ref().is_none_or(|m| m(object))
+    }
+}
+
+/// Runs every applicable webhook in order; returns the object to store.
+pub async fn admit(
+    hooks: &[MutatingWebhook],
+    rt: ResourceType,
+    operation: &str,
+    namespace: &str,
+    mut object: Value,
+    old: Option<&Value>,
+    user: &str,
+) -> Result<Value, ApiError> {
+    for hook in hooks {
+        if !hook.applies(rt, operation, namespace, &object) {
+            continue;
+        }
+        match call(hook, rt, operation, namespace, &object, old, user).await {
+            Ok(Verdict::Allowed(Some(patched))) => object = patched,
+            Ok(Verdict::Allowed(None)) => {}
+            Ok(Verdict::Denied(err)) => return Err(err),
+            Err(why) if hook.ignore_failures => {
+                tracing::info!(webhook = %hook.name, error = %why, "failed calling webhook, failing open (failurePolicy Ignore)");
+            }
+            Err(why) => {
+                return Err(ApiError::new(
+                    500,
+                    "InternalError",
+                    format!(
+                        "Internal error occurred: failed calling webhook \"{}\": {why}",
+                        hook.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(object)
+}
+
+enum Verdict {
+    Allowed(Option<Value>),
+    Denied(ApiError),
+}
+
+async fn call(
+    hook: &MutatingWebhook,
+    rt: ResourceType,
+    operation: &str,
+    namespace: &str,
+    object: &Value,
+    old: Option<&Value>,
+    user: &str,
+) -> Result<Verdict, String> {
+    let uid = format!("{:032x}", rand_u128());
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
+            "resource": {"group": rt.group, "version": rt.version, "resource": rt.plural},
+            "requestKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
+            "requestResource": {"group": rt.group, "version": rt.version, "resource": rt.plural},
+            "name": object.pointer("/metadata/name").cloned().unwrap_or(json!("")),
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": user},
+            "object": object,
+            "oldObject": old.cloned().unwrap_or(Value::Null),
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": if operation == "CREATE" { "CreateOptions" } else { "UpdateOptions" }}
+        }
+    });
+    let body = serde_json::to_vec(&review).map_err(|e| e.to_string())?;
+    let reply = tokio::time::timeout(
+        hook.timeout,
+        hook.client.post(&hook.path, "application/json", body),
+    )
+    .await
+    .map_err(|_| format!("context deadline exceeded after {:?}", hook.timeout))?
+    .map_err(|e| format!("{e:#}"))?;
+    if reply.status != 200 {
+        return Err(format!("the server answered {}", reply.status));
+    }
+    let answer = reply.json().map_err(|e| e.to_string())?;
+    let response = answer
+        .get("response")
+        .ok_or("the AdmissionReview has no response")?;
+    if response.get("uid").and_then(Value::as_str) != Some(uid.as_str()) {
+        return Err("the response's uid does not match the request's".into());
+    }
+    if response.get("allowed") != Some(&Value::Bool(true)) {
+        let status = response.get("status").cloned().unwrap_or(Value::Null);
+        let code = status
+            .get("code")
+            .and_then(Value::as_u64)
+            .and_then(|c| u16::try_from(c).ok())
+            .unwrap_or(403);
+        let message = status.get("message").and_then(Value::as_str).unwrap_or("");
+        return Ok(Verdict::Denied(ApiError::new(
+            code,
+            status
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("Forbidden"),
+            format!(
+                "admission webhook \"{}\" denied the request: {message}",
+                hook.name
+            ),
+        )));
+    }
+    let Some(patch) = response.get("patch").and_then(Value::as_str) else {
+        return Ok(Verdict::Allowed(None));
+    };
+    if response.get("patchType").and_then(Value::as_str) != Some("JSONPatch") {
+        return Err("patchType must be JSONPatch".into());
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .map_err(|e| format!("patch is not base64: {e}"))?;
+    let patch: json_patch::Patch =
+        serde_json::from_slice(&bytes).map_err(|e| format!("patch is not a JSON patch: {e}"))?;
+    let mut patched = object.clone();
+    json_patch::patch(&mut patched, &patch).map_err(|e| format!("patch does not apply: {e}"))?;
+    Ok(Verdict::Allowed(Some(patched)))
+}
+
+fn rand_u128() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    let mut a = state.build_hasher();
+    a.write_u64(1);
+    let mut b = state.build_hasher();
+    b.write_u64(2);
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}

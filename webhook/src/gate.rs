@@ -1,0 +1,681 @@
+//! The pod gate (`POST /mutate/pod`, DESIGN.md section 9): whether a new pod of a rollout is
+//! held with the scheduling gate `cache.techsquad.rocks/prefetch` until the controller has its
+//! images on the nodes. Pure: the caches are read through [`Inputs`] and time is passed in.
+//!
+//! The hook is fail-open and sees every ReplicaSet pod of the cluster: a pod is gated only when
+//! everything says so (a ReplicaSet of a Deployment owns it, a Prefetch with `gate_rollouts`
+//! selects that Deployment, the Deployment's rollout signal is younger than `gate_timeout` and
+//! not yet prefetched, the pod uses a signalled image, and a controller holds a fresh Lease to
+//! lift the gate). Anything unsure passes the pod unchanged.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::{SignedDuration, Timestamp};
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation};
+use prefetch_common::annotations::{
+    GATED_BY_LABEL, GATED_UNTIL_ANNOTATION, POD_TEMPLATE_HASH_LABEL, SCHEDULING_GATE, rfc3339,
+};
+use prefetch_common::images::collect_images;
+use serde::de::IgnoredAny;
+use serde_json::{Value, json};
+
+use crate::index::{DeploymentFacts, GatingPrefetch};
+use crate::review::{self, BadReview, MetaView, Operation, PodView, Request};
+
+/// The webhook gates only while the controller's Lease was renewed this recently (the
+/// controller renews every 2 s; a Lease lasts 15 s).
+pub const LEASE_FRESHNESS: SignedDuration = SignedDuration::from_secs(30);
+
+/// What the gate reads of a pod review, owned, so that a live read of the Deployment may
+/// happen between reading the review and deciding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFacts {
+    pub uid: String,
+    pub namespace: String,
+    /// The Deployment owning the pod through its ReplicaSet, or why the pod has none.
+    pub deployment: Result<String, String>,
+    /// Normalized images of containers and initContainers.
+    pub images: BTreeSet<String>,
+    /// `spec.schedulingGates` names; `None` when the field is absent or null.
+    pub gates: Option<Vec<String>>,
+    /// `spec.nodeName` is set: the pod is bound and cannot be gated.
+    pub bound: bool,
+    pub has_labels: bool,
+    pub has_annotations: bool,
+}
+
+/// A review is either about a pod the gate considers, or answered at once (and why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    Pod(PodFacts),
+    /// Not a pod CREATE with a pod object: allowed unchanged. (uid, why)
+    NotForUs(String, String),
+}
+
+/// Reads a `/mutate/pod` review.
+pub fn read(body: &[u8]) -> Result<Read, BadReview> {
+    let request: Request<'_, PodView<'_>, IgnoredAny> = review::parse(body)?;
+    let uid = request.uid.to_string();
+    if !request.kind.is("", "v1", "Pod") {
+        return Ok(Read::NotForUs(uid, format!("not a Pod ({})", request.kind)));
+    }
+    if request.operation != Operation::Create || request.sub_resource.is_some() {
+        return Ok(Read::NotForUs(uid, "not a pod CREATE".into()));
+    }
+    let Some(pod) = request.object else {
+        return Ok(Read::NotForUs(uid, "no pod object".into()));
+    };
+    let meta = pod.metadata.unwrap_or_default();
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or(meta.namespace.as_deref())
+        .unwrap_or("default")
+        .to_string();
+    let spec = pod.spec.unwrap_or_default();
+    Ok(Read::Pod(PodFacts {
+        uid,
+        namespace,
+        deployment: deployment_of(&meta),
+        images: collect_images(spec.references()).images,
+        gates: spec
+            .scheduling_gates
+            .as_ref()
+            .map(|gates| gates.iter().map(|g| g.name.to_string()).collect()),
+        bound: spec.node_name.as_deref().is_some_and(|n| !n.is_empty()),
+        has_labels: meta.labels.is_some(),
+        has_annotations: meta.annotations.is_some(),
+    }))
+}
+
+/// The Deployment behind a pod: its controller owner must be an apps/v1 ReplicaSet named
+/// `<deployment>-<pod-template-hash>`, with the hash the pod's label carries. A ReplicaSet not
+/// named so was not made by the Deployment controller.
+fn deployment_of(meta: &MetaView<'_>) -> Result<String, String> {
+    let owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .ok_or("no controller owner")?;
+    if owner.kind != "ReplicaSet" || owner.api_version != "apps/v1" {
+        return Err(format!(
+            "controlled by {} {}, not an apps/v1 ReplicaSet",
+            owner.api_version, owner.kind
+        ));
+    }
+    let hash = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
+        .filter(|h| !h.is_empty())
+        .ok_or("no pod-template-hash label")?;
+    match owner.name.strip_suffix(&**hash) {
+        Some(prefix) if prefix.len() > 1 && prefix.ends_with('-') => {
+            Ok(prefix[..prefix.len() - 1].to_string())
+        }
+        _ => Err(format!(
+            "ReplicaSet {} is not named <deployment>-{}: not a Deployment's",
+            owner.name, &**hash
+        )),
+    }
+}
+
+/// What the gate may read besides the pod.
+pub struct Inputs<'a> {
+    /// The pod's Deployment, from the watch cache or from a live read.
+    pub deployment: Option<&'a DeploymentFacts>,
+    /// `deployment` comes from a live read: no further read is asked for.
+    pub live: bool,
+    /// The Prefetches with `gate_rollouts` in the pod's namespace selecting these labels.
+    pub gating: &'a dyn Fn(&BTreeMap<String, String>) -> Vec<GatingPrefetch>,
+    /// When a holder last renewed the controller's Lease.
+    pub leader_renewed: Option<Timestamp>,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Hold the pod: the JSON patch adds the gate, the label and the annotation.
+    Gate {
+        prefetch: String,
+        deployment: String,
+        until: Timestamp,
+        patch: Patch,
+    },
+    /// Allowed unchanged, and why.
+    Pass(String),
+    /// The cached Deployment is missing or behind the pod: read it live, decide again.
+    ReadLive { deployment: String },
+}
+
+pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
+    let deployment = match &pod.deployment {
+        Ok(name) => name,
+        Err(why) => return Decision::Pass(why.clone()),
+    };
+    if pod.bound {
+        return Decision::Pass("already bound to a node".into());
+    }
+    if pod.images.is_empty() {
+        return Decision::Pass("no image to wait for".into());
+    }
+    match inputs.leader_renewed {
+        Some(renewed) if inputs.now.duration_since(renewed) <= LEASE_FRESHNESS => {}
+        Some(renewed) => {
+            return Decision::Pass(format!(
+                "no controller leads (Lease last renewed {}): nobody would lift a gate",
+                rfc3339(renewed)
+            ));
+        }
+        None => {
+            return Decision::Pass(
+                "no controller holds the Lease: nobody would lift a gate".into(),
+            );
+        }
+    }
+    let facts = match inputs.deployment {
+        Some(facts) if facts.template_images.is_superset(&pod.images) => facts,
+        _ if !inputs.live => {
+            return Decision::ReadLive {
+                deployment: deployment.clone(),
+            };
+        }
+        None => return Decision::Pass(format!("Deployment {deployment} not found")),
+        Some(_) => {
+            return Decision::Pass(format!(
+                "images not all in Deployment {deployment}'s template (a pod of an older ReplicaSet)"
+            ));
+        }
+    };
+    let Some(signal) = &facts.signal else {
+        return Decision::Pass(format!("Deployment {deployment} has no rollout signal"));
+    };
+    if !signal.images.iter().any(|i| pod.images.contains(i)) {
+        return Decision::Pass("uses none of the rollout's new images".into());
+    }
+    let gating = (inputs.gating)(&facts.labels);
+    if gating.is_empty() {
+        return Decision::Pass(format!(
+            "no Prefetch with gate_rollouts selects Deployment {deployment}"
+        ));
+    }
+    let mut why_not = Vec::new();
+    for prefetch in gating {
+        let until = signal
+            .requested_at
+            .checked_add(SignedDuration::from_secs(prefetch.gate_timeout))
+            .unwrap_or(signal.requested_at);
+        if until <= inputs.now {
+            why_not.push(format!(
+                "{}: signal older than gate_timeout {}s",
+                prefetch.name, prefetch.gate_timeout
+            ));
+        } else if prefetch
+            .prefetched_through
+            .is_some_and(|through| through >= signal.requested_at)
+        {
+            why_not.push(format!("{}: rollout already prefetched", prefetch.name));
+        } else {
+            return Decision::Gate {
+                patch: gate_patch(pod, &prefetch.name, until),
+                prefetch: prefetch.name,
+                deployment: deployment.clone(),
+                until,
+            };
+        }
+    }
+    Decision::Pass(why_not.join("; "))
+}
+
+/// Adds our scheduling gate (appended to the pod's own, never twice), the gated-by label and
+/// the gated-until annotation.
+pub fn gate_patch(pod: &PodFacts, prefetch: &str, until: Timestamp) -> Patch {
+    let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
+    let gate = json!({ "name": SCHEDULING_GATE });
+    let mut operations = Vec::with_capacity(3);
+    match &pod.gates {
+        Some(gates) if gates.iter().any(|g| g == SCHEDULING_GATE) => {}
+        Some(gates) if !gates.is_empty() => operations.push(add(
+            PointerBuf::from_tokens(["spec", "schedulingGates", "-"]),
+            gate,
+        )),
+        _ => operations.push(add(
+            PointerBuf::from_tokens(["spec", "schedulingGates"]),
+            json!([gate]),
+        )),
+    }
+    let mut member = |has: bool, field: &str, key: &str, value: String| {
+        operations.push(if has {
+            add(
+                PointerBuf::from_tokens(["metadata", field, key]),
+                Value::String(value),
+            )
+        } else {
+            add(
+                PointerBuf::from_tokens(["metadata", field]),
+                json!({ key: value }),
+            )
+        })
+    };
+    member(
+        pod.has_labels,
+        "labels",
+        GATED_BY_LABEL,
+        prefetch.to_string(),
+    );
+    member(
+        pod.has_annotations,
+        "annotations",
+        GATED_UNTIL_ANNOTATION,
+        rfc3339(until),
+    );
+    Patch(operations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prefetch_common::annotations::Signal;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    const NOW: &str = "2026-11-22T03:00:00Z";
+
+    fn pod_value(owner: Value, hash: Option<&str>, images: &[&str]) -> Value {
+        let mut labels = json!({"app": "web"});
+        if let Some(hash) = hash {
+            labels[POD_TEMPLATE_HASH_LABEL] = json!(hash);
+        }
+        let containers: Vec<Value> = images
+            .iter()
+            .map(|i| json!({"name": "c", "image": i, "resources": {}, "env": [{"name": "A", "value": "b"}]}))
+            .collect();
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"generateName": "web-7d4b9c8f6-", "labels": labels, "ownerReferences": owner},
+               "spec": {"containers": containers, "restartPolicy": "Always"}})
+    }
+
+    fn rs_owner(name: &str) -> Value {
+        json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": name, "uid": "u", "controller": true, "blockOwnerDeletion": true}])
+    }
+
+    fn review_body(kind: &str, op: &str, object: Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "uid-1", "kind": {"group": "", "version": "v1", "kind": kind},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "namespace": "default", "operation": op, "userInfo": {"username": "rs"},
+                        "object": object, "oldObject": null}
+        }))
+        .unwrap()
+    }
+
+    fn facts(object: Value) -> PodFacts {
+        match read(&review_body("Pod", "CREATE", object)).unwrap() {
+            Read::Pod(facts) => facts,
+            other => panic!("not read as a pod: {other:?}"),
+        }
+    }
+
+    fn web_pod() -> PodFacts {
+        facts(pod_value(
+            rs_owner("web-7d4b9c8f6"),
+            Some("7d4b9c8f6"),
+            &["nginx:1.25", "sidecar:1"],
+        ))
+    }
+
+    fn deployment(
+        signal_at: Option<&str>,
+        signalled: &[&str],
+        template: &[&str],
+    ) -> DeploymentFacts {
+        let norm = |refs: &[&str]| collect_images(refs.iter().copied()).images;
+        DeploymentFacts {
+            labels: [("app".to_string(), "web".to_string())].into(),
+            signal: signal_at.map(|at| Signal {
+                images: norm(signalled).into_iter().collect(),
+                requested_at: t(at),
+            }),
+            template_images: norm(template),
+        }
+    }
+
+    fn signalled() -> DeploymentFacts {
+        deployment(
+            Some("2026-11-22T02:59:00Z"),
+            &["nginx:1.25"],
+            &["nginx:1.25", "sidecar:1"],
+        )
+    }
+
+    fn gating(entries: &[(&str, i64, Option<&str>)]) -> Vec<GatingPrefetch> {
+        entries
+            .iter()
+            .map(|(name, timeout, through)| GatingPrefetch {
+                name: name.to_string(),
+                gate_timeout: *timeout,
+                prefetched_through: through.map(t),
+            })
+            .collect()
+    }
+
+    struct Case {
+        deployment: Option<DeploymentFacts>,
+        live: bool,
+        gating: Vec<GatingPrefetch>,
+        leader: Option<Timestamp>,
+        now: Timestamp,
+    }
+
+    impl Case {
+        fn new() -> Self {
+            Self {
+                deployment: Some(signalled()),
+                live: false,
+                gating: gating(&[("pf", 900, None)]),
+                leader: Some(t("2026-11-22T02:59:58Z")),
+                now: t(NOW),
+            }
+        }
+        fn decide(&self, pod: &PodFacts) -> Decision {
+            let gating = self.gating.clone();
+            let f = move |labels: &BTreeMap<String, String>| {
+                if labels.get("app").map(String::as_str) == Some("web") {
+                    gating.clone()
+                } else {
+                    Vec::new()
+                }
+            };
+            decide(
+                pod,
+                &Inputs {
+                    deployment: self.deployment.as_ref(),
+                    live: self.live,
+                    gating: &f,
+                    leader_renewed: self.leader,
+                    now: self.now,
+                },
+            )
+        }
+    }
+
+    fn passes(decision: Decision, why: &str) {
+        match decision {
+            Decision::Pass(reason) => assert!(reason.contains(why), "{reason:?} lacks {why:?}"),
+            other => panic!("expected a pass ({why}), got {other:?}"),
+        }
+    }
+
+    fn gated_by(decision: &Decision) -> &str {
+        match decision {
+            Decision::Gate { prefetch, .. } => prefetch,
+            other => panic!("expected a gate, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_rollout_pod_is_gated_with_gate_label_and_annotation() {
+        let pod = web_pod();
+        assert_eq!(pod.deployment, Ok("web".to_string()));
+        let decision = Case::new().decide(&pod);
+        let Decision::Gate {
+            prefetch,
+            deployment,
+            until,
+            patch,
+        } = decision
+        else {
+            panic!("not gated: {decision:?}");
+        };
+        assert_eq!((prefetch.as_str(), deployment.as_str()), ("pf", "web"));
+        assert_eq!(until, t("2026-11-22T03:14:00Z"));
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap(),
+            json!([
+                {"op": "add", "path": "/spec/schedulingGates", "value": [{"name": "cache.techsquad.rocks/prefetch"}]},
+                {"op": "add", "path": "/metadata/labels/cache.techsquad.rocks~1gated-by", "value": "pf"},
+                {"op": "add", "path": "/metadata/annotations", "value": {"cache.techsquad.rocks/gated-until": "2026-11-22T03:14:00Z"}}
+            ])
+        );
+        // The patch applies to the pod as the API server holds it.
+        let mut object = pod_value(
+            rs_owner("web-7d4b9c8f6"),
+            Some("7d4b9c8f6"),
+            &["nginx:1.25"],
+        );
+        json_patch::patch(&mut object, &patch).unwrap();
+        assert_eq!(object["metadata"]["labels"][GATED_BY_LABEL], "pf");
+    }
+
+    #[test]
+    fn gates_are_appended_never_duplicated() {
+        let mut pod = web_pod();
+        pod.gates = Some(vec!["example.com/other".into()]);
+        pod.has_annotations = true;
+        let patch = gate_patch(&pod, "pf", t(NOW));
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap()[0],
+            json!({"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": SCHEDULING_GATE}})
+        );
+        assert_eq!(
+            serde_json::to_value(&patch).unwrap()[2]["path"],
+            "/metadata/annotations/cache.techsquad.rocks~1gated-until"
+        );
+        pod.gates = Some(vec![SCHEDULING_GATE.into()]);
+        let ops = gate_patch(&pod, "pf", t(NOW)).0;
+        assert_eq!(
+            ops.len(),
+            2,
+            "our gate already there: only label and annotation"
+        );
+        pod.gates = Some(vec![]);
+        let value = serde_json::to_value(gate_patch(&pod, "pf", t(NOW))).unwrap();
+        assert_eq!(value[0]["path"], "/spec/schedulingGates");
+    }
+
+    #[test]
+    fn owner_and_template_hash_edge_cases() {
+        let read = |owner: Value, hash: Option<&str>| {
+            facts(pod_value(owner, hash, &["nginx:1.25"])).deployment
+        };
+        assert_eq!(read(rs_owner("web-abc"), Some("abc")), Ok("web".into()));
+        assert_eq!(
+            read(rs_owner("my-web-app-abc"), Some("abc")),
+            Ok("my-web-app".into())
+        );
+        for (owner, hash, why) in [
+            (json!(null), Some("abc"), "no controller owner"),
+            (json!([]), Some("abc"), "no controller owner"),
+            (
+                json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "u"}]),
+                Some("abc"),
+                "no controller owner",
+            ),
+            (
+                json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "u", "controller": false}]),
+                Some("abc"),
+                "no controller owner",
+            ),
+            (
+                json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "u", "controller": true}]),
+                Some("abc"),
+                "not an apps/v1 ReplicaSet",
+            ),
+            (
+                json!([{"apiVersion": "example.com/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "u", "controller": true}]),
+                Some("abc"),
+                "not an apps/v1 ReplicaSet",
+            ),
+            (rs_owner("web-abc"), None, "no pod-template-hash label"),
+            (rs_owner("web-abc"), Some(""), "no pod-template-hash label"),
+            (
+                rs_owner("web-xyz"),
+                Some("abc"),
+                "not named <deployment>-abc",
+            ),
+            (rs_owner("webabc"), Some("abc"), "not named"),
+            (rs_owner("-abc"), Some("abc"), "not named"),
+            (rs_owner("abc"), Some("abc"), "not named"),
+        ] {
+            let got = read(owner.clone(), hash);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(why)),
+                "{owner} {hash:?}: {got:?}"
+            );
+        }
+        // A non-controller owner beside a controller ReplicaSet does not matter.
+        let both = json!([
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "c"},
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "u", "controller": true}
+        ]);
+        assert_eq!(read(both, Some("abc")), Ok("web".into()));
+        // And every pod without a Deployment passes.
+        let pod = facts(pod_value(json!(null), None, &["nginx:1.25"]));
+        passes(Case::new().decide(&pod), "no controller owner");
+    }
+
+    #[test]
+    fn only_pod_creates_are_considered() {
+        let pod = pod_value(rs_owner("web-abc"), Some("abc"), &["nginx"]);
+        for (kind, op) in [
+            ("Pod", "UPDATE"),
+            ("Pod", "DELETE"),
+            ("Deployment", "CREATE"),
+        ] {
+            assert!(matches!(
+                read(&review_body(kind, op, pod.clone())).unwrap(),
+                Read::NotForUs(..)
+            ));
+        }
+        assert!(matches!(
+            read(&review_body("Pod", "CREATE", json!(null))).unwrap(),
+            Read::NotForUs(..)
+        ));
+        assert!(read(b"{not json").is_err());
+        assert!(
+            read(br#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}"#)
+                .is_err()
+        );
+        // A wrongly typed field is a malformed review, never a panic.
+        assert!(
+            read(&review_body(
+                "Pod",
+                "CREATE",
+                json!({"spec": {"containers": 3}})
+            ))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn several_prefetches_the_first_not_yet_prefetched_gates() {
+        let pod = web_pod();
+        let mut case = Case::new();
+        case.gating = gating(&[("a", 900, None), ("b", 900, None)]);
+        assert_eq!(gated_by(&case.decide(&pod)), "a");
+        case.gating = gating(&[("a", 900, Some("2026-11-22T02:59:00Z")), ("b", 900, None)]);
+        assert_eq!(gated_by(&case.decide(&pod)), "b");
+        case.gating = gating(&[("a", 60, None), ("b", 900, None)]);
+        assert_eq!(
+            gated_by(&case.decide(&pod)),
+            "b",
+            "a's gate_timeout is over"
+        );
+    }
+
+    #[test]
+    fn expired_signal_passes() {
+        let pod = web_pod();
+        let mut case = Case::new();
+        case.now = t("2026-11-22T03:14:00Z");
+        case.leader = Some(case.now);
+        passes(case.decide(&pod), "signal older than gate_timeout 900s");
+        case.now = t("2026-11-22T03:13:59Z");
+        gated_by(&case.decide(&pod));
+    }
+
+    #[test]
+    fn a_signal_already_prefetched_passes() {
+        let pod = web_pod();
+        let mut case = Case::new();
+        case.gating = gating(&[("pf", 900, Some("2026-11-22T02:59:00Z"))]);
+        passes(case.decide(&pod), "already prefetched");
+        case.gating = gating(&[("pf", 900, Some("2026-11-22T03:00:00Z"))]);
+        passes(case.decide(&pod), "already prefetched");
+        // An older rollout prefetched does not cover this one.
+        case.gating = gating(&[("pf", 900, Some("2026-11-22T02:58:59Z"))]);
+        gated_by(&case.decide(&pod));
+    }
+
+    #[test]
+    fn a_pod_using_none_of_the_signalled_images_passes() {
+        let pod = facts(pod_value(rs_owner("web-abc"), Some("abc"), &["sidecar:1"]));
+        passes(Case::new().decide(&pod), "none of the rollout's new images");
+        let pod = facts(pod_value(rs_owner("web-abc"), Some("abc"), &[]));
+        passes(Case::new().decide(&pod), "no image");
+        // Spelled differently, normalized the same: gated.
+        let pod = facts(pod_value(
+            rs_owner("web-abc"),
+            Some("abc"),
+            &["docker.io/library/nginx:1.25", "sidecar:1"],
+        ));
+        gated_by(&Case::new().decide(&pod));
+    }
+
+    #[test]
+    fn no_signal_or_no_gating_prefetch_passes() {
+        let pod = web_pod();
+        let mut case = Case::new();
+        case.deployment = Some(deployment(None, &[], &["nginx:1.25", "sidecar:1"]));
+        passes(case.decide(&pod), "no rollout signal");
+        let mut case = Case::new();
+        case.gating = Vec::new();
+        passes(case.decide(&pod), "no Prefetch with gate_rollouts");
+    }
+
+    #[test]
+    fn no_fresh_leader_passes() {
+        let pod = web_pod();
+        let mut case = Case::new();
+        case.leader = None;
+        passes(case.decide(&pod), "no controller holds the Lease");
+        case.leader = Some(t("2026-11-22T02:59:29Z"));
+        passes(case.decide(&pod), "no controller leads");
+        case.leader = Some(t("2026-11-22T02:59:30Z"));
+        gated_by(&case.decide(&pod));
+    }
+
+    #[test]
+    fn a_cache_behind_the_rollout_asks_for_one_live_read() {
+        let pod = web_pod();
+        let mut case = Case::new();
+        case.deployment = Some(deployment(None, &[], &["nginx:1.24", "sidecar:1"]));
+        assert_eq!(
+            case.decide(&pod),
+            Decision::ReadLive {
+                deployment: "web".into()
+            }
+        );
+        case.deployment = None;
+        assert!(matches!(case.decide(&pod), Decision::ReadLive { .. }));
+        // After the live read: decided, never another read.
+        case.live = true;
+        passes(case.decide(&pod), "Deployment web not found");
+        case.deployment = Some(deployment(None, &[], &["nginx:1.24", "sidecar:1"]));
+        passes(case.decide(&pod), "older ReplicaSet");
+        case.deployment = Some(signalled());
+        gated_by(&case.decide(&pod));
+    }
+
+    #[test]
+    fn bound_pods_pass() {
+        let mut value = pod_value(rs_owner("web-abc"), Some("abc"), &["nginx:1.25"]);
+        value["spec"]["nodeName"] = json!("worker-1");
+        passes(Case::new().decide(&facts(value)), "already bound");
+    }
+}
