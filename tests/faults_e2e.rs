@@ -431,34 +431,6 @@ async fn webhook_not_synced_says_why_and_stops_on_sigterm() {
     .await
     .expect("ready once the CRD is there");
 
-    // The node cache (warnings only) forbidden: ready all the same, and says so.
-    let Some(nodes) = webhook(
-        "webhook-nodes-forbidden",
-        Start::Failing(Fault {
-            verb: None,
-            resource: Some("nodes"),
-            client: None,
-            code: 403,
-        }),
-    )
-    .await
-    else {
-        return;
-    };
-    until_http(
-        nodes.webhook.ops_addr,
-        "/readyz",
-        Duration::from_secs(10),
-        |status, body| {
-            status == 200 && body.starts_with("ok, but:\nnodes: not synced: 403 Forbidden")
-        },
-    )
-    .await
-    .expect("ready without the node cache, saying so");
-    let status = nodes.webhook.terminate(EXIT_BOUND).await.expect("exits");
-    assert!(status.success(), "exit status {status}");
-
-    // The API server unreachable from the start.
     let status = w.webhook.terminate(EXIT_BOUND).await.expect("exits");
     assert!(status.success(), "exit status {status}");
 
