@@ -1,8 +1,9 @@
 //! Where a JSON string or container ends, found 64 bytes at a time: the skipping half of the
 //! lean reader (`json.rs`), which reads nothing inside what it skips.
 //!
-//! Each block is classified into bit masks (backslashes, quotes, opening and closing brackets;
-//! SSE2 on x86_64, where it is part of the baseline, and plain code elsewhere), then strings
+//! Each block is classified into bit masks (backslashes, quotes, opening and closing brackets:
+//! on x86_64 with AVX2 where the CPU has it, found at run time, else with SSE2, which every
+//! x86_64 CPU has; plain code on other targets), then strings
 //! are masked out the way simdjson does it: the quotes that are not escaped (a quote is
 //! escaped when an odd run of backslashes precedes it), then a prefix XOR of the quote bits
 //! marks the bytes inside strings. Dense escapes (the JSON inside last-applied-configuration
@@ -45,10 +46,11 @@ impl Scan {
     }
 }
 
-/// Calls `block` with each 64-byte block of `bytes[from..]` (the last one padded with spaces,
-/// which change no string, escape or bracket) and its offset, until it returns a position.
+/// Calls `block` with the classes of each 64-byte block of `bytes[from..]` (the last one
+/// padded with spaces, which change no string, escape or bracket), until it returns a
+/// position in the block.
 #[inline(always)]
-fn blocks(
+fn blocks<C: Classify>(
     bytes: &[u8],
     from: usize,
     mut block: impl FnMut(&Classes) -> Option<u32>,
@@ -58,7 +60,7 @@ fn blocks(
     let mut offset = from;
     for chunk in &mut chunks {
         let chunk: &[u8; 64] = chunk.try_into().ok()?;
-        if let Some(at) = block(&classify(chunk)) {
+        if let Some(at) = block(&C::classify(chunk)) {
             return Some(offset + at as usize);
         }
         offset += 64;
@@ -69,31 +71,70 @@ fn blocks(
     }
     let mut last = [b' '; 64];
     last[..tail.len()].copy_from_slice(tail);
-    block(&classify(&last)).map(|at| offset + at as usize)
+    block(&C::classify(&last)).map(|at| offset + at as usize)
+}
+
+/// Runs `$scan::<classifier>(args)` with the best classifier this CPU has.
+macro_rules! dispatch {
+    ($scan:ident, $avx2:ident, $($arg:expr),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("popcnt")
+                && std::arch::is_x86_feature_detected!("bmi1")
+            {
+                // SAFETY: the CPU has the features `$avx2` is compiled for.
+                return unsafe { $avx2($($arg),*) };
+            }
+        }
+        $scan::<Baseline>($($arg),*)
+    }};
 }
 
 /// The position of the quote that closes a string whose contents start at `from`.
 pub fn string_end(bytes: &[u8], from: usize) -> Option<usize> {
-    let mut scan = Scan {
-        in_string: !0,
-        escaped: 0,
-    };
-    blocks(bytes, from, |classes| {
-        let (quotes, _) = scan.strings(classes);
-        (quotes != 0).then(|| quotes.trailing_zeros())
-    })
+    dispatch!(string_end_with, string_end_avx2, bytes, from)
 }
 
 /// The position of the bracket that closes an array or object whose contents start at `from`
 /// (just past its opening bracket). Brackets of both kinds count alike: in valid JSON they
 /// nest properly, and what is not valid is the parser's to reject, not the skipper's.
 pub fn container_end(bytes: &[u8], from: usize) -> Option<usize> {
+    dispatch!(container_end_with, container_end_avx2, bytes, from)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt,bmi1")]
+fn string_end_avx2(bytes: &[u8], from: usize) -> Option<usize> {
+    string_end_with::<Avx2>(bytes, from)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt,bmi1")]
+fn container_end_avx2(bytes: &[u8], from: usize) -> Option<usize> {
+    container_end_with::<Avx2>(bytes, from)
+}
+
+#[inline(always)]
+fn string_end_with<C: Classify>(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut scan = Scan {
+        in_string: !0,
+        escaped: 0,
+    };
+    blocks::<C>(bytes, from, |classes| {
+        let (quotes, _) = scan.strings(classes);
+        (quotes != 0).then(|| quotes.trailing_zeros())
+    })
+}
+
+#[inline(always)]
+fn container_end_with<C: Classify>(bytes: &[u8], from: usize) -> Option<usize> {
     let mut scan = Scan {
         in_string: 0,
         escaped: 0,
     };
     let mut depth: u32 = 1;
-    blocks(bytes, from, |classes| {
+    blocks::<C>(bytes, from, |classes| {
         let (_, in_string) = scan.strings(classes);
         let opens = classes.open & !in_string;
         let closes = classes.close & !in_string;
@@ -149,58 +190,113 @@ fn prefix_xor(mut x: u64) -> u64 {
     x
 }
 
+/// How a block is classified.
+trait Classify {
+    fn classify(block: &[u8; 64]) -> Classes;
+}
+
+/// What every CPU of the target has: SSE2 on x86_64, plain code elsewhere.
+struct Baseline;
+
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-#[inline(always)]
-fn classify(block: &[u8; 64]) -> Classes {
-    use std::arch::x86_64::{
-        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
-    };
-    let mut classes = Classes::default();
-    for (i, lane) in block.chunks_exact(16).enumerate() {
-        // SAFETY: SSE2 is enabled (the cfg above; every x86_64 CPU has it). The load reads the
-        // 16 bytes of `lane`, unaligned loads allowed.
-        let [backslash, quote, open, close] = unsafe {
-            let v = _mm_loadu_si128(lane.as_ptr().cast::<__m128i>());
-            // `[` | 0x20 == `{` and `]` | 0x20 == `}`; no other byte maps to either.
-            let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
-            [
-                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8)),
-                _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8)),
-                _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'{' as i8)),
-                _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'}' as i8)),
-            ]
-            .map(|mask| u64::from(_mm_movemask_epi8(mask) as u16))
+impl Classify for Baseline {
+    #[inline(always)]
+    fn classify(block: &[u8; 64]) -> Classes {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+            _mm_set1_epi8,
         };
-        let shift = 16 * i;
-        classes.backslash |= backslash << shift;
-        classes.quote |= quote << shift;
-        classes.open |= open << shift;
-        classes.close |= close << shift;
+        let mut classes = Classes::default();
+        for (i, lane) in block.chunks_exact(16).enumerate() {
+            // SAFETY: SSE2 is enabled (the cfg above; every x86_64 CPU has it). The load reads
+            // the 16 bytes of `lane`, unaligned loads allowed.
+            let [backslash, quote, open, close] = unsafe {
+                let v = _mm_loadu_si128(lane.as_ptr().cast::<__m128i>());
+                // `[` | 0x20 == `{` and `]` | 0x20 == `}`; no other byte maps to either.
+                let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
+                [
+                    _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8)),
+                    _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8)),
+                    _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'{' as i8)),
+                    _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'}' as i8)),
+                ]
+                .map(|mask| u64::from(_mm_movemask_epi8(mask) as u16))
+            };
+            let shift = 16 * i;
+            classes.backslash |= backslash << shift;
+            classes.quote |= quote << shift;
+            classes.open |= open << shift;
+            classes.close |= close << shift;
+        }
+        classes
     }
-    classes
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
-#[inline(always)]
-fn classify(block: &[u8; 64]) -> Classes {
-    classify_portable(block)
+impl Classify for Baseline {
+    #[inline(always)]
+    fn classify(block: &[u8; 64]) -> Classes {
+        Portable::classify(block)
+    }
 }
 
-/// The same, a byte at a time: other targets, and the reference the tests hold SSE2 to.
-#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
-fn classify_portable(block: &[u8; 64]) -> Classes {
-    let mut classes = Classes::default();
-    for (i, byte) in block.iter().enumerate() {
-        let bit = 1u64 << i;
-        match byte {
-            b'\\' => classes.backslash |= bit,
-            b'"' => classes.quote |= bit,
-            b'[' | b'{' => classes.open |= bit,
-            b']' | b'}' => classes.close |= bit,
-            _ => {}
+/// 32 bytes at a time; only reached from the `*_avx2` functions, run after the CPU was found
+/// to have AVX2.
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Classify for Avx2 {
+    #[inline(always)]
+    fn classify(block: &[u8; 64]) -> Classes {
+        use std::arch::x86_64::{
+            __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256,
+            _mm256_set1_epi8,
+        };
+        let mut classes = Classes::default();
+        for (i, lane) in block.chunks_exact(32).enumerate() {
+            // SAFETY: inlined only into the `*_avx2` functions, which run once the CPU was
+            // found to have AVX2. The load reads the 32 bytes of `lane`, unaligned allowed.
+            let [backslash, quote, open, close] = unsafe {
+                let v = _mm256_loadu_si256(lane.as_ptr().cast::<__m256i>());
+                let folded = _mm256_or_si256(v, _mm256_set1_epi8(0x20));
+                [
+                    _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'\\' as i8)),
+                    _mm256_cmpeq_epi8(v, _mm256_set1_epi8(b'"' as i8)),
+                    _mm256_cmpeq_epi8(folded, _mm256_set1_epi8(b'{' as i8)),
+                    _mm256_cmpeq_epi8(folded, _mm256_set1_epi8(b'}' as i8)),
+                ]
+                .map(|mask| u64::from(_mm256_movemask_epi8(mask) as u32))
+            };
+            let shift = 32 * i;
+            classes.backslash |= backslash << shift;
+            classes.quote |= quote << shift;
+            classes.open |= open << shift;
+            classes.close |= close << shift;
         }
+        classes
     }
-    classes
+}
+
+/// A byte at a time: other targets, and the reference the tests hold the others to.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
+struct Portable;
+
+impl Classify for Portable {
+    fn classify(block: &[u8; 64]) -> Classes {
+        let mut classes = Classes::default();
+        for (i, byte) in block.iter().enumerate() {
+            let bit = 1u64 << i;
+            match byte {
+                b'\\' => classes.backslash |= bit,
+                b'"' => classes.quote |= bit,
+                b'[' | b'{' => classes.open |= bit,
+                b']' | b'}' => classes.close |= bit,
+                _ => {}
+            }
+        }
+        classes
+    }
 }
 
 #[cfg(test)]
@@ -280,7 +376,19 @@ mod tests {
         #[test]
         fn simd_classes_match_the_portable_ones(bytes in proptest::collection::vec(any::<u8>(), 64)) {
             let block: &[u8; 64] = bytes.as_slice().try_into().unwrap();
-            prop_assert_eq!(classify(block), classify_portable(block));
+            let portable = Portable::classify(block);
+            prop_assert_eq!(Baseline::classify(block), portable);
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                prop_assert_eq!(Avx2::classify(block), portable);
+            }
+        }
+
+        /// The baseline scans, whichever one `string_end`/`container_end` dispatch to.
+        #[test]
+        fn baseline_scans_agree_with_a_byte_at_a_time_scan(bytes in json_like(), from in 0usize..8) {
+            prop_assert_eq!(container_end_with::<Baseline>(&bytes, from), reference(&bytes, from, false));
+            prop_assert_eq!(string_end_with::<Baseline>(&bytes, from), reference(&bytes, from, true));
         }
     }
 }
