@@ -414,7 +414,7 @@ impl<'de> VariantAccess<'de> for Variant<'_, 'de> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::Value;
@@ -544,7 +544,9 @@ mod tests {
         .prop_map(|tokens| tokens.concat())
     }
 
-    fn any_json() -> impl Strategy<Value = Value> {
+    /// Arbitrary JSON up to `depth` levels, its object keys drawn from the regex `keys` (the
+    /// admission tests share it).
+    pub(crate) fn any_json(depth: u32, keys: &'static str) -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
@@ -554,10 +556,10 @@ mod tests {
                 .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
             ".{0,12}".prop_map(Value::from),
         ];
-        leaf.prop_recursive(4, 32, 6, |inner| {
+        leaf.prop_recursive(depth, 8 * depth, 4, move |inner| {
             prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
-                proptest::collection::btree_map(".{0,6}", inner, 0..6)
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(keys, inner, 0..4)
                     .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
@@ -572,7 +574,7 @@ mod tests {
         }
 
         #[test]
-        fn json_documents_are_read_as_serde_json_reads_them(value in any_json(), pretty in any::<bool>()) {
+        fn json_documents_are_read_as_serde_json_reads_them(value in any_json(5, ".{0,6}"), pretty in any::<bool>()) {
             let text = if pretty {
                 serde_json::to_string_pretty(&value).unwrap()
             } else {

@@ -21,6 +21,17 @@ struct Classes {
     close: u64,
 }
 
+impl Classes {
+    /// Adds the masks of one lane of a block, which starts at byte `at`.
+    #[inline(always)]
+    fn add(&mut self, at: usize, [backslash, quote, open, close]: [u64; 4]) {
+        self.backslash |= backslash << at;
+        self.quote |= quote << at;
+        self.open |= open << at;
+        self.close |= close << at;
+    }
+}
+
 /// Scan state carried from block to block.
 struct Scan {
     /// All ones while inside a string at the end of the previous block.
@@ -222,11 +233,7 @@ impl Classify for Baseline {
                 ]
                 .map(|mask| u64::from(_mm_movemask_epi8(mask) as u16))
             };
-            let shift = 16 * i;
-            classes.backslash |= backslash << shift;
-            classes.quote |= quote << shift;
-            classes.open |= open << shift;
-            classes.close |= close << shift;
+            classes.add(16 * i, [backslash, quote, open, close]);
         }
         classes
     }
@@ -268,11 +275,7 @@ impl Classify for Avx2 {
                 ]
                 .map(|mask| u64::from(_mm256_movemask_epi8(mask) as u32))
             };
-            let shift = 32 * i;
-            classes.backslash |= backslash << shift;
-            classes.quote |= quote << shift;
-            classes.open |= open << shift;
-            classes.close |= close << shift;
+            classes.add(32 * i, [backslash, quote, open, close]);
         }
         classes
     }
