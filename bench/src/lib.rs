@@ -1,5 +1,8 @@
-//! What the controller benchmarks share: reading a process's memory, a metric's value, and
-//! printing the test API server's request counts.
+//! What the benchmarks share: the webhook's review workloads, and for the controller's,
+//! reading a process's memory, a metric's value, and printing the test API server's request
+//! counts.
+
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 
 use crate::index::{NodeNames, PrefetchIndex};
 use crate::review::{
-    self, DeploymentView, ObjectOr, Operation, PodSpecImages, PrefetchView, REVIEW_API_VERSION,
-    REVIEW_KIND, Request, RetryAfterView,
+    self, DeploymentView, JsonReader, ObjectOr, Operation, PodSpecImages, PrefetchView,
+    REVIEW_API_VERSION, REVIEW_KIND, Request, RetryAfterView,
 };
 
 pub use crate::review::BadReview;
@@ -206,12 +206,24 @@ pub fn review(
     caches: &Caches<'_>,
     now: jiff::Timestamp,
 ) -> Result<Answer, BadReview> {
+    review_with::<review::Lean>(endpoint, body, caches, now)
+}
+
+/// [`review`] with the JSON reader `J`.
+fn review_with<J: JsonReader>(
+    endpoint: Endpoint,
+    body: &[u8],
+    caches: &Caches<'_>,
+    now: jiff::Timestamp,
+) -> Result<Answer, BadReview> {
     Ok(match endpoint {
-        Endpoint::MutatePrefetch => mutate_prefetch(&review::parse(body)?),
-        Endpoint::ValidatePrefetch => validate(&review::parse(body)?, caches, now),
-        Endpoint::MutateDeployment => {
-            deployment_signal(&review::parse(body)?, caches.prefetches, now)
-        }
+        Endpoint::MutatePrefetch => mutate_prefetch(&review::parse_with::<J, _, _>(body)?),
+        Endpoint::ValidatePrefetch => validate(&review::parse_with::<J, _, _>(body)?, caches, now),
+        Endpoint::MutateDeployment => deployment_signal(
+            &review::parse_with::<J, _, _>(body)?,
+            caches.prefetches,
+            now,
+        ),
     })
 }
 
@@ -920,22 +932,7 @@ mod tests {
 
     /// Arbitrary JSON of small depth.
     fn any_json() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            any::<f64>()
-                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
-            ".{0,12}".prop_map(Value::from),
-        ];
-        leaf.prop_recursive(3, 16, 4, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
-                prop::collection::btree_map("[a-zA-Z_]{1,8}", inner, 0..4)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        crate::json::tests::any_json(3, "[a-zA-Z_]{1,8}")
     }
 
     /// `valid` most of the time, otherwise any JSON or nothing at all.
@@ -1093,7 +1090,9 @@ mod tests {
     }
 
     /// Every endpoint on `body`: never a panic; either a 400 or an answer that serializes to a
-    /// well-formed AdmissionReview response echoing the uid. Returns the answers.
+    /// well-formed AdmissionReview response echoing the uid; and when `body` is JSON, the same
+    /// outcome as with serde_json as the reader (the same answer, or both a 400). Returns the
+    /// answers.
     fn answers(body: &[u8], index: &PrefetchIndex) -> Vec<(Endpoint, Option<Answer>)> {
         let nodes = NodeNames::default();
         let caches = Caches {
@@ -1106,6 +1105,18 @@ mod tests {
             .into_iter()
             .map(|endpoint| {
                 let answer = review(endpoint, body, &caches, now()).ok();
+                // The lean reader does not validate what it skips: on a body that is not JSON
+                // it may answer where serde_json refused; on JSON, it must do as serde_json.
+                if serde_json::from_slice::<IgnoredAny>(body).is_ok() {
+                    let reference =
+                        review_with::<review::SerdeJson>(endpoint, body, &caches, now()).ok();
+                    assert_eq!(
+                        answer,
+                        reference,
+                        "{endpoint:?}: the lean reader and serde_json disagree on {:?}",
+                        String::from_utf8_lossy(body)
+                    );
+                }
                 if let Some(answer) = &answer {
                     let out: Value =
                         serde_json::from_slice(&answer.to_review_json().unwrap()).unwrap();
@@ -1172,6 +1183,7 @@ mod tests {
         fn plausible_reviews_are_judged_soundly(review in plausible_review()) {
             let index = synced_index(&[("default", "pf", "app", "nginx")]);
             let body = serde_json::to_vec(&review).unwrap();
+            answers(&serde_json::to_vec_pretty(&review).unwrap(), &index);
             for (endpoint, answer) in answers(&body, &index) {
                 let Some(answer) = answer else { continue };
                 match endpoint {
