@@ -66,8 +66,9 @@ struct Args {
     /// saturation, e.g. 1000,5000.
     #[arg(long, value_delimiter = ',')]
     rates: Vec<u32>,
-    /// Servers to measure: webhook, bare, or both.
-    #[arg(long, value_delimiter = ',', default_values_t = ["webhook".to_string(), "bare".to_string()])]
+    /// Servers to measure: webhook, bare, floor (comma-separated). The summary compares the
+    /// webhook with bare, and with floor when it is measured.
+    #[arg(long, value_delimiter = ',', default_values_t = ["webhook".to_string(), "bare".to_string(), "floor".to_string()])]
     servers: Vec<String>,
     /// Pin the load generator to the first core and the servers to the others.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -75,6 +76,10 @@ struct Args {
     /// Internal: serve the bare comparison server with the certificates in DIR.
     #[arg(long, hide = true)]
     serve_bare: Option<PathBuf>,
+    /// Internal: with --serve-bare, be the floor server instead (reads each review's
+    /// envelope with the webhook's reader, skipping both objects).
+    #[arg(long, hide = true)]
+    floor: bool,
     /// Profiling: a command the bare server runs under (e.g. "valgrind --tool=callgrind");
     /// the webhook's is set with PREFETCH_BIN_DIR pointing at a wrapper.
     #[arg(long, hide = true)]
@@ -107,7 +112,7 @@ fn main() -> anyhow::Result<()> {
         return tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(serve_bare(dir));
+            .block_on(serve_bare(dir, args.floor));
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = args.pin && cores >= 2;
@@ -212,10 +217,14 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
     let mut options = WebhookOptions::with_cert_dir(&kubeconfig, &certs);
     options.extra_args = vec!["--lease-namespace".into(), "default".into()];
     let webhook = WebhookProcess::start(options).await?;
-    let (bare_addr, bare) = start_bare(&certs, args.bare_wrapper.as_deref()).await?;
+    let (bare_addr, bare) = start_bare(&certs, args.bare_wrapper.as_deref(), false).await?;
+    let (floor_addr, floor) = start_bare(&certs, args.bare_wrapper.as_deref(), true).await?;
     let server_cpus: Vec<usize> = (1..cores).collect();
     if pin {
-        for pid in [webhook.process.pid(), bare.id()].into_iter().flatten() {
+        for pid in [webhook.process.pid(), bare.id(), floor.id()]
+            .into_iter()
+            .flatten()
+        {
             pin_process(pid, &server_cpus)?;
         }
     }
@@ -223,6 +232,7 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
     let webhook_client =
         PinnedClient::new(&ca, webhook.admission_addr, "127.0.0.1", Protocol::Http1)?;
     let bare_client = PinnedClient::new(&ca, bare_addr, "127.0.0.1", Protocol::Http1)?;
+    let floor_client = PinnedClient::new(&ca, floor_addr, "127.0.0.1", Protocol::Http1)?;
     let servers: Vec<Server> = [
         Server {
             name: "webhook",
@@ -234,12 +244,17 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
             client: &bare_client,
             pid: bare.id(),
         },
+        Server {
+            name: "floor",
+            client: &floor_client,
+            pid: floor.id(),
+        },
     ]
     .into_iter()
     .filter(|s| args.servers.iter().any(|n| n == s.name))
     .collect();
     if servers.len() != args.servers.len() {
-        bail!("--servers takes webhook and bare");
+        bail!("--servers takes webhook, bare and floor");
     }
 
     println!(
@@ -304,13 +319,20 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
         for server in &servers {
             saturation.push(find_saturation(server, workload, &args).await?);
         }
-        let [webhook_sat, bare_sat] = saturation[..] else {
-            println!(
-                "{}: {} saturation {}/s",
-                workload.name, servers[0].name, saturation[0]
-            );
+        let saturation_of = |name: &str| {
+            servers
+                .iter()
+                .position(|s| s.name == name)
+                .map(|i| saturation[i])
+        };
+        let (Some(webhook_sat), Some(bare_sat)) = (saturation_of("webhook"), saturation_of("bare"))
+        else {
+            for (server, sat) in servers.iter().zip(&saturation) {
+                println!("{}: {} saturation {sat}/s", workload.name, server.name);
+            }
             continue;
         };
+        let floor_sat = saturation_of("floor");
         // Both servers at the same rates, interleaved, up to the webhook's saturation.
         // (At --start-rate at least, so the CPU figures exist even on a busy machine.)
         let mut rates: Vec<u32> =
@@ -321,19 +343,21 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
         rates.dedup();
         let mut pairs = Vec::new();
         for &rate in &rates {
-            let mut pair = Vec::new();
+            let mut rows = std::collections::BTreeMap::new();
             for server in &servers {
                 let row = run_rate(server, workload, rate, &args).await?;
                 print_row(workload, server, &row);
-                pair.push(row);
+                rows.insert(server.name, row);
             }
-            pairs.push((pair[0].clone(), pair[1].clone()));
+            if let (Some(w), Some(b)) = (rows.remove("webhook"), rows.remove("bare")) {
+                pairs.push((w, b, rows.remove("floor")));
+            }
         }
-        summaries.push((workload.name, webhook_sat, bare_sat, pairs));
+        summaries.push((workload.name, webhook_sat, bare_sat, floor_sat, pairs));
     }
 
     println!();
-    for (name, webhook_sat, bare_sat, pairs) in &summaries {
+    for (name, webhook_sat, bare_sat, floor_sat, pairs) in &summaries {
         let ceiling = |sat: u32| {
             if sat >= args.max_rate {
                 format!(">= {sat}/s (--max-rate)")
@@ -371,8 +395,16 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
                 }
             );
         }
+        if let Some(floor_sat) = floor_sat.filter(|f| *f > 0 && *bare_sat > 0 && *webhook_sat > 0) {
+            println!(
+                "  floor (envelope read, both objects skipped, fixed answer) {}: floor/bare = {:.2}, webhook/floor = {:.2}",
+                ceiling(floor_sat),
+                f64::from(floor_sat) / f64::from(*bare_sat),
+                f64::from(*webhook_sat) / f64::from(floor_sat)
+            );
+        }
         let mut worst: Option<(u32, f64)> = None;
-        for (w, b) in pairs {
+        for (w, b, floor) in pairs {
             let p99 = ms(w.p99) / ms(b.p99).max(1e-9);
             let cpu = match (w.cpu_per_request, b.cpu_per_request) {
                 (Some(w), Some(b)) if !b.is_zero() => format!(
@@ -382,8 +414,17 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
                 ),
                 _ => String::new(),
             };
+            let floor_cpu = match (
+                w.cpu_per_request,
+                floor.as_ref().and_then(|f| f.cpu_per_request),
+            ) {
+                (Some(w), Some(f)) if !f.is_zero() => {
+                    format!(" ({:.2}x floor)", w.as_secs_f64() / f.as_secs_f64())
+                }
+                _ => String::new(),
+            };
             println!(
-                "  at {:>6}/s: webhook p50 {:.3} ms = {:.2}x bare, p99 {:.3} ms = {:.2}x bare{cpu}{}",
+                "  at {:>6}/s: webhook p50 {:.3} ms = {:.2}x bare, p99 {:.3} ms = {:.2}x bare{cpu}{floor_cpu}{}",
                 w.rate,
                 ms(w.p50),
                 ms(w.p50) / ms(b.p50).max(1e-9),
@@ -398,6 +439,33 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
             if worst.is_none_or(|(_, x)| p99 > x) {
                 worst = Some((w.rate, p99));
             }
+        }
+        // Saturation on a shared, noisy machine moves between runs (one stall fails a rate);
+        // CPU per request at equal rates is the steadier comparison.
+        let mut cpu_ratios: Vec<(f64, Option<f64>)> = pairs
+            .iter()
+            .filter_map(|(w, b, floor)| {
+                let (w, b) = (w.cpu_per_request?, b.cpu_per_request?);
+                let floor = floor
+                    .as_ref()
+                    .and_then(|f| f.cpu_per_request)
+                    .filter(|f| !f.is_zero())
+                    .map(|f| w.as_secs_f64() / f.as_secs_f64());
+                (!b.is_zero()).then(|| (w.as_secs_f64() / b.as_secs_f64(), floor))
+            })
+            .collect();
+        if !cpu_ratios.is_empty() {
+            cpu_ratios.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let bare = cpu_ratios[cpu_ratios.len() / 2].0;
+            let mut floors: Vec<f64> = cpu_ratios.iter().filter_map(|r| r.1).collect();
+            floors.sort_by(f64::total_cmp);
+            let floor = floors
+                .get(floors.len() / 2)
+                .map(|f| format!(", {f:.2}x floor"))
+                .unwrap_or_default();
+            println!(
+                "  CPU per request, median over the rates above: webhook {bare:.2}x bare{floor}"
+            );
         }
         if let Some((rate, p99)) = worst {
             println!(
@@ -662,6 +730,7 @@ fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
 async fn start_bare(
     certs: &Path,
     wrapper: Option<&str>,
+    floor: bool,
 ) -> anyhow::Result<(SocketAddr, tokio::process::Child)> {
     let exe = std::env::current_exe()?;
     let mut command = match wrapper {
@@ -673,6 +742,9 @@ async fn start_bare(
         }
         None => tokio::process::Command::new(exe),
     };
+    if floor {
+        command.arg("--floor");
+    }
     let mut child = command
         .arg("--serve-bare")
         .arg(certs)
@@ -693,7 +765,11 @@ async fn start_bare(
 
 /// The ceiling of the stack: tokio-rustls + hyper + axum answering a fixed AdmissionReview on
 /// every path, reading the same request bodies in full, with none of the webhook's logic.
-async fn serve_bare(certs: &Path) -> anyhow::Result<()> {
+///
+/// With `floor`, the least any webhook must add: the review's envelope read with the webhook's
+/// own reader (`uid`, `kind` and `operation` can come after the objects, so every byte is
+/// looked at), both objects skipped, the uid echoed in a fixed answer.
+async fn serve_bare(certs: &Path, floor: bool) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use rustls::pki_types::pem::PemObject;
 
@@ -708,10 +784,29 @@ async fn serve_bare(certs: &Path) -> anyhow::Result<()> {
     let answer: Value = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                                "response": {"uid": "fixed", "allowed": true}});
     let answer = Bytes::from(serde_json::to_vec(&answer)?);
-    let app = axum::Router::new().fallback(axum::routing::post(move |_body: Bytes| {
-        let answer = answer.clone();
-        async move { ([(http::header::CONTENT_TYPE, "application/json")], answer) }
-    }));
+    let app = if floor {
+        axum::Router::new().fallback(axum::routing::post(|body: Bytes| async move {
+            use axum::response::IntoResponse;
+            use serde::de::IgnoredAny;
+            match prefetch_webhook::review::parse::<IgnoredAny, IgnoredAny>(&body) {
+                Ok(request) => {
+                    let answer = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                                        "response": {"uid": &*request.uid, "allowed": true}});
+                    (
+                        [(http::header::CONTENT_TYPE, "application/json")],
+                        answer.to_string(),
+                    )
+                        .into_response()
+                }
+                Err(err) => (http::StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+            }
+        }))
+    } else {
+        axum::Router::new().fallback(axum::routing::post(move |_body: Bytes| {
+            let answer = answer.clone();
+            async move { ([(http::header::CONTENT_TYPE, "application/json")], answer) }
+        }))
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?);
     loop {

@@ -135,4 +135,3 @@ impl Workload {
         self.bodies[0].len() as f64 / 1024.0
     }
 }
-
