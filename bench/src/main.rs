@@ -1,13 +1,14 @@
 //! webhook-load: how much load prefetch-webhook sustains, next to the ceiling of its stack (a
 //! bare axum + rustls server that reads the same requests and answers a fixed
-//! AdmissionReview), for each kind of review it answers.
+//! AdmissionReview) and a floor (the bare server plus the least any webhook must do: read the
+//! review's envelope, skipping both objects), for each kind of review it answers.
 //!
 //! Every request has a scheduled send time (a fixed arrival rate, independent of responses);
 //! its latency is measured from that time, so queueing delay is counted, not hidden (no
 //! coordinated omission). For each workload and server the benchmark finds the saturation
 //! rate (the highest arrival rate sustained with no errors and p99 under the target: doubling
-//! until a rate fails twice, then bisecting), then measures both servers at the same rates up
-//! to the webhook's saturation and prints the ratios. With two or more cores, the load
+//! until a rate fails `--tries` times, then bisecting), then measures the servers at the same
+//! rates up to the webhook's saturation and prints the ratios. With two or more cores, the load
 //! generator runs on the first and each server on the others.
 
 use std::net::SocketAddr;
@@ -62,6 +63,10 @@ struct Args {
     /// The p99 a rate must stay under to count as sustained, in milliseconds.
     #[arg(long, default_value_t = 5.0)]
     target_p99_ms: f64,
+    /// Tries a rate gets in the saturation search: it is sustained when one of them is (one
+    /// stall of a shared machine fails a try).
+    #[arg(long, default_value_t = 3)]
+    tries: u32,
     /// Measure exactly these arrival rates (comma-separated) instead of searching for the
     /// saturation, e.g. 1000,5000.
     #[arg(long, value_delimiter = ',')]
@@ -501,15 +506,15 @@ fn micros(d: Option<Duration>) -> String {
     d.map_or("-".to_string(), |d| format!("{:.1}", d.as_secs_f64() * 1e6))
 }
 
-/// The highest rate `server` sustains: doubling from `--start-rate` until a rate fails twice,
-/// then bisecting between the last sustained and the first failed rate.
+/// The highest rate `server` sustains: doubling from `--start-rate` until a rate fails
+/// `--tries` times, then bisecting between the last sustained and the first failed rate.
 async fn find_saturation(
     server: &Server<'_>,
     workload: &Workload,
     args: &Args,
 ) -> anyhow::Result<u32> {
     let sustains = async |rate: u32| -> anyhow::Result<bool> {
-        for _ in 0..2 {
+        for _ in 0..args.tries.max(1) {
             let row = run_rate(server, workload, rate, args).await?;
             print_row(workload, server, &row);
             if sustained(&row, args.target_p99_ms) {
