@@ -5,6 +5,11 @@ pub const PREFETCH_IMAGES: &str = "cache.techsquad.rocks/prefetch-images";
 /// Set by the webhook on a Deployment: RFC 3339 UTC time of the change.
 pub const PREFETCH_REQUESTED_AT: &str = "cache.techsquad.rocks/prefetch-requested-at";
 
+/// Default namespace and name of the controller's leader Lease. The webhook watches the Lease
+/// the controller holds, so both binaries' `--lease-namespace`/`--lease-name` default to these.
+pub const DEFAULT_LEASE_NAMESPACE: &str = "prefetch-system";
+pub const DEFAULT_LEASE_NAME: &str = "prefetch-controller";
+
 /// Label on every prefetch pod.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "prefetch-controller";

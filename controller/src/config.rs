@@ -44,14 +44,14 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "PREFETCH_LEASE_NAMESPACE",
-        default_value = "prefetch-system"
+        default_value = prefetch_common::annotations::DEFAULT_LEASE_NAMESPACE
     )]
     pub lease_namespace: String,
     /// Name of the leader election Lease.
     #[arg(
         long,
         env = "PREFETCH_LEASE_NAME",
-        default_value = "prefetch-controller"
+        default_value = prefetch_common::annotations::DEFAULT_LEASE_NAME
     )]
     pub lease_name: String,
     /// This replica's identity in the Lease (default: $POD_NAME, else the host name).

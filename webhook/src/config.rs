@@ -41,14 +41,14 @@ pub struct Args {
     #[arg(
         long,
         env = "PREFETCH_LEASE_NAMESPACE",
-        default_value = "prefetch-system"
+        default_value = prefetch_common::annotations::DEFAULT_LEASE_NAMESPACE
     )]
     pub lease_namespace: String,
     /// Name of the controller's leader Lease.
     #[arg(
         long,
         env = "PREFETCH_LEASE_NAME",
-        default_value = "prefetch-controller"
+        default_value = prefetch_common::annotations::DEFAULT_LEASE_NAME
     )]
     pub lease_name: String,
     /// Bound of the pod gate's one live read of a Deployment its cache is behind on (the
