@@ -413,25 +413,25 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
             );
         }
         let mut worst: Option<(u32, f64)> = None;
+        // Per rate, for the medians below.
+        let (mut cpu_vs_bare, mut cpu_vs_floor) = (Vec::new(), Vec::new());
         for (w, b, floor) in pairs {
             let p99 = ms(w.p99) / ms(b.p99).max(1e-9);
-            let cpu = match (w.cpu_per_request, b.cpu_per_request) {
-                (Some(w), Some(b)) if !b.is_zero() => format!(
-                    ", CPU {:.1} µs = {:.2}x bare",
-                    w.as_secs_f64() * 1e6,
-                    w.as_secs_f64() / b.as_secs_f64()
-                ),
-                _ => String::new(),
-            };
-            let floor_cpu = match (
-                w.cpu_per_request,
-                floor.as_ref().and_then(|f| f.cpu_per_request),
-            ) {
-                (Some(w), Some(f)) if !f.is_zero() => {
-                    format!(" ({:.2}x floor)", w.as_secs_f64() / f.as_secs_f64())
+            let vs_bare = cpu_ratio(w, b);
+            let vs_floor = floor.as_ref().and_then(|f| cpu_ratio(w, f));
+            let cpu = match (w.cpu_per_request, vs_bare) {
+                (Some(cpu), Some(ratio)) => {
+                    format!(", CPU {:.1} µs = {ratio:.2}x bare", cpu.as_secs_f64() * 1e6)
                 }
                 _ => String::new(),
             };
+            let floor_cpu = vs_floor
+                .map(|ratio| format!(" ({ratio:.2}x floor)"))
+                .unwrap_or_default();
+            if let Some(ratio) = vs_bare {
+                cpu_vs_bare.push(ratio);
+                cpu_vs_floor.extend(vs_floor);
+            }
             println!(
                 "  at {:>6}/s: webhook p50 {:.3} ms = {:.2}x bare, p99 {:.3} ms = {:.2}x bare{cpu}{floor_cpu}{}",
                 w.rate,
@@ -451,25 +451,8 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
         }
         // Saturation on a shared, noisy machine moves between runs (one stall fails a rate);
         // CPU per request at equal rates is the steadier comparison.
-        let mut cpu_ratios: Vec<(f64, Option<f64>)> = pairs
-            .iter()
-            .filter_map(|(w, b, floor)| {
-                let (w, b) = (w.cpu_per_request?, b.cpu_per_request?);
-                let floor = floor
-                    .as_ref()
-                    .and_then(|f| f.cpu_per_request)
-                    .filter(|f| !f.is_zero())
-                    .map(|f| w.as_secs_f64() / f.as_secs_f64());
-                (!b.is_zero()).then(|| (w.as_secs_f64() / b.as_secs_f64(), floor))
-            })
-            .collect();
-        if !cpu_ratios.is_empty() {
-            cpu_ratios.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let bare = cpu_ratios[cpu_ratios.len() / 2].0;
-            let mut floors: Vec<f64> = cpu_ratios.iter().filter_map(|r| r.1).collect();
-            floors.sort_by(f64::total_cmp);
-            let floor = floors
-                .get(floors.len() / 2)
+        if let Some(bare) = median(cpu_vs_bare) {
+            let floor = median(cpu_vs_floor)
                 .map(|f| format!(", {f:.2}x floor"))
                 .unwrap_or_default();
             println!(
@@ -485,6 +468,18 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
     }
     renewer.abort();
     Ok(())
+}
+
+/// CPU time per request of `a` over that of `b`, when both were read and `b`'s is not zero.
+fn cpu_ratio(a: &RateResult, b: &RateResult) -> Option<f64> {
+    let (a, b) = (a.cpu_per_request?, b.cpu_per_request?);
+    (!b.is_zero()).then(|| a.as_secs_f64() / b.as_secs_f64())
+}
+
+/// The upper median (the middle of an odd count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
 }
 
 fn print_row(workload: &Workload, server: &Server<'_>, row: &RateResult) {
