@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    prefetch_common::telemetry::init(args.log_format);
+    let _log = prefetch_common::telemetry::init(args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The root of every wait in the process: cancelled on SIGTERM/SIGINT, whatever state the
     // process is in, and from then on the process exits within --shutdown-timeout.
@@ -204,5 +204,6 @@ async fn signal_shutdown(shutdown: CancellationToken, timeout: std::time::Durati
         timeout_s = timeout.as_secs_f64(),
         "shutdown timeout reached; exiting with work still in flight"
     );
+    prefetch_common::telemetry::finish();
     std::process::exit(0);
 }

@@ -40,6 +40,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("prefetch_controller");
+        registry.register_collector(Box::new(prefetch_common::telemetry::DroppedLogLines));
         let reconciles = Family::<ResultLabel, Counter>::default();
         registry.register(
             "reconciles",

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    prefetch_common::telemetry::init(args.log_format);
+    let _log = prefetch_common::telemetry::init(args.log_format);
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // One process-wide backend, chosen explicitly (kube's client uses it too).

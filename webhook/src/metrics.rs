@@ -57,6 +57,7 @@ pub struct ResultLabel {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("prefetch_webhook");
+        registry.register_collector(Box::new(prefetch_common::telemetry::DroppedLogLines));
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -165,5 +166,20 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_log_lines_are_exposed() {
+        let text = Metrics::default().encode().unwrap();
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with("prefetch_webhook_log_lines_dropped_total ")),
+            "{text}"
+        );
     }
 }
