@@ -11,6 +11,7 @@
 //! rates up to the webhook's saturation and prints the ratios. With two or more cores, the load
 //! generator runs on the first and each server on the others.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -602,9 +603,9 @@ async fn run_rate(
 ) -> anyhow::Result<RateResult> {
     let client = server.client;
     let bodies = &workload.bodies;
-    let pool = Arc::new(Mutex::new(Vec::with_capacity(args.connections)));
+    let pool = Arc::new(Mutex::new(VecDeque::with_capacity(args.connections)));
     for _ in 0..args.connections {
-        pool.lock().await.push(client.connect().await?);
+        pool.lock().await.push_back(client.connect().await?);
     }
     let permits = Arc::new(Semaphore::new(args.connections));
     let warmup = Duration::from_secs(args.warmup_seconds);
@@ -690,8 +691,14 @@ fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
+/// Sends one review on a pooled keep-alive connection, as the API server's HTTP client does.
+/// The pool is used in turn (first in, first out) so that every connection carries requests:
+/// the webhook closes a connection that sends no request within its header bound (5 s from
+/// the handshake), as Go's HTTP server does, and a connection left unused at the bottom of a
+/// stack would be closed. A connection the server has closed is left for a new one, as Go's
+/// client leaves it, rather than failing the request sent on it.
 async fn send_one(
-    pool: &Mutex<Vec<Connection>>,
+    pool: &Mutex<VecDeque<Connection>>,
     permits: &Semaphore,
     client: &PinnedClient,
     path: &str,
@@ -700,8 +707,11 @@ async fn send_one(
     let Ok(_permit) = permits.acquire().await else {
         return false;
     };
-    let conn = pool.lock().await.pop();
-    let mut conn = match conn {
+    let pooled = {
+        let mut pool = pool.lock().await;
+        std::iter::from_fn(|| pool.pop_front()).find(|conn| !conn.is_closed())
+    };
+    let mut conn = match pooled {
         Some(conn) => conn,
         None => match client.connect().await {
             Ok(conn) => conn,
@@ -710,7 +720,7 @@ async fn send_one(
     };
     match conn.post(path, "application/json", body).await {
         Ok(reply) if reply.status == 200 => {
-            pool.lock().await.push(conn);
+            pool.lock().await.push_back(conn);
             true
         }
         // A failed connection is dropped; the next request opens a new one.

@@ -151,6 +151,14 @@ impl PinnedClient {
 }
 
 impl Connection {
+    /// Whether the server (or the network) has closed this connection.
+    pub fn is_closed(&self) -> bool {
+        match &self.sender {
+            Sender::H1(sender) => sender.is_closed(),
+            Sender::H2(sender) => sender.is_closed(),
+        }
+    }
+
     pub fn is_http2(&self) -> bool {
         matches!(self.sender, Sender::H2(_))
     }
