@@ -25,6 +25,7 @@ use kube::Api;
 use kube::api::PostParams;
 use prefetch_bench::workload::{GATED_DEPLOYMENT, QUIET_DEPLOYMENT, Workload, bench_image};
 use prefetch_common::Prefetch;
+use prefetch_common::annotations::PREFETCH_REQUESTED_AT;
 use prefetch_tests::apiserver::TestApiServer;
 use prefetch_tests::binaries::{WebhookOptions, WebhookProcess};
 use prefetch_tests::cluster::client_for;
@@ -210,10 +211,13 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
     leases
         .create(&PostParams::default(), &lease(jiff::Timestamp::now())?)
         .await?;
+    // The rollout signal is stamped again with the Lease: a signal older than the Prefetch's
+    // gate_timeout (15 minutes) no longer gates, and a full run takes longer than that.
     let renewer = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            if let Ok(l) = lease(jiff::Timestamp::now()) {
+            let now = jiff::Timestamp::now();
+            if let Ok(l) = lease(now) {
                 let _ = leases
                     .patch(
                         "prefetch-controller",
@@ -222,6 +226,16 @@ async fn run(args: Args, cores: usize, pin: bool) -> anyhow::Result<()> {
                     )
                     .await;
             }
+            let signal = json!({"metadata": {"annotations": {
+                PREFETCH_REQUESTED_AT: prefetch_common::annotations::rfc3339(now)
+            }}});
+            let _ = deployments
+                .patch(
+                    GATED_DEPLOYMENT,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(signal),
+                )
+                .await;
         }
     });
     let mut options = WebhookOptions::with_cert_dir(&kubeconfig, &certs);
