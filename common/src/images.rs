@@ -41,8 +41,22 @@ pub struct ImageRef {
     pub digest: Option<String>,
 }
 
-impl ImageRef {
-    pub fn parse(reference: &str) -> Result<Self, ImageRefError> {
+/// A reference split into its normalized parts, borrowed from the reference: what both
+/// [`ImageRef::parse`] and [`normalize`] build from, so that normalizing allocates only the
+/// canonical string.
+struct Parts<'a> {
+    /// `docker.io` when the reference names no registry (or the legacy `index.docker.io`).
+    domain: &'a str,
+    /// An official Docker Hub image: the path gets the `library/` prefix.
+    official: bool,
+    path: &'a str,
+    /// `latest` when the reference had neither tag nor digest.
+    tag: Option<&'a str>,
+    digest: Option<&'a str>,
+}
+
+impl<'a> Parts<'a> {
+    fn parse(reference: &'a str) -> Result<Self, ImageRefError> {
         let reference = reference.trim();
         if reference.is_empty() {
             return Err(ImageRefError::Empty);
@@ -59,7 +73,7 @@ impl ImageRef {
                         "digest must be algorithm:hex with at least 32 hex digits",
                     ));
                 }
-                (rest, Some(digest.to_string()))
+                (rest, Some(digest))
             }
             None => (reference, None),
         };
@@ -88,13 +102,11 @@ impl ImageRef {
 
         let (domain, path) = match name.split_once('/') {
             Some((first, remainder))
-                if first.contains(['.', ':'])
-                    || first == "localhost"
-                    || first.to_lowercase() != first =>
+                if first.contains(['.', ':']) || first == "localhost" || has_upper_case(first) =>
             {
-                (first, remainder.to_string())
+                (first, remainder)
             }
-            _ => (DEFAULT_DOMAIN, name.to_string()),
+            _ => (DEFAULT_DOMAIN, name),
         };
         if !is_valid_domain(domain) {
             return Err(invalid(
@@ -106,26 +118,72 @@ impl ImageRef {
         } else {
             domain
         };
-        let path = if domain == DEFAULT_DOMAIN && !path.contains('/') {
-            format!("{OFFICIAL_REPO_PREFIX}{path}")
-        } else {
-            path
-        };
+        // `library` itself is a valid component: checking the path without it is the same.
         if !path.split('/').all(is_valid_path_component) {
             return Err(invalid(
                 "repository path components must be lower-case alphanumerics separated by '.', '_', '__' or '-'",
             ));
         }
-        let tag = match (tag, &digest) {
-            (Some(tag), _) => Some(tag.to_string()),
-            (None, None) => Some("latest".to_string()),
-            (None, Some(_)) => None,
-        };
-        Ok(ImageRef {
-            domain: domain.to_string(),
+        Ok(Parts {
+            domain,
+            official: domain == DEFAULT_DOMAIN && !path.contains('/'),
             path,
-            tag,
+            tag: match (tag, digest) {
+                (Some(tag), _) => Some(tag),
+                (None, None) => Some("latest"),
+                (None, Some(_)) => None,
+            },
             digest,
+        })
+    }
+
+    /// The canonical form, as [`ImageRef`]'s `Display` writes it, in one allocation.
+    fn canonical(&self) -> String {
+        let optional = |part: Option<&str>| part.map_or(0, |p| p.len() + 1);
+        let mut out = String::with_capacity(
+            self.domain.len()
+                + 1
+                + OFFICIAL_REPO_PREFIX.len()
+                + self.path.len()
+                + optional(self.tag)
+                + optional(self.digest),
+        );
+        out.push_str(self.domain);
+        out.push('/');
+        if self.official {
+            out.push_str(OFFICIAL_REPO_PREFIX);
+        }
+        out.push_str(self.path);
+        if let Some(tag) = self.tag {
+            out.push(':');
+            out.push_str(tag);
+        }
+        if let Some(digest) = self.digest {
+            out.push('@');
+            out.push_str(digest);
+        }
+        out
+    }
+}
+
+/// Whether lower-casing `s` changes it (a registry is told from a path component by upper
+/// case, which repository paths may not contain), without building the lower-cased copy.
+fn has_upper_case(s: &str) -> bool {
+    s.chars().flat_map(char::to_lowercase).ne(s.chars())
+}
+
+impl ImageRef {
+    pub fn parse(reference: &str) -> Result<Self, ImageRefError> {
+        let parts = Parts::parse(reference)?;
+        Ok(ImageRef {
+            domain: parts.domain.to_string(),
+            path: if parts.official {
+                format!("{OFFICIAL_REPO_PREFIX}{}", parts.path)
+            } else {
+                parts.path.to_string()
+            },
+            tag: parts.tag.map(str::to_string),
+            digest: parts.digest.map(str::to_string),
         })
     }
 
@@ -160,9 +218,9 @@ impl FromStr for ImageRef {
     }
 }
 
-/// The canonical form of `reference`.
+/// The canonical form of `reference` (what `ImageRef::parse(reference)?.to_string()` gives).
 pub fn normalize(reference: &str) -> Result<String, ImageRefError> {
-    ImageRef::parse(reference).map(|r| r.to_string())
+    Parts::parse(reference).map(|parts| parts.canonical())
 }
 
 /// `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
@@ -343,6 +401,35 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(normalize(input).as_deref(), Ok(want.as_str()), "{input}");
+        }
+    }
+
+    proptest::proptest! {
+        /// `normalize` builds the canonical string from borrowed parts; it must be exactly
+        /// what the owned `ImageRef` displays, on valid and invalid references alike.
+        #[test]
+        fn normalize_is_the_display_of_the_parsed_reference(
+            reference in "[a-zA-Z0-9.:/@_\\[\\] -]{0,40}|[a-z.]{1,8}(:[0-9]{1,4})?/[a-z_.-]{1,8}(/[a-zA-Z]{1,4})?(:[a-zA-Z0-9_.-]{0,6})?(@sha256:[0-9a-f]{32})?"
+        ) {
+            proptest::prop_assert_eq!(
+                normalize(&reference),
+                ImageRef::parse(&reference).map(|r| r.to_string())
+            );
+        }
+    }
+
+    #[test]
+    fn upper_case_is_what_lower_casing_changes() {
+        for (s, upper) in [
+            ("abc", false),
+            ("aBc", true),
+            ("\u{3a3}", true),
+            ("\u{1c5}", true),
+            ("\u{e9}", false),
+            ("", false),
+        ] {
+            assert_eq!(has_upper_case(s), s.to_lowercase() != s, "{s}");
+            assert_eq!(has_upper_case(s), upper, "{s}");
         }
     }
 

@@ -5,8 +5,6 @@
 //! body. The validating hook never allows what it could not judge (no object, not an object,
 //! not a Prefetch, an unknown operation); the mutating hooks stay fail-open.
 
-use std::collections::BTreeSet;
-
 use base64::Engine;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
@@ -14,7 +12,7 @@ use prefetch_common::annotations::{
     API_GROUP, API_VERSION, KIND, PREFETCH_IMAGES, PREFETCH_REQUESTED_AT,
 };
 use prefetch_common::defaulting::default_spec_patch;
-use prefetch_common::images::collect_images;
+use prefetch_common::images::normalize;
 use prefetch_common::validation::{ValidationContext, validate_prefetch_spec};
 use serde::Serialize;
 use serde::de::IgnoredAny;
@@ -134,58 +132,58 @@ impl Answer {
 
     /// The AdmissionReview v1 response body. The patch is base64 of the JSON patch, as the
     /// API server's Go types expect for a `[]byte` field.
+    ///
+    /// Written field by field rather than derived: the base64 patch is most of the answer, and
+    /// serde_json would look at each of its bytes for an escape its alphabet cannot contain.
+    /// Every other string goes through serde_json.
     pub fn to_review_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Review<'a> {
-            api_version: &'static str,
-            kind: &'static str,
-            response: Response<'a>,
-        }
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
         struct Status<'a> {
             code: u16,
             reason: &'a str,
             message: &'a str,
         }
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Response<'a> {
-            uid: &'a str,
-            allowed: bool,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            status: Option<Status<'a>>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            patch: Option<String>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            patch_type: Option<&'a str>,
-            #[serde(skip_serializing_if = "<[String]>::is_empty")]
-            warnings: &'a [String],
-        }
-        let patch = match &self.patch {
-            Some(patch) => {
-                Some(base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(patch)?))
-            }
-            None => None,
-        };
-        let response = Response {
-            uid: &self.uid,
-            allowed: self.allowed,
-            status: self.denial.as_ref().map(|denial| Status {
+        let patch = self.patch.as_ref().map(serde_json::to_vec).transpose()?;
+        let encoded_len = patch
+            .as_ref()
+            .map_or(0, |patch| patch.len().div_ceil(3) * 4);
+        let mut out = Vec::with_capacity(128 + self.uid.len() + encoded_len);
+        out.extend_from_slice(b"{\"apiVersion\":");
+        serde_json::to_writer(&mut out, REVIEW_API_VERSION)?;
+        out.extend_from_slice(b",\"kind\":");
+        serde_json::to_writer(&mut out, REVIEW_KIND)?;
+        out.extend_from_slice(b",\"response\":{\"uid\":");
+        serde_json::to_writer(&mut out, &self.uid)?;
+        out.extend_from_slice(if self.allowed {
+            b",\"allowed\":true"
+        } else {
+            b",\"allowed\":false"
+        });
+        if let Some(denial) = &self.denial {
+            out.extend_from_slice(b",\"status\":");
+            let status = Status {
                 code: denial.code,
                 reason: denial.reason(),
                 message: &denial.message,
-            }),
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
-            warnings: &self.warnings,
-        };
-        serde_json::to_vec(&Review {
-            api_version: REVIEW_API_VERSION,
-            kind: REVIEW_KIND,
-            response,
-        })
+            };
+            serde_json::to_writer(&mut out, &status)?;
+        }
+        if let Some(patch) = &patch {
+            out.extend_from_slice(b",\"patch\":\"");
+            let start = out.len();
+            out.resize(start + encoded_len, 0);
+            let written = base64::engine::general_purpose::STANDARD
+                .encode_slice(patch, &mut out[start..])
+                .map_err(<serde_json::Error as serde::ser::Error>::custom)?;
+            out.truncate(start + written);
+            out.extend_from_slice(b"\",\"patchType\":\"JSONPatch\"");
+        }
+        if !self.warnings.is_empty() {
+            out.extend_from_slice(b",\"warnings\":");
+            serde_json::to_writer(&mut out, &self.warnings)?;
+        }
+        out.extend_from_slice(b"}}");
+        Ok(out)
     }
 }
 
@@ -374,25 +372,41 @@ fn validate(
     }
 }
 
-fn references<'s>(spec: Option<&'s PodSpecImages<'_>>) -> BTreeSet<&'s str> {
-    spec.map(|spec| spec.references().collect())
-        .unwrap_or_default()
+/// The image references of `spec` as written, sorted and de-duplicated.
+fn references<'s>(spec: Option<&'s PodSpecImages<'_>>) -> Vec<&'s str> {
+    let mut references: Vec<&str> = spec
+        .map(|spec| spec.references().collect())
+        .unwrap_or_default();
+    references.sort_unstable();
+    references.dedup();
+    references
 }
 
-/// The images `new` brings that `old` does not have, normalized and sorted. References
-/// written the same in both are never normalized (most of a pod template, usually).
+/// The images `new` brings that `old` does not have, normalized, sorted and de-duplicated
+/// (references that do not parse are left out). References written the same in both are never
+/// normalized (most of a pod template, usually).
 fn added_images(new: Option<&PodSpecImages<'_>>, old: Option<&PodSpecImages<'_>>) -> Vec<String> {
-    let (new, old) = (references(new), references(old));
-    let candidates: Vec<&str> = new.difference(&old).copied().collect();
+    let old = references(old);
+    let candidates: Vec<&str> = references(new)
+        .into_iter()
+        .filter(|reference| old.binary_search(reference).is_err())
+        .collect();
     if candidates.is_empty() {
         return Vec::new();
     }
-    let old = collect_images(old.into_iter()).images;
-    collect_images(candidates.into_iter())
-        .images
-        .into_iter()
-        .filter(|image| !old.contains(image))
-        .collect()
+    let normalized = |references: Vec<&str>| {
+        let mut images: Vec<String> = references
+            .into_iter()
+            .filter_map(|reference| normalize(reference).ok())
+            .collect();
+        images.sort_unstable();
+        images.dedup();
+        images
+    };
+    let old = normalized(old);
+    let mut added = normalized(candidates);
+    added.retain(|image| old.binary_search(image).is_err());
+    added
 }
 
 /// Annotates a Deployment whose pod template brings images new to it, when a Prefetch in its
@@ -445,6 +459,10 @@ fn deployment_signal(
             return answer;
         }
     };
+    let why = format!(
+        "new images {images_json}, selected by Prefetch {}",
+        selecting.join(", ")
+    );
     let requested_at = prefetch_common::annotations::rfc3339(now);
     let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
     let operations = if metadata.and_then(|m| m.annotations).is_none() {
@@ -464,10 +482,6 @@ fn deployment_signal(
             ),
         ]
     };
-    let why = format!(
-        "new images {added:?}, selected by Prefetch {}",
-        selecting.join(", ")
-    );
     Answer::allow(uid, why).with_patch(Patch(operations))
 }
 
@@ -928,6 +942,19 @@ mod tests {
         let unjudged = Answer::deny("u", 400, "why".into());
         let body: Value = serde_json::from_slice(&unjudged.to_review_json().unwrap()).unwrap();
         assert_eq!(body["response"]["status"]["reason"], "BadRequest");
+
+        // Every string that is not base64 is escaped.
+        let odd = "a\"b\\c\u{1}\u{e9}\u{2028}";
+        let mut warned = Answer::deny(odd, 422, odd.into());
+        warned.warnings = vec![odd.into(), "plain".into()];
+        let body: Value = serde_json::from_slice(&warned.to_review_json().unwrap()).unwrap();
+        assert_eq!(
+            body,
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+                "uid": odd, "allowed": false,
+                "status": {"code": 422, "reason": "Invalid", "message": odd},
+                "warnings": [odd, "plain"]}})
+        );
     }
 
     /// Arbitrary JSON of small depth.
