@@ -135,8 +135,7 @@ pub(crate) fn parse_with<'a, J: JsonReader, O: Deserialize<'a>, P: Deserialize<'
     body: &'a [u8],
 ) -> Result<Request<'a, O, P>, BadReview> {
     // One UTF-8 check of the whole body is cheaper than one per string read.
-    let body =
-        std::str::from_utf8(body).map_err(|err| malformed(format_args!("not UTF-8: {err}")))?;
+    let body = json::text(body).map_err(|err| malformed(format_args!("not UTF-8: {err}")))?;
     let envelope: Envelope<'a, O, P> = J::from_str(body)?;
     let (api_version, kind) = (envelope.api_version, envelope.kind);
     if api_version.as_deref() != Some(REVIEW_API_VERSION) || kind.as_deref() != Some(REVIEW_KIND) {

@@ -138,6 +138,98 @@ fn string_end_with<C: Classify>(bytes: &[u8], from: usize) -> Option<usize> {
     })
 }
 
+/// The first byte at or after `from` that is a quote, a backslash or a control character, or
+/// `bytes.len()`: where reading a string must look next. Keys and most values read are short
+/// runs of plain ASCII, passed 16 bytes a step (8 on targets without SSE2).
+#[inline]
+pub fn string_stop(bytes: &[u8], mut from: usize) -> usize {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    while let Some(chunk) = bytes.get(from..).and_then(<[u8]>::first_chunk::<16>) {
+        use std::arch::x86_64::{
+            __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8,
+            _mm_or_si128, _mm_set1_epi8,
+        };
+        // SAFETY: SSE2 is enabled (the cfg above); the load reads the 16 bytes of `chunk`,
+        // unaligned loads allowed.
+        let stops = unsafe {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+            let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+            let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+            // min(v, 0x1f) == v exactly for the bytes below 0x20 (unsigned).
+            let control = _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(0x1f)), v);
+            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control))
+        };
+        if stops != 0 {
+            return from + stops.trailing_zeros() as usize;
+        }
+        from += 16;
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+    while let Some(word) = bytes.get(from..).and_then(<[u8]>::first_chunk::<8>) {
+        let stops = string_stops(u64::from_le_bytes(*word));
+        if stops != 0 {
+            return from + (stops.trailing_zeros() / 8) as usize;
+        }
+        from += 8;
+    }
+    bytes
+        .get(from..)
+        .and_then(|rest| rest.iter().position(|&byte| is_string_stop(byte)))
+        .map_or(bytes.len(), |at| from + at)
+}
+
+fn is_string_stop(byte: u8) -> bool {
+    byte == b'"' || byte == b'\\' || byte < 0x20
+}
+
+/// The bytes of `word` (little-endian) that are a quote, a backslash or a control character,
+/// as their high bits (SWAR). Only the lowest is exact: a borrow may mark bytes above it.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
+#[inline(always)]
+fn string_stops(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    let quote = has_zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGH;
+    quote | backslash | control
+}
+
+/// Whether `bytes` is all ASCII (so valid UTF-8 with nothing more to check).
+pub fn is_ascii(bytes: &[u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        return unsafe { is_ascii_avx2(bytes) };
+    }
+    bytes.is_ascii()
+}
+
+/// 128 bytes a step: the bytes OR-ed together, their high bits tested once a step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn is_ascii_avx2(bytes: &[u8]) -> bool {
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256};
+    let mut chunks = bytes.chunks_exact(128);
+    for chunk in &mut chunks {
+        // SAFETY: AVX2 is enabled for this function; the four loads read the 128 bytes of
+        // `chunk`, unaligned loads allowed.
+        let high = unsafe {
+            let p = chunk.as_ptr().cast::<__m256i>();
+            let any = _mm256_or_si256(
+                _mm256_or_si256(_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))),
+                _mm256_or_si256(_mm256_loadu_si256(p.add(2)), _mm256_loadu_si256(p.add(3))),
+            );
+            _mm256_movemask_epi8(any)
+        };
+        if high != 0 {
+            return false;
+        }
+    }
+    chunks.remainder().is_ascii()
+}
+
 #[inline(always)]
 fn container_end_with<C: Classify>(bytes: &[u8], from: usize) -> Option<usize> {
     let mut scan = Scan {
@@ -357,6 +449,44 @@ mod tests {
         assert_eq!(container_end(deep.as_bytes(), 1), Some(deep.len() - 1));
     }
 
+    #[test]
+    fn string_stops_find_quotes_backslashes_and_control_characters() {
+        for byte in 0..=255u8 {
+            for at in 0..8 {
+                let mut word = *b"abcdefgh";
+                word[at] = byte;
+                let special = is_string_stop(byte);
+                let stops = string_stops(u64::from_le_bytes(word));
+                let first = (stops != 0).then(|| stops.trailing_zeros() / 8);
+                assert_eq!(first, special.then_some(at as u32), "{byte} at {at}");
+                // Bytes before a special one never hide it.
+                word[7] = b'"';
+                let stops = string_stops(u64::from_le_bytes(word));
+                let expected = if special { at as u32 } else { 7 };
+                assert_eq!(
+                    stops.trailing_zeros() / 8,
+                    expected,
+                    "{byte} at {at}, quote at 7"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn ascii_is_told_from_the_rest() {
+        for len in [0, 1, 31, 127, 128, 129, 300] {
+            let mut bytes = vec![b'a'; len];
+            assert!(is_ascii(&bytes), "{len}");
+            for at in [0, len / 2, len.saturating_sub(1)] {
+                if at < len {
+                    bytes[at] = 0x80;
+                    assert!(!is_ascii(&bytes), "{len} {at}");
+                    bytes[at] = b'a';
+                }
+            }
+        }
+    }
+
     fn json_like() -> impl Strategy<Value = Vec<u8>> {
         proptest::collection::vec(
             prop_oneof![
@@ -385,6 +515,22 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx2") {
                 prop_assert_eq!(Avx2::classify(block), portable);
             }
+        }
+
+        #[test]
+        fn string_stop_is_the_first_quote_backslash_or_control_character(
+            bytes in proptest::collection::vec(prop_oneof![20 => b'a'..=b'z', 1 => any::<u8>()], 0..100),
+            from in 0usize..110,
+        ) {
+            let expected = (from..bytes.len())
+                .find(|&i| is_string_stop(bytes[i]))
+                .unwrap_or(bytes.len());
+            prop_assert_eq!(string_stop(&bytes, from), expected);
+        }
+
+        #[test]
+        fn is_ascii_agrees_with_std(bytes in proptest::collection::vec(prop_oneof![9 => 0u8..0x80, 1 => any::<u8>()], 0..400)) {
+            prop_assert_eq!(is_ascii(&bytes), bytes.is_ascii());
         }
 
         /// The baseline scans, whichever one `string_end`/`container_end` dispatch to.
