@@ -8,6 +8,7 @@
 //! not yet prefetched, the pod uses a signalled image, and a controller holds a fresh Lease to
 //! lift the gate). Anything unsure passes the pod unchanged.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::{SignedDuration, Timestamp};
@@ -20,6 +21,7 @@ use prefetch_common::images::collect_images;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
+use crate::admission::Answer;
 use crate::index::{DeploymentFacts, GatingPrefetch};
 use crate::review::{self, BadReview, MetaView, Operation, PodView, Request};
 
@@ -29,14 +31,16 @@ pub const LEASE_FRESHNESS: SignedDuration = SignedDuration::from_secs(30);
 
 /// What the gate reads of a pod review, owned, so that a live read of the Deployment may
 /// happen between reading the review and deciding.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PodFacts {
     pub uid: String,
     pub namespace: String,
     /// The Deployment owning the pod through its ReplicaSet, or why the pod has none.
     pub deployment: Result<String, String>,
-    /// Normalized images of containers and initContainers.
-    pub images: BTreeSet<String>,
+    /// Image references of containers and initContainers, as written.
+    pub references: BTreeSet<String>,
+    /// The same normalized, once a decision needs them (see [`PodFacts::images`]).
+    images: OnceCell<BTreeSet<String>>,
     /// `spec.schedulingGates` names; `None` when the field is absent or null.
     pub gates: Option<Vec<String>>,
     /// `spec.nodeName` is set: the pod is bound and cannot be gated.
@@ -44,6 +48,37 @@ pub struct PodFacts {
     pub has_labels: bool,
     pub has_annotations: bool,
 }
+
+impl PodFacts {
+    /// The pod's images, normalized (references that do not parse left out). Computed on first
+    /// use: most pods pass on what their references as written tell (their Deployment has no
+    /// rollout signal, and a pod of the current ReplicaSet is written as its template).
+    pub fn images(&self) -> &BTreeSet<String> {
+        self.images
+            .get_or_init(|| collect_images(self.references.iter().map(String::as_str)).images)
+    }
+}
+
+/// The normalized images are derived from the references: they take no part.
+impl PartialEq for PodFacts {
+    fn eq(&self, other: &Self) -> bool {
+        fn key(p: &PodFacts) -> impl PartialEq + '_ {
+            (
+                &p.uid,
+                &p.namespace,
+                &p.deployment,
+                &p.references,
+                &p.gates,
+                p.bound,
+                p.has_labels,
+                p.has_annotations,
+            )
+        }
+        key(self) == key(other)
+    }
+}
+
+impl Eq for PodFacts {}
 
 /// A review is either about a pod the gate considers, or answered at once (and why).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +113,8 @@ pub fn read(body: &[u8]) -> Result<Read, BadReview> {
         uid,
         namespace,
         deployment: deployment_of(&meta),
-        images: collect_images(spec.references()).images,
+        references: spec.references().map(String::from).collect(),
+        images: OnceCell::new(),
         gates: spec
             .scheduling_gates
             .as_ref()
@@ -150,6 +186,27 @@ pub enum Decision {
     ReadLive { deployment: String },
 }
 
+/// The answer to the pod's review: allowed, with the gate patch when gated. (A `ReadLive`
+/// reaches here only when the live read could not be made: the pod passes.)
+pub fn answer(uid: &str, decision: Decision) -> Answer {
+    match decision {
+        Decision::Gate {
+            prefetch,
+            deployment,
+            until,
+            patch,
+        } => Answer::allow_pod(
+            uid,
+            format!(
+                "gated for Prefetch {prefetch} (Deployment {deployment}) until {}",
+                rfc3339(until)
+            ),
+        )
+        .gated(patch),
+        Decision::Pass(why) | Decision::ReadLive { deployment: why } => Answer::allow_pod(uid, why),
+    }
+}
+
 pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
     let deployment = match &pod.deployment {
         Ok(name) => name,
@@ -158,7 +215,7 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
     if pod.bound {
         return Decision::Pass("already bound to a node".into());
     }
-    if pod.images.is_empty() {
+    if pod.references.is_empty() {
         return Decision::Pass("no image to wait for".into());
     }
     match inputs.leader_renewed {
@@ -176,7 +233,7 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
         }
     }
     let facts = match inputs.deployment {
-        Some(facts) if facts.template_images.is_superset(&pod.images) => facts,
+        Some(facts) if template_holds(facts, pod) => facts,
         _ if !inputs.live => {
             return Decision::ReadLive {
                 deployment: deployment.clone(),
@@ -192,7 +249,7 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
     let Some(signal) = &facts.signal else {
         return Decision::Pass(format!("Deployment {deployment} has no rollout signal"));
     };
-    if !signal.images.iter().any(|i| pod.images.contains(i)) {
+    if !signal.images.iter().any(|i| pod.images().contains(i)) {
         return Decision::Pass("uses none of the rollout's new images".into());
     }
     let gating = (inputs.gating)(&facts.labels);
@@ -227,6 +284,13 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
         }
     }
     Decision::Pass(why_not.join("; "))
+}
+
+/// Whether the Deployment's template has every image of `pod`: compared as written first (no
+/// normalizing: a pod of the current ReplicaSet is written as its template), then normalized.
+fn template_holds(facts: &DeploymentFacts, pod: &PodFacts) -> bool {
+    pod.references.is_subset(&facts.template_references)
+        || facts.template_images.is_superset(pod.images())
 }
 
 /// Adds our scheduling gate (appended to the pod's own, never twice), the gated-by label and
@@ -342,6 +406,7 @@ mod tests {
                 requested_at: t(at),
             }),
             template_images: norm(template),
+            template_references: template.iter().map(|r| r.to_string()).collect(),
         }
     }
 
@@ -633,6 +698,8 @@ mod tests {
         let mut case = Case::new();
         case.deployment = Some(deployment(None, &[], &["nginx:1.25", "sidecar:1"]));
         passes(case.decide(&pod), "no rollout signal");
+        // Written as its template: decided without normalizing a reference.
+        assert!(pod.images.get().is_none());
         let mut case = Case::new();
         case.gating = Vec::new();
         passes(case.decide(&pod), "no Prefetch with gate_rollouts");

@@ -1,5 +1,6 @@
 //! HTTP surface: the admission router (served over TLS) and the ops router (health, metrics).
 
+use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,8 @@ use prefetch_common::watch::WatchSet;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +19,7 @@ use axum::routing::{get, post};
 use crate::admission::{self, Caches, Endpoint};
 use crate::gate::{self, Decision, PodFacts, Read};
 use crate::index::{DeploymentFacts, DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex};
-use crate::metrics::{EndpointLabel, Metrics, ReasonLabel, RequestLabels, ResultLabel};
+use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
 
 /// Bodies above this get 413. The API server caps objects near 3 MiB; an AdmissionReview holds
 /// two of them plus envelope, so 7 MiB admits every legitimate review.
@@ -56,6 +58,10 @@ impl AppState {
 /// Path of the pod gate.
 pub const MUTATE_POD: &str = "/mutate/pod";
 
+/// The handlers' state, shared: a request clones one `Arc`, not every cache handle and the API
+/// client.
+type Shared = State<Arc<AppState>>;
+
 pub fn admission_router(state: AppState) -> Router {
     Router::new()
         .route(Endpoint::MutatePrefetch.path(), post(mutate_prefetch))
@@ -63,7 +69,7 @@ pub fn admission_router(state: AppState) -> Router {
         .route(Endpoint::MutateDeployment.path(), post(mutate_deployment))
         .route(MUTATE_POD, post(mutate_pod))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 pub fn ops_router(state: AppState) -> Router {
@@ -71,31 +77,32 @@ pub fn ops_router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
-async fn mutate_prefetch(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(Endpoint::MutatePrefetch, &state, &headers, &body)
+async fn mutate_prefetch(State(state): Shared, json: JsonBody, body: Bytes) -> Response {
+    handle(Endpoint::MutatePrefetch, &state, json, &body)
 }
 
-async fn validate_prefetch(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(Endpoint::ValidatePrefetch, &state, &headers, &body)
+async fn validate_prefetch(State(state): Shared, json: JsonBody, body: Bytes) -> Response {
+    handle(Endpoint::ValidatePrefetch, &state, json, &body)
 }
 
-async fn mutate_deployment(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    handle(Endpoint::MutateDeployment, &state, &headers, &body)
+async fn mutate_deployment(State(state): Shared, json: JsonBody, body: Bytes) -> Response {
+    handle(Endpoint::MutateDeployment, &state, json, &body)
+}
+
+/// Whether the request's Content-Type is `application/json`, read from the headers in place
+/// (axum's `HeaderMap` extractor would copy every header of every request).
+#[derive(Clone, Copy)]
+struct JsonBody(bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for JsonBody {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(JsonBody(is_json(&parts.headers)))
+    }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -124,23 +131,13 @@ fn not_json(path: &'static str) -> (&'static str, Response) {
 fn record(state: &AppState, path: &'static str, started: Instant, result: &'static str) {
     state
         .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            endpoint: path,
-            result,
-        })
-        .inc();
-    state
-        .metrics
-        .duration
-        .get_or_create(&EndpointLabel { endpoint: path })
-        .observe(started.elapsed().as_secs_f64());
+        .record_request(path, result, started.elapsed().as_secs_f64());
 }
 
-fn handle(endpoint: Endpoint, state: &AppState, headers: &HeaderMap, body: &[u8]) -> Response {
+fn handle(endpoint: Endpoint, state: &AppState, JsonBody(json): JsonBody, body: &[u8]) -> Response {
     let started = Instant::now();
     let path = endpoint.path();
-    let (result, response) = if !is_json(headers) {
+    let (result, response) = if !json {
         not_json(path)
     } else {
         let caches = Caches {
@@ -178,9 +175,9 @@ fn handle(endpoint: Endpoint, state: &AppState, headers: &HeaderMap, body: &[u8]
     response
 }
 
-async fn mutate_pod(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn mutate_pod(State(state): Shared, JsonBody(json): JsonBody, body: Bytes) -> Response {
     let started = Instant::now();
-    let (result, response) = if !is_json(&headers) {
+    let (result, response) = if !json {
         pod_error(&state, "unreadable");
         not_json(MUTATE_POD)
     } else {
@@ -191,11 +188,7 @@ async fn mutate_pod(State(state): State<AppState>, headers: HeaderMap, body: Byt
 }
 
 fn pod_error(state: &AppState, reason: &'static str) {
-    state
-        .metrics
-        .pod_gate
-        .get_or_create(&ResultLabel { result: "errored" })
-        .inc();
+    state.metrics.count_pod_gate("errored");
     state
         .metrics
         .pod_gate_errors
@@ -268,24 +261,7 @@ async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
         }
         decision => decision,
     };
-    let answer = match decision {
-        Decision::Gate {
-            prefetch,
-            deployment,
-            until,
-            patch,
-        } => admission::Answer::allow_pod(
-            &pod.uid,
-            format!(
-                "gated for Prefetch {prefetch} (Deployment {deployment}) until {}",
-                prefetch_common::annotations::rfc3339(until)
-            ),
-        )
-        .gated(patch),
-        Decision::Pass(why) | Decision::ReadLive { deployment: why } => {
-            admission::Answer::allow_pod(&pod.uid, why)
-        }
-    };
+    let answer = gate::answer(&pod.uid, decision);
     pod_answer(state, answer, "internal")
 }
 
@@ -362,24 +338,31 @@ fn pod_answer(
 ) -> (&'static str, Response) {
     match answer.result {
         "patched" => {
-            state
-                .metrics
-                .pod_gate
-                .get_or_create(&ResultLabel { result: "gated" })
-                .inc();
-            tracing::info!(endpoint = MUTATE_POD, uid = %answer.uid, reason = %answer.why, "pod gated");
+            state.metrics.count_pod_gate("gated");
+            tracing::info!(
+                endpoint = MUTATE_POD,
+                uid = answer.uid.as_str(),
+                reason = answer.why.as_str(),
+                "pod gated"
+            );
         }
         "error" => {
             pod_error(state, error_reason);
-            tracing::warn!(endpoint = MUTATE_POD, uid = %answer.uid, reason = %answer.why, "pod allowed ungated after an error");
+            tracing::warn!(
+                endpoint = MUTATE_POD,
+                uid = answer.uid.as_str(),
+                reason = answer.why.as_str(),
+                "pod allowed ungated after an error"
+            );
         }
         _ => {
-            state
-                .metrics
-                .pod_gate
-                .get_or_create(&ResultLabel { result: "passed" })
-                .inc();
-            tracing::debug!(endpoint = MUTATE_POD, uid = %answer.uid, reason = %answer.why, "pod passed");
+            state.metrics.count_pod_gate("passed");
+            tracing::debug!(
+                endpoint = MUTATE_POD,
+                uid = answer.uid.as_str(),
+                reason = answer.why.as_str(),
+                "pod passed"
+            );
         }
     }
     match answer.to_review_json() {
@@ -402,11 +385,21 @@ fn respond(
     let path = endpoint.path();
     match answer.result {
         "denied" => {
-            tracing::info!(endpoint = path, uid = %answer.uid, reason = %answer.why, "denied")
+            tracing::info!(
+                endpoint = path,
+                uid = answer.uid.as_str(),
+                reason = answer.why.as_str(),
+                "denied"
+            )
         }
         "patched" if endpoint == Endpoint::MutateDeployment => {
             state.metrics.rollout_signals.inc();
-            tracing::info!(endpoint = path, uid = %answer.uid, reason = %answer.why, "rollout signalled");
+            tracing::info!(
+                endpoint = path,
+                uid = answer.uid.as_str(),
+                reason = answer.why.as_str(),
+                "rollout signalled"
+            );
         }
         "error" => {
             state
@@ -414,10 +407,21 @@ fn respond(
                 .deployment_errors
                 .get_or_create(&ReasonLabel { reason: "internal" })
                 .inc();
-            tracing::warn!(endpoint = path, uid = %answer.uid, reason = %answer.why, "allowed without signal");
+            tracing::warn!(
+                endpoint = path,
+                uid = answer.uid.as_str(),
+                reason = answer.why.as_str(),
+                "allowed without signal"
+            );
         }
         _ => {
-            tracing::debug!(endpoint = path, uid = %answer.uid, result = answer.result, reason = %answer.why, "answered")
+            tracing::debug!(
+                endpoint = path,
+                uid = answer.uid.as_str(),
+                result = answer.result,
+                reason = answer.why.as_str(),
+                "answered"
+            )
         }
     }
     match answer.to_review_json() {
@@ -438,7 +442,7 @@ fn respond(
 /// an API outage, and an unready webhook would fail every Prefetch write (failurePolicy Fail)
 /// and drop every rollout signal, not just the few the stale cache misses. The node cache
 /// (warnings only) never holds readiness.
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): Shared) -> Response {
     if !state.serving.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
@@ -461,7 +465,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): Shared) -> Response {
     state.metrics.watches.refresh(&state.watches);
     match state.metrics.encode() {
         Ok(text) => (

@@ -276,22 +276,34 @@ pub struct DeploymentFacts {
     pub labels: BTreeMap<String, String>,
     pub signal: Option<prefetch_common::annotations::Signal>,
     pub template_images: BTreeSet<String>,
+    /// The template's image references as written (a pod's are compared with these first).
+    pub template_references: BTreeSet<String>,
 }
 
 impl DeploymentFacts {
     pub fn of(deployment: &Deployment) -> Self {
-        let template_images = deployment
+        let spec = deployment
             .spec
             .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .map(|spec| pod_spec_images(spec).images)
-            .unwrap_or_default();
+            .and_then(|s| s.template.spec.as_ref());
+        let template_references = spec
+            .into_iter()
+            .flat_map(|spec| {
+                spec.containers
+                    .iter()
+                    .chain(spec.init_containers.iter().flatten())
+            })
+            .filter_map(|c| c.image.clone())
+            .collect();
         Self {
             labels: deployment.metadata.labels.clone().unwrap_or_default(),
             signal: prefetch_common::annotations::rollout_signal(
                 deployment.metadata.annotations.as_ref(),
             ),
-            template_images,
+            template_images: spec
+                .map(|spec| pod_spec_images(spec).images)
+                .unwrap_or_default(),
+            template_references,
         }
     }
 }

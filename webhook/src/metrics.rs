@@ -1,6 +1,9 @@
 //! Prometheus metrics, served on the plain-HTTP metrics address.
 
 use prefetch_common::watch::WatchMetrics;
+
+use crate::admission::Endpoint;
+use crate::http::MUTATE_POD;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,6 +38,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<EndpointLabel, Histogram>,
+    /// `requests` and `duration` of each admission endpoint, resolved once.
+    endpoints: Vec<EndpointMetrics>,
     pub rollout_signals: Counter,
     pub deployment_errors: Family<ReasonLabel, Counter>,
     pub cert_reloads: Family<ReasonLabel, Counter>,
@@ -45,6 +50,8 @@ pub struct Metrics {
     pub open_connections: Gauge,
     pub inflight_requests: Gauge,
     pub pod_gate: Family<ResultLabel, Counter>,
+    /// `pod_gate` by result, resolved once.
+    pod_gate_results: Vec<(&'static str, Counter)>,
     pub pod_gate_errors: Family<ReasonLabel, Counter>,
     pub deployment_live_reads: Family<ResultLabel, Counter>,
 }
@@ -52,6 +59,56 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
+}
+
+/// The results a request is counted under.
+const REQUEST_RESULTS: [&str; 5] = ["allowed", "patched", "denied", "bad_request", "error"];
+
+const POD_GATE_RESULTS: [&str; 3] = ["gated", "passed", "errored"];
+
+/// One endpoint's request counters and duration histogram, taken from their families once:
+/// counting a request is then an atomic add, not a label hash and a lock per metric. (Every
+/// series is exported from the start, at zero.)
+struct EndpointMetrics {
+    endpoint: &'static str,
+    results: Vec<(&'static str, Counter)>,
+    duration: Histogram,
+}
+
+impl EndpointMetrics {
+    fn resolve(
+        endpoint: &'static str,
+        requests: &Family<RequestLabels, Counter>,
+        duration: &Family<EndpointLabel, Histogram>,
+    ) -> Self {
+        Self {
+            endpoint,
+            results: REQUEST_RESULTS
+                .iter()
+                .map(|&result| {
+                    let labels = RequestLabels { endpoint, result };
+                    (result, requests.get_or_create(&labels).clone())
+                })
+                .collect(),
+            duration: duration.get_or_create(&EndpointLabel { endpoint }).clone(),
+        }
+    }
+
+    fn record(&self, result: &'static str, seconds: f64, family: &Family<RequestLabels, Counter>) {
+        match self.results.iter().find(|(r, _)| *r == result) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                let labels = RequestLabels {
+                    endpoint: self.endpoint,
+                    result,
+                };
+                family.get_or_create(&labels).inc();
+            }
+        }
+        self.duration.observe(seconds);
+    }
 }
 
 impl Default for Metrics {
@@ -141,7 +198,24 @@ impl Default for Metrics {
             "Live GETs of a Deployment the watch cache was behind on, by result",
             deployment_live_reads.clone(),
         );
+        let endpoints = Endpoint::ALL
+            .map(Endpoint::path)
+            .into_iter()
+            .chain([MUTATE_POD])
+            .map(|endpoint| EndpointMetrics::resolve(endpoint, &requests, &duration))
+            .collect();
+        let pod_gate_results = POD_GATE_RESULTS
+            .iter()
+            .map(|&result| {
+                (
+                    result,
+                    pod_gate.get_or_create(&ResultLabel { result }).clone(),
+                )
+            })
+            .collect();
         Self {
+            endpoints,
+            pod_gate_results,
             pod_gate,
             pod_gate_errors,
             deployment_live_reads,
@@ -162,6 +236,33 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one answered request of `endpoint` (a path) and observes its duration.
+    pub fn record_request(&self, endpoint: &'static str, result: &'static str, seconds: f64) {
+        match self.endpoints.iter().find(|e| e.endpoint == endpoint) {
+            Some(resolved) => resolved.record(result, seconds, &self.requests),
+            None => {
+                self.requests
+                    .get_or_create(&RequestLabels { endpoint, result })
+                    .inc();
+                self.duration
+                    .get_or_create(&EndpointLabel { endpoint })
+                    .observe(seconds);
+            }
+        }
+    }
+
+    /// Counts one pod review by its gate result (gated, passed, errored).
+    pub fn count_pod_gate(&self, result: &'static str) {
+        match self.pod_gate_results.iter().find(|(r, _)| *r == result) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                self.pod_gate.get_or_create(&ResultLabel { result }).inc();
+            }
+        }
+    }
+
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
@@ -181,5 +282,34 @@ mod tests {
                 .any(|line| line.starts_with("prefetch_webhook_log_lines_dropped_total ")),
             "{text}"
         );
+    }
+
+    /// Resolved series and ones resolved on demand land in the same families.
+    #[test]
+    fn requests_are_counted_under_their_endpoint_and_result() {
+        let metrics = Metrics::default();
+        metrics.record_request("/mutate/deployment", "patched", 0.0002);
+        metrics.record_request("/mutate/deployment", "patched", 0.0002);
+        metrics.record_request("/mutate/deployment", "unusual", 0.0002);
+        metrics.record_request("/elsewhere", "allowed", 0.2);
+        metrics.count_pod_gate("gated");
+        metrics.count_pod_gate("other");
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"prefetch_webhook_requests_total{endpoint="/mutate/deployment",result="patched"} 2"#,
+            r#"prefetch_webhook_requests_total{endpoint="/mutate/deployment",result="unusual"} 1"#,
+            r#"prefetch_webhook_requests_total{endpoint="/mutate/deployment",result="allowed"} 0"#,
+            r#"prefetch_webhook_requests_total{endpoint="/elsewhere",result="allowed"} 1"#,
+            r#"prefetch_webhook_request_duration_seconds_count{endpoint="/mutate/deployment"} 3"#,
+            r#"prefetch_webhook_request_duration_seconds_count{endpoint="/elsewhere"} 1"#,
+            r#"prefetch_webhook_pod_gate_total{result="gated"} 1"#,
+            r#"prefetch_webhook_pod_gate_total{result="other"} 1"#,
+            r#"prefetch_webhook_pod_gate_total{result="passed"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
     }
 }
