@@ -6,7 +6,10 @@
 #
 # Runs webhook-load twice per workload at 100 requests/s with the three servers under
 # callgrind, for 2 s and 6 s per rate, and divides the difference of the instructions by the
-# difference of the requests sent, so start-up and the fixed part of each run cancel out.
+# difference of the requests sent, so start-up and the fixed part of each run cancel out. Each
+# run is one fixed-rate run per server (--rates): a saturation search reruns tries that fail
+# under valgrind's slowdown, and the warm-up requests of those reruns are in the instructions
+# but not in the requests counted.
 # Two figures per server:
 #   serving  the instructions inside hyper's connection task (reading and decrypting the
 #            request, the service, writing the response): the steady one;
@@ -42,8 +45,8 @@ chmod +x "$work/prefetch-webhook" "$work/bare"
 run() {
     RUN=$1-$2
     export RUN
-    PREFETCH_BIN_DIR=$work "$release/webhook-load" --workloads "$1" --start-rate 100 \
-        --max-rate 100 --seconds "$2" --warmup-seconds 1 --bare-wrapper "$work/bare" \
+    PREFETCH_BIN_DIR=$work "$release/webhook-load" --workloads "$1" --rates 100 \
+        --seconds "$2" --warmup-seconds 1 --bare-wrapper "$work/bare" \
         > "$work/$RUN.txt" 2>&1
     for server in webhook bare floor; do
         pid=$(cat "$work/$server.$RUN.pid")

@@ -1,5 +1,6 @@
 //! review-cost: the webhook's own work per review, in process and without the network: read
-//! the request, decide, encode the AdmissionReview response. Made for instruction counts,
+//! the request, decide (the pod gate from its caches as `webhook-load` fills them), encode the
+//! AdmissionReview response. Made for instruction counts,
 //! which load on the machine does not disturb:
 //!
 //! ```sh
@@ -10,16 +11,22 @@
 //! Callgrind's total instructions divided by the reviews answered (printed) is the cost of
 //! one. Without valgrind it prints the wall time per review.
 
+use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
 use clap::Parser;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher::Event;
-use prefetch_bench::workload::Workload;
+use prefetch_bench::workload::{GATED_DEPLOYMENT, QUIET_DEPLOYMENT, Workload, bench_image};
+use prefetch_common::annotations::{PREFETCH_IMAGES, PREFETCH_REQUESTED_AT, rfc3339};
 use prefetch_common::{Prefetch, PrefetchSpec};
-use prefetch_webhook::admission::{self, Caches, Endpoint};
-use prefetch_webhook::index::{NodeNames, PrefetchIndex};
+use prefetch_tests::fixtures::realistic_deployment;
+use prefetch_webhook::admission::{self, Answer, Caches, Endpoint};
+use prefetch_webhook::gate::{self, Read};
+use prefetch_webhook::http::MUTATE_POD;
+use prefetch_webhook::index::{DeploymentFacts, GatingPrefetch, NodeNames, PrefetchIndex};
+use serde_json::json;
 
 #[derive(Parser, Debug)]
 #[command(about = "The webhook's work per review, in process (for callgrind)")]
@@ -55,19 +62,20 @@ fn main() -> anyhow::Result<()> {
         min_retry_after: 30,
         leader_renewed: None,
     };
+    let pods = PodCaches::new()?;
     for name in &args.workloads {
         let workload = Workload::build(name)?;
-        let endpoint = Endpoint::ALL
-            .into_iter()
-            .find(|e| e.path() == workload.path)
-            .ok_or_else(|| anyhow::anyhow!("no endpoint serves {}", workload.path))?;
+        let endpoint = if workload.path == MUTATE_POD {
+            Route::Pod
+        } else {
+            Endpoint::ALL
+                .into_iter()
+                .find(|e| e.path() == workload.path)
+                .map(Route::Admission)
+                .ok_or_else(|| anyhow::anyhow!("no endpoint serves {}", workload.path))?
+        };
         // The path measured must be the one the workload names.
-        let first = admission::review(
-            endpoint,
-            &workload.bodies[0],
-            &caches,
-            jiff::Timestamp::now(),
-        )?;
+        let first = answer(endpoint, &workload.bodies[0], &caches, &pods)?;
         let reply: serde_json::Value = serde_json::from_slice(&first.to_review_json()?)?;
         anyhow::ensure!(
             (workload.expect)(&reply["response"]),
@@ -75,7 +83,7 @@ fn main() -> anyhow::Result<()> {
             workload.name
         );
         let started = Instant::now();
-        let bytes = answer_all(&workload, endpoint, &caches, args.iterations);
+        let bytes = answer_all(&workload, endpoint, &caches, &pods, args.iterations);
         let elapsed = started.elapsed();
         println!(
             "{}: {} reviews of {:.1} KiB answered ({} response bytes), {:.1} µs each",
@@ -89,18 +97,97 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which decision answers a workload's reviews.
+#[derive(Clone, Copy)]
+enum Route {
+    Admission(Endpoint),
+    Pod,
+}
+
+/// The pod gate's world as `webhook-load` sets it up: the gating Prefetch, the Deployment
+/// rolling out a signalled image, the quiet one, and a controller leading.
+struct PodCaches {
+    deployments: Vec<(&'static str, DeploymentFacts)>,
+}
+
+impl PodCaches {
+    fn new() -> anyhow::Result<Self> {
+        let mut deployments = Vec::new();
+        for (name, tag, signal) in [
+            (GATED_DEPLOYMENT, "2026.11.2", true),
+            (QUIET_DEPLOYMENT, "2026.11.1", false),
+        ] {
+            let mut d = realistic_deployment("default", name, &bench_image(tag));
+            if signal {
+                let annotations = &mut d["metadata"]["annotations"];
+                annotations[PREFETCH_IMAGES] = json!(serde_json::to_string(&[bench_image(tag)])?);
+                annotations[PREFETCH_REQUESTED_AT] = json!(rfc3339(jiff::Timestamp::now()));
+            }
+            deployments.push((name, DeploymentFacts::of(&serde_json::from_value(d)?)));
+        }
+        Ok(Self { deployments })
+    }
+
+    /// As `http.rs` answers a pod review whose Deployment is in the cache.
+    fn review(&self, body: &[u8]) -> Result<Answer, admission::BadReview> {
+        let pod = match gate::read(body)? {
+            Read::Pod(pod) => pod,
+            Read::NotForUs(uid, why) => return Ok(Answer::allow_pod(&uid, why)),
+        };
+        let cached = self
+            .deployments
+            .iter()
+            .find(|(name, _)| pod.deployment.as_deref() == Ok(*name))
+            .map(|(_, facts)| facts);
+        let gating = |labels: &BTreeMap<String, String>| {
+            if labels.get("app").map(String::as_str) == Some("nginx") {
+                vec![GatingPrefetch {
+                    name: "bench-gate".into(),
+                    gate_timeout: 900,
+                    prefetched_through: None,
+                }]
+            } else {
+                Vec::new()
+            }
+        };
+        let now = jiff::Timestamp::now();
+        let inputs = gate::Inputs {
+            deployment: cached,
+            live: false,
+            gating: &gating,
+            leader_renewed: Some(now),
+            now,
+        };
+        Ok(gate::answer(&pod.uid, gate::decide(&pod, &inputs)))
+    }
+}
+
+fn answer(
+    route: Route,
+    body: &[u8],
+    caches: &Caches<'_>,
+    pods: &PodCaches,
+) -> Result<Answer, admission::BadReview> {
+    match route {
+        Route::Admission(endpoint) => {
+            admission::review(endpoint, body, caches, jiff::Timestamp::now())
+        }
+        Route::Pod => pods.review(body),
+    }
+}
+
 /// What callgrind counts: `iterations` reviews read, decided and answered.
 #[inline(never)]
 fn answer_all(
     workload: &Workload,
-    endpoint: Endpoint,
+    route: Route,
     caches: &Caches<'_>,
+    pods: &PodCaches,
     iterations: usize,
 ) -> usize {
     let mut bytes = 0;
     for body in workload.bodies.iter().cycle().take(iterations) {
-        let answer = admission::review(endpoint, black_box(body), caches, jiff::Timestamp::now());
-        if let Ok(answer) = answer
+        if let Ok(answer) = answer(route, black_box(body), caches, pods)
             && let Ok(json) = answer.to_review_json()
         {
             bytes += black_box(json).len();
