@@ -44,14 +44,14 @@ impl Scan {
     /// The unescaped quotes of a block and the bytes inside strings (an opening quote counts
     /// as inside, a closing one does not).
     #[inline(always)]
-    fn strings(&mut self, classes: &Classes) -> (u64, u64) {
+    fn strings<C: Classify>(&mut self, classes: &Classes) -> (u64, u64) {
         let escaped = if classes.backslash == 0 {
             std::mem::take(&mut self.escaped)
         } else {
             escaped_bits(&mut self.escaped, classes.backslash)
         };
         let quotes = classes.quote & !escaped;
-        let in_string = prefix_xor(quotes) ^ self.in_string;
+        let in_string = C::prefix_xor(quotes) ^ self.in_string;
         self.in_string = ((in_string as i64) >> 63) as u64;
         (quotes, in_string)
     }
@@ -93,6 +93,7 @@ macro_rules! dispatch {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("popcnt")
                 && std::arch::is_x86_feature_detected!("bmi1")
+                && std::arch::is_x86_feature_detected!("pclmulqdq")
             {
                 // SAFETY: the CPU has the features `$avx2` is compiled for.
                 return unsafe { $avx2($($arg),*) };
@@ -115,13 +116,13 @@ pub fn container_end(bytes: &[u8], from: usize) -> Option<usize> {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,popcnt,bmi1")]
+#[target_feature(enable = "avx2,popcnt,bmi1,pclmulqdq")]
 fn string_end_avx2(bytes: &[u8], from: usize) -> Option<usize> {
     string_end_with::<Avx2>(bytes, from)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,popcnt,bmi1")]
+#[target_feature(enable = "avx2,popcnt,bmi1,pclmulqdq")]
 fn container_end_avx2(bytes: &[u8], from: usize) -> Option<usize> {
     container_end_with::<Avx2>(bytes, from)
 }
@@ -133,7 +134,7 @@ fn string_end_with<C: Classify>(bytes: &[u8], from: usize) -> Option<usize> {
         escaped: 0,
     };
     blocks::<C>(bytes, from, |classes| {
-        let (quotes, _) = scan.strings(classes);
+        let (quotes, _) = scan.strings::<C>(classes);
         (quotes != 0).then(|| quotes.trailing_zeros())
     })
 }
@@ -238,7 +239,7 @@ fn container_end_with<C: Classify>(bytes: &[u8], from: usize) -> Option<usize> {
     };
     let mut depth: u32 = 1;
     blocks::<C>(bytes, from, |classes| {
-        let (_, in_string) = scan.strings(classes);
+        let (_, in_string) = scan.strings::<C>(classes);
         let opens = classes.open & !in_string;
         let closes = classes.close & !in_string;
         let close_count = closes.count_ones();
@@ -293,9 +294,14 @@ fn prefix_xor(mut x: u64) -> u64 {
     x
 }
 
-/// How a block is classified.
+/// How a block is classified, and the bytes inside its strings found.
 trait Classify {
     fn classify(block: &[u8; 64]) -> Classes;
+
+    #[inline(always)]
+    fn prefix_xor(x: u64) -> u64 {
+        prefix_xor(x)
+    }
 }
 
 /// What every CPU of the target has: SSE2 on x86_64, plain code elsewhere.
@@ -370,6 +376,19 @@ impl Classify for Avx2 {
             classes.add(32 * i, [backslash, quote, open, close]);
         }
         classes
+    }
+
+    /// A carry-less multiplication by all ones is a prefix XOR (simdjson's way).
+    #[inline(always)]
+    fn prefix_xor(x: u64) -> u64 {
+        use std::arch::x86_64::{_mm_clmulepi64_si128, _mm_cvtsi128_si64, _mm_set_epi64x};
+        // SAFETY: inlined only into the `*_avx2` functions, which run once the CPU was found
+        // to have PCLMULQDQ.
+        unsafe {
+            let product =
+                _mm_clmulepi64_si128(_mm_set_epi64x(0, x as i64), _mm_set_epi64x(0, -1), 0);
+            _mm_cvtsi128_si64(product) as u64
+        }
     }
 }
 
@@ -472,6 +491,12 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "pclmulqdq")]
+    fn prefix_xor_clmul(x: u64) -> u64 {
+        <Avx2 as Classify>::prefix_xor(x)
+    }
+
     #[test]
     fn ascii_is_told_from_the_rest() {
         for len in [0, 1, 31, 127, 128, 129, 300] {
@@ -526,6 +551,16 @@ mod tests {
                 .find(|&i| is_string_stop(bytes[i]))
                 .unwrap_or(bytes.len());
             prop_assert_eq!(string_stop(&bytes, from), expected);
+        }
+
+        #[test]
+        fn carry_less_prefix_xor_is_the_shifted_one(x in any::<u64>()) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("pclmulqdq") {
+                // SAFETY: the CPU has PCLMULQDQ.
+                let clmul = unsafe { prefix_xor_clmul(x) };
+                prop_assert_eq!(clmul, prefix_xor(x));
+            }
         }
 
         #[test]
