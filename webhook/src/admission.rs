@@ -5,6 +5,8 @@
 //! body. The validating hook never allows what it could not judge (no object, not an object,
 //! not a Prefetch, an unknown operation); the mutating hooks stay fail-open.
 
+use std::sync::LazyLock;
+
 use base64::Engine;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
@@ -409,6 +411,20 @@ fn added_images(new: Option<&PodSpecImages<'_>>, old: Option<&PodSpecImages<'_>>
     added
 }
 
+/// Where the rollout signal goes, built once: escaping the `/` of the annotation keys cost more
+/// than the rest of the patch.
+struct SignalPointers {
+    annotations: PointerBuf,
+    images: PointerBuf,
+    requested_at: PointerBuf,
+}
+
+static SIGNAL_POINTERS: LazyLock<SignalPointers> = LazyLock::new(|| SignalPointers {
+    annotations: PointerBuf::from_tokens(["metadata", "annotations"]),
+    images: PointerBuf::from_tokens(["metadata", "annotations", PREFETCH_IMAGES]),
+    requested_at: PointerBuf::from_tokens(["metadata", "annotations", PREFETCH_REQUESTED_AT]),
+});
+
 /// Annotates a Deployment whose pod template brings images new to it, when a Prefetch in its
 /// namespace selects it. Always allows: this hook must never block a Deployment.
 fn deployment_signal(
@@ -467,17 +483,14 @@ fn deployment_signal(
     let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
     let operations = if metadata.and_then(|m| m.annotations).is_none() {
         vec![add(
-            PointerBuf::from_tokens(["metadata", "annotations"]),
+            SIGNAL_POINTERS.annotations.clone(),
             json!({ PREFETCH_IMAGES: images_json, PREFETCH_REQUESTED_AT: requested_at }),
         )]
     } else {
         vec![
+            add(SIGNAL_POINTERS.images.clone(), Value::String(images_json)),
             add(
-                PointerBuf::from_tokens(["metadata", "annotations", PREFETCH_IMAGES]),
-                Value::String(images_json),
-            ),
-            add(
-                PointerBuf::from_tokens(["metadata", "annotations", PREFETCH_REQUESTED_AT]),
+                SIGNAL_POINTERS.requested_at.clone(),
                 Value::String(requested_at),
             ),
         ]

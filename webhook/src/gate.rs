@@ -10,6 +10,7 @@
 
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
 
 use jiff::{SignedDuration, Timestamp};
 use json_patch::jsonptr::PointerBuf;
@@ -296,47 +297,65 @@ fn template_holds(facts: &DeploymentFacts, pod: &PodFacts) -> bool {
 /// Adds our scheduling gate (appended to the pod's own, never twice), the gated-by label and
 /// the gated-until annotation.
 pub fn gate_patch(pod: &PodFacts, prefetch: &str, until: Timestamp) -> Patch {
-    let add = |path: PointerBuf, value: Value| PatchOperation::Add(AddOperation { path, value });
+    let add = |path: &PointerBuf, value: Value| {
+        PatchOperation::Add(AddOperation {
+            path: path.clone(),
+            value,
+        })
+    };
+    let pointers = &*GATE_POINTERS;
     let gate = json!({ "name": SCHEDULING_GATE });
     let mut operations = Vec::with_capacity(3);
     match &pod.gates {
         Some(gates) if gates.iter().any(|g| g == SCHEDULING_GATE) => {}
-        Some(gates) if !gates.is_empty() => operations.push(add(
-            PointerBuf::from_tokens(["spec", "schedulingGates", "-"]),
-            gate,
-        )),
-        _ => operations.push(add(
-            PointerBuf::from_tokens(["spec", "schedulingGates"]),
-            json!([gate]),
-        )),
+        Some(gates) if !gates.is_empty() => operations.push(add(&pointers.gates_end, gate)),
+        _ => operations.push(add(&pointers.gates, json!([gate]))),
     }
-    let mut member = |has: bool, field: &str, key: &str, value: String| {
+    let mut member = |has: bool, [map, entry]: &[PointerBuf; 2], key: &str, value: String| {
         operations.push(if has {
-            add(
-                PointerBuf::from_tokens(["metadata", field, key]),
-                Value::String(value),
-            )
+            add(entry, Value::String(value))
         } else {
-            add(
-                PointerBuf::from_tokens(["metadata", field]),
-                json!({ key: value }),
-            )
+            add(map, json!({ key: value }))
         })
     };
     member(
         pod.has_labels,
-        "labels",
+        &pointers.gated_by,
         GATED_BY_LABEL,
         prefetch.to_string(),
     );
     member(
         pod.has_annotations,
-        "annotations",
+        &pointers.gated_until,
         GATED_UNTIL_ANNOTATION,
         rfc3339(until),
     );
     Patch(operations)
 }
+
+/// Where the gate patch writes, built once (escaping the `/` of label and annotation keys is
+/// most of the cost of a pointer).
+struct GatePointers {
+    gates: PointerBuf,
+    /// Appends to the pod's own gates.
+    gates_end: PointerBuf,
+    /// The map (when the pod has none), and the entry.
+    gated_by: [PointerBuf; 2],
+    gated_until: [PointerBuf; 2],
+}
+
+static GATE_POINTERS: LazyLock<GatePointers> = LazyLock::new(|| GatePointers {
+    gates: PointerBuf::from_tokens(["spec", "schedulingGates"]),
+    gates_end: PointerBuf::from_tokens(["spec", "schedulingGates", "-"]),
+    gated_by: [
+        PointerBuf::from_tokens(["metadata", "labels"]),
+        PointerBuf::from_tokens(["metadata", "labels", GATED_BY_LABEL]),
+    ],
+    gated_until: [
+        PointerBuf::from_tokens(["metadata", "annotations"]),
+        PointerBuf::from_tokens(["metadata", "annotations", GATED_UNTIL_ANNOTATION]),
+    ],
+});
 
 #[cfg(test)]
 mod tests {
