@@ -1,15 +1,17 @@
 //! Prometheus metrics, served on the plain-HTTP metrics address.
 
-use prefetch_common::watch::WatchMetrics;
+use std::hash::Hash;
 
-use crate::admission::Endpoint;
-use crate::http::MUTATE_POD;
+use prefetch_common::watch::WatchMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::admission::Endpoint;
+use crate::http::MUTATE_POD;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -83,31 +85,50 @@ impl EndpointMetrics {
     ) -> Self {
         Self {
             endpoint,
-            results: REQUEST_RESULTS
-                .iter()
-                .map(|&result| {
-                    let labels = RequestLabels { endpoint, result };
-                    (result, requests.get_or_create(&labels).clone())
-                })
-                .collect(),
+            results: resolve(requests, &REQUEST_RESULTS, |result| RequestLabels {
+                endpoint,
+                result,
+            }),
             duration: duration.get_or_create(&EndpointLabel { endpoint }).clone(),
         }
     }
 
     fn record(&self, result: &'static str, seconds: f64, family: &Family<RequestLabels, Counter>) {
-        match self.results.iter().find(|(r, _)| *r == result) {
-            Some((_, counter)) => {
-                counter.inc();
-            }
-            None => {
-                let labels = RequestLabels {
-                    endpoint: self.endpoint,
-                    result,
-                };
-                family.get_or_create(&labels).inc();
-            }
-        }
+        let endpoint = self.endpoint;
+        count(&self.results, result, family, || RequestLabels {
+            endpoint,
+            result,
+        });
         self.duration.observe(seconds);
+    }
+}
+
+/// The counters of `family` for each of `values`, taken from it once.
+fn resolve<L: Clone + Hash + Eq>(
+    family: &Family<L, Counter>,
+    values: &[&'static str],
+    labels: impl Fn(&'static str) -> L,
+) -> Vec<(&'static str, Counter)> {
+    values
+        .iter()
+        .map(|&value| (value, family.get_or_create(&labels(value)).clone()))
+        .collect()
+}
+
+/// Counts one under `value`: its resolved counter, or the family's for a value not resolved.
+fn count<L: Clone + Hash + Eq>(
+    resolved: &[(&'static str, Counter)],
+    value: &'static str,
+    family: &Family<L, Counter>,
+    labels: impl FnOnce() -> L,
+) {
+    match resolved.iter().find(|(v, _)| *v == value) {
+        Some((_, counter)) => {
+            counter.inc();
+        }
+        None => {
+            family.get_or_create(&labels()).inc();
+        }
     }
 }
 
@@ -253,14 +274,9 @@ impl Metrics {
 
     /// Counts one pod review by its gate result (gated, passed, errored).
     pub fn count_pod_gate(&self, result: &'static str) {
-        match self.pod_gate_results.iter().find(|(r, _)| *r == result) {
-            Some((_, counter)) => {
-                counter.inc();
-            }
-            None => {
-                self.pod_gate.get_or_create(&ResultLabel { result }).inc();
-            }
-        }
+        count(&self.pod_gate_results, result, &self.pod_gate, || {
+            ResultLabel { result }
+        });
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
