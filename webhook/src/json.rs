@@ -96,6 +96,7 @@ impl<'de> Reader<'de> {
         let bytes = self.text.as_bytes();
         let (mut at, mut escapes) = (start, false);
         loop {
+            // A quote, a backslash, a control character, or the end.
             at = scan::string_stop(bytes, at);
             match bytes.get(at) {
                 Some(b'"') => break,
@@ -103,11 +104,10 @@ impl<'de> Reader<'de> {
                     escapes = true;
                     at += 2;
                 }
-                Some(&byte) if byte < 0x20 => {
+                Some(_) => {
                     self.pos = at;
                     return Err(self.error("control character in a string"));
                 }
-                Some(_) => at += 1,
                 None => {
                     self.pos = bytes.len();
                     return Err(self.error("end of input in a string"));
