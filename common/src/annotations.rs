@@ -2,7 +2,8 @@
 
 /// Set by the webhook on a Deployment: JSON array of the images new in the change.
 pub const PREFETCH_IMAGES: &str = "cache.techsquad.rocks/prefetch-images";
-/// Set by the webhook on a Deployment: RFC 3339 UTC time of the change.
+/// Set by the webhook on a Deployment: RFC 3339 UTC time of the change, with microseconds, so
+/// two changes within one second are two signals (second-precision values are still read).
 pub const PREFETCH_REQUESTED_AT: &str = "cache.techsquad.rocks/prefetch-requested-at";
 
 /// Default namespace and name of the controller's leader Lease. The webhook watches the Lease
@@ -26,6 +27,10 @@ pub const SCHEDULING_GATE: &str = "cache.techsquad.rocks/prefetch";
 pub const GATED_BY_LABEL: &str = "cache.techsquad.rocks/gated-by";
 /// Annotation on a gated pod: RFC 3339 time after which it is released whatever happened.
 pub const GATED_UNTIL_ANNOTATION: &str = "cache.techsquad.rocks/gated-until";
+/// Annotation on a gated pod: the `prefetch-requested-at` of the signal it was gated for. Its
+/// release waits for that signal's round, not an earlier one (and not for a `gated-until`
+/// less `gate_timeout`, which a changed `gate_timeout` would move).
+pub const GATED_FOR_ANNOTATION: &str = "cache.techsquad.rocks/gated-for";
 /// Label the Deployment controller puts on a ReplicaSet's pods; the ReplicaSet is named
 /// `<deployment>-<this value>`.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
@@ -43,7 +48,7 @@ pub fn rollout_signal(
     annotations: Option<&std::collections::BTreeMap<String, String>>,
 ) -> Option<Signal> {
     let annotations = annotations?;
-    let requested_at = annotations.get(PREFETCH_REQUESTED_AT)?.parse().ok()?;
+    let requested_at = signal_time(annotations.get(PREFETCH_REQUESTED_AT)?)?;
     let images = serde_json::from_str(annotations.get(PREFETCH_IMAGES)?).ok()?;
     Some(Signal {
         images,
@@ -51,16 +56,19 @@ pub fn rollout_signal(
     })
 }
 
-/// RFC 3339 UTC with second precision, as the webhook writes times.
+/// A signal time as written in an annotation, to the microsecond: the precision the status
+/// records it with (`MicroTime`), so a signal read again from the status compares equal.
+pub fn signal_time(text: &str) -> Option<jiff::Timestamp> {
+    let t: jiff::Timestamp = text.parse().ok()?;
+    let micros = t.as_microsecond();
+    jiff::Timestamp::from_microsecond(micros).ok()
+}
+
+/// RFC 3339 UTC with microseconds, as the webhook writes the rollout signal and gated-until:
+/// two changes within one second must stay two signals.
 pub fn rfc3339(t: jiff::Timestamp) -> String {
-    // The second (floored, as strftime's %S), printed by jiff's RFC 3339 printer, which writes
-    // no fraction for a whole second: a fifth of the cost of interpreting a strftime format
-    // (the webhook stamps every rollout signal and gated pod).
-    let floored = t.as_second() - i64::from(t.subsec_nanosecond() < 0);
-    match jiff::Timestamp::from_second(floored) {
-        Ok(second) => second.to_string(),
-        Err(_) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-    }
+    // %.6f always prints six digits, so every stamp has one length and sorts as text.
+    t.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 #[cfg(test)]
@@ -68,22 +76,57 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
-        /// What the strftime format gave, from year 1 to 9999, whole seconds or not.
+        /// Every stamp reads back as the same instant, to the microsecond, and stamps sort as
+        /// the instants do (annotations are compared as times, but people sort them as text).
         #[test]
-        fn rfc3339_is_the_strftime_format(
-            second in -62_135_596_800i64..253_402_300_799,
-            nanosecond in 0i32..1_000_000_000,
+        fn rfc3339_round_trips_to_the_microsecond(
+            a in 0i64..253_402_300_799_000_000,
+            b in 0i64..253_402_300_799_000_000,
         ) {
-            let t = jiff::Timestamp::new(second, nanosecond).unwrap();
-            proptest::prop_assert_eq!(rfc3339(t), t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+            let (ta, tb) = (
+                jiff::Timestamp::from_microsecond(a).unwrap(),
+                jiff::Timestamp::from_microsecond(b).unwrap(),
+            );
+            proptest::prop_assert_eq!(signal_time(&rfc3339(ta)), Some(ta));
+            proptest::prop_assert_eq!(rfc3339(ta).cmp(&rfc3339(tb)), ta.cmp(&tb));
         }
     }
 
     #[test]
-    fn rfc3339_has_second_precision() {
-        let t: jiff::Timestamp = "2026-11-24T05:18:53.999Z".parse().unwrap();
-        assert_eq!(rfc3339(t), "2026-11-24T05:18:53Z");
-        let t: jiff::Timestamp = "1969-12-31T23:59:59.5Z".parse().unwrap();
-        assert_eq!(rfc3339(t), "1969-12-31T23:59:59Z");
+    fn two_changes_in_one_second_are_two_stamps() {
+        let first: jiff::Timestamp = "2026-11-24T05:18:53.100Z".parse().unwrap();
+        let second: jiff::Timestamp = "2026-11-24T05:18:53.900Z".parse().unwrap();
+        assert_eq!(rfc3339(first), "2026-11-24T05:18:53.100000Z");
+        assert_ne!(rfc3339(first), rfc3339(second));
+        assert_eq!(
+            rfc3339("1969-12-31T23:59:59.5Z".parse().unwrap()),
+            "1969-12-31T23:59:59.500000Z"
+        );
+    }
+
+    #[test]
+    fn signal_time_reads_old_and_new_stamps_to_the_microsecond() {
+        let whole = signal_time("2026-11-24T05:18:53Z").unwrap();
+        assert_eq!(whole.to_string(), "2026-11-24T05:18:53Z");
+        let nanos = signal_time("2026-11-24T05:18:53.123456789Z").unwrap();
+        assert_eq!(nanos.to_string(), "2026-11-24T05:18:53.123456Z");
+        assert_eq!(signal_time("yesterday"), None);
+    }
+
+    #[test]
+    fn rollout_signal_needs_both_annotations() {
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(
+            PREFETCH_REQUESTED_AT.to_string(),
+            "2026-11-24T05:18:53.250000Z".to_string(),
+        );
+        assert_eq!(rollout_signal(Some(&annotations)), None);
+        annotations.insert(
+            PREFETCH_IMAGES.to_string(),
+            r#"["docker.io/library/nginx:1.27"]"#.into(),
+        );
+        let signal = rollout_signal(Some(&annotations)).unwrap();
+        assert_eq!(signal.images, ["docker.io/library/nginx:1.27"]);
+        assert_eq!(signal.requested_at.to_string(), "2026-11-24T05:18:53.25Z");
     }
 }

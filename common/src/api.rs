@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Toleration;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -165,21 +165,22 @@ pub struct PullFailure {
     pub message: String,
 }
 
-/// The most recent rollout signal acted upon.
+/// The most recent rollout signal acted upon. Its times have microseconds: `requested_at` is
+/// the signal's identity, and two signals may fall within one second.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct RolloutRecord {
     /// Deployment whose rollout brought new images.
     pub deployment: String,
     /// Images new in that rollout.
     pub images: Vec<String>,
-    /// When the webhook saw the rollout.
-    pub requested_at: Option<Time>,
+    /// When the webhook saw the rollout (its `prefetch-requested-at` annotation).
+    pub requested_at: Option<MicroTime>,
     /// When the reconciler started prefetching for it.
-    pub observed_at: Option<Time>,
+    pub observed_at: Option<MicroTime>,
     /// When every targeted node had the rollout's images pulled or failed (the round for
     /// this signal ended). Pods gated for this rollout are released then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefetched_at: Option<Time>,
+    pub prefetched_at: Option<MicroTime>,
 }
 
 /// Observed state, written by prefetch-controller.

@@ -5,8 +5,11 @@
 //! annotation `cache.techsquad.rocks/gated-until: <RFC 3339>` (signal time + gate_timeout). It
 //! is released when the first of these holds:
 //! - its Prefetch's round for the rollout is done: `status.last_rollout.prefetched_at` is set
-//!   for a signal at least as new as the pod's ("done" counts failed pulls as done, as for warm
-//!   nodes: a failed node is reported in the Prefetch's status, the pods are not held for it);
+//!   for the signal the pod was gated for (its `gated-for` annotation) or a later one, whose
+//!   round also owed the earlier signal's images ("done" counts failed pulls as done, as for
+//!   warm nodes: a failed node is reported in the Prefetch's status, the pods are not held for
+//!   it). Never an earlier signal: a record whose `requested_at` is older than the pod's
+//!   signal says nothing about the pod's images;
 //! - `gated-until` has passed (also when the annotation is missing or unreadable: release);
 //! - the Prefetch is gone, or no longer has `gate_rollouts`.
 //!
@@ -18,7 +21,9 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{Patch, PatchOperation, RemoveOperation, TestOperation};
 use k8s_openapi::api::core::v1::Pod;
 use prefetch_common::Prefetch;
-use prefetch_common::annotations::{GATED_UNTIL_ANNOTATION, SCHEDULING_GATE};
+use prefetch_common::annotations::{
+    GATED_FOR_ANNOTATION, GATED_UNTIL_ANNOTATION, SCHEDULING_GATE, signal_time,
+};
 use serde_json::{Value, json};
 
 /// Why a gated pod was released; the Event reason and metric label.
@@ -105,6 +110,22 @@ pub fn gated_until(pod: &Pod) -> Option<Timestamp> {
         .ok()
 }
 
+/// The signal the pod was gated for: its `gated-for` annotation; for a pod gated before the
+/// webhook wrote one, `gated-until` less the Prefetch's `gate_timeout`.
+fn gated_for(pod: &Pod, until: Timestamp, gate_timeout_seconds: i64) -> Timestamp {
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(GATED_FOR_ANNOTATION))
+        .and_then(|text| signal_time(text));
+    annotated.unwrap_or_else(|| {
+        until
+            .checked_sub(SignedDuration::from_secs(gate_timeout_seconds))
+            .unwrap_or(until)
+    })
+}
+
 /// The verdict on one pod labelled gated-by `prefetch`'s name. `prefetch` is `None` when no
 /// such Prefetch exists (the caller has a synced cache).
 pub fn verdict(pod: &Pod, prefetch: Option<&Prefetch>, now: Timestamp) -> Verdict {
@@ -123,13 +144,7 @@ pub fn verdict(pod: &Pod, prefetch: Option<&Prefetch>, now: Timestamp) -> Verdic
     if !prefetch.spec.gate_rollouts() {
         return Verdict::Release(Release::GateDisabled);
     }
-    // The signal the pod was gated for: gated-until less gate_timeout. A later signal's round
-    // being done covers it too (its images were pulled in the same, extended round).
-    let signal = until
-        .checked_sub(SignedDuration::from_secs(
-            prefetch.spec.gate_timeout_seconds(),
-        ))
-        .unwrap_or(until);
+    let signal = gated_for(pod, until, prefetch.spec.gate_timeout_seconds());
     let prefetched = prefetch
         .status
         .as_ref()
@@ -166,7 +181,7 @@ pub fn release_patch(pod: &Pod) -> Option<Patch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
     use prefetch_common::{PrefetchSpec, PrefetchStatus, RolloutRecord};
 
     fn t(s: &str) -> Timestamp {
@@ -198,9 +213,9 @@ mod tests {
             last_rollout: Some(RolloutRecord {
                 deployment: "web".into(),
                 images: vec!["docker.io/library/nginx:1.25".into()],
-                requested_at: Some(Time(t(requested))),
+                requested_at: Some(MicroTime(t(requested))),
                 observed_at: None,
-                prefetched_at: prefetched.map(|p| Time(t(p))),
+                prefetched_at: prefetched.map(|p| MicroTime(t(p))),
             }),
             ..Default::default()
         });
@@ -248,6 +263,68 @@ mod tests {
             verdict(&gated, Some(&prefetch(true, None)), now),
             Verdict::Hold { until: t(UNTIL) }
         );
+    }
+
+    /// A pod the current webhook gated: `gated-for` names its signal to the microsecond.
+    fn pod_gated_for(signal: &str, until: &str) -> Pod {
+        let mut p = pod(&[SCHEDULING_GATE], Some(until));
+        p.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(GATED_FOR_ANNOTATION.into(), signal.into());
+        p
+    }
+
+    #[test]
+    fn an_earlier_signal_in_the_same_second_releases_nothing() {
+        // Two rollouts at 03:00:00.2 and 03:00:00.7; the pod is gated for the second.
+        let gated = pod_gated_for("2026-11-22T03:00:00.700000Z", "2026-11-22T03:15:00.700000Z");
+        let first_done = prefetch(
+            true,
+            Some(("2026-11-22T03:00:00.2Z", Some("2026-11-22T03:00:30Z"))),
+        );
+        assert_eq!(
+            verdict(&gated, Some(&first_done), t(NOW)),
+            Verdict::Hold {
+                until: t("2026-11-22T03:15:00.7Z")
+            }
+        );
+        let second_done = prefetch(
+            true,
+            Some(("2026-11-22T03:00:00.7Z", Some("2026-11-22T03:00:40Z"))),
+        );
+        assert_eq!(
+            verdict(&gated, Some(&second_done), t(NOW)),
+            Verdict::Release(Release::Prefetched)
+        );
+    }
+
+    #[test]
+    fn gated_for_outranks_a_gate_timeout_changed_since() {
+        // Gated with gate_timeout 900 for the 03:00:00 signal; the Prefetch now says 900 too,
+        // but a pod gated under gate_timeout 3600 would derive 02:15 without the annotation.
+        let gated = pod_gated_for("2026-11-22T03:00:00Z", "2026-11-22T04:00:00Z");
+        let earlier_done = prefetch(
+            true,
+            Some(("2026-11-22T02:30:00Z", Some("2026-11-22T02:31:00Z"))),
+        );
+        assert_eq!(
+            verdict(&gated, Some(&earlier_done), t(NOW)),
+            Verdict::Hold {
+                until: t("2026-11-22T04:00:00Z")
+            }
+        );
+        // Unreadable gated-for: the old derivation (until less gate_timeout = 03:45) holds too.
+        let mut unreadable = gated.clone();
+        unreadable
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(GATED_FOR_ANNOTATION.into(), "soon".into());
+        assert!(matches!(
+            verdict(&unreadable, Some(&earlier_done), t(NOW)),
+            Verdict::Hold { .. }
+        ));
     }
 
     #[test]

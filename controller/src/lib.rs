@@ -19,5 +19,6 @@ pub mod ratelimit;
 pub mod reconciler;
 pub mod records;
 pub mod round;
+pub mod status_patch;
 pub mod warmer;
 pub mod warmup;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -20,7 +20,6 @@ use prefetch_common::annotations::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREFETCH_IMAGES, PREFETCH_LABEL, PREFETCH_REQUESTED_AT,
 };
 use prefetch_common::watch::{WatchHealth, WatchSet, spawn_watch};
-use serde_json::json;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +34,7 @@ use crate::records::{assumed_present, cached_listed, record_outcomes};
 use crate::round::{
     RolloutSignal, RoundInput, RoundMemory, cached_status_predates, reconcile_round,
 };
+use crate::status_patch;
 use crate::warmup::{WarmupConfig, open_warming_targets, settled};
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,29 @@ pub struct Context {
     pub warm_wake: Arc<Notify>,
     /// Reconciles every Prefetch (as a node change does).
     pub reconcile_all: mpsc::Sender<()>,
+}
+
+/// Writes `status` so that the server holds exactly it (see `status_patch.rs`): a forced
+/// server-side apply, then, only when the applied object shows fields another manager wrote,
+/// a merge patch that removes them.
+pub async fn write_status(
+    api: &Api<Prefetch>,
+    name: &str,
+    status: &prefetch_common::PrefetchStatus,
+) -> Result<(), Error> {
+    let apply = PatchParams::apply(status_patch::FIELD_MANAGER).force();
+    let body = Patch::Apply(status_patch::apply_body(name, status));
+    let applied = api.patch_status(name, &apply, &body).await?;
+    if let Some(stale) = status_patch::stale_status_patch(applied.status.as_ref(), status) {
+        tracing::warn!(prefetch = %name, stale = %stale, "status held fields this controller did not apply (another field manager wrote them); removing them");
+        let params = PatchParams {
+            field_manager: Some(status_patch::FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        api.patch_status(name, &params, &Patch::Merge(stale))
+            .await?;
+    }
+    Ok(())
 }
 
 pub fn managed_pods_selector() -> String {
@@ -334,11 +357,25 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
 
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     for pod_name in &decision.delete {
-        match pods.delete(pod_name, &DeleteParams::default()).await {
+        // Only the pod we read: a pod created since under the same (deterministic) name is
+        // another round's, and the uid precondition makes its deletion a 409.
+        let observed_uid = own
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(pod_name.as_str()))
+            .and_then(|p| p.metadata.uid.clone());
+        let params = DeleteParams {
+            preconditions: observed_uid.map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(pod_name, &params).await {
             Ok(_) => {
                 tracing::debug!(prefetch = %name, pod = %pod_name, "deleted finished prefetch pod")
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            // Gone already, or replaced by a newer pod of the same name: nothing of ours to do.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
             Err(err) => return Err(err.into()),
         }
     }
@@ -362,12 +399,7 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
     };
     if prefetch.status.as_ref() != Some(&decision.status) {
         let api: Api<Prefetch> = Api::namespaced(ctx.client.clone(), &namespace);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": decision.status})),
-        )
-        .await?;
+        write_status(&api, &name, &decision.status).await?;
     }
     // Written (or already so): until the cache shows it, no reconcile may take the round for
     // running.
@@ -662,6 +694,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn node(v: serde_json::Value) -> Node {
         serde_json::from_value(v).unwrap()

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use prefetch_common::limits::MAX_STATUS_FAILURES;
 use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord};
 
@@ -107,6 +107,11 @@ fn time(t: Timestamp) -> Time {
     Time(t)
 }
 
+/// Rollout times keep microseconds: `requested_at` identifies the signal.
+fn micro_time(t: Timestamp) -> MicroTime {
+    MicroTime(t)
+}
+
 fn after(t: Timestamp, seconds: i64) -> Timestamp {
     t.checked_add(SignedDuration::from_secs(seconds))
         .unwrap_or(t)
@@ -189,6 +194,19 @@ fn unfinished_rollout(status: &PrefetchStatus) -> Option<(Timestamp, BTreeSet<St
     ))
 }
 
+/// The rollout the round now owes `prefetched_at` to: the new signal, still owing the images of
+/// an unfinished earlier one. A pod gated for the earlier signal is released when the later
+/// one is prefetched (DESIGN.md section 9), so that must mean its images are done too.
+fn supersede(
+    unfinished: Option<(Timestamp, BTreeSet<String>)>,
+    (requested_at, mut images): (Timestamp, BTreeSet<String>),
+) -> (Timestamp, BTreeSet<String>) {
+    if let Some((_, earlier)) = unfinished {
+        images.extend(earlier);
+    }
+    (requested_at, images)
+}
+
 fn is_new_signal(signal: &RolloutSignal, status: &PrefetchStatus) -> bool {
     let seen = status
         .last_rollout
@@ -224,8 +242,8 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
         status.last_rollout = Some(RolloutRecord {
             deployment: signal.deployment.clone(),
             images: signal.images.clone(),
-            requested_at: Some(time(signal.requested_at)),
-            observed_at: Some(time(now)),
+            requested_at: Some(micro_time(signal.requested_at)),
+            observed_at: Some(micro_time(now)),
             prefetched_at: None,
         });
         new_rollout = Some((
@@ -300,13 +318,17 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
             .filter_map(|p| p.metadata.name.clone())
             .collect();
         status.images = input.plan.images.clone();
+        // An image no workload wants any more leaves the status now, not at the next round.
+        status
+            .digests
+            .retain(|image, _| input.plan.images.contains(image));
         decision.status = finalize_conditions(status, &previous, prefetch.metadata.generation, now);
         let next = decision.status.next_round.as_ref().map_or(now, |t| t.0);
         decision.requeue_after = until(now, next).max(Duration::from_secs(1));
         return decision;
     };
     if let Some(rollout) = new_rollout {
-        memory.rollout = Some(rollout);
+        memory.rollout = Some(supersede(memory.rollout.take(), rollout));
     }
 
     // Read every pod: record outcomes, delete the finished and the unwanted.
@@ -479,7 +501,7 @@ pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
             if let Some(record) = status.last_rollout.as_mut()
                 && record.requested_at.as_ref().map(|t| t.0) == Some(*requested_at)
             {
-                record.prefetched_at = Some(time(now));
+                record.prefetched_at = Some(micro_time(now));
             }
             memory.rollout = None;
         }
@@ -1006,7 +1028,7 @@ mod tests {
         let record = rollout.status.last_rollout.clone().unwrap();
         assert_eq!(
             (record.deployment.as_str(), record.observed_at),
-            ("nginx", Some(Time(t2)))
+            ("nginx", Some(MicroTime(t2)))
         );
         assert_eq!(
             rollout.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
@@ -1025,7 +1047,7 @@ mod tests {
         );
         assert_eq!(
             finished.status.last_rollout.as_ref().unwrap().prefetched_at,
-            Some(Time(t("2026-11-22T10:00:31Z")))
+            Some(MicroTime(t("2026-11-22T10:00:31Z")))
         );
 
         // A controller restarted mid-rollout still records when it is prefetched.
@@ -1033,13 +1055,100 @@ mod tests {
         let resumed = world.step(&pods, None, t("2026-11-22T10:00:32Z"));
         assert_eq!(
             resumed.status.last_rollout.as_ref().unwrap().prefetched_at,
-            Some(Time(t("2026-11-22T10:00:32Z")))
+            Some(MicroTime(t("2026-11-22T10:00:32Z")))
         );
 
         // The same signal again starts nothing.
         world.prefetch.status = Some(finished.status.clone());
         let quiet = world.step(&[], None, t("2026-11-22T10:00:35Z"));
         assert!(quiet.create.is_empty() && quiet.events.is_empty());
+    }
+
+    /// A rollout of nginx:1.25 signalled at `at`, for `World::walkthrough`.
+    fn nginx_rollout(world: &mut World, image: &str, at: &str) {
+        world.deployments = vec![deployment(&[image])];
+        world.rollout = Some(RolloutSignal {
+            deployment: "nginx".into(),
+            images: vec![format!("docker.io/library/{image}")],
+            requested_at: t(at),
+        });
+    }
+
+    #[test]
+    fn every_rollout_of_a_deployment_clears_the_last_ones_prefetched_at() {
+        let mut world = World::walkthrough();
+        world.nodes = walkthrough(&[]);
+        nginx_rollout(&mut world, "nginx:1.25", "2026-11-22T10:00:00.100000Z");
+        let first = world.step(&[], None, t("2026-11-22T10:00:01Z"));
+        world.prefetch.status = Some(first.status.clone());
+        let pods = all_pulled(&first.create, t("2026-11-22T10:00:01Z"));
+        let done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
+        assert!(
+            done.status
+                .last_rollout
+                .as_ref()
+                .unwrap()
+                .prefetched_at
+                .is_some()
+        );
+        world.prefetch.status = Some(done.status.clone());
+
+        // The second signal falls within the first's second: a new signal all the same.
+        nginx_rollout(&mut world, "nginx:1.26", "2026-11-22T10:00:00.900000Z");
+        let second = world.step(&[], done.memory.as_ref(), t("2026-11-22T10:00:06Z"));
+        let record = second.status.last_rollout.clone().unwrap();
+        assert_eq!(
+            record.requested_at,
+            Some(MicroTime(t("2026-11-22T10:00:00.9Z")))
+        );
+        assert_eq!(record.images, ["docker.io/library/nginx:1.26"]);
+        assert_eq!(
+            record.prefetched_at, None,
+            "the first rollout's time is gone"
+        );
+        assert_eq!(
+            second.events.first().map(|e| e.reason),
+            Some("RolloutSignal")
+        );
+    }
+
+    #[test]
+    fn an_image_dropped_between_rounds_leaves_images_and_digests_at_once() {
+        let mut world = World::walkthrough();
+        let t0 = t("2026-11-22T10:00:00Z");
+        let first = world.step(&[], None, t0);
+        world.prefetch.status = Some(first.status.clone());
+        let pods = all_pulled(&first.create, t0);
+        let mut done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
+        assert_eq!(done.status.phase, Phase::Succeeded);
+        // The digest of an image the Deployment has since dropped.
+        let redis = "docker.io/library/redis:7".to_string();
+        done.status
+            .digests
+            .insert(redis.clone(), "redis@sha256:1".into());
+        done.status.images.push(redis);
+        world.prefetch.status = Some(done.status.clone());
+
+        let idle = world.step(&[], None, t("2026-11-22T10:00:10Z"));
+        assert!(idle.create.is_empty(), "no round for a removal");
+        assert_eq!(idle.status.images, ["docker.io/library/nginx:1.7.9"]);
+        assert_eq!(
+            idle.status.digests.keys().collect::<Vec<_>>(),
+            ["docker.io/library/nginx:1.7.9"]
+        );
+    }
+
+    #[test]
+    fn a_signal_that_supersedes_an_unfinished_one_still_owes_its_images() {
+        let earlier: BTreeSet<String> = ["a:1".to_string()].into();
+        let later: BTreeSet<String> = ["b:1".to_string()].into();
+        let (at, owed) = supersede(
+            Some((t("2026-11-22T10:00:00Z"), earlier)),
+            (t("2026-11-22T10:00:00.5Z"), later.clone()),
+        );
+        assert_eq!(at, t("2026-11-22T10:00:00.5Z"));
+        assert_eq!(owed, ["a:1".to_string(), "b:1".to_string()].into());
+        assert_eq!(supersede(None, (at, later.clone())), (at, later));
     }
 
     #[test]

@@ -16,7 +16,8 @@ use jiff::{SignedDuration, Timestamp};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use prefetch_common::annotations::{
-    GATED_BY_LABEL, GATED_UNTIL_ANNOTATION, POD_TEMPLATE_HASH_LABEL, SCHEDULING_GATE, rfc3339,
+    GATED_BY_LABEL, GATED_FOR_ANNOTATION, GATED_UNTIL_ANNOTATION, POD_TEMPLATE_HASH_LABEL,
+    SCHEDULING_GATE, rfc3339,
 };
 use prefetch_common::images::collect_images;
 use serde::de::IgnoredAny;
@@ -277,7 +278,7 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
             why_not.push(format!("{}: rollout already prefetched", prefetch.name));
         } else {
             return Decision::Gate {
-                patch: gate_patch(pod, &prefetch.name, until),
+                patch: gate_patch(pod, &prefetch.name, signal.requested_at, until),
                 prefetch: prefetch.name,
                 deployment: deployment.clone(),
                 until,
@@ -294,9 +295,10 @@ fn template_holds(facts: &DeploymentFacts, pod: &PodFacts) -> bool {
         || facts.template_images.is_superset(pod.images())
 }
 
-/// Adds our scheduling gate (appended to the pod's own, never twice), the gated-by label and
-/// the gated-until annotation.
-pub fn gate_patch(pod: &PodFacts, prefetch: &str, until: Timestamp) -> Patch {
+/// Adds our scheduling gate (appended to the pod's own, never twice), the gated-by label, and
+/// the gated-for (the signal) and gated-until annotations. `add` on a map entry replaces a
+/// value the pod already had; a map the pod lacks is added whole.
+pub fn gate_patch(pod: &PodFacts, prefetch: &str, signal: Timestamp, until: Timestamp) -> Patch {
     let add = |path: &PointerBuf, value: Value| {
         PatchOperation::Add(AddOperation {
             path: path.clone(),
@@ -305,31 +307,27 @@ pub fn gate_patch(pod: &PodFacts, prefetch: &str, until: Timestamp) -> Patch {
     };
     let pointers = &*GATE_POINTERS;
     let gate = json!({ "name": SCHEDULING_GATE });
-    let mut operations = Vec::with_capacity(3);
+    let mut operations = Vec::with_capacity(4);
     match &pod.gates {
         Some(gates) if gates.iter().any(|g| g == SCHEDULING_GATE) => {}
         Some(gates) if !gates.is_empty() => operations.push(add(&pointers.gates_end, gate)),
         _ => operations.push(add(&pointers.gates, json!([gate]))),
     }
-    let mut member = |has: bool, [map, entry]: &[PointerBuf; 2], key: &str, value: String| {
-        operations.push(if has {
-            add(entry, Value::String(value))
-        } else {
-            add(map, json!({ key: value }))
-        })
-    };
-    member(
-        pod.has_labels,
-        &pointers.gated_by,
-        GATED_BY_LABEL,
-        prefetch.to_string(),
-    );
-    member(
-        pod.has_annotations,
-        &pointers.gated_until,
-        GATED_UNTIL_ANNOTATION,
-        rfc3339(until),
-    );
+    operations.push(if pod.has_labels {
+        add(&pointers.gated_by, Value::String(prefetch.to_string()))
+    } else {
+        add(&pointers.labels, json!({ GATED_BY_LABEL: prefetch }))
+    });
+    let (signal, until) = (rfc3339(signal), rfc3339(until));
+    if pod.has_annotations {
+        operations.push(add(&pointers.gated_for, Value::String(signal)));
+        operations.push(add(&pointers.gated_until, Value::String(until)));
+    } else {
+        operations.push(add(
+            &pointers.annotations,
+            json!({ GATED_FOR_ANNOTATION: signal, GATED_UNTIL_ANNOTATION: until }),
+        ));
+    }
     Patch(operations)
 }
 
@@ -339,22 +337,22 @@ struct GatePointers {
     gates: PointerBuf,
     /// Appends to the pod's own gates.
     gates_end: PointerBuf,
-    /// The map (when the pod has none), and the entry.
-    gated_by: [PointerBuf; 2],
-    gated_until: [PointerBuf; 2],
+    /// The maps, added whole when the pod has none, and our entries.
+    labels: PointerBuf,
+    annotations: PointerBuf,
+    gated_by: PointerBuf,
+    gated_for: PointerBuf,
+    gated_until: PointerBuf,
 }
 
 static GATE_POINTERS: LazyLock<GatePointers> = LazyLock::new(|| GatePointers {
     gates: PointerBuf::from_tokens(["spec", "schedulingGates"]),
     gates_end: PointerBuf::from_tokens(["spec", "schedulingGates", "-"]),
-    gated_by: [
-        PointerBuf::from_tokens(["metadata", "labels"]),
-        PointerBuf::from_tokens(["metadata", "labels", GATED_BY_LABEL]),
-    ],
-    gated_until: [
-        PointerBuf::from_tokens(["metadata", "annotations"]),
-        PointerBuf::from_tokens(["metadata", "annotations", GATED_UNTIL_ANNOTATION]),
-    ],
+    labels: PointerBuf::from_tokens(["metadata", "labels"]),
+    annotations: PointerBuf::from_tokens(["metadata", "annotations"]),
+    gated_by: PointerBuf::from_tokens(["metadata", "labels", GATED_BY_LABEL]),
+    gated_for: PointerBuf::from_tokens(["metadata", "annotations", GATED_FOR_ANNOTATION]),
+    gated_until: PointerBuf::from_tokens(["metadata", "annotations", GATED_UNTIL_ANNOTATION]),
 });
 
 #[cfg(test)]
@@ -523,7 +521,9 @@ mod tests {
             json!([
                 {"op": "add", "path": "/spec/schedulingGates", "value": [{"name": "cache.techsquad.rocks/prefetch"}]},
                 {"op": "add", "path": "/metadata/labels/cache.techsquad.rocks~1gated-by", "value": "pf"},
-                {"op": "add", "path": "/metadata/annotations", "value": {"cache.techsquad.rocks/gated-until": "2026-11-22T03:14:00Z"}}
+                {"op": "add", "path": "/metadata/annotations", "value": {
+                    "cache.techsquad.rocks/gated-for": "2026-11-22T02:59:00.000000Z",
+                    "cache.techsquad.rocks/gated-until": "2026-11-22T03:14:00.000000Z"}}
             ])
         );
         // The patch applies to the pod as the API server holds it.
@@ -541,24 +541,28 @@ mod tests {
         let mut pod = web_pod();
         pod.gates = Some(vec!["example.com/other".into()]);
         pod.has_annotations = true;
-        let patch = gate_patch(&pod, "pf", t(NOW));
+        let patch = gate_patch(&pod, "pf", t(NOW), t(NOW));
         assert_eq!(
             serde_json::to_value(&patch).unwrap()[0],
             json!({"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": SCHEDULING_GATE}})
         );
+        let value = serde_json::to_value(&patch).unwrap();
         assert_eq!(
-            serde_json::to_value(&patch).unwrap()[2]["path"],
-            "/metadata/annotations/cache.techsquad.rocks~1gated-until"
+            (&value[2]["path"], &value[3]["path"]),
+            (
+                &json!("/metadata/annotations/cache.techsquad.rocks~1gated-for"),
+                &json!("/metadata/annotations/cache.techsquad.rocks~1gated-until")
+            )
         );
         pod.gates = Some(vec![SCHEDULING_GATE.into()]);
-        let ops = gate_patch(&pod, "pf", t(NOW)).0;
+        let ops = gate_patch(&pod, "pf", t(NOW), t(NOW)).0;
         assert_eq!(
             ops.len(),
-            2,
-            "our gate already there: only label and annotation"
+            3,
+            "our gate already there: only label and annotations"
         );
         pod.gates = Some(vec![]);
-        let value = serde_json::to_value(gate_patch(&pod, "pf", t(NOW))).unwrap();
+        let value = serde_json::to_value(gate_patch(&pod, "pf", t(NOW), t(NOW))).unwrap();
         assert_eq!(value[0]["path"], "/spec/schedulingGates");
     }
 
