@@ -609,3 +609,150 @@ async fn scheduling_gates_may_only_shrink() {
     }
     c.cleanup().await;
 }
+
+/// Merge patch (RFC 7386) and server-side apply of a Prefetch's status, as kube-apiserver
+/// does them: a merge patch keeps what it does not mention and removes what it sets to null;
+/// an apply removes what its manager applied before and leaves out now, keeps another
+/// manager's fields, and conflicts (409) over a field another manager set differently unless
+/// forced. What the test API server cannot model it refuses: strategic merge patch, and apply
+/// anywhere but a custom resource's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_patch_and_server_side_apply_of_a_status() {
+    let c = TestCluster::start("ssa").await.unwrap();
+    let prefetches: Api<Prefetch> = Api::namespaced(c.client.clone(), &c.namespace);
+    let object: Prefetch = serde_json::from_value(prefetch(
+        &c.namespace,
+        "p",
+        json!({"filter_by_labels": {"app": "nginx"}}),
+    ))
+    .unwrap();
+    prefetches
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    let status_of = |p: Prefetch| serde_json::to_value(p.status.unwrap()).unwrap();
+    let apply = |status: serde_json::Value| {
+        Patch::Apply(
+            json!({"apiVersion": "cache.techsquad.rocks/v1", "kind": "Prefetch",
+                            "metadata": {"name": "p"}, "status": status}),
+        )
+    };
+    let by = |manager: &str| PatchParams {
+        field_manager: Some(manager.into()),
+        ..PatchParams::default()
+    };
+
+    // Merge patch: unmentioned members stay, null removes.
+    let rollout = json!({"deployment": "web", "images": ["a"],
+                         "requested_at": "2026-12-06T04:00:00.100000Z",
+                         "prefetched_at": "2026-12-06T04:00:09.000000Z"});
+    prefetches
+        .patch_status("p", &by("merger"), &Patch::Merge(json!({"status": {
+            "phase": "RUNNING", "digests": {"a": "sha256:a", "b": "sha256:b"}, "last_rollout": rollout}})))
+        .await
+        .unwrap();
+    let kept = prefetches
+        .patch_status("p", &by("merger"), &Patch::Merge(json!({"status": {
+            "digests": {"a": "sha256:a"}, "last_rollout": {"requested_at": "2026-12-06T04:00:00.900000Z"}}})))
+        .await
+        .unwrap();
+    let kept = status_of(kept);
+    assert_eq!(
+        kept["digests"]["b"], "sha256:b",
+        "a merge patch keeps a key it omits"
+    );
+    assert_eq!(
+        kept["last_rollout"]["prefetched_at"], "2026-12-06T04:00:09.000000Z",
+        "a merge patch keeps an omitted field"
+    );
+    let removed = prefetches
+        .patch_status(
+            "p",
+            &by("merger"),
+            &Patch::Merge(json!({"status": {
+            "digests": {"b": null}, "last_rollout": {"prefetched_at": null}}})),
+        )
+        .await
+        .unwrap();
+    let removed = status_of(removed);
+    assert_eq!(removed["digests"], json!({"a": "sha256:a"}));
+    assert!(removed["last_rollout"].get("prefetched_at").is_none());
+
+    // Apply: the merger's fields conflict unless forced; forced, they become the applier's.
+    let controller = PatchParams::apply("ctl");
+    let err = prefetches
+        .patch_status(
+            "p",
+            &controller,
+            &apply(json!({"phase": "SUCCEEDED", "ready": 3})),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(err), (409, "Conflict".into()));
+    let forced = PatchParams::apply("ctl").force();
+    let applied = prefetches
+        .patch_status(
+            "p",
+            &forced,
+            &apply(json!({"phase": "SUCCEEDED", "ready": 3, "digests": {"c": "sha256:c"}})),
+        )
+        .await
+        .unwrap();
+    let applied = status_of(applied);
+    assert_eq!(
+        (&applied["phase"], &applied["ready"]),
+        (&json!("SUCCEEDED"), &json!(3))
+    );
+    assert_eq!(
+        applied["digests"],
+        json!({"a": "sha256:a", "c": "sha256:c"}),
+        "the merger's digest is still the merger's"
+    );
+    assert!(
+        applied.get("last_rollout").is_some(),
+        "another manager's field stays"
+    );
+    // Left out now: ready and digest c go (only ctl owned them); phase too, as forcing took
+    // it over; the merger's fields stay.
+    let reapplied = prefetches
+        .patch_status("p", &forced, &apply(json!({"total": 6})))
+        .await
+        .unwrap();
+    let reapplied = status_of(reapplied);
+    assert_eq!(
+        reapplied.get("ready").and_then(|v| v.as_i64()).unwrap_or(0),
+        0
+    );
+    assert_eq!(reapplied["total"], 6);
+    assert_eq!(reapplied["digests"], json!({"a": "sha256:a"}));
+    assert!(reapplied.get("last_rollout").is_some());
+    // Apply needs a field manager.
+    let nameless = prefetches
+        .patch_status("p", &PatchParams::default(), &apply(json!({"total": 1})))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(nameless).0, 400);
+
+    if c.api.is_some() {
+        let leases: Api<Lease> = Api::namespaced(c.client.clone(), &c.namespace);
+        leases
+            .create(&PostParams::default(), &lease("l", json!({})))
+            .await
+            .unwrap();
+        let strategic = leases
+            .patch(
+                "l",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"spec": {"holderIdentity": "b"}})),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(api_code(strategic).0, 415, "refused, not approximated");
+        let applied_lease = leases
+            .patch("l", &PatchParams::apply("x"), &Patch::Apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}})))
+            .await
+            .unwrap_err();
+        assert_eq!(api_code(applied_lease).0, 415, "refused, not approximated");
+    }
+    c.cleanup().await;
+}

@@ -530,3 +530,91 @@ async fn the_manifests_grant_exactly_what_the_controller_calls() {
         ],
     );
 }
+
+/// Status fields that must empty do, on a server that applies patches as kube-apiserver does
+/// (a JSON merge patch of the status left a dropped image's digest in place forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_fields_that_must_empty_do() {
+    let Some(s) = scenario("status-empties", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    const REDIS: &str = "docker.io/library/redis:7";
+    s.rules
+        .set_image("kind-worker2", REDIS, Pull::Fail("ErrImagePull"));
+    let containers = |images: &[&str]| {
+        let containers: Vec<serde_json::Value> = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+            .collect();
+        kube::api::Patch::Merge(json!({"spec": {"template": {"spec": {"containers": containers}}}}))
+    };
+    let params = kube::api::PatchParams::default();
+    s.deployments
+        .patch("nginx", &params, &containers(&["nginx:1.7.9", "redis:7"]))
+        .await
+        .unwrap();
+    let _controller = controller(&s, &[], "controller").await;
+    let failed = until_phase(&s, Phase::Failed).await;
+    let failures: Vec<(&str, &str)> = failed
+        .failures
+        .iter()
+        .map(|f| (f.node.as_str(), f.image.as_str()))
+        .collect();
+    assert_eq!(failures, [("kind-worker2", REDIS)]);
+    assert!(failed.digests.contains_key(REDIS), "{:?}", failed.digests);
+
+    // The pull succeeds when tried again: a rollout signal for redis starts the round at once.
+    s.rules.set_image("kind-worker2", REDIS, Pull::Succeed);
+    let signal = json!({"metadata": {"annotations": {
+        "cache.techsquad.rocks/prefetch-images": format!("[\"{REDIS}\"]"),
+        "cache.techsquad.rocks/prefetch-requested-at":
+            prefetch_common::annotations::rfc3339(jiff::Timestamp::now())}}});
+    s.deployments
+        .patch("nginx", &params, &kube::api::Patch::Merge(signal))
+        .await
+        .unwrap();
+    let retried = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| {
+            st.phase == Phase::Succeeded
+                && st
+                    .last_rollout
+                    .as_ref()
+                    .is_some_and(|r| r.prefetched_at.is_some())
+        },
+    )
+    .await;
+    assert_eq!((retried.failed, retried.failures.len()), (0, 0));
+
+    // redis leaves the Deployment: it leaves images and digests, without waiting for a round.
+    s.deployments
+        .patch("nginx", &params, &containers(&["nginx:1.7.9"]))
+        .await
+        .unwrap();
+    let dropped = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(20),
+        |st| st.images == ["docker.io/library/nginx:1.7.9"],
+    )
+    .await;
+    assert_eq!(
+        dropped.digests.keys().collect::<Vec<_>>(),
+        ["docker.io/library/nginx:1.7.9"]
+    );
+    // What the server holds, not only what this reader's types keep.
+    let resource = kube::api::ApiResource::erase::<prefetch_common::Prefetch>(&());
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(s.cluster.client.clone(), &s.ns, &resource);
+    let object = raw.get("prefetch-sample").await.unwrap();
+    assert_eq!(
+        object.data["status"]["digests"].as_object().unwrap().len(),
+        1,
+        "{:#?}",
+        object.data["status"]
+    );
+    s.cluster.cleanup().await;
+}

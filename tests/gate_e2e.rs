@@ -312,3 +312,186 @@ async fn an_unreachable_pod_hook_creates_pods_ungated() {
         .unwrap();
     assert_eq!(status.last_rollout.unwrap().images, [NEW_IMAGE_NORMALIZED]);
 }
+
+/// One rollout of the scenario below: the pods it created and the image they wait for.
+struct Rollout {
+    what: &'static str,
+    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    image: String,
+}
+
+/// The Deployment's rollout signal time, as the webhook stamped it.
+fn signalled_at(deployment: &k8s_openapi::api::apps::v1::Deployment) -> String {
+    deployment.metadata.annotations.as_ref().unwrap()
+        [prefetch_common::annotations::PREFETCH_REQUESTED_AT]
+        .clone()
+}
+
+/// Sleeps until early in a wall-clock second, so that two quick changes fall within it.
+async fn start_of_a_second() {
+    let into = jiff::Timestamp::now().subsec_nanosecond();
+    let left = 1_000_000_000 - i64::from(into);
+    tokio::time::sleep(Duration::from_nanos(left as u64 + 20_000_000)).await;
+}
+
+/// A Deployment gated four times over (DESIGN.md section 9; the bug this guards against let
+/// only a Deployment's first rollout wait: the earlier rollout's `prefetched_at` stayed in the
+/// status and released every later rollout's pods at once): its CREATE, `set image`, `set
+/// image` twice within one second (the second change must be a signal of its own), and
+/// `rollout undo` back to the first template. Every rollout starts no pod cold, and every
+/// pod is released, with reason prefetched, only once its image is on every worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rollout_of_a_deployment_starts_no_pod_cold() {
+    let Some(rig) = GateRig::start("gate-every-rollout", RigOptions::default())
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let workers: Vec<String> = (1..=3).map(|i| format!("worker-{i}")).collect();
+    let [first, second, third, fourth] = ["nginx:1.26", "nginx:1.27", "nginx:1.28", "nginx:1.29"];
+    let normalized = |image: &str| format!("docker.io/library/{image}");
+    for worker in &workers {
+        for image in [first, second, third, fourth] {
+            rig.rules.set_image(
+                worker,
+                &normalized(image),
+                Pull::SucceedAfter(rig.options.pull_time),
+            );
+        }
+    }
+    rig.until_leader_seen().await.unwrap();
+    let (client, ns) = (rig.client(), rig.namespace().to_string());
+    let web = prefetch_tests::fixtures::nginx_deployment(
+        &ns,
+        "web",
+        serde_json::json!({"app": "nginx"}),
+        &[first],
+    );
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client.clone(), &ns);
+    let pods_of_web = || prefetch_tests::rollout::create_replica_set(&client, &ns, "web", 6);
+    let mut rollouts = Vec::new();
+
+    // 1. CREATE.
+    deployments
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(web).unwrap(),
+        )
+        .await
+        .unwrap();
+    rollouts.push(Rollout {
+        what: "create",
+        pods: pods_of_web().await.unwrap(),
+        image: normalized(first),
+    });
+    rig.until_running(&rollouts[0].pods, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // 2. set image.
+    rig.set_image("web", second).await.unwrap();
+    rollouts.push(Rollout {
+        what: "set image",
+        pods: pods_of_web().await.unwrap(),
+        image: normalized(second),
+    });
+    rig.until_running(&rollouts[1].pods, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // 3 and 4. set image twice within one second: the Deployment controller makes the last
+    // template's ReplicaSet.
+    start_of_a_second().await;
+    let third_signal = signalled_at(&rig.set_image("web", third).await.unwrap());
+    let fourth_signal = signalled_at(&rig.set_image("web", fourth).await.unwrap());
+    assert_eq!(
+        third_signal[..19],
+        fourth_signal[..19],
+        "both changes within one second"
+    );
+    assert!(
+        fourth_signal > third_signal,
+        "{third_signal} then {fourth_signal}"
+    );
+    rollouts.push(Rollout {
+        what: "set image twice in one second",
+        pods: pods_of_web().await.unwrap(),
+        image: normalized(fourth),
+    });
+    rig.until_running(&rollouts[2].pods, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    // 5. rollout undo to the first template, whose image the nodes hold since the first.
+    rig.set_image("web", first).await.unwrap();
+    rollouts.push(Rollout {
+        what: "rollout undo",
+        pods: pods_of_web().await.unwrap(),
+        image: normalized(first),
+    });
+    rig.until_running(&rollouts[3].pods, Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let timeline = rig.sim.timeline();
+    let mut gated = 0;
+    for rollout in &rollouts {
+        let starts = rig.starts_of(&rollout.pods);
+        assert_eq!(starts.len(), 6, "{}", rollout.what);
+        let cold: Vec<_> = starts.iter().filter(|s| s.cold()).collect();
+        assert!(cold.is_empty(), "{}: started cold: {cold:#?}", rollout.what);
+        // The undo brings an image every node holds: its round may be done before the
+        // ReplicaSet's pods come, which then pass ungated.
+        if rollout.what != "rollout undo" {
+            assert!(
+                starts.iter().all(|s| s.was_gated),
+                "{}: all gated",
+                rollout.what
+            );
+        }
+        gated += starts.iter().filter(|s| s.was_gated).count();
+        let pulled = timeline
+            .pulled_everywhere(&workers, &rollout.image)
+            .unwrap_or_else(|| panic!("{}: {} never on every worker", rollout.what, rollout.image));
+        for pod in &rollout.pods {
+            let name = pod.metadata.name.clone().unwrap();
+            let Some(&released) = timeline.released.get(&name) else {
+                continue;
+            };
+            assert!(
+                released >= pulled,
+                "{}: {name} released at {released:?}, before {} was on every worker ({pulled:?})",
+                rollout.what,
+                rollout.image
+            );
+        }
+    }
+    let metrics = rig.controllers[0]
+        .as_ref()
+        .unwrap()
+        .metrics()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "prefetch_controller_gate_releases_total{result=\"prefetched\"}"
+        ),
+        gated as f64,
+        "every gated pod released as prefetched: {metrics}"
+    );
+    assert!(gated >= 18, "{gated} pods gated");
+    let record = rig
+        .prefetches()
+        .get("prefetch-sample")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .last_rollout
+        .unwrap();
+    assert_eq!(record.images, [normalized(first)]);
+    assert!(record.prefetched_at.is_some());
+}

@@ -106,10 +106,52 @@ impl Start {
     }
 }
 
+/// When things were first seen, since the simulation started, on the simulation's own clock
+/// (every 25 ms), so that their order can be compared.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// (node, normalized image) -> first listed in the node's `status.images`.
+    pub listed: BTreeMap<(String, String), Duration>,
+    /// Pod name -> first seen without scheduling gates after the webhook gated it.
+    pub released: BTreeMap<String, Duration>,
+}
+
+impl Timeline {
+    fn observe(&mut self, nodes: &[Value], pods: &[Value], at: Duration) {
+        for node in nodes {
+            let Some(name) = str_at(node, "/metadata/name") else {
+                continue;
+            };
+            for image in node_images(node) {
+                self.listed.entry((name.to_string(), image)).or_insert(at);
+            }
+        }
+        for pod in pods {
+            let gated = pod
+                .pointer("/metadata/labels/cache.techsquad.rocks~1gated-by")
+                .is_some();
+            if let (true, false, Some(name)) =
+                (gated, has_gates(pod), str_at(pod, "/metadata/name"))
+            {
+                self.released.entry(name.to_string()).or_insert(at);
+            }
+        }
+    }
+
+    /// When the last of `nodes` listed `image`; `None` while one has not.
+    pub fn pulled_everywhere(&self, nodes: &[String], image: &str) -> Option<Duration> {
+        nodes
+            .iter()
+            .map(|n| self.listed.get(&(n.clone(), image.to_string())).copied())
+            .try_fold(Duration::ZERO, |latest, at| Some(latest.max(at?)))
+    }
+}
+
 /// The scheduler and the workload kubelet, running until dropped.
 pub struct ClusterSim {
     stop: CancellationToken,
     starts: Arc<Mutex<Vec<Start>>>,
+    timeline: Arc<Mutex<Timeline>>,
     /// Pods bound by the scheduler, by name.
     bound: Arc<Mutex<BTreeMap<String, String>>>,
 }
@@ -195,7 +237,9 @@ impl ClusterSim {
         let stop = CancellationToken::new();
         let starts = Arc::new(Mutex::new(Vec::new()));
         let bound = Arc::new(Mutex::new(BTreeMap::new()));
+        let timeline = Arc::new(Mutex::new(Timeline::default()));
         let (token, record, binds) = (stop.clone(), starts.clone(), bound.clone());
+        let seen = timeline.clone();
         let namespace = namespace.to_string();
         tokio::spawn(async move {
             let began = tokio::time::Instant::now();
@@ -211,6 +255,7 @@ impl ClusterSim {
                 let pods = api.objects_where("", "pods", |p| {
                     str_at(p, "/metadata/namespace") == Some(&namespace)
                 });
+                lock(&seen).observe(&nodes, &pods, began.elapsed());
                 schedule(&api, &nodes, &pods, &binds);
                 // Workload pods: start, cold or warm, then pull what is missing.
                 for pod in pods.iter().filter(|p| !is_prefetch_pod(p)) {
@@ -271,12 +316,17 @@ impl ClusterSim {
         Self {
             stop,
             starts,
+            timeline,
             bound,
         }
     }
 
     pub fn starts(&self) -> Vec<Start> {
         lock(&self.starts).clone()
+    }
+
+    pub fn timeline(&self) -> Timeline {
+        lock(&self.timeline).clone()
     }
 
     pub fn bound(&self) -> BTreeMap<String, String> {
@@ -683,6 +733,20 @@ impl GateRig {
             )
             .await?;
         Ok(())
+    }
+
+    /// `kubectl set image`: `deployment`'s one container `c0` runs `image` (the API server's
+    /// admission runs the webhook's Deployment hook). Returns the Deployment as stored.
+    pub async fn set_image(&self, deployment: &str, image: &str) -> anyhow::Result<Deployment> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client(), self.namespace());
+        Ok(deployments
+            .patch(
+                deployment,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [
+                    {"name": "c0", "image": image, "ports": [{"containerPort": 80}]}]}}}})),
+            )
+            .await?)
     }
 
     /// Waits (up to `within`) until every pod named in `pods` is Running; returns them.

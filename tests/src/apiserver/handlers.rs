@@ -159,6 +159,7 @@ async fn serve(
         return error(injected(code, verb, &target, client));
     }
     let shared = &state.shared;
+    let manager = field_manager(&query, &headers);
     let ns = target.namespace.clone().unwrap_or_default();
     let name = target.name.clone().unwrap_or_default();
     let status_only = match target.subresource.as_deref() {
@@ -179,7 +180,7 @@ async fn serve(
         "create" => match parse_body(&body) {
             Ok(obj) => match admit(shared, target.rt, "CREATE", &ns, obj, None, client).await {
                 Ok(obj) => shared
-                    .create(target.rt, &ns, obj)
+                    .create_by(target.rt, &ns, obj, &manager)
                     .map_or_else(error, created),
                 Err(e) => error(e),
             },
@@ -187,10 +188,10 @@ async fn serve(
         },
         "update" => match parse_body(&body) {
             Ok(obj) if !status_only => {
-                admitted_update(shared, &target, &ns, &name, client, |_| Ok(obj)).await
+                admitted_update(shared, &target, &ns, &name, client, &manager, |_| Ok(obj)).await
             }
             Ok(obj) => shared
-                .update(target.rt, &ns, &name, status_only, |_| Ok(obj))
+                .update_by(target.rt, &ns, &name, status_only, &manager, |_| Ok(obj))
                 .map_or_else(error, ok),
             Err(e) => error(e),
         },
@@ -209,14 +210,18 @@ async fn serve(
                 .unwrap_or("")
                 .trim()
                 .to_string();
+            if content_type == "application/apply-patch+yaml" {
+                return server_side_apply(shared, &target, &query, status_only, &patch)
+                    .map_or_else(error, ok);
+            }
             if status_only {
                 shared
-                    .update(target.rt, &ns, &name, status_only, |old| {
+                    .update_by(target.rt, &ns, &name, status_only, &manager, |old| {
                         apply_patch(old, &content_type, &patch)
                     })
                     .map_or_else(error, ok)
             } else {
-                admitted_update(shared, &target, &ns, &name, client, |old| {
+                admitted_update(shared, &target, &ns, &name, client, &manager, |old| {
                     apply_patch(old, &content_type, &patch)
                 })
                 .await
@@ -302,6 +307,7 @@ async fn admitted_update(
     ns: &str,
     name: &str,
     user: &str,
+    manager: &str,
     update: impl FnOnce(&Value) -> Result<Value, ApiError>,
 ) -> Response {
     let old = match shared.get(target.rt, ns, name) {
@@ -320,8 +326,70 @@ async fn admitted_update(
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
     }
     shared
-        .update(target.rt, ns, name, false, |_| Ok(new))
+        .update_by(target.rt, ns, name, false, manager, |_| Ok(new))
         .map_or_else(error, ok)
+}
+
+/// Who makes a write: `?fieldManager=`, else, as kube-apiserver derives it, the User-Agent up
+/// to its first `/`.
+fn field_manager(query: &HashMap<String, String>, headers: &HeaderMap) -> String {
+    if let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) {
+        return manager.clone();
+    }
+    headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|agent| agent.split('/').next())
+        .filter(|m| !m.is_empty())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+/// Server-side apply (`fields.rs`), for what it models faithfully: the status subresource of
+/// a custom resource (maps by key, lists whole). Anything else is refused, not approximated.
+fn server_side_apply(
+    shared: &SharedState,
+    target: &Target,
+    query: &HashMap<String, String>,
+    status_only: bool,
+    config: &Value,
+) -> Result<Value, ApiError> {
+    let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+        return Err(ApiError::bad_request(
+            "PATCH, application/apply-patch+yaml: fieldManager is required for apply requests",
+        ));
+    };
+    // Our one custom resource; every built-in kind keys some of its lists.
+    if !status_only || target.rt.group != "cache.techsquad.rocks" {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            "the test API server models server-side apply only for a custom resource's status subresource",
+        ));
+    }
+    for (field, want) in [
+        ("apiVersion", target.rt.api_version()),
+        ("kind", target.rt.kind.to_string()),
+    ] {
+        if config.get(field).and_then(Value::as_str) != Some(want.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "{field} must be set to {want:?} in an apply configuration"
+            )));
+        }
+    }
+    let name = target.name.clone().unwrap_or_default();
+    if config
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| n != name)
+    {
+        return Err(ApiError::bad_request(
+            "the name of the object does not match the name on the URL",
+        ));
+    }
+    let force = matches!(query.get("force").map(String::as_str), Some("true"));
+    let ns = target.namespace.clone().unwrap_or_default();
+    shared.apply(target.rt, &ns, &name, status_only, manager, config, force)
 }
 
 fn apply_patch(old: &Value, content_type: &str, patch: &Value) -> Result<Value, ApiError> {
@@ -344,12 +412,16 @@ fn apply_patch(old: &Value, content_type: &str, patch: &Value) -> Result<Value, 
                 err
             })?;
         }
-        // Strategic merge and server-side apply are approximated by a merge patch: lists are
-        // replaced, not merged by key. Our code only patches maps and scalars.
-        "application/merge-patch+json"
-        | "application/strategic-merge-patch+json"
-        | "application/apply-patch+yaml" => {
+        "application/merge-patch+json" => {
             merge_patch(&mut new, patch);
+        }
+        // Strategic merge merges lists by key, per type; not modelled, so refused.
+        "application/strategic-merge-patch+json" => {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "the test API server does not model strategic merge patch; send a merge, JSON or apply patch",
+            ));
         }
         other => {
             return Err(ApiError::new(

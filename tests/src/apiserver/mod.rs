@@ -15,6 +15,7 @@
 //! back, and count requests.
 
 mod admission;
+mod fields;
 mod handlers;
 mod resources;
 mod selector;
@@ -242,6 +243,22 @@ impl TestApiServer {
 
     pub fn object_count(&self) -> usize {
         self.shared.object_count()
+    }
+
+    /// An object's managedFields, in kube-apiserver's shape (kept beside the object, not in
+    /// it: see `fields.rs`).
+    pub fn managed_fields(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Value {
+        match resources::lookup(group, version, plural) {
+            Some(rt) => self.shared.managed_fields(rt, namespace, name),
+            None => Value::Null,
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, watch};
 
+use super::fields::{Owners, Scope};
 use super::resources::{ResourceType, lookup};
 use super::selector::{FieldSelector, LabelSelector};
 use super::{Lock, status};
@@ -147,6 +148,8 @@ struct Inner {
     rv: u64,
     uid: u64,
     objects: BTreeMap<ObjectKey, Value>,
+    /// Each object's field managers (its managedFields), kept beside it.
+    owners: BTreeMap<ObjectKey, Owners>,
     log: VecDeque<Arc<Change>>,
     /// Changes up to and including this resourceVersion are no longer in the log.
     compacted_through: u64,
@@ -184,6 +187,7 @@ impl Shared {
                 rv: 1,
                 uid: 0,
                 objects: BTreeMap::new(),
+                owners: BTreeMap::new(),
                 log: VecDeque::new(),
                 compacted_through: 1,
                 history,
@@ -435,7 +439,18 @@ impl Shared {
         let _ = self.changes.send(change);
     }
 
-    pub fn create(&self, rt: ResourceType, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+    pub fn create(&self, rt: ResourceType, ns: &str, obj: Value) -> Result<Value, ApiError> {
+        self.create_by(rt, ns, obj, TEST_MANAGER)
+    }
+
+    /// Creates `obj` as `manager`, who owns every field it set.
+    pub fn create_by(
+        &self,
+        rt: ResourceType,
+        ns: &str,
+        mut obj: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
         let mut inner = lock(&self.inner);
         let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
             return Err(ApiError::bad_request("metadata is required"));
@@ -508,6 +523,9 @@ impl Shared {
         obj["kind"] = json!(rt.kind);
         prepare_create_status(rt, &mut obj);
         validate(rt, &name, &obj)?;
+        let mut owners = Owners::default();
+        owners.record_update(manager, main_scope(rt), &json!({}), &obj);
+        inner.owners.insert(key.clone(), owners);
         Ok(self.commit(&mut inner, key, ChangeKind::Added, obj, None))
     }
 
@@ -521,7 +539,53 @@ impl Shared {
         status_only: bool,
         update: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
-        self.write(rt, ns, name, status_only, false, update)
+        self.update_by(rt, ns, name, status_only, TEST_MANAGER, update)
+    }
+
+    /// An update (PUT, merge or JSON patch) by `manager`, who then owns what it changed.
+    pub fn update_by(
+        &self,
+        rt: ResourceType,
+        ns: &str,
+        name: &str,
+        status_only: bool,
+        manager: &str,
+        update: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        self.write(rt, ns, name, status_only, false, Some(manager), |old, _| {
+            update(old)
+        })
+    }
+
+    /// A server-side apply of `config` by `manager` (see `fields.rs`).
+    pub fn apply(
+        &self,
+        rt: ResourceType,
+        ns: &str,
+        name: &str,
+        status_only: bool,
+        manager: &str,
+        config: &Value,
+        force: bool,
+    ) -> Result<Value, ApiError> {
+        let scope = if status_only {
+            Scope::Status
+        } else {
+            main_scope(rt)
+        };
+        self.write(rt, ns, name, status_only, false, None, |old, owners| {
+            owners.apply(manager, scope, old, config, force)
+        })
+    }
+
+    /// The object's managedFields, in kube-apiserver's shape.
+    pub fn managed_fields(&self, rt: ResourceType, ns: &str, name: &str) -> Value {
+        let inner = lock(&self.inner);
+        let key = (rt, ns_of(rt, ns), name.to_string());
+        inner
+            .owners
+            .get(&key)
+            .map_or_else(|| json!([]), Owners::managed_fields)
     }
 
     /// A pod's `binding` subresource, as the scheduler calls it (k8s
@@ -529,7 +593,7 @@ impl Shared {
     /// still has scheduling gates ("pod has non-empty .spec.schedulingGates").
     pub fn bind(&self, ns: &str, name: &str, node: &str) -> Result<Value, ApiError> {
         let rt = lookup("", "v1", "pods").expect("pods is a known resource");
-        self.write(rt, ns, name, false, true, |old| {
+        self.write(rt, ns, name, false, true, Some("kube-scheduler"), |old, _| {
             if let Some(bound) = old.pointer("/spec/nodeName").and_then(Value::as_str)
                 && !bound.is_empty()
             {
@@ -552,6 +616,9 @@ impl Shared {
         })
     }
 
+    /// `updater` names the manager of an update; `None` for an apply, whose `update` keeps the
+    /// field owners itself.
+    #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
         rt: ResourceType,
@@ -559,7 +626,8 @@ impl Shared {
         name: &str,
         status_only: bool,
         binding: bool,
-        update: impl FnOnce(&Value) -> Result<Value, ApiError>,
+        updater: Option<&str>,
+        update: impl FnOnce(&Value, &mut Owners) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
         let mut inner = lock(&self.inner);
         let key = (rt, ns_of(rt, ns), name.to_string());
@@ -568,7 +636,8 @@ impl Shared {
             .get(&key)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt, name))?;
-        let mut new = update(&old)?;
+        let mut owners = inner.owners.get(&key).cloned().unwrap_or_default();
+        let mut new = update(&old, &mut owners)?;
         if let Some(rv) = meta_str(&new, "resourceVersion")
             && rv != meta_str(&old, "resourceVersion").unwrap_or("")
         {
@@ -625,6 +694,8 @@ impl Shared {
         new["kind"] = json!(rt.kind);
         if new == old {
             // The real API server skips no-op writes: no new resourceVersion, no watch event.
+            // (An apply that only shares ownership of equal values changes managedFields.)
+            inner.owners.insert(key, owners);
             return Ok(old);
         }
         validate(rt, name, &new)?;
@@ -635,6 +706,15 @@ impl Shared {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             new["metadata"]["generation"] = json!(generation);
         }
+        if let Some(manager) = updater {
+            let scope = if status_only {
+                Scope::Status
+            } else {
+                main_scope(rt)
+            };
+            owners.record_update(manager, scope, &old, &new);
+        }
+        inner.owners.insert(key.clone(), owners);
         Ok(self.commit(&mut inner, key, ChangeKind::Modified, new, Some(old)))
     }
 
@@ -692,6 +772,7 @@ impl Shared {
 
     fn remove(&self, inner: &mut Inner, key: ObjectKey) -> Option<Value> {
         let obj = inner.objects.get(&key)?.clone();
+        inner.owners.remove(&key);
         Some(self.commit(inner, key, ChangeKind::Deleted, obj, None))
     }
 
@@ -726,6 +807,15 @@ impl Shared {
             },
         );
         object
+    }
+}
+
+/// The manager of writes the tests make directly, not through HTTP.
+const TEST_MANAGER: &str = "test-api-server";
+
+fn main_scope(rt: ResourceType) -> Scope {
+    Scope::Main {
+        status_subresource: rt.status_subresource,
     }
 }
 
