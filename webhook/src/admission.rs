@@ -618,7 +618,7 @@ mod tests {
             patch_json(&answer),
             json!([{"op": "add", "path": "/metadata/annotations", "value": {
                 "cache.techsquad.rocks/prefetch-images": "[\"docker.io/library/nginx:1.25\",\"docker.io/library/redis:7\"]",
-                "cache.techsquad.rocks/prefetch-requested-at": "2026-11-22T03:00:00Z"
+                "cache.techsquad.rocks/prefetch-requested-at": "2026-11-22T03:00:00.000000Z"
             }}])
         );
     }
