@@ -481,6 +481,7 @@ async fn node_taints_are_validated() {
     let c = TestCluster::start("taints").await.unwrap();
     if c.is_real() {
         eprintln!("skipped against a real cluster: this test creates Nodes");
+        c.cleanup().await;
         return;
     }
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client.clone());
@@ -564,7 +565,7 @@ async fn scheduling_gates_may_only_shrink() {
         .unwrap_err();
     assert_eq!(api_code(err).0, 422);
     // The controller's own release: removes only its gate.
-    let release = prefetch_controller::gate::release_patch(&created).unwrap();
+    let release = prefetch_controller::core::gate::release_patch(&created).unwrap();
     let released = pods
         .patch(
             "gated",
@@ -726,12 +727,13 @@ async fn merge_patch_and_server_side_apply_of_a_status() {
     assert_eq!(reapplied["total"], 6);
     assert_eq!(reapplied["digests"], json!({"a": "sha256:a"}));
     assert!(reapplied.get("last_rollout").is_some());
-    // Apply needs a field manager.
+    // Apply needs a field manager: kube-apiserver answers 422 (PatchOptions fieldManager:
+    // Required value).
     let nameless = prefetches
         .patch_status("p", &PatchParams::default(), &apply(json!({"total": 1})))
         .await
         .unwrap_err();
-    assert_eq!(api_code(nameless).0, 400);
+    assert_eq!(api_code(nameless), (422, "Invalid".into()));
 
     if c.api.is_some() {
         let leases: Api<Lease> = Api::namespaced(c.client.clone(), &c.namespace);

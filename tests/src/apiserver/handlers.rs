@@ -355,8 +355,10 @@ fn server_side_apply(
     config: &Value,
 ) -> Result<Value, ApiError> {
     let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
-        return Err(ApiError::bad_request(
-            "PATCH, application/apply-patch+yaml: fieldManager is required for apply requests",
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
         ));
     };
     // Our one custom resource; every built-in kind keys some of its lists.
