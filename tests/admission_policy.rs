@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use cel::{Context, Program, Value as Cel};
 use k8s_openapi::api::core::v1::Node;
-use prefetch_controller::warmup::{DEFAULT_WARMUP_TAINT, lift_patch};
+use prefetch_controller::core::warmup::{DEFAULT_WARMUP_TAINT, lift_patch};
 use prefetch_tests::manifests::{NAMESPACE, kustomization_resources, manifests_dir};
 use serde_json::{Value, json};
 
@@ -538,7 +538,7 @@ fn gated_pod() -> Value {
 /// What the API server hands admission after the controller's release patch.
 fn released(pod: &Value) -> Value {
     let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone()).unwrap();
-    let patch = prefetch_controller::gate::release_patch(&typed).expect("gated");
+    let patch = prefetch_controller::core::gate::release_patch(&typed).expect("gated");
     let mut new = pod.clone();
     json_patch::patch(&mut new, &patch).unwrap();
     new

@@ -494,4 +494,23 @@ async fn every_rollout_of_a_deployment_starts_no_pod_cold() {
         .unwrap();
     assert_eq!(record.images, [normalized(first)]);
     assert!(record.prefetched_at.is_some());
+    // Each rollout's Event says its own image (kube's Recorder alone folded them into the
+    // first one's series, keeping its text).
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(client.clone(), &ns);
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("RolloutSignal"))
+        .filter_map(|e| e.note)
+        .collect();
+    for image in [second, fourth] {
+        assert!(
+            notes.iter().any(|n| n.contains(&normalized(image))),
+            "no RolloutSignal event names {image}: {notes:#?}"
+        );
+    }
 }

@@ -570,7 +570,7 @@ fn shutdown_timeouts_fit_in_the_grace_periods() {
             .collect();
         let timeout = match binary {
             "prefetch-controller" => {
-                prefetch_controller::config::Cli::try_parse_from(&args)
+                prefetch_controller::shell::config::Cli::try_parse_from(&args)
                     .unwrap()
                     .run
                     .shutdown_timeout

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time}
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord};
-use prefetch_controller::reconciler::write_status;
+use prefetch_controller::shell::reconciler::write_status;
 use prefetch_tests::cluster::TestCluster;
 use prefetch_tests::fixtures::sample_prefetch;
 use proptest::prelude::*;

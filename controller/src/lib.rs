@@ -1,24 +1,12 @@
-//! prefetch-controller's pure core: which nodes a Prefetch targets (and why others are
-//! skipped), which images each still needs, and the prefetch pod for a node. The reconciler
-//! around it (issue 3, in progress) only moves these decisions to and from the API server.
+//! prefetch-controller: keeps the images of selected workloads pulled on matching nodes, lifts
+//! the warmup taint of joining nodes once they hold them, and releases gated rollout pods once
+//! their images are everywhere (DESIGN.md sections 3, 8, 9).
+//!
+//! Two halves, and the layout shows which is which: [`core`] decides (pure functions of what
+//! the caches hold and the time; exhaustively unit-tested) and [`shell`] does (watches,
+//! writes, loops, leader election, metrics). The shell calls the core; the core never calls
+//! the shell (`tests/import_graph.rs` fails on an import circle or a core module reaching
+//! into the shell).
 
-pub mod config;
-pub mod eligibility;
-pub mod fulllist;
-pub mod gate;
-pub mod gate_loop;
-pub mod leader;
-pub mod ledger;
-pub mod metrics;
-pub mod naming;
-pub mod outcome;
-pub mod plan;
-pub mod plan_command;
-pub mod pod;
-pub mod ratelimit;
-pub mod reconciler;
-pub mod records;
-pub mod round;
-pub mod status_patch;
-pub mod warmer;
-pub mod warmup;
+pub mod core;
+pub mod shell;

@@ -6,11 +6,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
 use prefetch_common::watch::WatchSet;
-use prefetch_controller::config::{Cli, Command, RunArgs};
-use prefetch_controller::metrics::Metrics;
-use prefetch_controller::plan_command::{Objects, render};
-use prefetch_controller::warmup::WarmupConfig;
-use prefetch_controller::{leader, reconciler};
+use prefetch_controller::core::taint::WarmupConfig;
+use prefetch_controller::shell::config::{Cli, Command, RunArgs};
+use prefetch_controller::shell::metrics::Metrics;
+use prefetch_controller::shell::plan_command::{Objects, render};
+use prefetch_controller::shell::{leader, reconciler};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

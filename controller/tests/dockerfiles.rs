@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use prefetch_controller::pod::{INSTALL_NOOP_COMMAND, NOOP_IMAGE_BINARY};
+use prefetch_controller::core::pod::{INSTALL_NOOP_COMMAND, NOOP_IMAGE_BINARY};
 
 const IMAGES: [&str; 3] = [
     "Dockerfile.controller",

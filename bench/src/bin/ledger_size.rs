@@ -9,8 +9,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Parser;
-use prefetch_controller::ledger::{NodeUse, PullLedger, worth_recording};
-use prefetch_controller::outcome::Outcome;
+use prefetch_controller::core::ledger::{NodeUse, PullLedger, worth_recording};
+use prefetch_controller::core::outcome::Outcome;
 
 struct Counting;
 

@@ -11,8 +11,8 @@ use prefetch_common::Prefetch;
 use prefetch_common::images::{normalize, pod_spec_images};
 use prefetch_common::labels::selects;
 
-use crate::eligibility::{SkipReason, skip_reason};
-use crate::warmup::is_warming;
+use crate::core::eligibility::{SkipReason, skip_reason};
+use crate::core::taint::is_warming;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodePlan {
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn warming_nodes_are_targeted_and_marked() {
-        let key = crate::warmup::DEFAULT_WARMUP_TAINT;
+        let key = crate::core::taint::DEFAULT_WARMUP_TAINT;
         let p = prefetch(
             "default",
             json!({"filter_by_labels": {"app": "nginx"}, "node_filter": "worker"}),
@@ -456,7 +456,7 @@ mod tests {
     fn disk_pressure_nodes_are_skipped_with_that_reason() {
         let p = prefetch("default", json!({"filter_by_labels": {"app": "nginx"}}));
         let pressed =
-            crate::eligibility::under_disk_pressure(node("pressed", json!([]), json!([])));
+            crate::core::eligibility::under_disk_pressure(node("pressed", json!([]), json!([])));
         let mut not_ready = node("not-ready", json!([]), json!([]));
         not_ready.status.as_mut().unwrap().conditions = None;
         let plan = plan_images(

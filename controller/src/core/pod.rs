@@ -15,8 +15,8 @@ use prefetch_common::Prefetch;
 use prefetch_common::annotations::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREFETCH_LABEL};
 use prefetch_common::images::ImageRef;
 
-use crate::naming::pod_name;
-use crate::warmup::toleration;
+use crate::core::naming::pod_name;
+use crate::core::taint::toleration;
 
 /// Annotation on a prefetch pod naming its node (node names can be longer than a label value).
 pub const NODE_ANNOTATION: &str = "cache.techsquad.rocks/node";
@@ -351,7 +351,7 @@ mod tests {
 
     #[test]
     fn tolerates_the_warmup_taint_and_nothing_more() {
-        let key = crate::warmup::DEFAULT_WARMUP_TAINT;
+        let key = crate::core::taint::DEFAULT_WARMUP_TAINT;
         let build = |p: &Prefetch| {
             let images = vec!["docker.io/library/nginx:1.25".to_string()];
             let pod = prefetch_pod(&PodRequest {

@@ -18,9 +18,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time}
 use prefetch_common::limits::MAX_STATUS_FAILURES;
 use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord};
 
-use crate::outcome::{Outcome, read_pod};
-use crate::plan::{ImagePlan, NodePlan};
-use crate::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
+use crate::core::outcome::{Outcome, read_pod};
+use crate::core::plan::{ImagePlan, NodePlan};
+use crate::core::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
 
 /// Grace beyond `pull_timeout` before the controller itself gives up on a pod (the kubelet
 /// normally ends it first, with DeadlineExceeded).
@@ -649,13 +649,13 @@ fn finalize_conditions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::plan_images;
+    use crate::core::plan::plan_images;
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::Node;
     use serde_json::{Value, json};
 
     const NGINX: &str = "docker.io/library/nginx:1.7.9";
-    const WARMING: &str = crate::warmup::DEFAULT_WARMUP_TAINT;
+    const WARMING: &str = crate::core::taint::DEFAULT_WARMUP_TAINT;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()

@@ -15,20 +15,18 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
+use k8s_openapi::api::core::v1::Node;
 use prefetch_common::{Prefetch, PrefetchStatus};
 use serde_json::json;
 
-use crate::eligibility::{has_disk_pressure, is_ready};
-use crate::ledger::PullLedger;
-use crate::plan::{ImagePlan, plan_images_with};
-
-/// `--warmup-taint`'s default.
-pub const DEFAULT_WARMUP_TAINT: &str = "cache.techsquad.rocks/warming";
-/// `--warmup-timeout`'s default.
-pub const DEFAULT_WARMUP_TIMEOUT: &str = "15m";
-/// The warmup taint's effect: it keeps pods off, it never evicts.
-pub const WARMUP_EFFECT: &str = "NoSchedule";
+use crate::core::eligibility::{has_disk_pressure, is_ready};
+use crate::core::ledger::PullLedger;
+use crate::core::plan::{ImagePlan, plan_images_with};
+pub use crate::core::taint::{
+    DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WARMUP_EFFECT, WarmupConfig, is_warming,
+    is_warmup_taint, toleration,
+};
+use crate::core::taint::{name, taints};
 
 /// Taints that say a node is not set up for pods yet, removed by whoever set them: while a
 /// warming node carries one, it is not judged warm or untargeted (only the timeout lifts the
@@ -47,55 +45,6 @@ pub const TRANSIENT_TAINTS: [&str; 5] = [
     // Cilium, until its agent runs on the node.
     "node.cilium.io/agent-not-ready",
 ];
-
-/// The settings of warm nodes in a running controller: `--warmup-taint` (never empty here:
-/// an empty flag means no `WarmupConfig` at all) and `--warmup-timeout`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WarmupConfig {
-    pub taint: String,
-    pub timeout: Duration,
-}
-
-impl WarmupConfig {
-    /// `None` when `taint` is empty: the feature is off.
-    pub fn new(taint: &str, timeout: Duration) -> Option<Self> {
-        (!taint.is_empty()).then(|| Self {
-            taint: taint.to_string(),
-            timeout,
-        })
-    }
-}
-
-fn taints(node: &Node) -> &[Taint] {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or(&[])
-}
-
-fn name(node: &Node) -> &str {
-    node.metadata.name.as_deref().unwrap_or("")
-}
-
-/// The warmup taint itself: that key with effect NoSchedule (any value).
-pub fn is_warmup_taint(taint: &Taint, key: &str) -> bool {
-    taint.key == key && taint.effect == WARMUP_EFFECT
-}
-
-/// Whether `node` carries the warmup taint.
-pub fn is_warming(node: &Node, key: &str) -> bool {
-    taints(node).iter().any(|t| is_warmup_taint(t, key))
-}
-
-/// The one toleration prefetch pods add: exactly the warmup taint, nothing more.
-pub fn toleration(key: &str) -> Toleration {
-    Toleration {
-        key: Some(key.to_string()),
-        operator: Some("Exists".into()),
-        effect: Some(WARMUP_EFFECT.into()),
-        ..Default::default()
-    }
-}
 
 fn is_transient(key: &str) -> bool {
     TRANSIENT_TAINTS.iter().any(|t| {
@@ -433,7 +382,7 @@ mod tests {
     use prefetch_common::PullFailure;
     use serde_json::Value;
 
-    use crate::outcome::Outcome;
+    use crate::core::outcome::Outcome;
 
     const KEY: &str = DEFAULT_WARMUP_TAINT;
 
@@ -492,7 +441,8 @@ mod tests {
         let mut cordoned = node("n", json!([warming_taint()]));
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
         assert_eq!(held_back(&cordoned, KEY).as_deref(), Some("cordoned"));
-        let pressure = crate::eligibility::under_disk_pressure(node("n", json!([warming_taint()])));
+        let pressure =
+            crate::core::eligibility::under_disk_pressure(node("n", json!([warming_taint()])));
         assert_eq!(held_back(&pressure, KEY).as_deref(), Some("DiskPressure"));
         // Held, a node no Prefetch targets (the planner skips it) keeps its taint until the
         // timeout, instead of being lifted as untargeted.
@@ -782,7 +732,7 @@ mod tests {
     }
 
     fn images_on(node: &Node) -> Cow<'_, [String]> {
-        Cow::Owned(crate::plan::node_images(node).into_iter().collect())
+        Cow::Owned(crate::core::plan::node_images(node).into_iter().collect())
     }
 
     #[test]
@@ -874,28 +824,28 @@ mod tests {
         let plan = ImagePlan {
             images: vec!["nginx".into()],
             targets: vec![
-                crate::plan::NodePlan {
+                crate::core::plan::NodePlan {
                     node: "a".into(),
                     pull: vec!["nginx".into()],
                     present: vec![],
                     warming: true,
                     ..Default::default()
                 },
-                crate::plan::NodePlan {
+                crate::core::plan::NodePlan {
                     node: "b".into(),
                     pull: vec!["nginx".into()],
                     present: vec![],
                     warming: false,
                     ..Default::default()
                 },
-                crate::plan::NodePlan {
+                crate::core::plan::NodePlan {
                     node: "c".into(),
                     pull: vec![],
                     present: vec!["nginx".into()],
                     warming: true,
                     ..Default::default()
                 },
-                crate::plan::NodePlan {
+                crate::core::plan::NodePlan {
                     node: "d".into(),
                     pull: vec!["nginx".into()],
                     present: vec![],

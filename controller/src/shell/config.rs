@@ -10,8 +10,8 @@ use prefetch_common::duration::parse_duration;
 use prefetch_common::labels::label_key_error;
 use prefetch_common::telemetry::LogFormat;
 
-use crate::fulllist::DEFAULT_NODE_STATUS_MAX_IMAGES;
-use crate::warmup::{DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WarmupConfig};
+use crate::core::fulllist::DEFAULT_NODE_STATUS_MAX_IMAGES;
+use crate::core::taint::{DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WarmupConfig};
 
 /// kube-prefetch reconciler: runs short-lived prefetch pods so matching nodes pull the images
 /// of the Deployments each Prefetch selects.

@@ -16,9 +16,9 @@ use prefetch_common::annotations::{GATED_BY_LABEL, GATED_UNTIL_ANNOTATION};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::gate::{Release, Verdict, release_patch, verdict};
-use crate::metrics::ResultLabel;
-use crate::reconciler::Context;
+use crate::core::gate::{Release, Verdict, release_patch, verdict};
+use crate::shell::context::Context;
+use crate::shell::metrics::ResultLabel;
 
 /// Longest wait between two passes: a pod is released at most this long after its
 /// `gated-until`, or after its Prefetch's status shows the rollout prefetched.
@@ -61,7 +61,7 @@ pub async fn run(
     // A half-filled Prefetch cache would read as "Prefetch removed" and release pods early.
     tokio::select! {
         _ = stop.cancelled() => return,
-        ready = crate::warmer::until_ready(&prefetches) => if ready.is_err() { return },
+        ready = crate::shell::context::until_ready(&prefetches) => if ready.is_err() { return },
     }
     tokio::select! {
         _ = stop.cancelled() => return,

@@ -9,11 +9,11 @@ use k8s_openapi::api::core::v1::Node;
 use prefetch_common::Prefetch;
 use serde_json::Value;
 
-use crate::fulllist::is_full;
-use crate::ledger::PullLedger;
-use crate::naming::pod_name;
-use crate::plan::{node_images, plan_images};
-use crate::warmup::{self, Verdict, WarmupConfig};
+use crate::core::fulllist::is_full;
+use crate::core::ledger::PullLedger;
+use crate::core::naming::pod_name;
+use crate::core::plan::{node_images, plan_images};
+use crate::core::warmup::{self, Verdict, WarmupConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -294,7 +294,7 @@ fn render_warming(out: &mut String, objects: &Objects, warmup: &WarmupConfig, no
 mod tests {
     use super::*;
 
-    const CLUSTER: &str = include_str!("../../examples/cluster.yaml");
+    const CLUSTER: &str = include_str!("../../../examples/cluster.yaml");
 
     #[test]
     fn the_sample_cluster_plans_like_the_walkthrough() {
@@ -329,11 +329,11 @@ mod tests {
         objects
             .load(
                 "warming-nodes.yaml",
-                include_str!("../../examples/warming-nodes.yaml"),
+                include_str!("../../../examples/warming-nodes.yaml"),
             )
             .unwrap();
         let warmup = WarmupConfig::new(
-            crate::warmup::DEFAULT_WARMUP_TAINT,
+            crate::core::warmup::DEFAULT_WARMUP_TAINT,
             std::time::Duration::from_secs(900),
         );
         let text = render(&objects, warmup.as_ref(), 50, Timestamp::now());

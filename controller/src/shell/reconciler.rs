@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event as KubeEvent, EventType, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -23,19 +23,19 @@ use prefetch_common::watch::{WatchHealth, WatchSet, spawn_watch};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::eligibility::{PLANNING_CONDITIONS, has_disk_pressure, is_ready};
-use crate::ledger::PullLedger;
-use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
-use crate::outcome::read_pod;
-use crate::plan::{ImagePlan, node_images, plan_images_with, selects_deployment};
-use crate::pod::NODE_ANNOTATION;
-use crate::ratelimit::RateLimiter;
-use crate::records::{assumed_present, cached_listed, record_outcomes};
-use crate::round::{
-    RolloutSignal, RoundInput, RoundMemory, cached_status_predates, reconcile_round,
-};
-use crate::status_patch;
-use crate::warmup::{WarmupConfig, open_warming_targets, settled};
+use crate::core::eligibility::{PLANNING_CONDITIONS, has_disk_pressure, is_ready};
+use crate::core::ledger::PullLedger;
+use crate::core::outcome::read_pod;
+use crate::core::plan::{ImagePlan, node_images, plan_images_with, selects_deployment};
+use crate::core::pod::NODE_ANNOTATION;
+use crate::core::round::{RolloutSignal, RoundInput, cached_status_predates, reconcile_round};
+use crate::core::status_patch;
+use crate::core::warmup::{WarmupConfig, open_warming_targets, settled};
+use crate::shell::context::{Context, cached_images, lock};
+use crate::shell::events::EventPublisher;
+use crate::shell::metrics::{Metrics, ReasonLabel, ResultLabel};
+use crate::shell::ratelimit::RateLimiter;
+use crate::shell::records::{assumed_present, cached_listed, record_outcomes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,33 +43,6 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("Prefetch has no namespace")]
     NoNamespace,
-}
-
-pub struct Context {
-    pub client: Client,
-    pub nodes: Store<Node>,
-    pub deployments: Store<Deployment>,
-    pub pods: Store<Pod>,
-    pub rounds: Mutex<HashMap<String, RoundMemory>>,
-    /// Per Prefetch uid: when the round this process last ended had started (see
-    /// `round::cached_status_predates`).
-    pub ended: Mutex<HashMap<String, jiff::Timestamp>>,
-    pub inflight: Mutex<HashMap<String, usize>>,
-    pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
-    pub limiter: RateLimiter,
-    pub noop_image: String,
-    /// Warm nodes' settings; `None` when `--warmup-taint` is empty.
-    pub warmup: Option<WarmupConfig>,
-    /// Outcomes beyond the rounds that saw them, for warming nodes and full image lists (see
-    /// `ledger.rs`, `records.rs`).
-    pub ledger: Mutex<PullLedger>,
-    /// `--node-status-max-images`: a node listing this many images has a full list.
-    pub node_status_max_images: u32,
-    /// Wakes the warm loop: a warming node changed, or an outcome on one was recorded.
-    pub warm_wake: Arc<Notify>,
-    /// Reconciles every Prefetch (as a node change does).
-    pub reconcile_all: mpsc::Sender<()>,
 }
 
 /// Writes `status` so that the server holds exactly it (see `status_patch.rs`): a forced
@@ -99,10 +72,6 @@ pub fn managed_pods_selector() -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// What decides whether a node matters to a round; a change here triggers reconciles, a
 /// heartbeat does not.
 pub fn node_fingerprint(node: &Node) -> u64 {
@@ -129,17 +98,6 @@ pub fn node_fingerprint(node: &Node) -> u64 {
         }
     }
     h.finish()
-}
-
-/// A cached node's images as planning reads them: normalized and sorted by [`slim_node`].
-pub(crate) fn cached_images(node: &Node) -> std::borrow::Cow<'_, [String]> {
-    let names = node
-        .status
-        .as_ref()
-        .and_then(|s| s.images.as_ref())
-        .and_then(|i| i.first())
-        .and_then(|i| i.names.as_deref());
-    std::borrow::Cow::Borrowed(names.unwrap_or(&[]))
 }
 
 /// Keeps only what planning reads, to bound memory at thousands of nodes.
@@ -560,8 +518,8 @@ pub async fn run(
         cache(
             watches.register("gated-pods"),
             Api::<Pod>::all(client.clone()),
-            watcher::Config::default().labels(&crate::gate_loop::gated_pods_selector()),
-            crate::gate_loop::slim_gated_pod,
+            watcher::Config::default().labels(&crate::shell::gate_loop::gated_pods_selector()),
+            crate::shell::gate_loop::slim_gated_pod,
             move |event| {
                 if matches!(event, Event::Apply(_) | Event::InitDone) {
                     wake.notify_one();
@@ -604,7 +562,7 @@ pub async fn run(
         ended: Mutex::new(HashMap::new()),
         inflight: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
-        recorder: Recorder::new(
+        recorder: EventPublisher::new(
             client.clone(),
             Reporter {
                 controller: "prefetch-controller".into(),
@@ -621,20 +579,20 @@ pub async fn run(
     });
     // The warm loop runs beside the reconciles, for as long as this term of leadership.
     let warm_loop = settings.warmup.map(|config| {
-        tokio::spawn(crate::warmer::run(
+        tokio::spawn(crate::shell::warmer::run(
             ctx.clone(),
             config,
             prefetch_store.clone(),
             stop.clone(),
         ))
     });
-    tokio::spawn(crate::records::upkeep(
+    tokio::spawn(crate::shell::records::upkeep(
         ctx.clone(),
         prefetch_store.clone(),
         stop.clone(),
     ));
     // The gate loop too: leader only, for as long as this term of leadership.
-    let gate_loop = tokio::spawn(crate::gate_loop::run(
+    let gate_loop = tokio::spawn(crate::shell::gate_loop::run(
         ctx.clone(),
         prefetch_store.clone(),
         gated_pods,

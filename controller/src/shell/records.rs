@@ -12,10 +12,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use prefetch_common::Prefetch;
 use tokio_util::sync::CancellationToken;
 
-use crate::fulllist::{counts_present, is_full};
-use crate::ledger::{NodeUse, node_use, worth_recording};
-use crate::reconciler::{Context, lock};
-use crate::round::Observed;
+use crate::core::fulllist::{counts_present, is_full};
+use crate::core::ledger::{NodeUse, node_use, worth_recording};
+use crate::core::round::Observed;
+use crate::shell::context::{Context, lock};
 
 /// How often the ledger drops what can no longer matter (nodes gone, lists no longer full,
 /// images no Prefetch wants). A stale entry meanwhile costs memory only: lookups check the
@@ -120,7 +120,7 @@ pub fn prune(ctx: &Context, prefetches: &Store<Prefetch>) {
 pub async fn upkeep(ctx: Arc<Context>, prefetches: Store<Prefetch>, stop: CancellationToken) {
     tokio::select! {
         _ = stop.cancelled() => return,
-        ready = crate::warmer::until_ready(&prefetches) => if ready.is_err() { return },
+        ready = crate::shell::context::until_ready(&prefetches) => if ready.is_err() { return },
     }
     loop {
         tokio::select! {

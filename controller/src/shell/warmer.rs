@@ -14,13 +14,12 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
-use kube::runtime::reflector::store::WriterDropped;
 use kube::{Api, Resource};
 use prefetch_common::Prefetch;
 use tokio_util::sync::CancellationToken;
 
-use crate::reconciler::{Context, cached_images, lock};
-use crate::warmup::{self, Verdict, WarmupConfig};
+use crate::core::warmup::{self, Verdict, WarmupConfig};
+use crate::shell::context::{Context, cached_images, lock, until_ready};
 
 /// Longest sleep while nodes are warming (a Prefetch deleted meanwhile reconciles nothing).
 const BUSY_WAIT: Duration = Duration::from_secs(5);
@@ -89,19 +88,6 @@ pub async fn run(
         }
     }
     ctx.metrics.warming_nodes.set(0);
-}
-
-/// `Store::wait_until_ready`, polled afresh every 100 ms: in kube-runtime 5 the readiness
-/// future keeps a single waker, so of several tasks waiting at once (the Controller waits on
-/// this very store) only the last to poll is woken.
-pub(crate) async fn until_ready(store: &Store<Prefetch>) -> Result<(), WriterDropped> {
-    loop {
-        if let Ok(ready) =
-            tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await
-        {
-            return ready;
-        }
-    }
 }
 
 /// One look at every warming node; returns how long to sleep at most.

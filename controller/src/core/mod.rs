@@ -1,0 +1,22 @@
+//! The controller's decisions, pure: no kube client, no clock, no locks. Each takes what the
+//! shell read from its watch caches (and the time, as a value) and returns what to do.
+//!
+//! From the leaves up: [`taint`] and [`naming`]; [`eligibility`] (which nodes a Prefetch may
+//! target) and [`pod`] (the prefetch pod for a node); [`outcome`] (what a pod reports);
+//! [`plan`] (nodes x images still to pull); [`ledger`] and [`fulllist`] (outcomes remembered
+//! beyond a round); [`round`] (one reconcile: pods to create and delete, the status);
+//! [`warmup`] (when a warming node's taint comes off); [`gate`] (when a gated pod is
+//! released); [`status_patch`] (how a status is written so the server holds exactly it).
+
+pub mod eligibility;
+pub mod fulllist;
+pub mod gate;
+pub mod ledger;
+pub mod naming;
+pub mod outcome;
+pub mod plan;
+pub mod pod;
+pub mod round;
+pub mod status_patch;
+pub mod taint;
+pub mod warmup;

@@ -1,0 +1,79 @@
+//! What the controller's loops share: the watch caches, the API client, the rounds in
+//! progress and the ledger, behind one [`Context`] (as kube-rs's controller-rs passes it to
+//! `reconcile` and `error_policy`), and the small helpers every loop uses to read them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Client;
+use kube::runtime::reflector::Store;
+use kube::runtime::reflector::store::WriterDropped;
+use prefetch_common::Prefetch;
+use tokio::sync::{Notify, mpsc};
+
+use crate::core::ledger::PullLedger;
+use crate::core::round::RoundMemory;
+use crate::core::taint::WarmupConfig;
+use crate::shell::events::EventPublisher;
+use crate::shell::metrics::Metrics;
+use crate::shell::ratelimit::RateLimiter;
+
+pub struct Context {
+    pub client: Client,
+    pub nodes: Store<Node>,
+    pub deployments: Store<Deployment>,
+    pub pods: Store<Pod>,
+    pub rounds: Mutex<HashMap<String, RoundMemory>>,
+    /// Per Prefetch uid: when the round this process last ended had started (see
+    /// `round::cached_status_predates`).
+    pub ended: Mutex<HashMap<String, jiff::Timestamp>>,
+    pub inflight: Mutex<HashMap<String, usize>>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: EventPublisher,
+    pub limiter: RateLimiter,
+    pub noop_image: String,
+    /// Warm nodes' settings; `None` when `--warmup-taint` is empty.
+    pub warmup: Option<WarmupConfig>,
+    /// Outcomes beyond the rounds that saw them, for warming nodes and full image lists (see
+    /// `ledger.rs`, `records.rs`).
+    pub ledger: Mutex<PullLedger>,
+    /// `--node-status-max-images`: a node listing this many images has a full list.
+    pub node_status_max_images: u32,
+    /// Wakes the warm loop: a warming node changed, or an outcome on one was recorded.
+    pub warm_wake: Arc<Notify>,
+    /// Reconciles every Prefetch (as a node change does).
+    pub reconcile_all: mpsc::Sender<()>,
+}
+
+/// A poisoned lock still holds consistent data here (every critical section is a plain map
+/// update), so a panic elsewhere must not take the controller down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A cached node's images as planning reads them: normalized and sorted by [`slim_node`].
+pub(crate) fn cached_images(node: &Node) -> std::borrow::Cow<'_, [String]> {
+    let names = node
+        .status
+        .as_ref()
+        .and_then(|s| s.images.as_ref())
+        .and_then(|i| i.first())
+        .and_then(|i| i.names.as_deref());
+    std::borrow::Cow::Borrowed(names.unwrap_or(&[]))
+}
+
+/// `Store::wait_until_ready`, polled afresh every 100 ms: in kube-runtime 5 the readiness
+/// future keeps a single waker, so of several tasks waiting at once (the Controller waits on
+/// this very store) only the last to poll is woken.
+pub(crate) async fn until_ready(store: &Store<Prefetch>) -> Result<(), WriterDropped> {
+    loop {
+        if let Ok(ready) =
+            tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await
+        {
+            return ready;
+        }
+    }
+}
