@@ -1,3 +1,11 @@
+//! `prefetch-controller`: the process. Reads flags ([`shell::config`]), then either prints a
+//! plan for cluster files (`plan -f`, no cluster needed) or runs: metrics and health on
+//! `--metrics-addr`, the Lease campaign, and, while leading, the reconciler and its loops
+//! (`prefetch_controller::shell::reconciler::run`); SIGTERM stops taking work, finishes
+//! writes, hands the Lease back and exits.
+//!
+//! [`shell::config`]: prefetch_controller::shell::config
+
 use std::sync::Arc;
 
 use anyhow::Context;

@@ -9,6 +9,7 @@
 //! failures), the surviving pods, and the nodes' images; deterministic pod names mean no pod
 //! is created twice.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time}
 use prefetch_common::limits::MAX_STATUS_FAILURES;
 use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord};
 
-use crate::core::outcome::{Outcome, read_pod};
+use crate::core::outcome::{Outcome, PodReport, read_pod};
 use crate::core::plan::{ImagePlan, NodePlan};
 use crate::core::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
 
@@ -34,10 +35,16 @@ pub const ROUND_POLL: Duration = Duration::from_secs(10);
 pub struct RoundMemory {
     pub started: Timestamp,
     /// (node, image) -> what happened.
-    pub outcomes: BTreeMap<(String, String), Outcome>,
-    /// A rollout whose images are being prefetched: (requested at, images).
-    pub rollout: Option<(Timestamp, BTreeSet<String>)>,
+    pub outcomes: Outcomes,
+    /// A rollout whose images are being prefetched.
+    pub rollout: Option<OwedRollout>,
 }
+
+/// (node, image) -> what happened.
+pub type Outcomes = BTreeMap<(String, String), Outcome>;
+
+/// A rollout the round owes `prefetched_at` to: (requested at, images).
+pub type OwedRollout = (Timestamp, BTreeSet<String>);
 
 /// One (node, image) outcome a prefetch pod reported, first seen by this reconcile.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +143,236 @@ pub fn cached_status_predates(cached: Option<&PrefetchStatus>, ended: Timestamp)
     })
 }
 
+/// The phases, in order: record a new rollout signal; find the round to work on (the one in
+/// memory, one the status says is running, or one a trigger starts), else idle; work the
+/// round; write the conditions.
+pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
+    let previous = input.prefetch.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    status.observed_generation = input.prefetch.metadata.generation;
+    let mut events = Vec::new();
+
+    // A newer rollout signal is recorded whatever the round state.
+    let mut owed = None;
+    if let Some(signal) = record_rollout_signal(input.rollout, &previous, input.now) {
+        status.last_rollout = Some(signal.record);
+        events.push(signal.event);
+        owed = Some(signal.owed);
+    }
+    let memory = if let Some(memory) = input.memory.cloned() {
+        Some(memory)
+    } else if let Some(resumed) = resume_from_status(&previous) {
+        Some(resumed)
+    } else if let Some(start) = start_round(input, &previous) {
+        status.last_round_start = Some(time(start.memory.started));
+        status.next_round = Some(time(start.next_round));
+        events.push(start.event);
+        Some(start.memory)
+    } else {
+        None
+    };
+    let mut decision = match memory {
+        Some(mut memory) => {
+            if let Some(owed) = owed {
+                memory.rollout = Some(supersede(memory.rollout.take(), owed));
+            }
+            work_round(input, memory, status, events)
+        }
+        None => idle(input, status, events),
+    };
+    decision.status = finalize_conditions(
+        decision.status,
+        &previous,
+        input.prefetch.metadata.generation,
+        input.now,
+    );
+    decision
+}
+
+/// One reconcile of a running round: read the pods, create what fits, count, then end the
+/// round or keep it running. The status's conditions are left to the caller.
+fn work_round(
+    input: &RoundInput<'_>,
+    mut memory: RoundMemory,
+    mut status: PrefetchStatus,
+    mut events: Vec<EventNote>,
+) -> RoundDecision {
+    let pods = read_pods(input, &mut memory.outcomes);
+    status.digests.extend(pods.recorded.digests);
+    let creations = plan_creations(input, &memory.outcomes, &pods.occupied, pods.in_flight);
+    events.extend(creations.not_built);
+    let tally = tally_round(input.plan, &memory.outcomes);
+    write_counters(&mut status, input.plan, &tally);
+    let rollout_latency = mark_rollout_prefetched(input.plan, &mut memory, &mut status, input.now);
+
+    let round_over = tally.open == 0
+        && creations.pods.is_empty()
+        && pods.in_flight == 0
+        && !creations.waiting_on_busy;
+    let (memory, requeue_after) = if round_over {
+        let retry_after = input.prefetch.spec.retry_after_seconds();
+        let wait = end_round(&mut status, memory.started, retry_after, input.now);
+        events.push(round_end_event(&status, &tally.failures));
+        (None, wait)
+    } else {
+        status.phase = Phase::Running;
+        let wait = running_requeue(pods.earliest_deadline, input.now);
+        (Some(memory), wait)
+    };
+    RoundDecision {
+        in_flight: pods.in_flight + creations.pods.len(),
+        create: creations.pods,
+        delete: pods.delete,
+        status,
+        memory,
+        events,
+        requeue_after,
+        observed: pods.recorded.observed,
+        newly_pulled: pods.recorded.newly_pulled,
+        newly_failed: pods.recorded.newly_failed,
+        rollout_latency,
+    }
+}
+
+// --- Phase: record a new rollout signal ---
+
+/// A rollout signal newer than the status's, as this reconcile records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SignalRecord {
+    /// The status's new `last_rollout` (not prefetched yet).
+    record: RolloutRecord,
+    /// What the round now owes `prefetched_at` to.
+    owed: OwedRollout,
+    event: EventNote,
+}
+
+fn record_rollout_signal(
+    signal: Option<&RolloutSignal>,
+    previous: &PrefetchStatus,
+    now: Timestamp,
+) -> Option<SignalRecord> {
+    let signal = signal.filter(|s| is_new_signal(s, previous))?;
+    Some(SignalRecord {
+        record: RolloutRecord {
+            deployment: signal.deployment.clone(),
+            images: signal.images.clone(),
+            requested_at: Some(micro_time(signal.requested_at)),
+            observed_at: Some(micro_time(now)),
+            prefetched_at: None,
+        },
+        owed: (signal.requested_at, signal.images.iter().cloned().collect()),
+        event: EventNote {
+            type_: "Normal",
+            reason: "RolloutSignal",
+            message: format!(
+                "Deployment {} brings {}; prefetching now",
+                signal.deployment,
+                signal.images.join(", ")
+            ),
+        },
+    })
+}
+
+fn is_new_signal(signal: &RolloutSignal, status: &PrefetchStatus) -> bool {
+    let seen = status
+        .last_rollout
+        .as_ref()
+        .and_then(|r| r.requested_at.as_ref())
+        .map(|t| t.0);
+    seen.is_none_or(|seen| signal.requested_at > seen)
+}
+
+/// The rollout the round now owes `prefetched_at` to: the new signal, still owing the images of
+/// an unfinished earlier one. A pod gated for the earlier signal is released when the later
+/// one is prefetched (DESIGN.md section 9), so that must mean its images are done too.
+fn supersede(
+    unfinished: Option<OwedRollout>,
+    (requested_at, mut images): OwedRollout,
+) -> OwedRollout {
+    if let Some((_, earlier)) = unfinished {
+        images.extend(earlier);
+    }
+    (requested_at, images)
+}
+
+// --- Phase: resume or start a round ---
+
+/// The round the status says is running, rebuilt after a controller restart (the memory died
+/// with the previous process): its start, its recorded failures, and the rollout it still owes.
+/// Pulled pairs come back from the nodes' images and the surviving pods.
+fn resume_from_status(previous: &PrefetchStatus) -> Option<RoundMemory> {
+    if previous.phase != Phase::Running {
+        return None;
+    }
+    let start = previous.last_round_start.as_ref()?;
+    let outcomes = previous
+        .failures
+        .iter()
+        .map(|f| {
+            let outcome = Outcome::Failed {
+                reason: f.reason.clone(),
+                message: f.message.clone(),
+            };
+            ((f.node.clone(), f.image.clone()), outcome)
+        })
+        .collect();
+    Some(RoundMemory {
+        started: start.0,
+        outcomes,
+        rollout: unfinished_rollout(previous),
+    })
+}
+
+/// The rollout a resumed round still owes `prefetched_at` to.
+fn unfinished_rollout(status: &PrefetchStatus) -> Option<OwedRollout> {
+    let record = status.last_rollout.as_ref()?;
+    if record.prefetched_at.is_some() {
+        return None;
+    }
+    Some((
+        record.requested_at.as_ref()?.0,
+        record.images.iter().cloned().collect(),
+    ))
+}
+
+/// A round starting now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RoundStart {
+    memory: RoundMemory,
+    /// When the round after it is due (`retry_after` from now).
+    next_round: Timestamp,
+    /// RoundStarted: why, and what the round covers.
+    event: EventNote,
+}
+
+/// A new round, when `round_trigger` calls for one.
+fn start_round(input: &RoundInput<'_>, previous: &PrefetchStatus) -> Option<RoundStart> {
+    let why = round_trigger(input, previous)?;
+    let plan = input.plan;
+    let skipped = match plan.skipped_by_reason() {
+        counts if counts.is_empty() => counts,
+        counts => format!(" ({counts})"),
+    };
+    Some(RoundStart {
+        memory: RoundMemory {
+            started: input.now,
+            outcomes: BTreeMap::new(),
+            rollout: None,
+        },
+        next_round: after(input.now, input.prefetch.spec.retry_after_seconds()),
+        event: EventNote {
+            type_: "Normal",
+            reason: "RoundStarted",
+            message: format!(
+                "{why}: {} image(s) on {} node(s), {} node(s) skipped{skipped}",
+                plan.images.len(),
+                plan.targets.len(),
+                plan.skipped.len(),
+            ),
+        },
+    })
+}
+
 /// Why a new round starts now, if one should.
 fn round_trigger(input: &RoundInput<'_>, status: &PrefetchStatus) -> Option<String> {
     let generation = input.prefetch.metadata.generation;
@@ -150,26 +387,8 @@ fn round_trigger(input: &RoundInput<'_>, status: &PrefetchStatus) -> Option<Stri
     {
         return Some(format!("rollout of Deployment {}", signal.deployment));
     }
-    // What the last round did not cover: an image change the webhook did not signal (its
-    // Deployment hook fails open), or a node that joined.
-    let covered_images: BTreeSet<&String> = status.images.iter().collect();
-    if let Some(image) = input
-        .plan
-        .images
-        .iter()
-        .find(|i| !covered_images.contains(i))
-    {
-        return Some(format!("new image {image}"));
-    }
-    let covered_nodes: BTreeSet<&String> = status.nodes.iter().collect();
-    if let Some(node) = input
-        .plan
-        .targets
-        .iter()
-        .map(|t| &t.node)
-        .find(|n| !covered_nodes.contains(n))
-    {
-        return Some(format!("node {node} joined"));
+    if let Some(why) = uncovered_by_last_round(input.plan, status) {
+        return Some(why);
     }
     if let Some(node) = input.warming_open.first() {
         return Some(format!("node {node} is warming"));
@@ -181,39 +400,230 @@ fn round_trigger(input: &RoundInput<'_>, status: &PrefetchStatus) -> Option<Stri
     (input.now >= next).then(|| "retry_after elapsed".into())
 }
 
-/// The rollout a resumed round still owes `prefetched_at` to (the memory that tracked it died
-/// with the previous process).
-fn unfinished_rollout(status: &PrefetchStatus) -> Option<(Timestamp, BTreeSet<String>)> {
-    let record = status.last_rollout.as_ref()?;
-    if record.prefetched_at.is_some() {
-        return None;
+/// What the last round did not cover: an image change the webhook did not signal (its
+/// Deployment hook fails open), or a node that joined.
+fn uncovered_by_last_round(plan: &ImagePlan, status: &PrefetchStatus) -> Option<String> {
+    let covered_images: BTreeSet<&String> = status.images.iter().collect();
+    if let Some(image) = plan.images.iter().find(|i| !covered_images.contains(i)) {
+        return Some(format!("new image {image}"));
     }
-    Some((
-        record.requested_at.as_ref()?.0,
-        record.images.iter().cloned().collect(),
-    ))
+    let covered_nodes: BTreeSet<&String> = status.nodes.iter().collect();
+    let joined = plan
+        .targets
+        .iter()
+        .map(|t| &t.node)
+        .find(|n| !covered_nodes.contains(n))?;
+    Some(format!("node {joined} joined"))
 }
 
-/// The rollout the round now owes `prefetched_at` to: the new signal, still owing the images of
-/// an unfinished earlier one. A pod gated for the earlier signal is released when the later
-/// one is prefetched (DESIGN.md section 9), so that must mean its images are done too.
-fn supersede(
-    unfinished: Option<(Timestamp, BTreeSet<String>)>,
-    (requested_at, mut images): (Timestamp, BTreeSet<String>),
-) -> (Timestamp, BTreeSet<String>) {
-    if let Some((_, earlier)) = unfinished {
-        images.extend(earlier);
+// --- Phase: idle between rounds ---
+
+/// Between rounds: only stray pods to clean up; look again when the next round is due.
+fn idle(
+    input: &RoundInput<'_>,
+    mut status: PrefetchStatus,
+    events: Vec<EventNote>,
+) -> RoundDecision {
+    write_plan_images(&mut status, input.plan);
+    let next = status.next_round.as_ref().map_or(input.now, |t| t.0);
+    RoundDecision {
+        delete: input
+            .pods
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect(),
+        requeue_after: until(input.now, next).max(Duration::from_secs(1)),
+        status,
+        events,
+        ..RoundDecision::default()
     }
-    (requested_at, images)
 }
 
-fn is_new_signal(signal: &RolloutSignal, status: &PrefetchStatus) -> bool {
-    let seen = status
-        .last_rollout
+/// The plan's images, in and out of a round: an image no workload wants any more leaves the
+/// status (and its digest) now, not at the next round.
+fn write_plan_images(status: &mut PrefetchStatus, plan: &ImagePlan) {
+    status.images = plan.images.clone();
+    status
+        .digests
+        .retain(|image, _| plan.images.contains(image));
+}
+
+// --- Phase: read the pods ---
+
+/// What this Prefetch's pods say, read once per reconcile.
+#[derive(Debug, Default)]
+struct PodsRead {
+    recorded: Recorded,
+    /// Finished pods (their results now recorded) and pods on nodes no longer targeted.
+    delete: Vec<String>,
+    /// Nodes with a pod of ours, terminating ones included: no second pod goes there.
+    occupied: BTreeSet<String>,
+    /// Pods still working (neither finished, unwanted nor terminating).
+    in_flight: usize,
+    /// The first deadline among those, when the controller gives up on a pod itself.
+    earliest_deadline: Option<Timestamp>,
+}
+
+/// Pair outcomes first seen by this reconcile.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// As the pods reported them, digests kept.
+    observed: Vec<Observed>,
+    newly_pulled: usize,
+    /// Reasons, one per failed pair.
+    newly_failed: Vec<String>,
+    /// Image -> digest of the pulls, for the status.
+    digests: BTreeMap<String, String>,
+}
+
+/// Reads every pod: records outcomes not yet in `outcomes`, and sorts the pods into those to
+/// delete and those in flight.
+fn read_pods(input: &RoundInput<'_>, outcomes: &mut Outcomes) -> PodsRead {
+    let targets: BTreeSet<&str> = input.plan.targets.iter().map(|t| t.node.as_str()).collect();
+    let pull_timeout = input.prefetch.spec.pull_timeout_seconds();
+    let mut read = PodsRead::default();
+    for pod in input.pods {
+        let Some(name) = pod.metadata.name.clone() else {
+            continue;
+        };
+        let node = pod_node(pod);
+        let deadline = pod_deadline(pod, pull_timeout, input.now);
+        let report = read_pod(pod, input.now >= deadline);
+        read.recorded.record(&node, &report, outcomes);
+        read.occupied.insert(node.clone());
+        if pod.metadata.deletion_timestamp.is_some() {
+            // Going already: it holds its node until gone, and is neither deleted again nor
+            // counted in flight.
+            continue;
+        }
+        if report.finished || !targets.contains(node.as_str()) {
+            read.delete.push(name);
+        } else {
+            read.in_flight += 1;
+            read.earliest_deadline =
+                Some(read.earliest_deadline.map_or(deadline, |d| d.min(deadline)));
+        }
+    }
+    read
+}
+
+/// The node a prefetch pod was made for (its annotation; empty when missing).
+fn pod_node(pod: &Pod) -> String {
+    pod.metadata
+        .annotations
         .as_ref()
-        .and_then(|r| r.requested_at.as_ref())
-        .map(|t| t.0);
-    seen.is_none_or(|seen| signal.requested_at > seen)
+        .and_then(|a| a.get(NODE_ANNOTATION))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// When the controller gives up on a pod: `pull_timeout` after its creation, plus
+/// [`DEADLINE_GRACE`]. A pod without a creation time counts from now.
+fn pod_deadline(pod: &Pod, pull_timeout_seconds: i64, now: Timestamp) -> Timestamp {
+    let created = pod
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0);
+    after(created, pull_timeout_seconds)
+        .checked_add(DEADLINE_GRACE)
+        .unwrap_or(created)
+}
+
+impl Recorded {
+    /// Records in `outcomes` each outcome of `report` the round has not seen yet.
+    fn record(&mut self, node: &str, report: &PodReport, outcomes: &mut Outcomes) {
+        for (image, outcome) in &report.images {
+            let Some(outcome) = outcome else {
+                continue;
+            };
+            let Entry::Vacant(slot) = outcomes.entry((node.to_string(), image.clone())) else {
+                continue;
+            };
+            self.observed.push(Observed {
+                node: node.to_string(),
+                image: image.clone(),
+                outcome: outcome.clone(),
+            });
+            slot.insert(self.remembered(image, outcome));
+        }
+    }
+
+    /// Counts a new outcome, and returns what the memory keeps of it. The memory holds one
+    /// entry per pair of every running round (hundreds of thousands at scale): a pulled pair's
+    /// digest is kept in the status only.
+    fn remembered(&mut self, image: &str, outcome: &Outcome) -> Outcome {
+        match outcome {
+            Outcome::Pulled { image_id } => {
+                self.newly_pulled += 1;
+                if let Some(id) = image_id {
+                    self.digests.insert(image.to_string(), id.clone());
+                }
+                Outcome::Pulled { image_id: None }
+            }
+            Outcome::Failed { reason, .. } => {
+                self.newly_failed.push(reason.clone());
+                outcome.clone()
+            }
+        }
+    }
+}
+
+// --- Phase: plan the creations ---
+
+/// The pods this reconcile creates.
+#[derive(Debug, Default)]
+struct Creations {
+    pods: Vec<Pod>,
+    /// PodNotBuilt warnings, for targets whose pod could not be built.
+    not_built: Vec<EventNote>,
+    /// A target that still needs images waits on a node busy with another Prefetch's pod: the
+    /// round is not over, though nothing of ours is in flight.
+    waiting_on_busy: bool,
+}
+
+/// A pod for each target that still needs images, warming nodes first, within `max_parallel`
+/// (counting the pods in flight), skipping nodes with a pod already (ours or another
+/// Prefetch's: one per node at a time).
+fn plan_creations(
+    input: &RoundInput<'_>,
+    outcomes: &Outcomes,
+    occupied: &BTreeSet<String>,
+    in_flight: usize,
+) -> Creations {
+    let capacity = usize::try_from(input.prefetch.spec.max_parallel())
+        .unwrap_or(1)
+        .saturating_sub(in_flight);
+    let mut creations = Creations::default();
+    for target in creation_order(&input.plan.targets) {
+        let needed = still_needed(target, outcomes);
+        if needed.is_empty() || occupied.contains(&target.node) {
+            continue;
+        }
+        if input.busy_nodes.contains(&target.node) {
+            creations.waiting_on_busy = true;
+            continue;
+        }
+        if creations.pods.len() >= capacity {
+            break;
+        }
+        match prefetch_pod(&PodRequest {
+            prefetch: input.prefetch,
+            node: &target.node,
+            images: &needed,
+            pull_secrets: &input.plan.pull_secrets,
+            noop_image: input.noop_image,
+            warmup_taint: input.warmup_taint,
+        }) {
+            Ok(pod) => creations.pods.push(pod),
+            Err(err) => creations.not_built.push(EventNote {
+                type_: "Warning",
+                reason: "PodNotBuilt",
+                message: err.to_string(),
+            }),
+        }
+    }
+    creations
 }
 
 /// The order in which targets get pods: warming nodes first (DESIGN.md section 8), so they take
@@ -224,334 +634,180 @@ fn creation_order(targets: &[NodePlan]) -> impl Iterator<Item = &NodePlan> {
     warming.into_iter().chain(others)
 }
 
-pub fn reconcile_round(input: &RoundInput<'_>) -> RoundDecision {
-    let prefetch = input.prefetch;
-    let spec = &prefetch.spec;
-    let previous = prefetch.status.clone().unwrap_or_default();
-    let now = input.now;
-    let mut decision = RoundDecision::default();
-    let mut status = previous.clone();
-    status.observed_generation = prefetch.metadata.generation;
-
-    // A newer rollout signal is recorded whatever the round state.
-    let mut memory = input.memory.cloned();
-    let mut new_rollout = None;
-    if let Some(signal) = input.rollout
-        && is_new_signal(signal, &previous)
-    {
-        status.last_rollout = Some(RolloutRecord {
-            deployment: signal.deployment.clone(),
-            images: signal.images.clone(),
-            requested_at: Some(micro_time(signal.requested_at)),
-            observed_at: Some(micro_time(now)),
-            prefetched_at: None,
-        });
-        new_rollout = Some((
-            signal.requested_at,
-            signal.images.iter().cloned().collect::<BTreeSet<_>>(),
-        ));
-        decision.events.push(EventNote {
-            type_: "Normal",
-            reason: "RolloutSignal",
-            message: format!(
-                "Deployment {} brings {}; prefetching now",
-                signal.deployment,
-                signal.images.join(", ")
-            ),
-        });
-    }
-
-    // Resume a round the status says is running (controller restarted), or start one.
-    if memory.is_none()
-        && previous.phase == Phase::Running
-        && let Some(start) = &previous.last_round_start
-    {
-        let outcomes = previous
-            .failures
-            .iter()
-            .map(|f| {
-                (
-                    (f.node.clone(), f.image.clone()),
-                    Outcome::Failed {
-                        reason: f.reason.clone(),
-                        message: f.message.clone(),
-                    },
-                )
-            })
-            .collect();
-        memory = Some(RoundMemory {
-            started: start.0,
-            outcomes,
-            rollout: unfinished_rollout(&previous),
-        });
-    }
-    if memory.is_none()
-        && let Some(why) = round_trigger(input, &previous)
-    {
-        memory = Some(RoundMemory {
-            started: now,
-            outcomes: BTreeMap::new(),
-            rollout: None,
-        });
-        status.last_round_start = Some(time(now));
-        status.next_round = Some(time(after(now, spec.retry_after_seconds())));
-        decision.events.push(EventNote {
-            type_: "Normal",
-            reason: "RoundStarted",
-            message: format!(
-                "{why}: {} image(s) on {} node(s), {} node(s) skipped{}",
-                input.plan.images.len(),
-                input.plan.targets.len(),
-                input.plan.skipped.len(),
-                match input.plan.skipped_by_reason() {
-                    counts if counts.is_empty() => counts,
-                    counts => format!(" ({counts})"),
-                }
-            ),
-        });
-    }
-    let Some(mut memory) = memory else {
-        // Idle between rounds: only stray pods to clean up.
-        decision.delete = input
-            .pods
-            .iter()
-            .filter_map(|p| p.metadata.name.clone())
-            .collect();
-        status.images = input.plan.images.clone();
-        // An image no workload wants any more leaves the status now, not at the next round.
-        status
-            .digests
-            .retain(|image, _| input.plan.images.contains(image));
-        decision.status = finalize_conditions(status, &previous, prefetch.metadata.generation, now);
-        let next = decision.status.next_round.as_ref().map_or(now, |t| t.0);
-        decision.requeue_after = until(now, next).max(Duration::from_secs(1));
-        return decision;
-    };
-    if let Some(rollout) = new_rollout {
-        memory.rollout = Some(supersede(memory.rollout.take(), rollout));
-    }
-
-    // Read every pod: record outcomes, delete the finished and the unwanted.
-    let targets: BTreeMap<&str, &NodePlan> = input
-        .plan
-        .targets
+/// The images a target still has to pull this round: those without an outcome.
+fn still_needed(target: &NodePlan, outcomes: &Outcomes) -> Vec<String> {
+    target
+        .pull
         .iter()
-        .map(|t| (t.node.as_str(), t))
-        .collect();
-    let mut occupied = BTreeSet::new();
-    let mut in_flight = 0usize;
-    let mut earliest_deadline: Option<Timestamp> = None;
-    for pod in input.pods {
-        let Some(name) = pod.metadata.name.clone() else {
-            continue;
-        };
-        let node = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(NODE_ANNOTATION))
-            .cloned()
-            .unwrap_or_default();
-        let terminating = pod.metadata.deletion_timestamp.is_some();
-        let created = pod
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(now, |t| t.0);
-        let deadline = after(created, spec.pull_timeout_seconds())
-            .checked_add(DEADLINE_GRACE)
-            .unwrap_or(created);
-        let report = read_pod(pod, now >= deadline);
-        for (image, outcome) in &report.images {
-            if let Some(outcome) = outcome {
-                let key = (node.clone(), image.clone());
-                if let std::collections::btree_map::Entry::Vacant(slot) = memory.outcomes.entry(key)
-                {
-                    decision.observed.push(Observed {
-                        node: node.clone(),
-                        image: image.clone(),
-                        outcome: outcome.clone(),
-                    });
-                    // The memory holds one entry per pair of every running round (hundreds of
-                    // thousands at scale): keep a pulled pair's digest in the status only.
-                    let remembered = match outcome {
-                        Outcome::Pulled { image_id } => {
-                            decision.newly_pulled += 1;
-                            if let Some(id) = image_id {
-                                status.digests.insert(image.clone(), id.clone());
-                            }
-                            Outcome::Pulled { image_id: None }
-                        }
-                        Outcome::Failed { reason, .. } => {
-                            decision.newly_failed.push(reason.clone());
-                            outcome.clone()
-                        }
-                    };
-                    slot.insert(remembered);
-                }
-            }
-        }
-        occupied.insert(node.clone());
-        if terminating {
-            continue;
-        }
-        if report.finished || !targets.contains_key(node.as_str()) {
-            decision.delete.push(name);
-        } else {
-            in_flight += 1;
-            earliest_deadline =
-                Some(earliest_deadline.map_or(deadline, |d: Timestamp| d.min(deadline)));
-        }
-    }
+        .filter(|image| !outcomes.contains_key(&(target.node.clone(), (*image).clone())))
+        .cloned()
+        .collect()
+}
 
-    // Create pods for nodes that still need images, within the limits.
-    let capacity = usize::try_from(spec.max_parallel())
-        .unwrap_or(1)
-        .saturating_sub(in_flight);
-    let mut waiting_on_busy = false;
-    for target in creation_order(&input.plan.targets) {
-        let needed: Vec<String> = target
-            .pull
-            .iter()
-            .filter(|image| {
-                !memory
-                    .outcomes
-                    .contains_key(&(target.node.clone(), (*image).clone()))
-            })
-            .cloned()
-            .collect();
-        if needed.is_empty() || occupied.contains(&target.node) {
-            continue;
-        }
-        if input.busy_nodes.contains(&target.node) {
-            waiting_on_busy = true;
-            continue;
-        }
-        if decision.create.len() >= capacity {
-            break;
-        }
-        match prefetch_pod(&PodRequest {
-            prefetch,
-            node: &target.node,
-            images: &needed,
-            pull_secrets: &input.plan.pull_secrets,
-            noop_image: input.noop_image,
-            warmup_taint: input.warmup_taint,
-        }) {
-            Ok(pod) => decision.create.push(pod),
-            Err(err) => decision.events.push(EventNote {
-                type_: "Warning",
-                reason: "PodNotBuilt",
-                message: err.to_string(),
-            }),
-        }
-    }
-    decision.in_flight = in_flight + decision.create.len();
+// --- Phase: count the round ---
 
-    // Tally the round over the current plan.
-    let mut ready = 0i64;
-    let mut failures = Vec::new();
-    let mut open = 0usize;
-    for target in &input.plan.targets {
-        ready += target.present.len() as i64;
+/// The round over the current plan.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    /// Pairs present on their node or pulled.
+    ready: i64,
+    /// Every failed pair, by node then image.
+    failures: Vec<PullFailure>,
+    /// Pairs without an outcome yet.
+    open: usize,
+}
+
+fn tally_round(plan: &ImagePlan, outcomes: &Outcomes) -> Tally {
+    let mut tally = Tally::default();
+    for target in &plan.targets {
+        tally.ready += target.present.len() as i64;
         for image in &target.pull {
-            match memory.outcomes.get(&(target.node.clone(), image.clone())) {
-                Some(Outcome::Pulled { .. }) => ready += 1,
-                Some(Outcome::Failed { reason, message }) => failures.push(PullFailure {
+            match outcomes.get(&(target.node.clone(), image.clone())) {
+                Some(Outcome::Pulled { .. }) => tally.ready += 1,
+                Some(Outcome::Failed { reason, message }) => tally.failures.push(PullFailure {
                     node: target.node.clone(),
                     image: image.clone(),
                     reason: reason.clone(),
                     message: message.clone(),
                 }),
-                None => open += 1,
+                None => tally.open += 1,
             }
         }
     }
-    status
-        .digests
-        .retain(|image, _| input.plan.images.contains(image));
-    status.images = input.plan.images.clone();
-    status.nodes = input.plan.targets.iter().map(|t| t.node.clone()).collect();
-    status.total = input.plan.total_pairs() as i64;
-    status.ready = ready;
-    status.failed = failures.len() as i64;
-    failures.sort_by(|a, b| (&a.node, &a.image).cmp(&(&b.node, &b.image)));
-    let failure_summary: Vec<String> = failures
+    tally
+        .failures
+        .sort_by(|a, b| (&a.node, &a.image).cmp(&(&b.node, &b.image)));
+    tally
+}
+
+/// The status's view of the round: images, nodes, counters, and the first failures (the
+/// status holds at most `MAX_STATUS_FAILURES`; `failed` counts them all).
+fn write_counters(status: &mut PrefetchStatus, plan: &ImagePlan, tally: &Tally) {
+    write_plan_images(status, plan);
+    status.nodes = plan.targets.iter().map(|t| t.node.clone()).collect();
+    status.total = plan.total_pairs() as i64;
+    status.ready = tally.ready;
+    status.failed = tally.failures.len() as i64;
+    status.failures = tally.failures[..tally.failures.len().min(MAX_STATUS_FAILURES)].to_vec();
+}
+
+// --- Phase: mark the rollout prefetched ---
+
+/// Once every target has an outcome for each image of the rollout the round owes, records
+/// `prefetched_at` (what releases the pods held for it, DESIGN.md section 9), forgets the
+/// rollout, and returns the time from its signal.
+fn mark_rollout_prefetched(
+    plan: &ImagePlan,
+    memory: &mut RoundMemory,
+    status: &mut PrefetchStatus,
+    now: Timestamp,
+) -> Option<Duration> {
+    let (requested_at, images) = memory.rollout.as_ref()?;
+    if !rollout_done(plan, &memory.outcomes, images) {
+        return None;
+    }
+    let requested_at = *requested_at;
+    // A newer signal in the status is not this one's to mark.
+    if let Some(record) = status.last_rollout.as_mut()
+        && record.requested_at.as_ref().map(|t| t.0) == Some(requested_at)
+    {
+        record.prefetched_at = Some(micro_time(now));
+    }
+    memory.rollout = None;
+    Some(until(requested_at, now))
+}
+
+/// Whether every target has each of `images` (among those it wants) present or with an outcome.
+fn rollout_done(plan: &ImagePlan, outcomes: &Outcomes, images: &BTreeSet<String>) -> bool {
+    plan.targets.iter().all(|t| {
+        images.iter().all(|image| {
+            t.present.contains(image)
+                || !t.pull.contains(image)
+                || outcomes.contains_key(&(t.node.clone(), image.clone()))
+        })
+    })
+}
+
+// --- Phase: end the round, or keep it running ---
+
+/// Ends a round with nothing left to do: its phase, end time and when the next one is due
+/// (`retry_after` from its start, not before now). Returns how long until then (a second at
+/// least).
+fn end_round(
+    status: &mut PrefetchStatus,
+    started: Timestamp,
+    retry_after_seconds: i64,
+    now: Timestamp,
+) -> Duration {
+    status.phase = if status.failed == 0 {
+        Phase::Succeeded
+    } else {
+        Phase::Failed
+    };
+    status.last_round_end = Some(time(now));
+    let next = after(started, retry_after_seconds).max(now);
+    status.next_round = Some(time(next));
+    until(now, next).max(Duration::from_secs(1))
+}
+
+/// RoundSucceeded, or RoundFailed naming the first five `failures` (by node then image).
+fn round_end_event(status: &PrefetchStatus, failures: &[PullFailure]) -> EventNote {
+    if status.failed == 0 {
+        return EventNote {
+            type_: "Normal",
+            reason: "RoundSucceeded",
+            message: format!(
+                "{} of {} node x image pairs ready on {} node(s)",
+                status.ready,
+                status.total,
+                status.nodes.len()
+            ),
+        };
+    }
+    let summary: Vec<String> = failures
         .iter()
         .take(5)
         .map(|f| format!("{} on {} ({})", f.image, f.node, f.reason))
         .collect();
-    failures.truncate(MAX_STATUS_FAILURES);
-    status.failures = failures;
+    EventNote {
+        type_: "Warning",
+        reason: "RoundFailed",
+        message: format!(
+            "{} of {} pairs failed: {}{}",
+            status.failed,
+            status.total,
+            summary.join("; "),
+            if status.failed > 5 { "; ..." } else { "" }
+        ),
+    }
+}
 
-    // A rollout is prefetched once every target has an outcome for each of its images.
-    if let Some((requested_at, images)) = &memory.rollout {
-        let done = input.plan.targets.iter().all(|t| {
-            images.iter().all(|image| {
-                t.present.contains(image)
-                    || !t.pull.contains(image)
-                    || memory
-                        .outcomes
-                        .contains_key(&(t.node.clone(), image.clone()))
-            })
-        });
-        if done {
-            decision.rollout_latency = Some(until(*requested_at, now));
-            // What releases the pods held for this rollout (DESIGN.md section 9).
-            if let Some(record) = status.last_rollout.as_mut()
-                && record.requested_at.as_ref().map(|t| t.0) == Some(*requested_at)
-            {
-                record.prefetched_at = Some(micro_time(now));
-            }
-            memory.rollout = None;
+/// How soon to look again at a running round: at its first pod deadline (at least a second
+/// away), and within [`ROUND_POLL`] for what no watch reports (busy nodes, deadlines).
+fn running_requeue(earliest_deadline: Option<Timestamp>, now: Timestamp) -> Duration {
+    earliest_deadline
+        .map_or(ROUND_POLL, |d| until(now, d).max(Duration::from_secs(1)))
+        .min(ROUND_POLL)
+}
+
+// --- Conditions ---
+
+/// A condition's status, reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ConditionState {
+    status: String,
+    reason: String,
+    message: String,
+}
+
+impl ConditionState {
+    fn new(status: &str, reason: &str, message: impl Into<String>) -> Self {
+        ConditionState {
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
         }
     }
-
-    let round_over = open == 0 && decision.create.is_empty() && in_flight == 0 && !waiting_on_busy;
-    if round_over {
-        status.phase = if status.failed == 0 {
-            Phase::Succeeded
-        } else {
-            Phase::Failed
-        };
-        status.last_round_end = Some(time(now));
-        let next = after(memory.started, spec.retry_after_seconds()).max(now);
-        status.next_round = Some(time(next));
-        decision.events.push(if status.failed == 0 {
-            EventNote {
-                type_: "Normal",
-                reason: "RoundSucceeded",
-                message: format!(
-                    "{} of {} node x image pairs ready on {} node(s)",
-                    status.ready,
-                    status.total,
-                    status.nodes.len()
-                ),
-            }
-        } else {
-            EventNote {
-                type_: "Warning",
-                reason: "RoundFailed",
-                message: format!(
-                    "{} of {} pairs failed: {}{}",
-                    status.failed,
-                    status.total,
-                    failure_summary.join("; "),
-                    if status.failed > 5 { "; ..." } else { "" }
-                ),
-            }
-        });
-        decision.requeue_after = until(now, next).max(Duration::from_secs(1));
-        decision.memory = None;
-    } else {
-        status.phase = Phase::Running;
-        let deadline_wait =
-            earliest_deadline.map_or(ROUND_POLL, |d| until(now, d).max(Duration::from_secs(1)));
-        decision.requeue_after = deadline_wait.min(ROUND_POLL);
-        decision.memory = Some(memory);
-    }
-    decision.status = finalize_conditions(status, &previous, prefetch.metadata.generation, now);
-    decision
 }
 
 /// Ready, Progressing and Degraded, keeping each condition's lastTransitionTime while its
@@ -562,43 +818,64 @@ fn finalize_conditions(
     generation: Option<i64>,
     now: Timestamp,
 ) -> PrefetchStatus {
-    let running = status.phase == Phase::Running;
-    let last_ok = match status.phase {
-        Phase::Succeeded => Some(true),
-        Phase::Failed => Some(false),
-        _ => None,
-    };
-    let ready = match last_ok {
-        Some(true) => (
-            "True".to_string(),
-            "RoundSucceeded".to_string(),
+    let states = [
+        ("Ready", ready_state(&status, previous)),
+        ("Progressing", progressing_state(&status)),
+        ("Degraded", degraded_state(&status)),
+    ];
+    status.conditions = states
+        .into_iter()
+        .map(|(type_, state)| {
+            let before = previous.conditions.iter().find(|c| c.type_ == type_);
+            let transition = match before {
+                Some(c) if c.status == state.status => c.last_transition_time.clone(),
+                _ => time(now),
+            };
+            Condition {
+                type_: type_.into(),
+                status: state.status,
+                reason: state.reason,
+                message: state.message,
+                observed_generation: generation,
+                last_transition_time: transition,
+            }
+        })
+        .collect();
+    status
+}
+
+/// Ready: the outcome of the last completed round.
+fn ready_state(status: &PrefetchStatus, previous: &PrefetchStatus) -> ConditionState {
+    match status.phase {
+        Phase::Succeeded => ConditionState::new(
+            "True",
+            "RoundSucceeded",
             format!(
                 "{} of {} node x image pairs ready",
                 status.ready, status.total
             ),
         ),
-        Some(false) => (
-            "False".into(),
-            "RoundFailed".into(),
+        Phase::Failed => ConditionState::new(
+            "False",
+            "RoundFailed",
             format!(
                 "{} of {} pairs failed in the last round",
                 status.failed, status.total
             ),
         ),
-        None => match previous.conditions.iter().find(|c| c.type_ == "Ready") {
-            // Mid-round, readiness is that of the last completed round.
-            Some(c) => (c.status.clone(), c.reason.clone(), c.message.clone()),
-            None => (
-                "False".into(),
-                "FirstRoundRunning".into(),
-                "the first round is running".into(),
-            ),
+        // Mid-round, readiness is that of the last completed round.
+        _ => match previous.conditions.iter().find(|c| c.type_ == "Ready") {
+            Some(c) => ConditionState::new(&c.status, &c.reason, c.message.clone()),
+            None => ConditionState::new("False", "FirstRoundRunning", "the first round is running"),
         },
-    };
-    let progressing = if running {
-        (
-            "True".to_string(),
-            "RoundRunning".to_string(),
+    }
+}
+
+fn progressing_state(status: &PrefetchStatus) -> ConditionState {
+    if status.phase == Phase::Running {
+        ConditionState::new(
+            "True",
+            "RoundRunning",
             format!(
                 "{} of {} pairs done",
                 status.ready + status.failed,
@@ -606,44 +883,20 @@ fn finalize_conditions(
             ),
         )
     } else {
-        (
-            "False".into(),
-            "RoundComplete".into(),
-            "waiting for the next round".into(),
-        )
-    };
-    let degraded = if status.failed > 0 {
-        (
-            "True".to_string(),
-            "PullFailures".to_string(),
+        ConditionState::new("False", "RoundComplete", "waiting for the next round")
+    }
+}
+
+fn degraded_state(status: &PrefetchStatus) -> ConditionState {
+    if status.failed > 0 {
+        ConditionState::new(
+            "True",
+            "PullFailures",
             format!("{} pull(s) failed", status.failed),
         )
     } else {
-        ("False".into(), "NoFailures".into(), "no pull failed".into())
-    };
-    status.conditions = [
-        ("Ready", ready),
-        ("Progressing", progressing),
-        ("Degraded", degraded),
-    ]
-    .into_iter()
-    .map(|(type_, (state, reason, message))| {
-        let before = previous.conditions.iter().find(|c| c.type_ == type_);
-        let transition = match before {
-            Some(c) if c.status == *state => c.last_transition_time.clone(),
-            _ => time(now),
-        };
-        Condition {
-            type_: type_.into(),
-            status: state,
-            reason,
-            message,
-            observed_generation: generation,
-            last_transition_time: transition,
-        }
-    })
-    .collect();
-    status
+        ConditionState::new("False", "NoFailures", "no pull failed")
+    }
 }
 
 #[cfg(test)]
@@ -712,7 +965,6 @@ mod tests {
         pod
     }
 
-    /// The kubelet pulled every image of every pod in `created`.
     /// The created pods as the kubelet reports them, every container in `state`.
     fn all_in(created: &[Pod], at: Timestamp, state: Value) -> Vec<Pod> {
         created
@@ -721,6 +973,7 @@ mod tests {
             .collect()
     }
 
+    /// The kubelet pulled every image of every pod in `created`.
     fn all_pulled(created: &[Pod], at: Timestamp) -> Vec<Pod> {
         all_in(created, at, pulled())
     }
@@ -758,21 +1011,25 @@ mod tests {
             }
         }
 
-        fn step(
-            &self,
-            pods: &[Pod],
-            memory: Option<&RoundMemory>,
-            now: Timestamp,
-        ) -> RoundDecision {
-            let plan = plan_images(
+        fn plan(&self) -> ImagePlan {
+            plan_images(
                 &self.prefetch,
                 &self.deployments,
                 &self.nodes,
                 Some(WARMING),
-            );
-            reconcile_round(&RoundInput {
+            )
+        }
+
+        fn input<'a>(
+            &'a self,
+            plan: &'a ImagePlan,
+            pods: &'a [Pod],
+            memory: Option<&'a RoundMemory>,
+            now: Timestamp,
+        ) -> RoundInput<'a> {
+            RoundInput {
                 prefetch: &self.prefetch,
-                plan: &plan,
+                plan,
                 pods,
                 busy_nodes: &self.busy,
                 rollout: self.rollout.as_ref(),
@@ -781,7 +1038,17 @@ mod tests {
                 noop_image: "kube-prefetch/controller:dev",
                 warmup_taint: Some(WARMING),
                 warming_open: &self.warming_open,
-            })
+            }
+        }
+
+        fn step(
+            &self,
+            pods: &[Pod],
+            memory: Option<&RoundMemory>,
+            now: Timestamp,
+        ) -> RoundDecision {
+            let plan = self.plan();
+            reconcile_round(&self.input(&plan, pods, memory, now))
         }
     }
 
@@ -793,6 +1060,11 @@ mod tests {
 
     fn condition<'a>(status: &'a PrefetchStatus, type_: &str) -> &'a Condition {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    /// (total, ready, failed)
+    fn counts(status: &PrefetchStatus) -> (i64, i64, i64) {
+        (status.total, status.ready, status.failed)
     }
 
     #[test]
@@ -809,10 +1081,7 @@ mod tests {
             ]
         );
         assert_eq!(first.status.phase, Phase::Running);
-        assert_eq!(
-            (first.status.total, first.status.ready, first.status.failed),
-            (3, 0, 0)
-        );
+        assert_eq!(counts(&first.status), (3, 0, 0));
         assert_eq!(
             first.status.nodes,
             ["kind-worker", "kind-worker2", "kind-worker3"]
@@ -834,14 +1103,7 @@ mod tests {
         assert!(second.create.is_empty());
         assert_eq!(second.delete, names(&first.create));
         assert_eq!(second.status.phase, Phase::Succeeded);
-        assert_eq!(
-            (
-                second.status.total,
-                second.status.ready,
-                second.status.failed
-            ),
-            (3, 3, 0)
-        );
+        assert_eq!(counts(&second.status), (3, 3, 0));
         assert_eq!(
             second.status.digests.get(NGINX).map(String::as_str),
             Some("sha256:0")
@@ -1526,5 +1788,606 @@ mod tests {
             names(&warm.create),
             ["prefetch-prefetch-sample-kind-worker3"]
         );
+    }
+
+    // --- Each phase on its own ---
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn target(node: &str, pull: &[&str], present: &[&str]) -> NodePlan {
+        NodePlan {
+            node: node.into(),
+            pull: strings(pull),
+            present: strings(present),
+            ..NodePlan::default()
+        }
+    }
+
+    fn plan_of(images: &[&str], targets: Vec<NodePlan>) -> ImagePlan {
+        ImagePlan {
+            images: strings(images),
+            targets,
+            ..ImagePlan::default()
+        }
+    }
+
+    fn pulled_pair() -> Outcome {
+        Outcome::Pulled { image_id: None }
+    }
+
+    fn failed_pair(reason: &str) -> Outcome {
+        Outcome::Failed {
+            reason: reason.into(),
+            message: "manifest unknown".into(),
+        }
+    }
+
+    fn outcomes_of(pairs: &[(&str, &str, Outcome)]) -> Outcomes {
+        pairs
+            .iter()
+            .map(|(node, image, outcome)| ((node.to_string(), image.to_string()), outcome.clone()))
+            .collect()
+    }
+
+    fn rollout_record(images: &[&str], requested_at: Timestamp) -> RolloutRecord {
+        RolloutRecord {
+            deployment: "nginx".into(),
+            images: strings(images),
+            requested_at: Some(MicroTime(requested_at)),
+            observed_at: Some(MicroTime(requested_at)),
+            prefetched_at: None,
+        }
+    }
+
+    #[test]
+    fn a_new_signal_is_recorded_once_and_owes_its_images() {
+        let at = t("2026-11-22T10:00:19.5Z");
+        let now = t("2026-11-22T10:00:20Z");
+        let signal = RolloutSignal {
+            deployment: "nginx".into(),
+            images: strings(&["a:1", "b:1"]),
+            requested_at: at,
+        };
+        let recorded = record_rollout_signal(Some(&signal), &PrefetchStatus::default(), now)
+            .expect("a first signal is new");
+        assert_eq!(
+            recorded.record,
+            RolloutRecord {
+                observed_at: Some(MicroTime(now)),
+                ..rollout_record(&["a:1", "b:1"], at)
+            }
+        );
+        assert_eq!(recorded.owed, (at, ["a:1".into(), "b:1".into()].into()));
+        assert_eq!(
+            recorded.event.message,
+            "Deployment nginx brings a:1, b:1; prefetching now"
+        );
+
+        let seen = PrefetchStatus {
+            last_rollout: Some(recorded.record),
+            ..PrefetchStatus::default()
+        };
+        assert_eq!(record_rollout_signal(Some(&signal), &seen, now), None);
+        let older = RolloutSignal {
+            requested_at: t("2026-11-22T10:00:19Z"),
+            ..signal.clone()
+        };
+        assert_eq!(record_rollout_signal(Some(&older), &seen, now), None);
+        assert_eq!(record_rollout_signal(None, &seen, now), None);
+    }
+
+    #[test]
+    fn a_running_status_resumes_its_round_with_its_failures_and_rollout() {
+        let t0 = t("2026-11-22T10:00:00Z");
+        let mut status = PrefetchStatus {
+            phase: Phase::Running,
+            last_round_start: Some(Time(t0)),
+            failures: vec![PullFailure {
+                node: "kind-worker2".into(),
+                image: NGINX.into(),
+                reason: "ErrImagePull".into(),
+                message: "manifest unknown".into(),
+            }],
+            last_rollout: Some(rollout_record(&[NGINX], t0)),
+            ..PrefetchStatus::default()
+        };
+        let resumed = resume_from_status(&status).expect("running");
+        assert_eq!(resumed.started, t0);
+        assert_eq!(
+            resumed.outcomes,
+            outcomes_of(&[("kind-worker2", NGINX, failed_pair("ErrImagePull"))])
+        );
+        assert_eq!(resumed.rollout, Some((t0, [NGINX.to_string()].into())));
+
+        status.last_rollout.as_mut().unwrap().prefetched_at = Some(MicroTime(t0));
+        assert_eq!(
+            resume_from_status(&status).unwrap().rollout,
+            None,
+            "a prefetched rollout is owed nothing"
+        );
+        status.last_round_start = None;
+        assert_eq!(resume_from_status(&status), None, "no start to resume");
+        status.last_round_start = Some(Time(t0));
+        status.phase = Phase::Succeeded;
+        assert_eq!(resume_from_status(&status), None, "only a running round");
+    }
+
+    #[test]
+    fn a_round_starts_only_when_a_trigger_calls_for_it() {
+        let world = World::walkthrough();
+        let plan = world.plan();
+        let t0 = t("2026-11-22T10:00:00Z");
+        let start = start_round(
+            &world.input(&plan, &[], None, t0),
+            &PrefetchStatus::default(),
+        )
+        .expect("the first round");
+        assert_eq!(
+            start.memory,
+            RoundMemory {
+                started: t0,
+                outcomes: BTreeMap::new(),
+                rollout: None
+            }
+        );
+        assert_eq!(start.next_round, t("2026-11-22T10:01:00Z"));
+        assert_eq!(
+            start.event.message,
+            "first round: 1 image(s) on 3 node(s), 1 node(s) skipped (NameFilter: 1)"
+        );
+
+        // The last round covered this plan: only retry_after starts the next.
+        let covered = PrefetchStatus {
+            observed_generation: Some(1),
+            images: plan.images.clone(),
+            nodes: plan.targets.iter().map(|t| t.node.clone()).collect(),
+            last_round_start: Some(Time(t0)),
+            next_round: Some(Time(start.next_round)),
+            ..PrefetchStatus::default()
+        };
+        let before = world.input(&plan, &[], None, t("2026-11-22T10:00:59Z"));
+        assert_eq!(start_round(&before, &covered), None);
+        let due = world.input(&plan, &[], None, t("2026-11-22T10:01:00Z"));
+        assert_eq!(
+            round_trigger(&due, &covered).as_deref(),
+            Some("retry_after elapsed")
+        );
+    }
+
+    #[test]
+    fn what_the_last_round_did_not_cover_is_named_images_first() {
+        let plan = plan_of(
+            &["a:1", "b:1"],
+            vec![
+                target("n1", &["a:1", "b:1"], &[]),
+                target("n2", &["a:1", "b:1"], &[]),
+            ],
+        );
+        let mut status = PrefetchStatus {
+            images: strings(&["a:1"]),
+            nodes: strings(&["n1"]),
+            ..PrefetchStatus::default()
+        };
+        let uncovered = |status: &PrefetchStatus| uncovered_by_last_round(&plan, status);
+        assert_eq!(uncovered(&status).as_deref(), Some("new image b:1"));
+        status.images.push("b:1".into());
+        assert_eq!(uncovered(&status).as_deref(), Some("node n2 joined"));
+        status.nodes.extend(strings(&["n2", "n3"]));
+        assert_eq!(uncovered(&status), None, "a node gone starts nothing");
+    }
+
+    #[test]
+    fn idle_deletes_stray_pods_and_waits_for_the_next_round() {
+        let world = World::walkthrough();
+        let plan = world.plan();
+        let t0 = t("2026-11-22T10:00:00Z");
+        let strays = all_creating(&world.step(&[], None, t0).create[..1], t0);
+        let redis = "docker.io/library/redis:7".to_string();
+        let status = PrefetchStatus {
+            images: vec![redis.clone()],
+            digests: [
+                (redis, "sha256:1".into()),
+                (NGINX.into(), "sha256:2".into()),
+            ]
+            .into(),
+            next_round: Some(Time(t("2026-11-22T10:01:00Z"))),
+            ..PrefetchStatus::default()
+        };
+        let now = t("2026-11-22T10:00:30Z");
+        let idle_now = idle(
+            &world.input(&plan, &strays, None, now),
+            status.clone(),
+            Vec::new(),
+        );
+        assert_eq!(idle_now.delete, names(&strays));
+        assert!(idle_now.create.is_empty() && idle_now.memory.is_none());
+        assert_eq!(idle_now.requeue_after, Duration::from_secs(30));
+        assert_eq!(idle_now.status.images, [NGINX]);
+        assert_eq!(idle_now.status.digests.keys().collect::<Vec<_>>(), [NGINX]);
+
+        let late = t("2026-11-22T10:05:00Z");
+        let overdue = idle(&world.input(&plan, &[], None, late), status, Vec::new());
+        assert_eq!(overdue.requeue_after, Duration::from_secs(1), "never 0");
+    }
+
+    #[test]
+    fn reading_pods_records_each_outcome_once_and_sorts_the_pods() {
+        let mut world = World::walkthrough();
+        world.nodes.push(node("kind-worker4", &[]));
+        let t0 = t("2026-11-22T10:00:00Z");
+        let created = world.step(&[], None, t0).create;
+        let mut terminating = kubelet(created[3].clone(), t0, &[creating()]);
+        terminating.metadata.deletion_timestamp = Some(Time(t0));
+        let pods = vec![
+            kubelet(created[0].clone(), t0, &[pulled()]),
+            kubelet(created[1].clone(), t0, &[creating()]),
+            kubelet(created[2].clone(), t0, &[creating()]),
+            terminating,
+        ];
+        world
+            .nodes
+            .retain(|n| n.metadata.name.as_deref() != Some("kind-worker3"));
+        let plan = world.plan();
+        let now = t("2026-11-22T10:00:05Z");
+        let mut outcomes = Outcomes::new();
+
+        let read = read_pods(&world.input(&plan, &pods, None, now), &mut outcomes);
+        assert_eq!(
+            read.delete,
+            [
+                "prefetch-prefetch-sample-kind-worker",
+                "prefetch-prefetch-sample-kind-worker3"
+            ],
+            "finished, and no longer targeted"
+        );
+        assert_eq!(read.in_flight, 1, "kind-worker2; kind-worker4's is going");
+        assert_eq!(
+            read.occupied,
+            [
+                "kind-worker",
+                "kind-worker2",
+                "kind-worker3",
+                "kind-worker4"
+            ]
+            .map(String::from)
+            .into()
+        );
+        assert_eq!(
+            read.earliest_deadline,
+            Some(t("2026-11-22T10:10:30Z")),
+            "pull_timeout (600 s) and the grace from creation"
+        );
+        assert_eq!(read.recorded.newly_pulled, 1);
+        assert_eq!(
+            read.recorded.digests,
+            [(NGINX.to_string(), "sha256:0".to_string())].into()
+        );
+        assert_eq!(
+            outcomes,
+            outcomes_of(&[("kind-worker", NGINX, pulled_pair())]),
+            "the digest stays out of the memory"
+        );
+
+        let again = read_pods(&world.input(&plan, &pods, None, now), &mut outcomes);
+        assert!(again.recorded.observed.is_empty() && again.recorded.newly_pulled == 0);
+    }
+
+    #[test]
+    fn a_pods_deadline_counts_from_its_creation_or_from_now() {
+        let world = World::walkthrough();
+        let t0 = t("2026-11-22T10:00:00Z");
+        let mut pod = world.step(&[], None, t0).create.remove(0);
+        let now = t("2026-11-22T10:00:10Z");
+        assert_eq!(pod_deadline(&pod, 60, now), t("2026-11-22T10:01:40Z"));
+        pod.metadata.creation_timestamp = Some(Time(t0));
+        assert_eq!(pod_deadline(&pod, 60, now), t("2026-11-22T10:01:30Z"));
+        assert_eq!(pod_node(&pod), "kind-worker");
+    }
+
+    #[test]
+    fn creations_go_warming_first_within_capacity_past_occupied_and_busy_nodes() {
+        let mut world = World::walkthrough();
+        world.prefetch = prefetch(json!({"max_parallel": 2}), None, 1);
+        world.nodes.push(warming_node("kind-worker9"));
+        world.busy = ["kind-worker2".to_string()].into();
+        let plan = world.plan();
+        let input = world.input(&plan, &[], None, t("2026-11-22T10:00:00Z"));
+        let occupied: BTreeSet<String> = ["kind-worker".to_string()].into();
+
+        let first = plan_creations(&input, &Outcomes::new(), &occupied, 1);
+        assert_eq!(
+            names(&first.pods),
+            ["prefetch-prefetch-sample-kind-worker9"],
+            "one slot free beside the pod in flight, the warming node's"
+        );
+        assert!(first.waiting_on_busy, "kind-worker2 is busy");
+        assert!(first.not_built.is_empty());
+
+        let warmed = outcomes_of(&[("kind-worker9", NGINX, pulled_pair())]);
+        let next = plan_creations(&input, &warmed, &occupied, 1);
+        assert_eq!(
+            names(&next.pods),
+            ["prefetch-prefetch-sample-kind-worker3"],
+            "a pair with an outcome needs no pod"
+        );
+    }
+
+    #[test]
+    fn a_pod_that_cannot_be_built_is_reported() {
+        let mut world = World::walkthrough();
+        let plan = world.plan();
+        world.prefetch.metadata.namespace = None;
+        let input = world.input(&plan, &[], None, t("2026-11-22T10:00:00Z"));
+        let creations = plan_creations(&input, &Outcomes::new(), &BTreeSet::new(), 0);
+        assert!(creations.pods.is_empty());
+        assert_eq!(
+            creations
+                .not_built
+                .iter()
+                .map(|e| (e.type_, e.reason))
+                .collect::<Vec<_>>(),
+            [("Warning", "PodNotBuilt"); 3]
+        );
+    }
+
+    #[test]
+    fn the_tally_counts_present_pulled_failed_and_open_pairs() {
+        let plan = plan_of(
+            &["a:1", "b:1"],
+            vec![
+                target("n2", &["a:1", "b:1"], &[]),
+                target("n1", &["b:1"], &["a:1"]),
+                target("n0", &["a:1", "b:1"], &[]),
+            ],
+        );
+        let outcomes = outcomes_of(&[
+            ("n1", "b:1", pulled_pair()),
+            ("n2", "b:1", failed_pair("ErrImagePull")),
+            ("n0", "a:1", failed_pair("ImagePullBackOff")),
+        ]);
+        let tally = tally_round(&plan, &outcomes);
+        assert_eq!((tally.ready, tally.open), (2, 2));
+        assert_eq!(
+            tally
+                .failures
+                .iter()
+                .map(|f| (f.node.as_str(), f.image.as_str()))
+                .collect::<Vec<_>>(),
+            [("n0", "a:1"), ("n2", "b:1")],
+            "by node, then image"
+        );
+    }
+
+    #[test]
+    fn the_status_lists_the_first_failures_and_counts_them_all() {
+        let nodes: Vec<String> = (0..25).map(|i| format!("n{i:02}")).collect();
+        let plan = plan_of(
+            &["a:1"],
+            nodes.iter().map(|n| target(n, &["a:1"], &[])).collect(),
+        );
+        let failed: Vec<(&str, &str, Outcome)> = nodes
+            .iter()
+            .map(|n| (n.as_str(), "a:1", failed_pair("ErrImagePull")))
+            .collect();
+        let tally = tally_round(&plan, &outcomes_of(&failed));
+        let mut status = PrefetchStatus {
+            digests: [("gone:1".to_string(), "sha256:9".to_string())].into(),
+            ..PrefetchStatus::default()
+        };
+        write_counters(&mut status, &plan, &tally);
+        assert_eq!(counts(&status), (25, 0, 25));
+        assert_eq!(status.failures.len(), MAX_STATUS_FAILURES);
+        assert_eq!(status.failures.last().map(|f| f.node.as_str()), Some("n19"));
+        assert_eq!((status.images.len(), status.nodes.len()), (1, 25));
+        assert!(status.digests.is_empty(), "no image of the plan");
+    }
+
+    #[test]
+    fn a_rollout_is_prefetched_once_every_target_is_done_with_its_images() {
+        let at = t("2026-11-22T10:00:00Z");
+        let now = t("2026-11-22T10:00:30Z");
+        let plan = plan_of(
+            &["a:1", "b:1"],
+            vec![
+                target("n1", &["a:1"], &["b:1"]),
+                target("n2", &["a:1", "b:1"], &[]),
+            ],
+        );
+        // c:1 left the Deployment after the signal: no target wants it, it holds nothing back.
+        let owed = (at, ["a:1", "b:1", "c:1"].map(String::from).into());
+        let mut memory = RoundMemory {
+            started: at,
+            outcomes: outcomes_of(&[("n1", "a:1", pulled_pair())]),
+            rollout: Some(owed),
+        };
+        let mut status = PrefetchStatus {
+            last_rollout: Some(rollout_record(&["a:1", "b:1", "c:1"], at)),
+            ..PrefetchStatus::default()
+        };
+        let mark = |memory: &mut RoundMemory, status: &mut PrefetchStatus| {
+            mark_rollout_prefetched(&plan, memory, status, now)
+        };
+        assert_eq!(mark(&mut memory, &mut status), None, "n2 still pulls");
+        assert!(memory.rollout.is_some());
+
+        memory.outcomes.extend(outcomes_of(&[
+            ("n2", "a:1", failed_pair("ErrImagePull")),
+            ("n2", "b:1", pulled_pair()),
+        ]));
+        assert_eq!(
+            mark(&mut memory, &mut status),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            status.last_rollout.as_ref().unwrap().prefetched_at,
+            Some(MicroTime(now))
+        );
+        assert_eq!(memory.rollout, None);
+        assert_eq!(mark(&mut memory, &mut status), None, "marked once");
+    }
+
+    #[test]
+    fn a_newer_signal_in_the_status_is_not_marked_for_an_older_rollout() {
+        let at = t("2026-11-22T10:00:00Z");
+        let mut memory = RoundMemory {
+            started: at,
+            outcomes: BTreeMap::new(),
+            rollout: Some((at, BTreeSet::new())),
+        };
+        let newer = rollout_record(&["a:1"], t("2026-11-22T10:00:01Z"));
+        let mut status = PrefetchStatus {
+            last_rollout: Some(newer.clone()),
+            ..PrefetchStatus::default()
+        };
+        let now = t("2026-11-22T10:00:02Z");
+        let latency = mark_rollout_prefetched(&plan_of(&[], vec![]), &mut memory, &mut status, now);
+        assert_eq!(latency, Some(Duration::from_secs(2)));
+        assert_eq!(status.last_rollout, Some(newer));
+    }
+
+    #[test]
+    fn an_ended_round_is_next_due_retry_after_from_its_start() {
+        let started = t("2026-11-22T10:00:00Z");
+        let mut status = PrefetchStatus::default();
+        let wait = end_round(&mut status, started, 60, t("2026-11-22T10:00:20Z"));
+        assert_eq!(status.phase, Phase::Succeeded);
+        assert_eq!(status.last_round_end, Some(Time(t("2026-11-22T10:00:20Z"))));
+        assert_eq!(status.next_round, Some(Time(t("2026-11-22T10:01:00Z"))));
+        assert_eq!(wait, Duration::from_secs(40));
+
+        // A round that outlasted retry_after: the next is due now.
+        status.failed = 1;
+        let late = t("2026-11-22T10:05:00Z");
+        let wait = end_round(&mut status, started, 60, late);
+        assert_eq!(status.phase, Phase::Failed);
+        assert_eq!(status.next_round, Some(Time(late)));
+        assert_eq!(wait, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_round_end_event_names_the_first_five_failures() {
+        let failures: Vec<PullFailure> = (1..=7)
+            .map(|i| PullFailure {
+                node: format!("n{i}"),
+                image: "a:1".into(),
+                reason: "ErrImagePull".into(),
+                message: String::new(),
+            })
+            .collect();
+        let failed = PrefetchStatus {
+            total: 10,
+            ready: 3,
+            failed: 7,
+            ..PrefetchStatus::default()
+        };
+        let event = round_end_event(&failed, &failures);
+        assert_eq!((event.type_, event.reason), ("Warning", "RoundFailed"));
+        assert_eq!(
+            event.message,
+            "7 of 10 pairs failed: a:1 on n1 (ErrImagePull); a:1 on n2 (ErrImagePull); \
+             a:1 on n3 (ErrImagePull); a:1 on n4 (ErrImagePull); a:1 on n5 (ErrImagePull); ..."
+        );
+        let succeeded = PrefetchStatus {
+            total: 6,
+            ready: 6,
+            nodes: strings(&["n1", "n2"]),
+            ..PrefetchStatus::default()
+        };
+        let event = round_end_event(&succeeded, &[]);
+        assert_eq!((event.type_, event.reason), ("Normal", "RoundSucceeded"));
+        assert_eq!(
+            event.message,
+            "6 of 6 node x image pairs ready on 2 node(s)"
+        );
+    }
+
+    #[test]
+    fn a_running_round_looks_again_at_its_first_deadline_or_the_poll() {
+        let now = t("2026-11-22T10:00:00Z");
+        assert_eq!(running_requeue(None, now), ROUND_POLL);
+        assert_eq!(
+            running_requeue(Some(t("2026-11-22T10:00:03Z")), now),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            running_requeue(Some(t("2026-11-22T09:59:55Z")), now),
+            Duration::from_secs(1),
+            "a deadline passed: soon, never 0"
+        );
+        assert_eq!(
+            running_requeue(Some(t("2026-11-22T10:01:00Z")), now),
+            ROUND_POLL
+        );
+    }
+
+    #[test]
+    fn mid_round_readiness_is_that_of_the_last_completed_round() {
+        let running = PrefetchStatus {
+            phase: Phase::Running,
+            ..PrefetchStatus::default()
+        };
+        let first = ready_state(&running, &PrefetchStatus::default());
+        assert_eq!(
+            (first.status.as_str(), first.reason.as_str()),
+            ("False", "FirstRoundRunning")
+        );
+        let failed = PrefetchStatus {
+            phase: Phase::Failed,
+            total: 3,
+            failed: 1,
+            ..PrefetchStatus::default()
+        };
+        let previous = finalize_conditions(
+            failed,
+            &PrefetchStatus::default(),
+            Some(1),
+            t("2026-11-22T10:00:00Z"),
+        );
+        assert_eq!(
+            ready_state(&running, &previous),
+            ConditionState::new(
+                "False",
+                "RoundFailed",
+                "1 of 3 pairs failed in the last round"
+            )
+        );
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let t0 = t("2026-11-22T10:00:00Z");
+        let t1 = t("2026-11-22T10:01:00Z");
+        let failed = PrefetchStatus {
+            phase: Phase::Failed,
+            total: 3,
+            ready: 2,
+            failed: 1,
+            ..PrefetchStatus::default()
+        };
+        let before = finalize_conditions(failed, &PrefetchStatus::default(), Some(1), t0);
+        let succeeded = PrefetchStatus {
+            phase: Phase::Succeeded,
+            total: 3,
+            ready: 3,
+            ..PrefetchStatus::default()
+        };
+        let after = finalize_conditions(succeeded, &before, Some(2), t1);
+        let seen = |type_: &str| {
+            let c = condition(&after, type_);
+            (
+                c.status.as_str(),
+                c.last_transition_time.0,
+                c.observed_generation,
+            )
+        };
+        assert_eq!(seen("Ready"), ("True", t1, Some(2)));
+        assert_eq!(
+            seen("Progressing"),
+            ("False", t0, Some(2)),
+            "complete both times"
+        );
+        assert_eq!(seen("Degraded"), ("False", t1, Some(2)));
     }
 }
