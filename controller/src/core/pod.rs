@@ -94,6 +94,8 @@ fn tolerations(spec: &[Toleration], warmup_taint: Option<&str>) -> Option<Vec<To
     (!all.is_empty()).then_some(all)
 }
 
+/// The prefetch pod for one node: one container per image, each running `noop` from the
+/// emptyDir the init container fills, pinned to the node, owned by the Prefetch.
 pub fn prefetch_pod(req: &PodRequest<'_>) -> Result<Pod, PodError> {
     let meta = req.prefetch.meta();
     let name = meta
@@ -111,142 +113,168 @@ pub fn prefetch_pod(req: &PodRequest<'_>) -> Result<Pod, PodError> {
     if req.images.is_empty() {
         return Err(PodError::NoImages(req.node.to_string()));
     }
-    let spec = &req.prefetch.spec;
-    let resources = ResourceRequirements {
+    Ok(Pod {
+        metadata: pod_metadata(name, namespace, uid, req.node),
+        spec: Some(pod_spec(req)),
+        status: None,
+    })
+}
+
+/// Tiny: a prefetch container only runs `noop`.
+fn pod_resources() -> ResourceRequirements {
+    ResourceRequirements {
         requests: Some(quantities("1m", "4Mi")),
         limits: Some(quantities("20m", "16Mi")),
         ..Default::default()
-    };
-    let mount = VolumeMount {
+    }
+}
+
+fn noop_mount(read_only: bool) -> VolumeMount {
+    VolumeMount {
         name: NOOP_VOLUME.into(),
         mount_path: NOOP_DIR.into(),
-        read_only: Some(true),
+        read_only: Some(read_only),
         ..Default::default()
+    }
+}
+
+/// The container that pulls `image`: it runs `noop` and exits.
+fn image_container(index: usize, image: &str) -> Container {
+    // The kubelet re-pulls :latest on every start; a prefetch must refresh it too.
+    let pull_policy = if ImageRef::parse(image).map_or(true, |r| r.pulls_always()) {
+        "Always"
+    } else {
+        "IfNotPresent"
     };
-    let containers = req
-        .images
-        .iter()
-        .enumerate()
-        .map(|(i, image)| Container {
-            name: container_name(i),
-            image: Some(image.clone()),
-            command: Some(vec![NOOP_PATH.into()]),
-            // The kubelet re-pulls :latest on every start; a prefetch must refresh it too.
-            image_pull_policy: Some(
-                if ImageRef::parse(image).map_or(true, |r| r.pulls_always()) {
-                    "Always"
-                } else {
-                    "IfNotPresent"
-                }
-                .into(),
-            ),
-            resources: Some(resources.clone()),
-            security_context: Some(restricted_container_context()),
-            volume_mounts: Some(vec![mount.clone()]),
-            termination_message_policy: Some("FallbackToLogsOnError".into()),
-            ..Default::default()
-        })
-        .collect();
-    let install = Container {
+    Container {
+        name: container_name(index),
+        image: Some(image.to_string()),
+        command: Some(vec![NOOP_PATH.into()]),
+        image_pull_policy: Some(pull_policy.into()),
+        resources: Some(pod_resources()),
+        security_context: Some(restricted_container_context()),
+        volume_mounts: Some(vec![noop_mount(true)]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    }
+}
+
+/// The init container that copies `noop` into the emptyDir.
+fn install_container(noop_image: &str) -> Container {
+    Container {
         name: "install-noop".into(),
-        image: Some(req.noop_image.into()),
+        image: Some(noop_image.into()),
         command: Some(INSTALL_NOOP_COMMAND.iter().map(|s| s.to_string()).collect()),
         image_pull_policy: Some("IfNotPresent".into()),
-        resources: Some(resources),
+        resources: Some(pod_resources()),
         security_context: Some(restricted_container_context()),
-        volume_mounts: Some(vec![VolumeMount {
-            read_only: Some(false),
-            ..mount
+        volume_mounts: Some(vec![noop_mount(false)]),
+        ..Default::default()
+    }
+}
+
+fn pod_metadata(prefetch: &str, namespace: &str, uid: &str, node: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(pod_name(prefetch, node)),
+        namespace: Some(namespace.into()),
+        labels: Some(
+            [
+                (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
+                (PREFETCH_LABEL.to_string(), prefetch.to_string()),
+            ]
+            .into(),
+        ),
+        annotations: Some(
+            [
+                (NODE_ANNOTATION.to_string(), node.to_string()),
+                (SAFE_TO_EVICT_ANNOTATION.to_string(), "true".to_string()),
+            ]
+            .into(),
+        ),
+        owner_references: Some(vec![OwnerReference {
+            api_version: Prefetch::api_version(&()).into_owned(),
+            kind: Prefetch::kind(&()).into_owned(),
+            name: prefetch.into(),
+            uid: uid.into(),
+            controller: Some(true),
+            // Left unset: blocking owner deletion would need update on prefetches/finalizers.
+            block_owner_deletion: None,
         }]),
         ..Default::default()
-    };
+    }
+}
+
+fn pod_spec(req: &PodRequest<'_>) -> PodSpec {
+    let spec = &req.prefetch.spec;
     let mut pull_secrets: Vec<String> = req.pull_secrets.to_vec();
     pull_secrets.sort();
     pull_secrets.dedup();
-
-    Ok(Pod {
-        metadata: ObjectMeta {
-            name: Some(pod_name(name, req.node)),
-            namespace: Some(namespace.into()),
-            labels: Some(
-                [
-                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string()),
-                    (PREFETCH_LABEL.to_string(), name.to_string()),
-                ]
-                .into(),
-            ),
-            annotations: Some(
-                [
-                    (NODE_ANNOTATION.to_string(), req.node.to_string()),
-                    (SAFE_TO_EVICT_ANNOTATION.to_string(), "true".to_string()),
-                ]
-                .into(),
-            ),
-            owner_references: Some(vec![OwnerReference {
-                api_version: Prefetch::api_version(&()).into_owned(),
-                kind: Prefetch::kind(&()).into_owned(),
-                name: name.into(),
-                uid: uid.into(),
-                controller: Some(true),
-                // Left unset: blocking owner deletion would need update on prefetches/finalizers.
-                block_owner_deletion: None,
-            }]),
+    PodSpec {
+        init_containers: Some(vec![install_container(req.noop_image)]),
+        containers: req
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| image_container(i, image))
+            .collect(),
+        restart_policy: Some("Never".into()),
+        active_deadline_seconds: Some(spec.pull_timeout_seconds()),
+        termination_grace_period_seconds: Some(1),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        image_pull_secrets: (!pull_secrets.is_empty()).then(|| {
+            pull_secrets
+                .into_iter()
+                .map(|name| LocalObjectReference { name })
+                .collect()
+        }),
+        affinity: Some(pinned_to(req.node)),
+        tolerations: tolerations(spec.tolerations.as_deref().unwrap_or(&[]), req.warmup_taint),
+        priority_class_name: spec.priority_class_name.clone(),
+        security_context: Some(restricted_pod_context()),
+        volumes: Some(vec![Volume {
+            name: NOOP_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: None,
+                size_limit: Some(Quantity("1Mi".into())),
+            }),
             ..Default::default()
-        },
-        spec: Some(PodSpec {
-            init_containers: Some(vec![install]),
-            containers,
-            restart_policy: Some("Never".into()),
-            active_deadline_seconds: Some(spec.pull_timeout_seconds()),
-            termination_grace_period_seconds: Some(1),
-            automount_service_account_token: Some(false),
-            enable_service_links: Some(false),
-            image_pull_secrets: (!pull_secrets.is_empty()).then(|| {
-                pull_secrets
-                    .into_iter()
-                    .map(|name| LocalObjectReference { name })
-                    .collect()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// `matchFields metadata.name In [node]`: the scheduler places the pod on that node only.
+fn pinned_to(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.into()]),
+                    }]),
+                    match_expressions: None,
+                }],
             }),
-            affinity: Some(Affinity {
-                node_affinity: Some(NodeAffinity {
-                    required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                        node_selector_terms: vec![NodeSelectorTerm {
-                            match_fields: Some(vec![NodeSelectorRequirement {
-                                key: "metadata.name".into(),
-                                operator: "In".into(),
-                                values: Some(vec![req.node.into()]),
-                            }]),
-                            match_expressions: None,
-                        }],
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            tolerations: tolerations(spec.tolerations.as_deref().unwrap_or(&[]), req.warmup_taint),
-            priority_class_name: spec.priority_class_name.clone(),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(RUN_AS),
-                run_as_group: Some(RUN_AS),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    localhost_profile: None,
-                }),
-                ..Default::default()
-            }),
-            volumes: Some(vec![Volume {
-                name: NOOP_VOLUME.into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    medium: None,
-                    size_limit: Some(Quantity("1Mi".into())),
-                }),
-                ..Default::default()
-            }]),
             ..Default::default()
         }),
-        status: None,
-    })
+        ..Default::default()
+    }
+}
+
+fn restricted_pod_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
