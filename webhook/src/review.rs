@@ -1,6 +1,6 @@
-//! AdmissionReview v1, read lean: one pass over the request body that deserializes only the
-//! fields the decisions use, borrows strings from the body where it can, and skips everything
-//! else (serde's ignored values: a scan, no tree). Each endpoint names the view of
+//! AdmissionReview v1, read lean: one serde_json pass over the request body that deserializes
+//! only the fields the decisions use, borrows strings from the body where it can, and skips
+//! everything else (serde's ignored values: no tree is built). Each endpoint names the view of
 //! `object`/`oldObject` it reads; the views here are the building blocks (metadata, pod-spec
 //! images, a tolerant "is it an object at all" wrapper) for new endpoints to compose.
 
@@ -12,8 +12,6 @@ use std::marker::PhantomData;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
-
-use crate::json;
 
 pub const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
 pub const REVIEW_KIND: &str = "AdmissionReview";
@@ -124,19 +122,19 @@ impl Operation {
 }
 
 /// Reads `body` as an AdmissionReview v1 whose object is read as `O`, its old object as `P`.
+///
+/// serde_json reads it in one pass: the views' strings borrow from the body (owned only when
+/// escapes had to be decoded), and every field no view names is skipped as
+/// [`IgnoredAny`], which serde_json walks without recursion (an iterative bracket stack), so
+/// deep nesting in skipped fields costs no stack. What is read nests at most 127 levels.
 pub fn parse<'a, O: Deserialize<'a>, P: Deserialize<'a>>(
     body: &'a [u8],
 ) -> Result<Request<'a, O, P>, BadReview> {
-    parse_with::<Lean, O, P>(body)
-}
-
-/// [`parse`] with the JSON reader `J` (the tests compare readers on the same bodies).
-pub(crate) fn parse_with<'a, J: JsonReader, O: Deserialize<'a>, P: Deserialize<'a>>(
-    body: &'a [u8],
-) -> Result<Request<'a, O, P>, BadReview> {
-    // One UTF-8 check of the whole body is cheaper than one per string read.
-    let body = json::text(body).map_err(|err| malformed(format_args!("not UTF-8: {err}")))?;
-    let envelope: Envelope<'a, O, P> = J::from_str(body)?;
+    // The whole body must be UTF-8, the strings skipped too (from_slice would check only the
+    // strings read); from_str then trusts the checked text.
+    let body =
+        std::str::from_utf8(body).map_err(|err| malformed(format_args!("not UTF-8: {err}")))?;
+    let envelope: Envelope<'a, O, P> = serde_json::from_str(body)?;
     let (api_version, kind) = (envelope.api_version, envelope.kind);
     if api_version.as_deref() != Some(REVIEW_API_VERSION) || kind.as_deref() != Some(REVIEW_KIND) {
         return Err(BadReview::Version {
@@ -145,32 +143,6 @@ pub(crate) fn parse_with<'a, J: JsonReader, O: Deserialize<'a>, P: Deserialize<'
         });
     }
     envelope.request.ok_or(BadReview::NoRequest)
-}
-
-/// A JSON reader for serde types: the whole of `json` is one value, read as `T`.
-pub(crate) trait JsonReader {
-    fn from_str<'a, T: Deserialize<'a>>(json: &'a str) -> Result<T, BadReview>;
-}
-
-/// The lean reader (`json.rs`): reads what the views read as serde_json does, and skips the
-/// rest 64 bytes at a time, where serde_json spends about 13 instructions a byte.
-pub(crate) struct Lean;
-
-impl JsonReader for Lean {
-    fn from_str<'a, T: Deserialize<'a>>(json: &'a str) -> Result<T, BadReview> {
-        Ok(json::from_str(json)?)
-    }
-}
-
-/// serde_json, which the webhook used before: the reference the tests compare with.
-#[cfg(test)]
-pub(crate) struct SerdeJson;
-
-#[cfg(test)]
-impl JsonReader for SerdeJson {
-    fn from_str<'a, T: Deserialize<'a>>(json: &'a str) -> Result<T, BadReview> {
-        Ok(serde_json::from_str(json)?)
-    }
 }
 
 fn malformed(message: impl fmt::Display) -> BadReview {
@@ -528,6 +500,54 @@ mod tests {
         assert!(request.object.is_none());
     }
 
+    /// Every string a decision reads may be written with `\u` escapes (`\u0078` is `x`), the
+    /// envelope's own keys and values too: read as the plain text they stand for, owned.
+    #[test]
+    fn unicode_escapes_are_decoded_everywhere_a_decision_reads() {
+        let bytes = br#"{"api\u0056ersion":"admission.k8s.io\/v1","kind":"Admission\u0052eview",
+            "request":{"uid":"u\u0078","kind":{"group":"app\u0073","version":"v1","kind":"Deployment"},
+            "namespace":"sho\u0070","operation":"UPD\u0041TE",
+            "object":{"metadata":{"labels":{"\u0061pp":"ngin\u0078"}},
+                      "spec":{"template":{"spec":{"containers":[{"image":"ngin\u0078:1.25"}]}}}}}}"#;
+        let request: Request<DeploymentView> = parse(bytes).unwrap();
+        assert_eq!(request.uid, "ux");
+        assert!(matches!(request.uid.0, Cow::Owned(_)));
+        assert!(request.kind.is("apps", "v1", "Deployment"));
+        assert_eq!(request.namespace.as_deref(), Some("shop"));
+        assert_eq!(request.operation, Operation::Update);
+        let object = request.object.unwrap();
+        let labels = object.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels.get("app").map(|v| &**v), Some("nginx"));
+        let images: Vec<&str> = object.template_images().unwrap().references().collect();
+        assert_eq!(images, ["nginx:1.25"]);
+    }
+
+    /// The pod gate's view too: owner, images, gates and node name as the text they spell.
+    #[test]
+    fn unicode_escapes_are_decoded_in_pods() {
+        let bytes = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
+            "uid":"u","kind":{"group":"","version":"v1","kind":"P\u006fd"},"operation":"CREATE",
+            "object":{"metadata":{"ownerReferences":[{"apiVersion":"apps/v1","kind":"Replica\u0053et",
+                                   "name":"web-\u0061bc","controller":true}]},
+                      "spec":{"containers":[{"image":"ngin\u0078"}],"initContainers":[{"image":"b\u0075sybox"}],
+                              "schedulingGates":[{"name":"g\u0061te"}],"nodeName":"n\u006fde-1"}}}}"#;
+        let request: Request<PodView, IgnoredAny> = parse(bytes).unwrap();
+        assert!(request.kind.is("", "v1", "Pod"));
+        let pod = request.object.unwrap();
+        let owner = &pod
+            .metadata
+            .as_ref()
+            .unwrap()
+            .owner_references
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!((&*owner.kind, &*owner.name), ("ReplicaSet", "web-abc"));
+        let spec = pod.spec.unwrap();
+        assert_eq!(spec.references().collect::<Vec<_>>(), ["nginx", "busybox"]);
+        assert_eq!(spec.scheduling_gates.unwrap()[0].name, "gate");
+        assert_eq!(spec.node_name.as_deref(), Some("node-1"));
+    }
+
     #[test]
     fn unknown_operations_are_kept_apart() {
         let bytes = body(json!({"uid": "u", "kind": {}, "operation": "PATCH"}));
@@ -564,10 +584,11 @@ mod tests {
         assert_eq!((view.kind, view.spec), (Some(json!(7)), None));
     }
 
-    /// Nesting as serde_json takes it: any depth in what is skipped (without recursion, so a
-    /// few MiB of brackets cost no stack), 127 levels in what is read.
+    /// Any depth in what is skipped (serde_json skips without recursion, so a few MiB of
+    /// brackets cost no stack), 127 levels in what is read: deeper is a malformed review, not
+    /// a stack overflow.
     #[test]
-    fn nesting_is_read_as_serde_json_reads_it() {
+    fn nesting_is_bounded_where_read_and_free_where_skipped() {
         let review = |field: &str, depth: usize| {
             format!(
                 r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"u","kind":{{}},"operation":"CREATE","{field}":{}0{}}}}}"#,
@@ -575,30 +596,24 @@ mod tests {
                 "]".repeat(depth)
             )
         };
-        fn outcome<J: JsonReader>(body: &str) -> Result<(), String> {
-            parse_with::<J, ObjectOr<PrefetchView>, IgnoredAny>(body.as_bytes())
+        let outcome = |body: &str| {
+            parse::<ObjectOr<PrefetchView>, IgnoredAny>(body.as_bytes())
                 .map(|_| ())
                 .map_err(|err| err.to_string())
-        }
+        };
         let deep = review("userInfo", 1 << 20);
-        assert_eq!(outcome::<Lean>(&deep), Ok(()));
-        assert_eq!(outcome::<SerdeJson>(&deep), Ok(()));
-        assert!(outcome::<Lean>(&deep[..deep.len() / 2]).is_err());
-        assert!(outcome::<Lean>(&"[".repeat(4 << 20)).is_err());
+        assert_eq!(outcome(&deep), Ok(()));
+        assert!(outcome(&deep[..deep.len() / 2]).is_err());
+        assert!(outcome(&"[".repeat(4 << 20)).is_err());
         // `object` is the 3rd level; a list there reads as "not an object", its elements
         // skipped. Read deeper: a spec the validating hook reads as a tree.
-        for depth in [100, 124, 125, 126, 200] {
+        for depth in [100, 124, 125, 126, 200, 1 << 16] {
             let body = review("object", 1).replace(
                 "[0]",
                 &format!(r#"{{"spec":{}0{}}}"#, "[".repeat(depth), "]".repeat(depth)),
             );
-            let lean = outcome::<Lean>(&body);
-            assert_eq!(
-                lean.is_ok(),
-                outcome::<SerdeJson>(&body).is_ok(),
-                "depth {depth}"
-            );
-            assert_eq!(lean.is_ok(), depth <= 124, "depth {depth}: {lean:?}");
+            let read = outcome(&body);
+            assert_eq!(read.is_ok(), depth <= 124, "depth {depth}: {read:?}");
         }
     }
 
@@ -626,5 +641,41 @@ mod tests {
             parse(&body(json!({"kind": {}, "operation": "CREATE"})))
                 .contains("missing field `uid`")
         );
+    }
+
+    /// A body is JSON throughout or it is refused, even where the broken part is one no
+    /// decision reads (a skipped field, a string's bytes), and so is one that is not UTF-8.
+    #[test]
+    fn malformed_anywhere_is_malformed() {
+        let good = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","kind":{},"operation":"CREATE","userInfo":{"username":"x"}}}"#;
+        assert!(parse::<IgnoredAny, IgnoredAny>(good).is_ok());
+        let text = std::str::from_utf8(good).unwrap();
+        for (broken, with) in [
+            (r#"{"username":"x"}"#, r#"{"username" "x"}"#),
+            (r#"{"username":"x"}"#, r#"{"username":"x",}"#),
+            (r#"{"username":"x"}"#, r#"{"username":"\q"}"#),
+            (r#"{"username":"x"}"#, "{\"username\":\"a\u{1}b\"}"),
+            (r#"{"username":"x"}"#, r#"[1 2]"#),
+            (r#"{"username":"x"}"#, r#"tru"#),
+            (r#"{"username":"x"}"#, r#"01"#),
+            ("}}", "}}}"),
+            ("}}", "} }x"),
+        ] {
+            let body = text.replace(broken, with);
+            let read = parse::<IgnoredAny, IgnoredAny>(body.as_bytes()).map(|_| ());
+            let err = read.map_err(|err| err.to_string()).unwrap_err();
+            assert!(
+                err.starts_with("malformed AdmissionReview"),
+                "{body}: {err}"
+            );
+        }
+        let mut latin1 = text.replace(r#""x""#, "\"x\u{e9}\"").into_bytes();
+        assert!(parse::<IgnoredAny, IgnoredAny>(&latin1).is_ok());
+        let at = latin1.iter().position(|&b| b == 0xc3).unwrap();
+        latin1.remove(at);
+        let err = parse::<IgnoredAny, IgnoredAny>(&latin1)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 }
