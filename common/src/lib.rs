@@ -2,6 +2,8 @@
 //! reference normalization and the pod-template logic. Pure functions, plus the small shells
 //! both binaries share (signals, telemetry, the watch runner in `watch`).
 
+#![forbid(unsafe_code)]
+
 pub mod annotations;
 pub mod api;
 pub mod crd;

@@ -8,5 +8,7 @@
 //! the shell (`tests/import_graph.rs` fails on an import circle or a core module reaching
 //! into the shell).
 
+#![forbid(unsafe_code)]
+
 pub mod core;
 pub mod shell;

@@ -6,6 +6,8 @@
 //!
 //! [`shell::config`]: prefetch_controller::shell::config
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 
 use anyhow::Context;

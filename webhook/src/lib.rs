@@ -5,6 +5,9 @@
 //! - `/mutate/deployment` annotates a Deployment whose rollout brings new images, when a
 //!   Prefetch in its namespace selects it: the durable signal the reconciler acts on.
 
+// Reviews come from any client in the cluster: no code of ours may be memory-unsafe.
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod config;
 pub mod conn;
