@@ -1,10 +1,10 @@
 #!/bin/sh
-# Instructions per request of the webhook, the bare server and the floor server over real TLS
+# Instructions per request of the webhook and of the bare server over real TLS
 # connections, counted by valgrind's callgrind (load on the machine does not change them).
 #
 #   bench/scripts/callgrind-per-request.sh [WORKLOAD...]     (default: every workload)
 #
-# Runs webhook-load twice per workload at 100 requests/s with the three servers under
+# Runs webhook-load twice per workload at 100 requests/s with both servers under
 # callgrind, for 2 s and 6 s per rate, and divides the difference of the instructions by the
 # difference of the requests sent, so start-up and the fixed part of each run cancel out. Each
 # run is one fixed-rate run per server (--rates): a saturation search reruns tries that fail
@@ -34,9 +34,8 @@ wait
 WRAP
 cat > "$work/bare" <<WRAP
 #!/bin/sh
-case " \$* " in *" --floor "*) name=floor ;; *) name=bare ;; esac
-valgrind --tool=callgrind --callgrind-out-file=$work/\$name.\$RUN.out "\$@" &
-echo \$! > $work/\$name.\$RUN.pid
+valgrind --tool=callgrind --callgrind-out-file=$work/bare.\$RUN.out "\$@" &
+echo \$! > $work/bare.\$RUN.pid
 wait
 WRAP
 chmod +x "$work/prefetch-webhook" "$work/bare"
@@ -48,7 +47,7 @@ run() {
     PREFETCH_BIN_DIR=$work "$release/webhook-load" --workloads "$1" --rates 100 \
         --seconds "$2" --warmup-seconds 1 --bare-wrapper "$work/bare" \
         > "$work/$RUN.txt" 2>&1
-    for server in webhook bare floor; do
+    for server in webhook bare; do
         pid=$(cat "$work/$server.$RUN.pid")
         callgrind_control -d "$pid" > /dev/null 2>&1
         kill -9 "$pid"
@@ -67,10 +66,8 @@ for workload in ${@:-deployment prefetch-default prefetch-validate pod-gate pod-
     join "$work/short" "$work/long" | awk -v w="$workload" '
         { process[$1] = ($5 - $2) / ($7 - $4); serving[$1] = ($6 - $3) / ($7 - $4) }
         END {
-            printf "%s serving: webhook %.0f, bare %.0f, floor %.0f instructions per request (webhook %.2fx bare, %.2fx floor)\n",
-                w, serving["webhook"], serving["bare"], serving["floor"],
-                serving["webhook"] / serving["bare"], serving["webhook"] / serving["floor"]
-            printf "%s process: webhook %.0f, bare %.0f, floor %.0f\n",
-                w, process["webhook"], process["bare"], process["floor"]
+            printf "%s serving: webhook %.0f, bare %.0f instructions per request (webhook %.2fx bare)\n",
+                w, serving["webhook"], serving["bare"], serving["webhook"] / serving["bare"]
+            printf "%s process: webhook %.0f, bare %.0f\n", w, process["webhook"], process["bare"]
         }'
 done
