@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::SharedState;
 use super::resources::{ResourceType, lookup};
 use super::selector::{FieldSelector, LabelSelector};
-use super::store::{ApiError, WatchFilter, merge_patch};
+use super::store::{ApiError, ApplyRequest, WatchFilter, merge_patch};
 
 #[derive(Clone)]
 struct AppState {
@@ -391,7 +391,12 @@ fn server_side_apply(
     }
     let force = matches!(query.get("force").map(String::as_str), Some("true"));
     let ns = target.namespace.clone().unwrap_or_default();
-    shared.apply(target.rt, &ns, &name, status_only, manager, config, force)
+    let request = ApplyRequest {
+        manager,
+        config,
+        force,
+    };
+    shared.apply(target.rt, &ns, &name, status_only, &request)
 }
 
 fn apply_patch(old: &Value, content_type: &str, patch: &Value) -> Result<Value, ApiError> {

@@ -564,9 +564,7 @@ impl Shared {
         ns: &str,
         name: &str,
         status_only: bool,
-        manager: &str,
-        config: &Value,
-        force: bool,
+        apply: &ApplyRequest<'_>,
     ) -> Result<Value, ApiError> {
         let scope = if status_only {
             Scope::Status
@@ -574,7 +572,7 @@ impl Shared {
             main_scope(rt)
         };
         self.write(rt, ns, name, status_only, false, None, |old, owners| {
-            owners.apply(manager, scope, old, config, force)
+            owners.apply(apply.manager, scope, old, apply.config, apply.force)
         })
     }
 
@@ -808,6 +806,13 @@ impl Shared {
         );
         object
     }
+}
+
+/// A server-side apply: who applies what, and whether it takes over others' fields.
+pub struct ApplyRequest<'a> {
+    pub manager: &'a str,
+    pub config: &'a Value,
+    pub force: bool,
 }
 
 /// The manager of writes the tests make directly, not through HTTP.
