@@ -278,8 +278,8 @@ fn assert_serves_the_service(cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8], nam
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("tls.crt"), cert_pem).unwrap();
     std::fs::write(dir.join("tls.key"), key_pem).unwrap();
-    let loaded = prefetch_webhook::tls::ReloadingCert::load(
-        prefetch_webhook::tls::CertFiles {
+    let loaded = prefetch_webhook::shell::tls::ReloadingCert::load(
+        prefetch_webhook::shell::tls::CertFiles {
             cert_path: dir.join("tls.crt"),
             key_path: dir.join("tls.key"),
         },

@@ -14,7 +14,7 @@ use prefetch_tests::manifests::{
     NAMESPACE, kubectl_for, kubectl_kustomize, kustomization_resources, manifests_dir,
     parse_documents, read_yaml,
 };
-use prefetch_webhook::admission::Endpoint;
+use prefetch_webhook::core::answer::{Endpoint, MUTATE_POD};
 use serde_json::Value;
 
 /// (source path, kind, name, document) of every document in the base.
@@ -175,7 +175,7 @@ fn webhook_configurations_reach_the_webhook_as_designed() {
     );
     // The rollout gate: fail-open, 2 s, the same exclusions, pod CREATE only, and only pods a
     // ReplicaSet controls.
-    let (policy, timeout, pod_hook) = &paths[prefetch_webhook::http::MUTATE_POD];
+    let (policy, timeout, pod_hook) = &paths[MUTATE_POD];
     assert_eq!((policy.as_deref(), *timeout), (Some("Ignore"), Some(2)));
     assert_eq!(pod_hook.side_effects, "None");
     assert_eq!(
@@ -576,7 +576,7 @@ fn shutdown_timeouts_fit_in_the_grace_periods() {
                     .shutdown_timeout
             }
             _ => {
-                prefetch_webhook::config::Args::try_parse_from(&args)
+                prefetch_webhook::shell::config::Args::try_parse_from(&args)
                     .unwrap()
                     .shutdown_timeout
             }

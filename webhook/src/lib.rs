@@ -1,22 +1,21 @@
-//! prefetch-webhook: admission for kube-prefetch.
+//! prefetch-webhook: admission for kube-prefetch (DESIGN.md sections 2, 9 and 10).
 //!
 //! - `/mutate/prefetch` fills absent spec defaults (JSON patch).
 //! - `/validate/prefetch` denies invalid specs with every violation named by field.
 //! - `/mutate/deployment` annotates a Deployment whose rollout brings new images, when a
 //!   Prefetch in its namespace selects it: the durable signal the reconciler acts on.
+//! - `/mutate/pod` holds a rollout's new pods with a scheduling gate until the controller has
+//!   their images on the nodes.
+//!
+//! Two halves, and the layout shows which is which: [`core`] decides (pure functions of the
+//! request, what the caches hold and the time; exhaustively unit-tested) and [`shell`] does
+//! (TLS, connection bounds, routes, watch caches, metrics). The shell calls the core; the core
+//! reads the caches only through views it defines ([`core::facts`]) and never calls the shell
+//! (`tests/import_graph.rs` fails on an import circle or a core module reaching into the
+//! shell).
 
 // Reviews come from any client in the cluster: no code of ours may be memory-unsafe.
 #![forbid(unsafe_code)]
 
-pub mod admission;
-pub mod config;
-pub mod conn;
-pub mod gate;
-pub mod http;
-pub mod index;
-pub mod limits;
-mod locks;
-pub mod metrics;
-pub mod review;
-pub mod serve;
-pub mod tls;
+pub mod core;
+pub mod shell;

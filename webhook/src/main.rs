@@ -1,3 +1,10 @@
+//! The `prefetch-webhook` process: loads the serving certificate (and reloads it when the
+//! files change), connects to the cluster, starts the watch caches (Prefetches, Deployments,
+//! the controller's Lease, and node names unless `--warn-unmatched-node-filter=false`), serves
+//! the admission endpoints over TLS on `--listen-addr` and health and metrics over plain HTTP
+//! on `--metrics-addr`, until SIGTERM or Ctrl-C: then it reports not ready, stops accepting,
+//! lets in-flight requests finish and stops the watches.
+
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
@@ -6,15 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::Parser;
 use prefetch_common::watch::WatchSet;
-use prefetch_webhook::config::Args;
-use prefetch_webhook::http::{AppState, admission_router, ops_router};
-use prefetch_webhook::index::{
+use prefetch_webhook::shell::config::Args;
+use prefetch_webhook::shell::http::{AppState, admission_router, ops_router};
+use prefetch_webhook::shell::index::{
     DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex, run_deployment_watch, run_lease_watch,
     run_node_watch, run_prefetch_watch,
 };
-use prefetch_webhook::metrics::Metrics;
-use prefetch_webhook::serve::serve_tls;
-use prefetch_webhook::tls::{CertFiles, ReloadingCert, server_config, watch_cert_files};
+use prefetch_webhook::shell::metrics::Metrics;
+use prefetch_webhook::shell::serve::serve_tls;
+use prefetch_webhook::shell::tls::{CertFiles, ReloadingCert, server_config, watch_cert_files};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -11,7 +11,6 @@
 //! Callgrind's total instructions divided by the reviews answered (printed) is the cost of
 //! one. Without valgrind it prints the wall time per review.
 
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -22,10 +21,12 @@ use prefetch_bench::workload::{GATED_DEPLOYMENT, QUIET_DEPLOYMENT, Workload, ben
 use prefetch_common::annotations::{PREFETCH_IMAGES, PREFETCH_REQUESTED_AT, rfc3339};
 use prefetch_common::{Prefetch, PrefetchSpec};
 use prefetch_tests::fixtures::realistic_deployment;
-use prefetch_webhook::admission::{self, Answer, Caches, Endpoint};
-use prefetch_webhook::gate::{self, Read};
-use prefetch_webhook::http::MUTATE_POD;
-use prefetch_webhook::index::{DeploymentFacts, GatingPrefetch, NodeNames, PrefetchIndex};
+use prefetch_webhook::core::admission::{self, Caches};
+use prefetch_webhook::core::answer::{Answer, Endpoint, MUTATE_POD};
+use prefetch_webhook::core::facts::{DeploymentFacts, GatingPrefetch, Prefetches};
+use prefetch_webhook::core::gate::{self, Read};
+use prefetch_webhook::core::review::BadReview;
+use prefetch_webhook::shell::index::{NodeNames, PrefetchIndex};
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -128,8 +129,8 @@ impl PodCaches {
         Ok(Self { deployments })
     }
 
-    /// As `http.rs` answers a pod review whose Deployment is in the cache.
-    fn review(&self, body: &[u8]) -> Result<Answer, admission::BadReview> {
+    /// As `shell/http.rs` answers a pod review whose Deployment is in the cache.
+    fn review(&self, body: &[u8]) -> Result<Answer, BadReview> {
         let pod = match gate::read(body)? {
             Read::Pod(pod) => pod,
             Read::NotForUs(uid, why) => return Ok(Answer::allow_pod(&uid, why)),
@@ -139,26 +140,44 @@ impl PodCaches {
             .iter()
             .find(|(name, _)| pod.deployment.as_deref() == Ok(*name))
             .map(|(_, facts)| facts);
-        let gating = |labels: &BTreeMap<String, String>| {
-            if labels.get("app").map(String::as_str) == Some("nginx") {
-                vec![GatingPrefetch {
-                    name: "bench-gate".into(),
-                    gate_timeout: 900,
-                    prefetched_through: None,
-                }]
-            } else {
-                Vec::new()
-            }
-        };
         let now = jiff::Timestamp::now();
         let inputs = gate::Inputs {
             deployment: cached,
             live: false,
-            gating: &gating,
+            prefetches: &BenchGate,
             leader_renewed: Some(now),
             now,
         };
         Ok(gate::answer(&pod.uid, gate::decide(&pod, &inputs)))
+    }
+}
+
+/// The gating Prefetch of `webhook-load`: `bench-gate`, selecting `app: nginx`.
+struct BenchGate;
+
+impl Prefetches for BenchGate {
+    fn is_synced(&self) -> bool {
+        true
+    }
+
+    fn selecting_by<'l>(&self, _: &str, _: &dyn Fn(&str) -> Option<&'l str>) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn gating_by<'l>(
+        &self,
+        _: &str,
+        label: &dyn Fn(&str) -> Option<&'l str>,
+    ) -> Vec<GatingPrefetch> {
+        if label("app") == Some("nginx") {
+            vec![GatingPrefetch {
+                name: "bench-gate".into(),
+                gate_timeout: 900,
+                prefetched_through: None,
+            }]
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -167,7 +186,7 @@ fn answer(
     body: &[u8],
     caches: &Caches<'_>,
     pods: &PodCaches,
-) -> Result<Answer, admission::BadReview> {
+) -> Result<Answer, BadReview> {
     match route {
         Route::Admission(endpoint) => {
             admission::review(endpoint, body, caches, jiff::Timestamp::now())

@@ -1,6 +1,6 @@
 //! TLS accept loop (tokio-rustls + hyper) with every stage of a connection bounded in time
-//! (see `limits.rs`), connections and requests bounded in number, and graceful shutdown that
-//! lets in-flight requests finish.
+//! (see `core/limits.rs`), connections and requests bounded in number, and graceful shutdown
+//! that lets in-flight requests finish.
 //!
 //! When `max_connections` are open, a new connection sheds one that is waiting on its client
 //! (those that never completed a request first, then the longest waiting), so clients that
@@ -21,9 +21,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{Registry, RequestSlots, Tracked, TrackedService, WatchedIo};
-use crate::limits::{Bounds, Progress, Stage};
-use crate::metrics::{Metrics, StageLabel};
+use crate::core::limits::{Bounds, Progress, Stage};
+use crate::shell::conn::{Registry, RequestSlots, Tracked, TrackedService, WatchedIo};
+use crate::shell::metrics::{Metrics, StageLabel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeLimits {

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::limits::Bounds;
-use crate::serve::ServeLimits;
+use crate::core::limits::Bounds;
+use crate::shell::serve::ServeLimits;
 use clap::Parser;
 use prefetch_common::limits::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
 pub use prefetch_common::telemetry::LogFormat;

@@ -10,8 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::admission::Endpoint;
-use crate::http::MUTATE_POD;
+use crate::core::answer::{Endpoint, MUTATE_POD};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -32,7 +31,7 @@ pub struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabel {
-    /// handshake, headers, body, response, idle (see `limits.rs`).
+    /// handshake, headers, body, response, idle (see `core/limits.rs`).
     pub stage: &'static str,
 }
 

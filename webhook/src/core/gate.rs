@@ -1,6 +1,8 @@
 //! The pod gate (`POST /mutate/pod`, DESIGN.md section 9): whether a new pod of a rollout is
 //! held with the scheduling gate `cache.techsquad.rocks/prefetch` until the controller has its
 //! images on the nodes. Pure: the caches are read through [`Inputs`] and time is passed in.
+//! The shell reads the review ([`read`]), looks the pod's Deployment up, asks [`decide`], makes
+//! the one live read a [`Decision::ReadLive`] asks for, and sends [`answer`].
 //!
 //! The hook is fail-open and sees every ReplicaSet pod of the cluster: a pod is gated only when
 //! everything says so (a ReplicaSet of a Deployment owns it, a Prefetch with `gate_rollouts`
@@ -9,7 +11,7 @@
 //! lift the gate). Anything unsure passes the pod unchanged.
 
 use std::cell::OnceCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
 use jiff::{SignedDuration, Timestamp};
@@ -23,13 +25,10 @@ use prefetch_common::images::collect_images;
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
-use crate::admission::Answer;
-use crate::index::{DeploymentFacts, GatingPrefetch};
-use crate::review::{self, BadReview, MetaView, Operation, PodView, Request};
-
-/// The webhook gates only while the controller's Lease was renewed this recently (the
-/// controller renews every 2 s; a Lease lasts 15 s).
-pub const LEASE_FRESHNESS: SignedDuration = SignedDuration::from_secs(30);
+use crate::core::answer::Answer;
+use crate::core::facts::{DeploymentFacts, Prefetches};
+use crate::core::lease;
+use crate::core::review::{self, BadReview, MetaView, Operation, PodView, Request};
 
 /// What the gate reads of a pod review, owned, so that a live read of the Deployment may
 /// happen between reading the review and deciding.
@@ -166,8 +165,9 @@ pub struct Inputs<'a> {
     pub deployment: Option<&'a DeploymentFacts>,
     /// `deployment` comes from a live read: no further read is asked for.
     pub live: bool,
-    /// The Prefetches with `gate_rollouts` in the pod's namespace selecting these labels.
-    pub gating: &'a dyn Fn(&BTreeMap<String, String>) -> Vec<GatingPrefetch>,
+    /// The Prefetches: those with `gate_rollouts` in the pod's namespace that select its
+    /// Deployment may gate it.
+    pub prefetches: &'a dyn Prefetches,
     /// When a holder last renewed the controller's Lease.
     pub leader_renewed: Option<Timestamp>,
     pub now: Timestamp,
@@ -221,7 +221,7 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
         return Decision::Pass("no image to wait for".into());
     }
     match inputs.leader_renewed {
-        Some(renewed) if inputs.now.duration_since(renewed) <= LEASE_FRESHNESS => {}
+        Some(renewed) if lease::is_fresh(renewed, inputs.now) => {}
         Some(renewed) => {
             return Decision::Pass(format!(
                 "no controller leads (Lease last renewed {}): nobody would lift a gate",
@@ -254,7 +254,9 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
     if !signal.images.iter().any(|i| pod.images().contains(i)) {
         return Decision::Pass("uses none of the rollout's new images".into());
     }
-    let gating = (inputs.gating)(&facts.labels);
+    let gating = inputs.prefetches.gating_by(&pod.namespace, &|key| {
+        facts.labels.get(key).map(String::as_str)
+    });
     if gating.is_empty() {
         return Decision::Pass(format!(
             "no Prefetch with gate_rollouts selects Deployment {deployment}"
@@ -358,6 +360,8 @@ static GATE_POINTERS: LazyLock<GatePointers> = LazyLock::new(|| GatePointers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::facts::PrefetchFacts;
+    use crate::core::facts::fakes::FakePrefetches;
     use prefetch_common::annotations::Signal;
 
     fn t(s: &str) -> Timestamp {
@@ -435,21 +439,29 @@ mod tests {
         )
     }
 
-    fn gating(entries: &[(&str, i64, Option<&str>)]) -> Vec<GatingPrefetch> {
-        entries
-            .iter()
-            .map(|(name, timeout, through)| GatingPrefetch {
-                name: name.to_string(),
-                gate_timeout: *timeout,
-                prefetched_through: through.map(t),
-            })
-            .collect()
+    /// Prefetches in the pod's namespace with `gate_rollouts` that select the web Deployment
+    /// (name, gate_timeout, prefetched_through), in this order.
+    fn gating(entries: &[(&str, i64, Option<&str>)]) -> FakePrefetches {
+        FakePrefetches {
+            synced: true,
+            prefetches: entries
+                .iter()
+                .map(|(name, timeout, through)| {
+                    let facts = PrefetchFacts {
+                        selector: [("app".to_string(), "web".to_string())].into(),
+                        gate_timeout: Some(*timeout),
+                        prefetched_through: through.map(t),
+                    };
+                    ("default".to_string(), name.to_string(), facts)
+                })
+                .collect(),
+        }
     }
 
     struct Case {
         deployment: Option<DeploymentFacts>,
         live: bool,
-        gating: Vec<GatingPrefetch>,
+        gating: FakePrefetches,
         leader: Option<Timestamp>,
         now: Timestamp,
     }
@@ -465,20 +477,12 @@ mod tests {
             }
         }
         fn decide(&self, pod: &PodFacts) -> Decision {
-            let gating = self.gating.clone();
-            let f = move |labels: &BTreeMap<String, String>| {
-                if labels.get("app").map(String::as_str) == Some("web") {
-                    gating.clone()
-                } else {
-                    Vec::new()
-                }
-            };
             decide(
                 pod,
                 &Inputs {
                     deployment: self.deployment.as_ref(),
                     live: self.live,
-                    gating: &f,
+                    prefetches: &self.gating,
                     leader_renewed: self.leader,
                     now: self.now,
                 },
@@ -724,7 +728,7 @@ mod tests {
         // Written as its template: decided without normalizing a reference.
         assert!(pod.images.get().is_none());
         let mut case = Case::new();
-        case.gating = Vec::new();
+        case.gating = gating(&[]);
         passes(case.decide(&pod), "no Prefetch with gate_rollouts");
     }
 

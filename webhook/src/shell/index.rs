@@ -1,7 +1,9 @@
-//! Watch caches the webhook answers from: which Prefetch selects which Deployments, and the
-//! cluster's node names. Fed by kube-runtime watchers run by `prefetch_common::watch` (the
-//! one runner of every watch: resetting backoff, relist after a failure, health for
-//! `/readyz` and the staleness metric); never an API call per request.
+//! Watch caches the webhook answers from: which Prefetch selects which Deployments, the
+//! cluster's Deployments (slimmed to [`DeploymentFacts`]) and node names, and the
+//! controller's leader Lease. [`PrefetchIndex`] and [`NodeNames`] implement the core's views
+//! of them ([`Prefetches`], [`NodeNamesView`]). Fed by kube-runtime watchers run by
+//! `prefetch_common::watch` (the one runner of every watch: resetting backoff, relist after a
+//! failure, health for `/readyz` and the staleness metric); never an API call per request.
 //!
 //! A relist (`Init` .. `InitDone`) builds a fresh map and swaps it in whole, so objects deleted
 //! while the watch was down disappear too.
@@ -19,56 +21,17 @@ use kube::runtime::watcher::Event;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use prefetch_common::Prefetch;
-use prefetch_common::images::pod_spec_images;
-use prefetch_common::labels::selects_by;
 use prefetch_common::watch::{WatchHealth, run_watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::locks;
-use crate::metrics::Metrics;
+use crate::core::facts::{
+    DeploymentFacts, GatingPrefetch, NodeNamesView, PrefetchFacts, Prefetches,
+};
+use crate::core::lease;
+use crate::shell::locks;
+use crate::shell::metrics::Metrics;
 
-type Selector = BTreeMap<String, String>;
-
-/// What the webhook keeps of one Prefetch: its selector, and what the pod gate reads.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Entry {
-    selector: Selector,
-    /// `spec.gate_rollouts`, with `spec.gate_timeout` in seconds.
-    gate_timeout: Option<i64>,
-    /// `status.last_rollout.requested_at`, when its `prefetched_at` is set.
-    prefetched_through: Option<jiff::Timestamp>,
-}
-
-impl Entry {
-    fn of(prefetch: Prefetch) -> Self {
-        let prefetched_through = prefetch
-            .status
-            .and_then(|s| s.last_rollout)
-            .filter(|r| r.prefetched_at.is_some())
-            .and_then(|r| r.requested_at)
-            .map(|t| t.0);
-        Self {
-            gate_timeout: prefetch
-                .spec
-                .gate_rollouts()
-                .then(|| prefetch.spec.gate_timeout_seconds()),
-            selector: prefetch.spec.filter_by_labels,
-            prefetched_through,
-        }
-    }
-}
-
-/// A Prefetch with `gate_rollouts` that selects a Deployment, as the pod gate reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GatingPrefetch {
-    pub name: String,
-    /// `spec.gate_timeout`, seconds.
-    pub gate_timeout: i64,
-    /// The newest rollout signal (`requested_at`) its status shows prefetched.
-    pub prefetched_through: Option<jiff::Timestamp>,
-}
-
-type ByNamespace = HashMap<String, BTreeMap<String, Entry>>;
+type ByNamespace = HashMap<String, BTreeMap<String, PrefetchFacts>>;
 
 /// namespace -> Prefetch name -> what the decisions read of it.
 #[derive(Debug, Default)]
@@ -101,55 +64,17 @@ impl PrefetchIndex {
         namespace: &str,
         labels: Option<&BTreeMap<String, String>>,
     ) -> Vec<String> {
-        self.selecting_by(namespace, |key| labels?.get(key).map(String::as_str))
+        Prefetches::selecting_by(self, namespace, &|key| labels?.get(key).map(String::as_str))
     }
 
-    /// [`Self::selecting`] over any label lookup (labels borrowed from a request body).
-    pub fn selecting_by<'l>(
+    /// The Prefetches of `namespace`, by name, under the read lock.
+    fn with_namespace<R>(
         &self,
         namespace: &str,
-        label: impl Fn(&str) -> Option<&'l str>,
-    ) -> Vec<String> {
+        read: impl FnOnce(&BTreeMap<String, PrefetchFacts>) -> R,
+    ) -> Option<R> {
         let guard = locks::read(&self.selectors);
-        guard
-            .live
-            .get(namespace)
-            .map(|by_name| {
-                by_name
-                    .iter()
-                    .filter(|(_, entry)| {
-                        !entry.selector.is_empty() && selects_by(&entry.selector, &label)
-                    })
-                    .map(|(name, _)| name.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The Prefetches in `namespace` with `gate_rollouts` that select an object with these
-    /// labels, by name.
-    pub fn gating_by<'l>(
-        &self,
-        namespace: &str,
-        label: impl Fn(&str) -> Option<&'l str>,
-    ) -> Vec<GatingPrefetch> {
-        let guard = locks::read(&self.selectors);
-        let Some(by_name) = guard.live.get(namespace) else {
-            return Vec::new();
-        };
-        by_name
-            .iter()
-            .filter_map(|(name, entry)| {
-                let gate_timeout = entry.gate_timeout?;
-                (!entry.selector.is_empty() && selects_by(&entry.selector, &label)).then(|| {
-                    GatingPrefetch {
-                        name: name.clone(),
-                        gate_timeout,
-                        prefetched_through: entry.prefetched_through,
-                    }
-                })
-            })
-            .collect()
+        guard.live.get(namespace).map(read)
     }
 
     pub fn len(&self) -> usize {
@@ -166,11 +91,11 @@ impl PrefetchIndex {
     pub fn apply(&self, event: Event<DeserializeGuard<Prefetch>>) -> Vec<String> {
         let mut invalid = Vec::new();
         let mut entry =
-            |guard: DeserializeGuard<Prefetch>| -> Option<((String, String), Option<Entry>)> {
+            |guard: DeserializeGuard<Prefetch>| -> Option<((String, String), Option<PrefetchFacts>)> {
                 match guard.0 {
                     Ok(prefetch) => {
                         let key = namespace_and_name(&prefetch.metadata)?;
-                        Some((key, Some(Entry::of(prefetch))))
+                        Some((key, Some(PrefetchFacts::of(prefetch))))
                     }
                     Err(err) => {
                         invalid.push(format!(
@@ -215,6 +140,41 @@ impl PrefetchIndex {
             }
         }
         invalid
+    }
+}
+
+impl Prefetches for PrefetchIndex {
+    fn is_synced(&self) -> bool {
+        PrefetchIndex::is_synced(self)
+    }
+
+    fn selecting_by<'l>(
+        &self,
+        namespace: &str,
+        label: &dyn Fn(&str) -> Option<&'l str>,
+    ) -> Vec<String> {
+        self.with_namespace(namespace, |by_name| {
+            by_name
+                .iter()
+                .filter(|(_, facts)| facts.selects_by(label))
+                .map(|(name, _)| name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    fn gating_by<'l>(
+        &self,
+        namespace: &str,
+        label: &dyn Fn(&str) -> Option<&'l str>,
+    ) -> Vec<GatingPrefetch> {
+        self.with_namespace(namespace, |by_name| {
+            by_name
+                .iter()
+                .filter_map(|(name, facts)| facts.gating(name, label))
+                .collect()
+        })
+        .unwrap_or_default()
     }
 }
 
@@ -269,42 +229,9 @@ impl NodeNames {
     }
 }
 
-/// What the pod gate reads of a Deployment: its labels (which Prefetches select it), its
-/// rollout signal, and its pod template's normalized images. Nothing else is kept.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeploymentFacts {
-    pub labels: BTreeMap<String, String>,
-    pub signal: Option<prefetch_common::annotations::Signal>,
-    pub template_images: BTreeSet<String>,
-    /// The template's image references as written (a pod's are compared with these first).
-    pub template_references: BTreeSet<String>,
-}
-
-impl DeploymentFacts {
-    pub fn of(deployment: &Deployment) -> Self {
-        let spec = deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref());
-        let template_references = spec
-            .into_iter()
-            .flat_map(|spec| {
-                spec.containers
-                    .iter()
-                    .chain(spec.init_containers.iter().flatten())
-            })
-            .filter_map(|c| c.image.clone())
-            .collect();
-        Self {
-            labels: deployment.metadata.labels.clone().unwrap_or_default(),
-            signal: prefetch_common::annotations::rollout_signal(
-                deployment.metadata.annotations.as_ref(),
-            ),
-            template_images: spec
-                .map(|spec| pod_spec_images(spec).images)
-                .unwrap_or_default(),
-            template_references,
-        }
+impl NodeNamesView for NodeNames {
+    fn with_names(&self, read: &mut dyn FnMut(Option<&BTreeSet<String>>)) {
+        NodeNames::with_names(self, read)
     }
 }
 
@@ -369,12 +296,11 @@ impl DeploymentIndex {
     }
 }
 
-/// The controller's leader Lease as the pod gate reads it: who holds it and when it was
-/// last renewed.
+/// The controller's leader Lease as the pod gate reads it: when its holder last renewed it.
 #[derive(Debug, Default)]
 pub struct LeaderLease {
-    /// `(holderIdentity set, renewTime)`; `None` when there is no such Lease.
-    state: RwLock<Option<(bool, Option<jiff::Timestamp>)>>,
+    /// See [`lease::holder_renewed`]; `None` also when there is no such Lease.
+    renewed: RwLock<Option<jiff::Timestamp>>,
     synced: AtomicBool,
 }
 
@@ -385,27 +311,18 @@ impl LeaderLease {
 
     /// When a holder last renewed the Lease; `None` when nobody holds it (or unknown).
     pub fn renewed_at(&self) -> Option<jiff::Timestamp> {
-        match *locks::read(&self.state) {
-            Some((true, renewed)) => renewed,
-            _ => None,
-        }
-    }
-
-    fn read(lease: &Lease) -> (bool, Option<jiff::Timestamp>) {
-        let spec = lease.spec.as_ref();
-        let held = spec
-            .and_then(|s| s.holder_identity.as_deref())
-            .is_some_and(|h| !h.is_empty());
-        (held, spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0))
+        *locks::read(&self.renewed)
     }
 
     pub fn apply(&self, event: Event<Lease>) {
-        let mut state = locks::write(&self.state);
+        let mut renewed = locks::write(&self.renewed);
         match event {
             Event::Init => {}
-            Event::InitApply(lease) | Event::Apply(lease) => *state = Some(Self::read(&lease)),
+            Event::InitApply(lease) | Event::Apply(lease) => {
+                *renewed = lease::holder_renewed(&lease)
+            }
             Event::InitDone => self.synced.store(true, Ordering::Release),
-            Event::Delete(_) => *state = None,
+            Event::Delete(_) => *renewed = None,
         }
     }
 }
@@ -584,5 +501,64 @@ mod tests {
             names.with_names(|n| n.cloned()),
             Some(["b".to_string()].into())
         );
+    }
+
+    #[test]
+    fn gating_prefetches_and_sync_are_read_through_the_view() {
+        let index = PrefetchIndex::default();
+        let view: &dyn Prefetches = &index;
+        let mut gating = prefetch("default", "gates", &[("app", "web")]);
+        if let Ok(p) = &mut gating.0 {
+            p.spec.gate_rollouts = Some(true);
+            p.spec.gate_timeout = Some(120);
+        }
+        index.apply(Event::Init);
+        index.apply(Event::InitApply(gating));
+        index.apply(Event::InitApply(prefetch(
+            "default",
+            "plain",
+            &[("app", "web")],
+        )));
+        assert!(!view.is_synced());
+        index.apply(Event::InitDone);
+        assert!(view.is_synced());
+        let web = |key: &str| (key == "app").then_some("web");
+        assert_eq!(view.selecting_by("default", &web), ["gates", "plain"]);
+        assert_eq!(
+            view.gating_by("default", &web),
+            [GatingPrefetch {
+                name: "gates".into(),
+                gate_timeout: 120,
+                prefetched_through: None,
+            }]
+        );
+        assert!(view.gating_by("other", &web).is_empty());
+    }
+
+    #[test]
+    fn the_lease_follows_its_holder() {
+        use k8s_openapi::api::coordination::v1::LeaseSpec;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+        let at: jiff::Timestamp = "2026-11-22T03:00:00Z".parse().unwrap();
+        let lease = |holder: &str| Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                renew_time: Some(MicroTime(at)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let leader = LeaderLease::default();
+        leader.apply(Event::Init);
+        leader.apply(Event::InitApply(lease("controller-1")));
+        assert!(!leader.is_synced());
+        leader.apply(Event::InitDone);
+        assert!(leader.is_synced());
+        assert_eq!(leader.renewed_at(), Some(at));
+        leader.apply(Event::Apply(lease("")));
+        assert_eq!(leader.renewed_at(), None, "released");
+        leader.apply(Event::Apply(lease("controller-2")));
+        leader.apply(Event::Delete(lease("controller-2")));
+        assert_eq!(leader.renewed_at(), None, "deleted");
     }
 }

@@ -1,7 +1,8 @@
 //! What bounds a client connection, as pure decisions: the stage a connection is in, when that
 //! stage expires, and which connection to shed when a pool is full. The accept loop
-//! (`serve.rs`) and the connection instrumentation (`conn.rs`) feed events in and act on the
-//! answers; everything here is plain data and `Instant`s, so every rule is unit-tested.
+//! (`shell/serve.rs`) and the connection instrumentation (`shell/conn.rs`) feed events in and
+//! act on the answers; everything here is plain data and `Instant`s, so every rule is
+//! unit-tested.
 //!
 //! Stages, each bounded in time:
 //! - `handshake`: TCP accepted, TLS not finished.

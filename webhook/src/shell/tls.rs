@@ -19,8 +19,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
-use crate::locks;
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::shell::locks;
+use crate::shell::metrics::{Metrics, ReasonLabel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -1,5 +1,5 @@
 //! Connection instrumentation: reports each connection's events to its [`Progress`] (see
-//! `limits.rs` for the rules) and keeps the registry the shedding policy picks from.
+//! `core/limits.rs` for the rules) and keeps the registry the shedding policy picks from.
 //!
 //! - [`WatchedIo`] wraps the TLS stream: on an idle HTTP/1.1 connection, the first byte of the
 //!   next request starts that request's headers clock.
@@ -30,8 +30,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::limits::{Bounds, Progress, RequestId, ShedRank, Stage, pick_victim};
-use crate::metrics::Metrics;
+use crate::core::limits::{Bounds, Progress, RequestId, ShedRank, Stage, pick_victim};
+use crate::shell::metrics::Metrics;
 
 /// One connection as its instrumentation, its watchdog and the shedding policy share it.
 pub struct Tracked {

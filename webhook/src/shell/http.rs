@@ -1,4 +1,9 @@
 //! HTTP surface: the admission router (served over TLS) and the ops router (health, metrics).
+//!
+//! Each admission handler hands the body to a decision of [`crate::core`] with the watch
+//! caches and the time, and turns the [`Answer`] into a response, a log line and metrics. The
+//! pod gate's one live read of a Deployment happens here. A panic in a decision costs that
+//! request a 500, never the process.
 
 use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
@@ -16,10 +21,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::admission::{self, Caches, Endpoint};
-use crate::gate::{self, Decision, PodFacts, Read};
-use crate::index::{DeploymentFacts, DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex};
-use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
+use crate::core::admission::{self, Caches};
+use crate::core::answer::{Answer, Endpoint, MUTATE_POD};
+use crate::core::facts::DeploymentFacts;
+use crate::core::gate::{self, Decision, PodFacts, Read};
+use crate::core::review::BadReview;
+use crate::shell::index::{DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex};
+use crate::shell::metrics::{Metrics, ReasonLabel, ResultLabel};
 
 /// Bodies above this get 413. The API server caps objects near 3 MiB; an AdmissionReview holds
 /// two of them plus envelope, so 7 MiB admits every legitimate review.
@@ -54,9 +62,6 @@ impl AppState {
             .flatten()
     }
 }
-
-/// Path of the pod gate.
-pub const MUTATE_POD: &str = "/mutate/pod";
 
 /// The handlers' state, shared: a request clones one `Arc`, not every cache handle and the API
 /// client.
@@ -141,8 +146,8 @@ fn handle(endpoint: Endpoint, state: &AppState, JsonBody(json): JsonBody, body: 
         not_json(path)
     } else {
         let caches = Caches {
-            prefetches: &state.prefetches,
-            nodes: &state.nodes,
+            prefetches: &*state.prefetches,
+            nodes: &*state.nodes,
             min_retry_after: state.min_retry_after,
             leader_renewed: state.leader_renewed(),
         };
@@ -201,31 +206,28 @@ fn pod_error(state: &AppState, reason: &'static str) {
 /// admits), and counted.
 async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
     let now = jiff::Timestamp::now();
-    let first =
-        std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, admission::BadReview> {
-            let pod = match gate::read(body)? {
-                Read::Pod(pod) => pod,
-                Read::NotForUs(uid, why) => {
-                    return Ok(Err(admission::Answer::allow_pod(&uid, why)));
-                }
-            };
-            if !(state.prefetches.is_synced()
-                && state.deployments.is_synced()
-                && state.lease.is_synced())
-            {
-                return Ok(Err(admission::Answer::allow_pod(
-                    &pod.uid,
-                    "caches not synced yet",
-                )
-                .errored()));
+    let first = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, BadReview> {
+        let pod = match gate::read(body)? {
+            Read::Pod(pod) => pod,
+            Read::NotForUs(uid, why) => {
+                return Ok(Err(Answer::allow_pod(&uid, why)));
             }
-            let cached = match &pod.deployment {
-                Ok(name) => state.deployments.get(&pod.namespace, name),
-                Err(_) => None,
-            };
-            let decision = decide(state, &pod, cached.as_deref(), false, now);
-            Ok(Ok((pod, decision)))
-        }));
+        };
+        if !(state.prefetches.is_synced()
+            && state.deployments.is_synced()
+            && state.lease.is_synced())
+        {
+            return Ok(Err(
+                Answer::allow_pod(&pod.uid, "caches not synced yet").errored()
+            ));
+        }
+        let cached = match &pod.deployment {
+            Ok(name) => state.deployments.get(&pod.namespace, name),
+            Err(_) => None,
+        };
+        let decision = decide(state, &pod, cached.as_deref(), false, now);
+        Ok(Ok((pod, decision)))
+    }));
     let (pod, decision) = match first {
         Ok(Ok(Ok(decided))) => decided,
         Ok(Ok(Err(answer))) => return pod_answer(state, answer, "caches_not_synced"),
@@ -244,7 +246,7 @@ async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
             let live = match read_deployment(state, &pod.namespace, &deployment).await {
                 Ok(live) => live,
                 Err(why) => {
-                    let answer = admission::Answer::allow_pod(
+                    let answer = Answer::allow_pod(
                         &pod.uid,
                         format!("live read of Deployment {deployment} failed: {why}"),
                     )
@@ -272,17 +274,12 @@ fn decide(
     live: bool,
     now: jiff::Timestamp,
 ) -> Decision {
-    let gating = |labels: &std::collections::BTreeMap<String, String>| {
-        state
-            .prefetches
-            .gating_by(&pod.namespace, |key| labels.get(key).map(String::as_str))
-    };
     gate::decide(
         pod,
         &gate::Inputs {
             deployment,
             live,
-            gating: &gating,
+            prefetches: &*state.prefetches,
             leader_renewed: state.leader_renewed(),
             now,
         },
@@ -333,7 +330,7 @@ fn pod_panicked(state: &AppState) -> (&'static str, Response) {
 /// Counts and logs a pod answer; an `errored` answer under `error_reason`.
 fn pod_answer(
     state: &AppState,
-    answer: admission::Answer,
+    answer: Answer,
     error_reason: &'static str,
 ) -> (&'static str, Response) {
     match answer.result {
@@ -377,11 +374,7 @@ fn pod_answer(
     }
 }
 
-fn respond(
-    endpoint: Endpoint,
-    state: &AppState,
-    answer: admission::Answer,
-) -> (&'static str, Response) {
+fn respond(endpoint: Endpoint, state: &AppState, answer: Answer) -> (&'static str, Response) {
     let path = endpoint.path();
     match answer.result {
         "denied" => {

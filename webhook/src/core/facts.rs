@@ -1,0 +1,282 @@
+//! What the decisions read besides the request: plain data slimmed from cluster objects
+//! ([`PrefetchFacts`], [`GatingPrefetch`], [`DeploymentFacts`]), and the views of the watch
+//! caches that hold them ([`Prefetches`], [`NodeNamesView`]). The shell's caches implement the
+//! views; the core's tests implement them with fakes.
+//!
+//! The views are object-safe (lookups are `&dyn Fn` closures) so that a decision takes
+//! `&dyn Prefetches` and is compiled once, whatever feeds it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use prefetch_common::Prefetch;
+use prefetch_common::annotations::{Signal, rollout_signal};
+use prefetch_common::images::pod_spec_images;
+use prefetch_common::labels::selects_by;
+
+/// The Prefetches of the cluster, as the decisions read them.
+pub trait Prefetches {
+    /// Whether the view has been filled once (a first list completed).
+    fn is_synced(&self) -> bool;
+
+    /// The names of the Prefetches in `namespace` that select an object whose labels `label`
+    /// looks up (labels may be borrowed from a request body), for logs.
+    fn selecting_by<'l>(
+        &self,
+        namespace: &str,
+        label: &dyn Fn(&str) -> Option<&'l str>,
+    ) -> Vec<String>;
+
+    /// The Prefetches in `namespace` with `gate_rollouts` that select an object whose labels
+    /// `label` looks up, by name.
+    fn gating_by<'l>(
+        &self,
+        namespace: &str,
+        label: &dyn Fn(&str) -> Option<&'l str>,
+    ) -> Vec<GatingPrefetch>;
+}
+
+/// The names of the cluster's nodes, for the "node_filter matches no node" warning.
+pub trait NodeNamesView {
+    /// Runs `read` once over the names, `None` while they are not known (no list completed):
+    /// validation needs one substring check, not a copy of every node name.
+    fn with_names(&self, read: &mut dyn FnMut(Option<&BTreeSet<String>>));
+}
+
+/// What the webhook keeps of one Prefetch: its selector, and what the pod gate reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefetchFacts {
+    /// `spec.filter_by_labels`.
+    pub selector: BTreeMap<String, String>,
+    /// `spec.gate_rollouts`, with `spec.gate_timeout` in seconds.
+    pub gate_timeout: Option<i64>,
+    /// `status.last_rollout.requested_at`, when its `prefetched_at` is set.
+    pub prefetched_through: Option<jiff::Timestamp>,
+}
+
+impl PrefetchFacts {
+    pub fn of(prefetch: Prefetch) -> Self {
+        let prefetched_through = prefetch
+            .status
+            .and_then(|s| s.last_rollout)
+            .filter(|r| r.prefetched_at.is_some())
+            .and_then(|r| r.requested_at)
+            .map(|t| t.0);
+        Self {
+            gate_timeout: prefetch
+                .spec
+                .gate_rollouts()
+                .then(|| prefetch.spec.gate_timeout_seconds()),
+            selector: prefetch.spec.filter_by_labels,
+            prefetched_through,
+        }
+    }
+
+    /// Whether it selects an object whose labels `label` looks up (an empty selector selects
+    /// nothing).
+    pub fn selects_by<'l>(&self, label: impl Fn(&str) -> Option<&'l str>) -> bool {
+        !self.selector.is_empty() && selects_by(&self.selector, label)
+    }
+
+    /// As the pod gate reads it, when it has `gate_rollouts` and selects that object.
+    pub fn gating<'l>(
+        &self,
+        name: &str,
+        label: impl Fn(&str) -> Option<&'l str>,
+    ) -> Option<GatingPrefetch> {
+        let gate_timeout = self.gate_timeout?;
+        self.selects_by(label).then(|| GatingPrefetch {
+            name: name.to_string(),
+            gate_timeout,
+            prefetched_through: self.prefetched_through,
+        })
+    }
+}
+
+/// A Prefetch with `gate_rollouts` that selects a Deployment, as the pod gate reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatingPrefetch {
+    pub name: String,
+    /// `spec.gate_timeout`, seconds.
+    pub gate_timeout: i64,
+    /// The newest rollout signal (`requested_at`) its status shows prefetched.
+    pub prefetched_through: Option<jiff::Timestamp>,
+}
+
+/// What the pod gate reads of a Deployment: its labels (which Prefetches select it), its
+/// rollout signal, and its pod template's normalized images. Nothing else is kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeploymentFacts {
+    pub labels: BTreeMap<String, String>,
+    pub signal: Option<Signal>,
+    pub template_images: BTreeSet<String>,
+    /// The template's image references as written (a pod's are compared with these first).
+    pub template_references: BTreeSet<String>,
+}
+
+impl DeploymentFacts {
+    pub fn of(deployment: &Deployment) -> Self {
+        let spec = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref());
+        let template_references = spec
+            .into_iter()
+            .flat_map(|spec| {
+                spec.containers
+                    .iter()
+                    .chain(spec.init_containers.iter().flatten())
+            })
+            .filter_map(|c| c.image.clone())
+            .collect();
+        Self {
+            labels: deployment.metadata.labels.clone().unwrap_or_default(),
+            signal: rollout_signal(deployment.metadata.annotations.as_ref()),
+            template_images: spec
+                .map(|spec| pod_spec_images(spec).images)
+                .unwrap_or_default(),
+            template_references,
+        }
+    }
+}
+
+/// Fakes of the views for the core's tests: a list of Prefetches and a set of node names,
+/// nothing cached.
+#[cfg(test)]
+pub(crate) mod fakes {
+    use super::*;
+
+    /// Prefetches as (namespace, name, facts), in the order given.
+    #[derive(Debug, Default)]
+    pub struct FakePrefetches {
+        pub synced: bool,
+        pub prefetches: Vec<(String, String, PrefetchFacts)>,
+    }
+
+    impl FakePrefetches {
+        /// Synced, with Prefetches (namespace, name, label key, label value).
+        pub fn selecting(prefetches: &[(&str, &str, &str, &str)]) -> Self {
+            Self {
+                synced: true,
+                prefetches: prefetches
+                    .iter()
+                    .map(|(ns, name, key, value)| {
+                        let facts = PrefetchFacts {
+                            selector: [(key.to_string(), value.to_string())].into(),
+                            ..Default::default()
+                        };
+                        (ns.to_string(), name.to_string(), facts)
+                    })
+                    .collect(),
+            }
+        }
+
+        fn in_namespace<'s>(
+            &'s self,
+            namespace: &'s str,
+        ) -> impl Iterator<Item = (&'s str, &'s PrefetchFacts)> {
+            self.prefetches
+                .iter()
+                .filter(move |(ns, _, _)| ns == namespace)
+                .map(|(_, name, facts)| (name.as_str(), facts))
+        }
+    }
+
+    impl Prefetches for FakePrefetches {
+        fn is_synced(&self) -> bool {
+            self.synced
+        }
+
+        fn selecting_by<'l>(
+            &self,
+            namespace: &str,
+            label: &dyn Fn(&str) -> Option<&'l str>,
+        ) -> Vec<String> {
+            self.in_namespace(namespace)
+                .filter(|(_, facts)| facts.selects_by(label))
+                .map(|(name, _)| name.to_string())
+                .collect()
+        }
+
+        fn gating_by<'l>(
+            &self,
+            namespace: &str,
+            label: &dyn Fn(&str) -> Option<&'l str>,
+        ) -> Vec<GatingPrefetch> {
+            self.in_namespace(namespace)
+                .filter_map(|(name, facts)| facts.gating(name, label))
+                .collect()
+        }
+    }
+
+    /// Node names, `None` while unknown.
+    #[derive(Debug, Default)]
+    pub struct FakeNodes(pub Option<BTreeSet<String>>);
+
+    impl NodeNamesView for FakeNodes {
+        fn with_names(&self, read: &mut dyn FnMut(Option<&BTreeSet<String>>)) {
+            read(self.0.as_ref())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use prefetch_common::{PrefetchSpec, PrefetchStatus, RolloutRecord};
+
+    fn t(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn prefetch_facts_keep_the_selector_the_gate_and_what_was_prefetched() {
+        let mut prefetch = Prefetch::new(
+            "pf",
+            PrefetchSpec {
+                filter_by_labels: [("app".to_string(), "web".to_string())].into(),
+                gate_rollouts: Some(true),
+                ..Default::default()
+            },
+        );
+        let record = RolloutRecord {
+            requested_at: Some(MicroTime(t("2026-11-22T03:00:00Z"))),
+            ..Default::default()
+        };
+        prefetch.status = Some(PrefetchStatus {
+            last_rollout: Some(record.clone()),
+            ..Default::default()
+        });
+        let facts = PrefetchFacts::of(prefetch.clone());
+        assert_eq!(facts.gate_timeout, Some(900));
+        assert_eq!(facts.prefetched_through, None, "not prefetched yet");
+
+        prefetch.status = Some(PrefetchStatus {
+            last_rollout: Some(RolloutRecord {
+                prefetched_at: Some(MicroTime(t("2026-11-22T03:01:00Z"))),
+                ..record
+            }),
+            ..Default::default()
+        });
+        let facts = PrefetchFacts::of(prefetch.clone());
+        assert_eq!(facts.prefetched_through, Some(t("2026-11-22T03:00:00Z")));
+        let web = |key: &str| (key == "app").then_some("web");
+        assert_eq!(
+            facts.gating("pf", web),
+            Some(GatingPrefetch {
+                name: "pf".into(),
+                gate_timeout: 900,
+                prefetched_through: Some(t("2026-11-22T03:00:00Z")),
+            })
+        );
+        assert_eq!(facts.gating("pf", |_| None), None);
+
+        prefetch.spec.gate_rollouts = None;
+        let facts = PrefetchFacts::of(prefetch);
+        assert!(facts.selects_by(web));
+        assert_eq!(facts.gating("pf", web), None, "does not gate");
+        let empty = PrefetchFacts::default();
+        assert!(!empty.selects_by(web), "an empty selector selects nothing");
+    }
+}
