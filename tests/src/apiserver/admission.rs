@@ -13,8 +13,8 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 
+use super::error::ApiError;
 use super::resources::ResourceType;
-use super::store::ApiError;
 use crate::tls_client::PinnedClient;
 
 /// A `matchConditions` rule, as a predicate on the object (the install's CEL, mirrored).

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use super::store::ApiError;
+use super::error::ApiError;
 
 /// A field: the keys from the object's root to a leaf (a scalar, a list, or an empty map).
 pub type FieldPath = Vec<String>;

@@ -15,6 +15,7 @@
 //! back, and count requests.
 
 mod admission;
+mod error;
 mod fields;
 mod handlers;
 mod resources;

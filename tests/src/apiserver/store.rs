@@ -6,52 +6,17 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use tokio::sync::{broadcast, watch};
 
+use super::Lock;
+pub use super::error::ApiError;
 use super::fields::{Owners, Scope};
 use super::resources::{ResourceType, lookup};
 use super::selector::{FieldSelector, LabelSelector};
-use super::{Lock, status};
 
 pub const DEFAULT_HISTORY: usize = 200_000;
 /// Changes buffered for live watches. A watch that falls further behind is ended (the
 /// client re-watches from its last version, replayed from the history log), as the real
 /// server's bounded watch cache does; a larger ring only holds more copies in memory.
 const BROADCAST_CAPACITY: usize = 4096;
-
-/// An API error: HTTP status and a Status body.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub code: u16,
-    pub body: Value,
-}
-
-impl ApiError {
-    pub fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            body: status(code, reason, message),
-        }
-    }
-    fn not_found(rt: &ResourceType, name: &str) -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            format!("{}.{} \"{name}\" not found", rt.plural, rt.group).replace(". \"", " \""),
-        )
-    }
-    fn conflict(rt: &ResourceType, name: &str) -> Self {
-        Self::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                rt.plural
-            ),
-        )
-    }
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(400, "BadRequest", message)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
