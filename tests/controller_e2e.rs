@@ -618,3 +618,53 @@ async fn status_fields_that_must_empty_do() {
     );
     s.cluster.cleanup().await;
 }
+
+/// A declared image (`spec.images`) is prefetched before any workload uses it: added to a
+/// running Prefetch, it starts a round at once (DESIGN.md section 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_image_is_prefetched_before_any_workload_uses_it() {
+    let Some(s) = scenario("declared", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let _controller = controller(&s, &[], "controller").await;
+    until_phase(&s, Phase::Succeeded).await;
+    s.prefetches
+        .patch(
+            "prefetch-sample",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"images": ["redis:7"]}})),
+        )
+        .await
+        .unwrap();
+    let status = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(20),
+        |st| st.phase == Phase::Succeeded && st.images.len() == 2,
+    )
+    .await;
+    assert_eq!(
+        status.images,
+        ["docker.io/library/nginx:1.7.9", "docker.io/library/redis:7"]
+    );
+    assert_eq!((status.ready, status.total), (6, 6));
+    let nodes: Api<Node> = Api::all(s.cluster.client.clone());
+    for worker in ["kind-worker", "kind-worker2", "kind-worker3"] {
+        let listed = nodes
+            .get(worker)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .images
+            .unwrap();
+        assert!(
+            listed
+                .iter()
+                .flat_map(|i| i.names.iter().flatten())
+                .any(|n| n == "docker.io/library/redis:7"),
+            "{worker} never pulled the declared image"
+        );
+    }
+    s.cluster.cleanup().await;
+}

@@ -113,6 +113,13 @@ pub struct PrefetchSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 60, max = 3600))]
     pub gate_timeout: Option<i64>,
+
+    /// Images to prefetch whether or not a selected workload uses them yet, so that a
+    /// pipeline can warm the next release before it deploys it. Image references as a pod
+    /// names them (normalized like the workloads' images); at most 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
+    pub images: Option<Vec<String>>,
 }
 
 impl PrefetchSpec {
@@ -133,6 +140,10 @@ impl PrefetchSpec {
     }
     pub fn gate_timeout_seconds(&self) -> i64 {
         self.gate_timeout.unwrap_or(limits::DEFAULT_GATE_TIMEOUT)
+    }
+    /// `spec.images` as written (empty when unset).
+    pub fn declared_images(&self) -> &[String] {
+        self.images.as_deref().unwrap_or(&[])
     }
 }
 

@@ -19,5 +19,8 @@ pub const MAX_GATE_TIMEOUT: i64 = 3_600;
 
 pub const MAX_NODE_FILTER_LEN: usize = 253;
 
+/// `spec.images`: declared images, prefetched whether or not a workload uses them yet.
+pub const MAX_DECLARED_IMAGES: usize = 100;
+
 /// At most this many failures are kept in `status.failures`.
 pub const MAX_STATUS_FAILURES: usize = 20;

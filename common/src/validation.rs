@@ -126,6 +126,7 @@ pub fn validate_prefetch_spec(spec: Option<&Value>, ctx: &ValidationContext<'_>)
     );
     validate_tolerations(spec, &mut verdict);
     validate_priority_class_name(spec, &mut verdict);
+    validate_declared_images(spec, &mut verdict);
     if let Some(value) = field(spec, "gate_rollouts")
         && !value.is_boolean()
     {
@@ -361,6 +362,45 @@ fn validate_priority_class_name(spec: &Map<String, Value>, verdict: &mut Verdict
     }
 }
 
+/// `spec.images`: a list of at most [`MAX_DECLARED_IMAGES`] image references, each one a
+/// reference a pod could name; every bad entry named by its index.
+fn validate_declared_images(spec: &Map<String, Value>, verdict: &mut Verdict) {
+    const FIELD: &str = "spec.images";
+    let Some(value) = field(spec, "images") else {
+        return;
+    };
+    let Some(images) = value.as_array() else {
+        verdict.error(
+            FIELD,
+            format!(
+                "must be a list of image references, got {}",
+                type_name(value)
+            ),
+        );
+        return;
+    };
+    if images.len() > MAX_DECLARED_IMAGES {
+        verdict.error(
+            FIELD,
+            format!(
+                "must list at most {MAX_DECLARED_IMAGES} images, got {}",
+                images.len()
+            ),
+        );
+    }
+    for (index, image) in images.iter().enumerate() {
+        let at = format!("{FIELD}[{index}]");
+        match image.as_str() {
+            Some(reference) => {
+                if let Err(err) = crate::images::normalize(reference) {
+                    verdict.error(&at, err.to_string());
+                }
+            }
+            None => verdict.error(&at, format!("must be a string, got {}", type_name(image))),
+        }
+    }
+}
+
 fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -421,6 +461,32 @@ mod tests {
         assert_eq!(check(spec).errors, vec![]);
         let low = json!({"filter_by_labels": {"a": "b"}, "retry_after": 30, "max_parallel": 1, "pull_timeout": 86400});
         assert_eq!(check(low).errors, vec![]);
+    }
+
+    #[test]
+    fn declared_images_are_references_at_most_a_hundred() {
+        let with = |images: Value| {
+            let mut spec = sample();
+            spec["images"] = images;
+            messages(spec)
+        };
+        assert!(with(json!(["nginx:1.27", "ghcr.io/org/model@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"])).is_empty());
+        assert!(with(json!([])).is_empty());
+        let hundred: Vec<String> = (0..100).map(|i| format!("img-{i}:1")).collect();
+        assert!(with(json!(hundred)).is_empty());
+        let too_many: Vec<String> = (0..101).map(|i| format!("img-{i}:1")).collect();
+        assert_eq!(
+            with(json!(too_many)),
+            ["spec.images: must list at most 100 images, got 101"]
+        );
+        let bad = with(json!(["nginx", "Not An Image", 7]));
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].starts_with("spec.images[1]: "), "{bad:?}");
+        assert_eq!(bad[1], "spec.images[2]: must be a string, got a number");
+        assert_eq!(
+            with(json!("nginx")),
+            ["spec.images: must be a list of image references, got a string"]
+        );
     }
 
     #[test]

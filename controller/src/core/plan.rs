@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use prefetch_common::Prefetch;
-use prefetch_common::images::{normalize, pod_spec_images};
+use prefetch_common::images::{collect_images, normalize, pod_spec_images};
 use prefetch_common::labels::selects;
 
 use crate::core::eligibility::{SkipReason, skip_reason};
@@ -173,6 +173,11 @@ pub fn plan_images_with<'a>(
         plan.deployments.push(name);
     }
     plan.deployments.sort();
+    // Declared images are wanted whether or not a workload uses them yet.
+    let declared = collect_images(prefetch.spec.declared_images().iter().map(String::as_str));
+    images.extend(declared.images);
+    plan.invalid_images
+        .extend(declared.invalid.iter().map(|e| format!("declared: {e}")));
     plan.images = images.into_iter().collect();
     plan.pull_secrets = secrets.into_iter().collect();
 
@@ -265,6 +270,49 @@ mod tests {
             ),
             node("kind-worker2", json!([]), json!([])),
         ]
+    }
+
+    #[test]
+    fn declared_images_are_planned_with_no_workload_using_them() {
+        let p = prefetch(
+            "default",
+            json!({"filter_by_labels": {"app": "nginx"}, "node_filter": "worker",
+                   "images": ["redis:7.2", "nginx:1.7.9", "Bad Ref"]}),
+        );
+        let deployments = [deployment(
+            "default",
+            "nginx",
+            json!({"app": "nginx"}),
+            &["docker.io/library/nginx:1.7.9"],
+            &[],
+            &[],
+        )];
+        let plan = plan_images(&p, &deployments, &walkthrough_nodes(), None);
+        assert_eq!(
+            plan.images,
+            [
+                "docker.io/library/nginx:1.7.9",
+                "docker.io/library/redis:7.2"
+            ],
+            "normalized, and one entry for an image both declared and used"
+        );
+        assert_eq!(plan.invalid_images.len(), 1, "{:?}", plan.invalid_images);
+        assert!(plan.invalid_images[0].starts_with("declared: "));
+        let worker = plan
+            .targets
+            .iter()
+            .find(|t| t.node == "kind-worker")
+            .unwrap();
+        assert_eq!(worker.pull, ["docker.io/library/redis:7.2"]);
+        // With no selected workload at all, the declared images still are.
+        let alone = plan_images(&p, &[], &walkthrough_nodes(), None);
+        assert_eq!(
+            alone.images,
+            [
+                "docker.io/library/nginx:1.7.9",
+                "docker.io/library/redis:7.2"
+            ]
+        );
     }
 
     #[test]
