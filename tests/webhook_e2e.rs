@@ -498,13 +498,20 @@ async fn deployment_rollouts_are_signalled_only_when_selected_and_changed() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        s.webhook
-            .logs()
-            .iter()
-            .any(|l| l.contains("rollout signalled")),
-        "decisions are logged"
-    );
+    // The webhook writes its log lines in batches (every 20 ms): wait for the line, briefly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !s
+        .webhook
+        .logs()
+        .iter()
+        .any(|l| l.contains("rollout signalled"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "decisions are logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     s.cluster.cleanup().await;
 }
 
