@@ -668,3 +668,158 @@ async fn a_declared_image_is_prefetched_before_any_workload_uses_it() {
     }
     s.cluster.cleanup().await;
 }
+
+/// Every workload kind a Prefetch selects brings its images (DESIGN.md section 12):
+/// StatefulSets, DaemonSets, Jobs and CronJobs beside the Deployment, init containers and
+/// image volumes included; a node that joins afterwards gets them all (a CronJob's next run
+/// lands warm on it); `kinds` narrows the selection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_workload_kind_brings_its_images() {
+    let Some(s) = scenario("kinds", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let client = s.cluster.client.clone();
+    let labels = json!({"app": "nginx"});
+    let template = |image: &str| {
+        json!({"metadata": {"labels": {"app": "x"}},
+               "spec": {"containers": [{"name": "c", "image": image}], "restartPolicy": "Never"}})
+    };
+    let create = |api_version: &str, kind: &str, name: &str, spec: serde_json::Value| {
+        json!({"apiVersion": api_version, "kind": kind,
+               "metadata": {"name": name, "namespace": s.ns, "labels": labels}, "spec": spec})
+    };
+    let mut db = template("postgres:16");
+    db["spec"]["initContainers"] = json!([{"name": "migrate", "image": "flyway/flyway:10"}]);
+    let mut agent = template("fluent/fluent-bit:3.0");
+    agent["spec"]["volumes"] =
+        json!([{"name": "rules", "image": {"reference": "ghcr.io/org/rules:7"}}]);
+    let objects = [
+        (
+            "statefulsets",
+            create(
+                "apps/v1",
+                "StatefulSet",
+                "db",
+                json!({"selector": {"matchLabels": {"app": "x"}}, "serviceName": "db", "template": db}),
+            ),
+        ),
+        (
+            "daemonsets",
+            create(
+                "apps/v1",
+                "DaemonSet",
+                "agent",
+                json!({"selector": {"matchLabels": {"app": "x"}}, "template": agent}),
+            ),
+        ),
+        (
+            "jobs",
+            create(
+                "batch/v1",
+                "Job",
+                "migrate",
+                json!({"template": template("busybox:1.36")}),
+            ),
+        ),
+        (
+            "cronjobs",
+            create(
+                "batch/v1",
+                "CronJob",
+                "report",
+                json!({"schedule": "0 * * * *", "jobTemplate": {"spec": {"template": template("python:3.12")}}}),
+            ),
+        ),
+    ];
+    for (plural, object) in objects {
+        let group = if plural == "jobs" || plural == "cronjobs" {
+            "batch"
+        } else {
+            "apps"
+        };
+        let resource = kube::api::ApiResource {
+            group: group.into(),
+            version: "v1".into(),
+            api_version: format!("{group}/v1"),
+            kind: object["kind"].as_str().unwrap().into(),
+            plural: plural.into(),
+        };
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), &s.ns, &resource);
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(object).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let _controller = controller(&s, &[], "controller").await;
+    let expected = [
+        "docker.io/fluent/fluent-bit:3.0",
+        "docker.io/flyway/flyway:10",
+        "docker.io/library/busybox:1.36",
+        "docker.io/library/nginx:1.7.9",
+        "docker.io/library/postgres:16",
+        "docker.io/library/python:3.12",
+        "ghcr.io/org/rules:7",
+    ];
+    let status = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Succeeded && st.images.len() == expected.len(),
+    )
+    .await;
+    assert_eq!(status.images, expected);
+    assert_eq!((status.ready, status.total), (21, 21));
+
+    // A node joins: it gets every kind's images, the CronJob's included.
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &node("kind-worker4", json!([]), json!([])),
+        )
+        .await
+        .unwrap();
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Succeeded && st.total == 28 && st.ready == 28,
+    )
+    .await;
+    let listed = nodes
+        .get("kind-worker4")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .images
+        .unwrap();
+    assert!(
+        listed
+            .iter()
+            .flat_map(|i| i.names.iter().flatten())
+            .any(|n| n == "docker.io/library/python:3.12"),
+        "the CronJob's image is on the new node before its next run"
+    );
+
+    // kinds narrows what filter_by_labels selects.
+    s.prefetches
+        .patch(
+            "prefetch-sample",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"kinds": ["CronJob"]}})),
+        )
+        .await
+        .unwrap();
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(20),
+        |st| st.images == ["docker.io/library/python:3.12"],
+    )
+    .await;
+    s.cluster.cleanup().await;
+}

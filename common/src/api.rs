@@ -114,6 +114,11 @@ pub struct PrefetchSpec {
     #[schemars(range(min = 60, max = 3600))]
     pub gate_timeout: Option<i64>,
 
+    /// Which workload kinds filter_by_labels selects: Deployment, StatefulSet, DaemonSet,
+    /// Job, CronJob. Unset selects all five.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kinds: Option<Vec<WorkloadKind>>,
+
     /// Images to prefetch whether or not a selected workload uses them yet, so that a
     /// pipeline can warm the next release before it deploys it. Image references as a pod
     /// names them (normalized like the workloads' images); at most 100.
@@ -141,9 +146,47 @@ impl PrefetchSpec {
     pub fn gate_timeout_seconds(&self) -> i64 {
         self.gate_timeout.unwrap_or(limits::DEFAULT_GATE_TIMEOUT)
     }
+    /// Whether `filter_by_labels` selects workloads of `kind` (`spec.kinds`; unset: all).
+    pub fn selects_kind(&self, kind: WorkloadKind) -> bool {
+        self.kinds
+            .as_ref()
+            .is_none_or(|kinds| kinds.contains(&kind))
+    }
     /// `spec.images` as written (empty when unset).
     pub fn declared_images(&self) -> &[String] {
         self.images.as_deref().unwrap_or(&[])
+    }
+}
+
+/// A kind of workload whose pod template a Prefetch reads images from.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
+)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    Job,
+    CronJob,
+}
+
+impl WorkloadKind {
+    pub const ALL: [WorkloadKind; 5] = [
+        WorkloadKind::Deployment,
+        WorkloadKind::StatefulSet,
+        WorkloadKind::DaemonSet,
+        WorkloadKind::Job,
+        WorkloadKind::CronJob,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::Job => "Job",
+            WorkloadKind::CronJob => "CronJob",
+        }
     }
 }
 

@@ -320,12 +320,19 @@ pub struct TemplateImages {
 
 pub fn pod_spec_images(spec: &PodSpec) -> TemplateImages {
     let init = spec.init_containers.iter().flatten();
-    collect_images(
-        spec.containers
-            .iter()
-            .chain(init)
-            .filter_map(|c| c.image.as_deref()),
-    )
+    let containers = spec
+        .containers
+        .iter()
+        .chain(init)
+        .filter_map(|c| c.image.as_deref());
+    // Image volumes (`volumes[].image.reference`): the kubelet pulls them like container
+    // images, so a pod that mounts one starts cold without it too.
+    let volumes = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.image.as_ref()?.reference.as_deref());
+    collect_images(containers.chain(volumes))
 }
 
 /// Same as [`pod_spec_images`] for a pod spec still in JSON (`spec.template.spec` of a
@@ -334,8 +341,15 @@ pub fn pod_spec_json_images(spec: &serde_json::Value) -> TemplateImages {
     let containers = ["containers", "initContainers"]
         .into_iter()
         .filter_map(|field| spec.get(field)?.as_array())
-        .flatten();
-    collect_images(containers.filter_map(|c| c.get("image")?.as_str()))
+        .flatten()
+        .filter_map(|c| c.get("image")?.as_str());
+    let volumes = spec
+        .get("volumes")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("image")?.get("reference")?.as_str());
+    collect_images(containers.chain(volumes))
 }
 
 /// Normalizes image references as written in a pod spec (see [`pod_spec_images`]).
@@ -539,5 +553,26 @@ mod tests {
             pod_spec_json_images(&serde_json::json!({"containers": "x"})),
             TemplateImages::default()
         );
+    }
+
+    #[test]
+    fn image_volumes_are_template_images_too() {
+        let json = serde_json::json!({
+            "containers": [{"name": "server", "image": "vllm/vllm-openai:v0.9"}],
+            "volumes": [
+                {"name": "weights", "image": {"reference": "ghcr.io/org/llama-weights:3.1", "pullPolicy": "IfNotPresent"}},
+                {"name": "scratch", "emptyDir": {}}
+            ]
+        });
+        let spec: PodSpec = serde_json::from_value(json.clone()).unwrap();
+        let got = pod_spec_images(&spec);
+        assert_eq!(
+            got.images.iter().collect::<Vec<_>>(),
+            [
+                "docker.io/vllm/vllm-openai:v0.9",
+                "ghcr.io/org/llama-weights:3.1"
+            ]
+        );
+        assert_eq!(pod_spec_json_images(&json), got);
     }
 }

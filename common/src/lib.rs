@@ -17,4 +17,6 @@ pub mod telemetry;
 pub mod validation;
 pub mod watch;
 
-pub use api::{Phase, Prefetch, PrefetchSpec, PrefetchStatus, PullFailure, RolloutRecord};
+pub use api::{
+    Phase, Prefetch, PrefetchSpec, PrefetchStatus, PullFailure, RolloutRecord, WorkloadKind,
+};

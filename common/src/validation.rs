@@ -69,7 +69,7 @@ impl Default for ValidationContext<'_> {
 }
 
 /// The spec fields of `cache.techsquad.rocks/v1` Prefetch.
-pub const KNOWN_SPEC_FIELDS: [&str; 10] = [
+pub const KNOWN_SPEC_FIELDS: [&str; 12] = [
     "filter_by_labels",
     "node_filter",
     "retry_after",
@@ -80,6 +80,8 @@ pub const KNOWN_SPEC_FIELDS: [&str; 10] = [
     "priority_class_name",
     "gate_rollouts",
     "gate_timeout",
+    "kinds",
+    "images",
 ];
 
 /// Validates a whole Prefetch object (`{"apiVersion", "kind", "metadata", "spec"}`).
@@ -127,6 +129,7 @@ pub fn validate_prefetch_spec(spec: Option<&Value>, ctx: &ValidationContext<'_>)
     validate_tolerations(spec, &mut verdict);
     validate_priority_class_name(spec, &mut verdict);
     validate_declared_images(spec, &mut verdict);
+    validate_kinds(spec, &mut verdict);
     if let Some(value) = field(spec, "gate_rollouts")
         && !value.is_boolean()
     {
@@ -401,6 +404,41 @@ fn validate_declared_images(spec: &Map<String, Value>, verdict: &mut Verdict) {
     }
 }
 
+/// `spec.kinds`: workload kinds by name, each at most once.
+fn validate_kinds(spec: &Map<String, Value>, verdict: &mut Verdict) {
+    const FIELD: &str = "spec.kinds";
+    let Some(value) = field(spec, "kinds") else {
+        return;
+    };
+    let Some(kinds) = value.as_array() else {
+        verdict.error(
+            FIELD,
+            format!("must be a list of workload kinds, got {}", type_name(value)),
+        );
+        return;
+    };
+    let names: Vec<&str> = crate::WorkloadKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    let mut seen = BTreeSet::new();
+    for (index, kind) in kinds.iter().enumerate() {
+        let at = format!("{FIELD}[{index}]");
+        match kind.as_str() {
+            Some(name) if names.contains(&name) => {
+                if !seen.insert(name) {
+                    verdict.error(&at, format!("{name} is listed twice"));
+                }
+            }
+            Some(name) => verdict.error(
+                &at,
+                format!("must be one of {}, got {name:?}", names.join(", ")),
+            ),
+            None => verdict.error(&at, format!("must be a string, got {}", type_name(kind))),
+        }
+    }
+}
+
 fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -487,6 +525,52 @@ mod tests {
             with(json!("nginx")),
             ["spec.images: must be a list of image references, got a string"]
         );
+    }
+
+    #[test]
+    fn kinds_are_workload_kinds_each_once() {
+        let with = |kinds: Value| {
+            let mut spec = sample();
+            spec["kinds"] = kinds;
+            messages(spec)
+        };
+        assert!(
+            with(json!([
+                "Deployment",
+                "StatefulSet",
+                "DaemonSet",
+                "Job",
+                "CronJob"
+            ]))
+            .is_empty()
+        );
+        assert!(with(json!(["CronJob"])).is_empty());
+        assert_eq!(
+            with(json!(["Deployment", "Pod", "Deployment", 3])),
+            [
+                "spec.kinds[1]: must be one of Deployment, StatefulSet, DaemonSet, Job, CronJob, got \"Pod\"",
+                "spec.kinds[2]: Deployment is listed twice",
+                "spec.kinds[3]: must be a string, got a number",
+            ]
+        );
+        assert_eq!(
+            with(json!("Job")),
+            ["spec.kinds: must be a list of workload kinds, got a string"]
+        );
+    }
+
+    #[test]
+    fn the_known_fields_are_the_spec_types_fields() {
+        let schema = schemars::schema_for!(crate::PrefetchSpec);
+        let properties: BTreeSet<&str> = schema
+            .get("properties")
+            .and_then(Value::as_object)
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let known: BTreeSet<&str> = KNOWN_SPEC_FIELDS.into_iter().collect();
+        assert_eq!(known, properties, "a field the webhook would call unknown");
     }
 
     #[test]

@@ -1,18 +1,19 @@
-//! Which images a Prefetch wants on which nodes: the selected Deployments' images, the nodes
+//! Which images a Prefetch wants on which nodes: the selected workloads' images and the
+//! declared ones (each with its sources), the nodes
 //! that qualify (with the reason each other node is skipped), and per node the images it
 //! still needs and those it already lists in `node.status.images`.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use prefetch_common::Prefetch;
 use prefetch_common::images::{collect_images, normalize, pod_spec_images};
-use prefetch_common::labels::selects;
 
 use crate::core::eligibility::{SkipReason, skip_reason};
 use crate::core::taint::is_warming;
+use crate::core::workload::{Workload, selects_workload};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodePlan {
@@ -36,13 +37,16 @@ pub struct Skipped {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ImagePlan {
-    /// Names of the selected Deployments.
-    pub deployments: Vec<String>,
-    /// Their images: containers and initContainers, normalized, sorted, de-duplicated.
+    /// The selected workloads, as `Kind/name`, sorted.
+    pub workloads: Vec<String>,
+    /// Their images (containers, init containers, image volumes) and the declared ones,
+    /// normalized, sorted, de-duplicated.
     pub images: Vec<String>,
-    /// Image references that do not parse, as "deployment: error" (never prefetched).
+    /// Image -> where it comes from: `Kind/name` of each workload using it, `declared`.
+    pub sources: BTreeMap<String, BTreeSet<String>>,
+    /// Image references that do not parse, as "Kind/name: error" (never prefetched).
     pub invalid_images: Vec<String>,
-    /// imagePullSecrets of the selected Deployments, for the prefetch pods.
+    /// imagePullSecrets of the selected workloads' templates, for the prefetch pods.
     pub pull_secrets: Vec<String>,
     /// Targeted nodes, by name.
     pub targets: Vec<NodePlan>,
@@ -106,24 +110,23 @@ pub fn node_images(node: &Node) -> BTreeSet<String> {
 
 /// Whether `deployment` is selected by `prefetch`: same namespace, labels match, not deleted.
 pub fn selects_deployment(prefetch: &Prefetch, deployment: &Deployment) -> bool {
-    let selector = &prefetch.spec.filter_by_labels;
-    !selector.is_empty()
-        && deployment.metadata.namespace == prefetch.metadata.namespace
-        && deployment.metadata.deletion_timestamp.is_none()
-        && selects(selector, deployment.metadata.labels.as_ref())
+    selects_workload(prefetch, &Workload::from(deployment))
 }
+
+/// The source of an image listed in `spec.images`.
+pub const DECLARED: &str = "declared";
 
 /// The plan of `prefetch`. `warmup_taint` is `--warmup-taint` (`None` when warm nodes are off):
 /// nodes carrying it are targeted as if it were tolerated, and marked warming.
-pub fn plan_images<'a>(
+pub fn plan_images<'a, W: Into<Workload<'a>>>(
     prefetch: &Prefetch,
-    deployments: impl IntoIterator<Item = &'a Deployment>,
+    workloads: impl IntoIterator<Item = W>,
     nodes: impl IntoIterator<Item = &'a Node>,
     warmup_taint: Option<&str>,
 ) -> ImagePlan {
     plan_images_with(
         prefetch,
-        deployments,
+        workloads,
         nodes,
         warmup_taint,
         |node| Cow::Owned(node_images(node).into_iter().collect()),
@@ -135,33 +138,33 @@ pub fn plan_images<'a>(
 /// normalized references (the controller's cache stores nodes that way, so a reconcile
 /// neither parses nor allocates per image), and `assumed(node, image)` saying whether an
 /// image the node does not list counts as present by the full-list rule.
-pub fn plan_images_with<'a>(
+pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
     prefetch: &Prefetch,
-    deployments: impl IntoIterator<Item = &'a Deployment>,
+    workloads: impl IntoIterator<Item = W>,
     nodes: impl IntoIterator<Item = &'a Node>,
     warmup_taint: Option<&str>,
     images_on: impl Fn(&'a Node) -> Cow<'a, [String]>,
     assumed: impl Fn(&'a Node, &str) -> bool,
 ) -> ImagePlan {
     let mut plan = ImagePlan::default();
-    let mut images = BTreeSet::new();
     let mut secrets = BTreeSet::new();
-    for deployment in deployments
-        .into_iter()
-        .filter(|d| selects_deployment(prefetch, d))
-    {
-        let name = deployment.metadata.name.clone().unwrap_or_default();
-        let Some(pod_spec) = deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-        else {
+    for workload in workloads.into_iter().map(Into::into) {
+        if !selects_workload(prefetch, &workload) {
+            continue;
+        }
+        let source = workload.source();
+        let Some(pod_spec) = workload.pod_spec else {
             continue;
         };
         let found = pod_spec_images(pod_spec);
-        images.extend(found.images);
+        for image in found.images {
+            plan.sources
+                .entry(image)
+                .or_default()
+                .insert(source.clone());
+        }
         plan.invalid_images
-            .extend(found.invalid.iter().map(|e| format!("{name}: {e}")));
+            .extend(found.invalid.iter().map(|e| format!("{source}: {e}")));
         secrets.extend(
             pod_spec
                 .image_pull_secrets
@@ -170,15 +173,20 @@ pub fn plan_images_with<'a>(
                 .map(|s| s.name.clone())
                 .filter(|s| !s.is_empty()),
         );
-        plan.deployments.push(name);
+        plan.workloads.push(source);
     }
-    plan.deployments.sort();
+    plan.workloads.sort();
     // Declared images are wanted whether or not a workload uses them yet.
     let declared = collect_images(prefetch.spec.declared_images().iter().map(String::as_str));
-    images.extend(declared.images);
+    for image in declared.images {
+        plan.sources
+            .entry(image)
+            .or_default()
+            .insert(DECLARED.into());
+    }
     plan.invalid_images
-        .extend(declared.invalid.iter().map(|e| format!("declared: {e}")));
-    plan.images = images.into_iter().collect();
+        .extend(declared.invalid.iter().map(|e| format!("{DECLARED}: {e}")));
+    plan.images = plan.sources.keys().cloned().collect();
     plan.pull_secrets = secrets.into_iter().collect();
 
     let mut nodes: Vec<&'a Node> = nodes.into_iter().collect();
@@ -255,6 +263,10 @@ mod tests {
         .unwrap()
     }
 
+    fn no_workloads() -> &'static [Deployment] {
+        &[]
+    }
+
     fn walkthrough_nodes() -> Vec<Node> {
         vec![
             node("kind-worker3", json!([]), json!([])),
@@ -305,7 +317,7 @@ mod tests {
             .unwrap();
         assert_eq!(worker.pull, ["docker.io/library/redis:7.2"]);
         // With no selected workload at all, the declared images still are.
-        let alone = plan_images(&p, &[], &walkthrough_nodes(), None);
+        let alone = plan_images(&p, no_workloads(), &walkthrough_nodes(), None);
         assert_eq!(
             alone.images,
             [
@@ -348,7 +360,7 @@ mod tests {
             ),
         ];
         let plan = plan_images(&p, &deployments, &walkthrough_nodes(), None);
-        assert_eq!(plan.deployments, ["nginx"]);
+        assert_eq!(plan.workloads, ["Deployment/nginx"]);
         assert_eq!(plan.images, ["docker.io/library/nginx:1.7.9"]);
         let targets: Vec<(&str, usize, usize)> = plan
             .targets
@@ -397,7 +409,7 @@ mod tests {
             ),
         ];
         let plan = plan_images(&p, &deployments, &[], None);
-        assert_eq!(plan.deployments, ["a", "b"]);
+        assert_eq!(plan.workloads, ["Deployment/a", "Deployment/b"]);
         assert_eq!(
             plan.images,
             [
@@ -408,7 +420,9 @@ mod tests {
         );
         assert_eq!(plan.pull_secrets, ["other", "regcred"]);
         assert_eq!(plan.invalid_images.len(), 1);
-        assert!(plan.invalid_images[0].starts_with("a: invalid image reference \"Bad:Ref\""));
+        assert!(
+            plan.invalid_images[0].starts_with("Deployment/a: invalid image reference \"Bad:Ref\"")
+        );
     }
 
     #[test]
@@ -418,10 +432,10 @@ mod tests {
             json!({"filter_by_labels": {"app": "nginx"},
             "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}),
         );
-        let plan = plan_images(&p, &[], &walkthrough_nodes(), None);
+        let plan = plan_images(&p, no_workloads(), &walkthrough_nodes(), None);
         assert_eq!(plan.targets.len(), 4);
         let p = prefetch("default", json!({"filter_by_labels": {"app": "nginx"}}));
-        let plan = plan_images(&p, &[], &walkthrough_nodes(), None);
+        let plan = plan_images(&p, no_workloads(), &walkthrough_nodes(), None);
         assert_eq!(plan.targets.len(), 3);
         assert!(matches!(plan.skipped[0].reason, SkipReason::Taint { .. }));
     }
@@ -439,7 +453,7 @@ mod tests {
             json!([{"key": key, "effect": "NoSchedule"}]),
             json!([]),
         ));
-        let plan = plan_images(&p, &[], &nodes, Some(key));
+        let plan = plan_images(&p, no_workloads(), &nodes, Some(key));
         let warming: Vec<(&str, bool)> = plan
             .targets
             .iter()
@@ -454,7 +468,7 @@ mod tests {
                 ("kind-worker4", true)
             ]
         );
-        let off = plan_images(&p, &[], &nodes, None);
+        let off = plan_images(&p, no_workloads(), &nodes, None);
         assert_eq!(off.targets.len(), 3);
         assert!(matches!(
             &off.skipped.last().unwrap().reason,
@@ -509,7 +523,7 @@ mod tests {
         not_ready.status.as_mut().unwrap().conditions = None;
         let plan = plan_images(
             &p,
-            &[],
+            no_workloads(),
             &[
                 pressed.clone(),
                 not_ready,
@@ -520,7 +534,7 @@ mod tests {
         assert_eq!(plan.skipped_by_reason(), "NotReady: 1, DiskPressure: 1");
         let plan = plan_images(
             &p,
-            &[],
+            no_workloads(),
             &[pressed, node("fine", json!([]), json!([]))],
             None,
         );

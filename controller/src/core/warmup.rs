@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use prefetch_common::{Prefetch, PrefetchStatus};
 use serde_json::json;
@@ -27,6 +26,7 @@ pub use crate::core::taint::{
     is_warmup_taint, toleration,
 };
 use crate::core::taint::{name, taints};
+use crate::core::workload::Workload;
 
 /// Taints that say a node is not set up for pods yet, removed by whoever set them: while a
 /// warming node carries one, it is not judged warm or untargeted (only the timeout lifts the
@@ -146,7 +146,7 @@ pub struct Wish {
 /// reads them (sorted, normalized).
 pub fn wishes<'a, F>(
     prefetches: &[&'a Prefetch],
-    deployments: &[&'a Deployment],
+    workloads: &[Workload<'a>],
     warming: &[&'a Node],
     key: &str,
     images_on: F,
@@ -166,7 +166,7 @@ where
         }
         let plan = plan_images_with(
             prefetch,
-            deployments.iter().copied(),
+            workloads.iter().copied(),
             warming.iter().copied(),
             Some(key),
             &images_on,
@@ -378,6 +378,7 @@ pub fn lift_patch(node: &Node, key: &str) -> Result<Option<json_patch::Patch>, P
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use prefetch_common::PullFailure;
     use serde_json::Value;
@@ -750,7 +751,7 @@ mod tests {
             deployment("cache", &["redis:7"]),
         ];
         let mut ledger = PullLedger::default();
-        let deployment_refs: Vec<&Deployment> = deployments.iter().collect();
+        let deployment_refs: Vec<Workload<'_>> = deployments.iter().map(Workload::from).collect();
         let wishes_with = |ledger: &PullLedger| {
             wishes(
                 &[&web, &cache],

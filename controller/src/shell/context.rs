@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
 use kube::runtime::reflector::Store;
@@ -17,6 +18,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::core::ledger::PullLedger;
 use crate::core::round::RoundMemory;
 use crate::core::taint::WarmupConfig;
+use crate::core::workload::Workload;
 use crate::shell::events::EventPublisher;
 use crate::shell::metrics::Metrics;
 use crate::shell::ratelimit::RateLimiter;
@@ -25,6 +27,10 @@ pub struct Context {
     pub client: Client,
     pub nodes: Store<Node>,
     pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub daemon_sets: Store<DaemonSet>,
+    pub jobs: Store<Job>,
+    pub cron_jobs: Store<CronJob>,
     pub pods: Store<Pod>,
     pub rounds: Mutex<HashMap<String, RoundMemory>>,
     /// Per Prefetch uid: when the round this process last ended had started (see
@@ -75,5 +81,47 @@ pub(crate) async fn until_ready(store: &Store<Prefetch>) -> Result<(), WriterDro
         {
             return ready;
         }
+    }
+}
+
+/// The workload caches' contents at one moment, held so that planning can borrow them.
+pub struct WorkloadSnapshot {
+    deployments: Vec<Arc<Deployment>>,
+    stateful_sets: Vec<Arc<StatefulSet>>,
+    daemon_sets: Vec<Arc<DaemonSet>>,
+    jobs: Vec<Arc<Job>>,
+    cron_jobs: Vec<Arc<CronJob>>,
+}
+
+impl WorkloadSnapshot {
+    pub fn of(ctx: &Context) -> Self {
+        Self {
+            deployments: ctx.deployments.state(),
+            stateful_sets: ctx.stateful_sets.state(),
+            daemon_sets: ctx.daemon_sets.state(),
+            jobs: ctx.jobs.state(),
+            cron_jobs: ctx.cron_jobs.state(),
+        }
+    }
+
+    pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments.iter().map(AsRef::as_ref)
+    }
+
+    /// Every cached workload, of every kind.
+    pub fn workloads(&self) -> impl Iterator<Item = Workload<'_>> {
+        let stateful_sets = self
+            .stateful_sets
+            .iter()
+            .map(|o| Workload::from(o.as_ref()));
+        let daemon_sets = self.daemon_sets.iter().map(|o| Workload::from(o.as_ref()));
+        let jobs = self.jobs.iter().map(|o| Workload::from(o.as_ref()));
+        let cron_jobs = self.cron_jobs.iter().map(|o| Workload::from(o.as_ref()));
+        self.deployments()
+            .map(Workload::from)
+            .chain(stateful_sets)
+            .chain(daemon_sets)
+            .chain(jobs)
+            .chain(cron_jobs)
     }
 }

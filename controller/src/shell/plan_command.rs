@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Node;
 use prefetch_common::Prefetch;
 use serde_json::Value;
@@ -14,6 +15,7 @@ use crate::core::ledger::PullLedger;
 use crate::core::naming::pod_name;
 use crate::core::plan::{node_images, plan_images};
 use crate::core::warmup::{self, Verdict, WarmupConfig};
+use crate::core::workload::Workload;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -34,12 +36,40 @@ pub enum LoadError {
 pub struct Objects {
     pub prefetches: Vec<Prefetch>,
     pub deployments: Vec<Deployment>,
+    pub stateful_sets: Vec<StatefulSet>,
+    pub daemon_sets: Vec<DaemonSet>,
+    pub jobs: Vec<Job>,
+    pub cron_jobs: Vec<CronJob>,
     pub nodes: Vec<Node>,
     /// Documents of other kinds, reported but not used.
     pub ignored: Vec<String>,
 }
 
+/// A namespaced object from a file, in `default` when the file names no namespace.
+fn in_namespace<K: serde::de::DeserializeOwned + kube::Resource>(doc: Value) -> Result<K, String> {
+    let mut object: K = serde_json::from_value(doc).map_err(|e| e.to_string())?;
+    object
+        .meta_mut()
+        .namespace
+        .get_or_insert_with(|| "default".into());
+    Ok(object)
+}
+
 impl Objects {
+    /// Every workload the files hold, of every kind.
+    pub fn workloads(&self) -> impl Iterator<Item = Workload<'_>> {
+        let deployments = self.deployments.iter().map(Workload::from);
+        let stateful_sets = self.stateful_sets.iter().map(Workload::from);
+        let daemon_sets = self.daemon_sets.iter().map(Workload::from);
+        let jobs = self.jobs.iter().map(Workload::from);
+        let cron_jobs = self.cron_jobs.iter().map(Workload::from);
+        deployments
+            .chain(stateful_sets)
+            .chain(daemon_sets)
+            .chain(jobs)
+            .chain(cron_jobs)
+    }
+
     /// Adds every document of one file (multi-document YAML; `List` kinds are unpacked).
     pub fn load(&mut self, file: &str, text: &str) -> Result<(), LoadError> {
         let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| LoadError::Yaml {
@@ -78,15 +108,11 @@ impl Objects {
                         .get_or_insert_with(|| "default".into());
                     self.prefetches.push(prefetch);
                 }
-                "Deployment" => {
-                    let mut deployment: Deployment =
-                        serde_json::from_value(doc).map_err(|e| err(e.to_string()))?;
-                    deployment
-                        .metadata
-                        .namespace
-                        .get_or_insert_with(|| "default".into());
-                    self.deployments.push(deployment);
-                }
+                "Deployment" => self.deployments.push(in_namespace(doc).map_err(err)?),
+                "StatefulSet" => self.stateful_sets.push(in_namespace(doc).map_err(err)?),
+                "DaemonSet" => self.daemon_sets.push(in_namespace(doc).map_err(err)?),
+                "Job" => self.jobs.push(in_namespace(doc).map_err(err)?),
+                "CronJob" => self.cron_jobs.push(in_namespace(doc).map_err(err)?),
                 "Node" => self
                     .nodes
                     .push(serde_json::from_value(doc).map_err(|e| err(e.to_string()))?),
@@ -122,22 +148,23 @@ pub fn render(
     for prefetch in &objects.prefetches {
         let ns = prefetch.metadata.namespace.as_deref().unwrap_or("default");
         let name = prefetch.metadata.name.as_deref().unwrap_or("");
-        let plan = plan_images(prefetch, &objects.deployments, &objects.nodes, warmup_taint);
+        let plan = plan_images(prefetch, objects.workloads(), &objects.nodes, warmup_taint);
         let _ = writeln!(out, "Prefetch {ns}/{name}");
         let _ = writeln!(
             out,
-            "  selects {} Deployment(s) by {:?}: {}",
-            plan.deployments.len(),
+            "  selects {} workload(s) by {:?}: {}",
+            plan.workloads.len(),
             prefetch.spec.filter_by_labels,
-            if plan.deployments.is_empty() {
+            if plan.workloads.is_empty() {
                 "(none)".to_string()
             } else {
-                plan.deployments.join(", ")
+                plan.workloads.join(", ")
             }
         );
         let _ = writeln!(out, "  images ({}):", plan.images.len());
-        for image in &plan.images {
-            let _ = writeln!(out, "    {image}");
+        for (image, sources) in &plan.sources {
+            let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+            let _ = writeln!(out, "    {image}  ({})", sources.join(", "));
         }
         for invalid in &plan.invalid_images {
             let _ = writeln!(out, "    skipped, not a valid reference: {invalid}");
@@ -243,10 +270,10 @@ fn render_warming(out: &mut String, objects: &Objects, warmup: &WarmupConfig, no
         warmup.timeout.as_secs()
     );
     let prefetches: Vec<&Prefetch> = objects.prefetches.iter().collect();
-    let deployments: Vec<&Deployment> = objects.deployments.iter().collect();
+    let workloads: Vec<Workload<'_>> = objects.workloads().collect();
     let wishes = warmup::wishes(
         &prefetches,
-        &deployments,
+        &workloads,
         &warming,
         &warmup.taint,
         |node| std::borrow::Cow::Owned(node_images(node).into_iter().collect()),

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::Controller;
@@ -31,7 +32,8 @@ use crate::core::pod::NODE_ANNOTATION;
 use crate::core::round::{RolloutSignal, RoundInput, cached_status_predates, reconcile_round};
 use crate::core::status_patch;
 use crate::core::warmup::{WarmupConfig, open_warming_targets, settled};
-use crate::shell::context::{Context, cached_images, lock};
+use crate::core::workload::{Workload, selects_workload};
+use crate::shell::context::{Context, WorkloadSnapshot, cached_images, lock};
 use crate::shell::events::EventPublisher;
 use crate::shell::metrics::{Metrics, ReasonLabel, ResultLabel};
 use crate::shell::ratelimit::RateLimiter;
@@ -167,6 +169,50 @@ fn slim_pod(pod: &mut Pod) {
     }
 }
 
+/// Maps a changed workload to the Prefetches that select it (the Controller reconciles them).
+fn selecting<K>(prefetches: &Store<Prefetch>) -> impl Fn(K) -> Vec<ObjectRef<Prefetch>> + use<K>
+where
+    for<'k> &'k K: Into<Workload<'k>>,
+{
+    let prefetches = prefetches.clone();
+    move |object: K| {
+        let workload: Workload<'_> = (&object).into();
+        prefetches
+            .state()
+            .into_iter()
+            .filter(|p| selects_workload(p, &workload))
+            .map(|p| ObjectRef::from_obj(p.as_ref()))
+            .collect()
+    }
+}
+
+/// Keeps what selection and planning read of a workload: metadata without managedFields and
+/// annotations, and the spec (its pod template).
+fn slim_workload_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+}
+
+fn slim_stateful_set(object: &mut StatefulSet) {
+    slim_workload_meta(&mut object.metadata);
+    object.status = None;
+}
+
+fn slim_daemon_set(object: &mut DaemonSet) {
+    slim_workload_meta(&mut object.metadata);
+    object.status = None;
+}
+
+fn slim_job(object: &mut Job) {
+    slim_workload_meta(&mut object.metadata);
+    object.status = None;
+}
+
+fn slim_cron_job(object: &mut CronJob) {
+    slim_workload_meta(&mut object.metadata);
+    object.status = None;
+}
+
 fn slim_deployment(deployment: &mut Deployment) {
     deployment.metadata.managed_fields = None;
     if let Some(annotations) = deployment.metadata.annotations.as_mut() {
@@ -266,7 +312,7 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
         tracing::debug!(prefetch = %name, "cache behind our own status write; looking again shortly");
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    let deployments = ctx.deployments.state();
+    let snapshot = WorkloadSnapshot::of(&ctx);
     let nodes = ctx.nodes.state();
     let all_pods = ctx.pods.state();
     let now = jiff::Timestamp::now();
@@ -290,14 +336,14 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
     let warmup_taint = ctx.warmup.as_ref().map(|w| w.taint.as_str());
     let plan = plan_images_with(
         &prefetch,
-        deployments.iter().map(AsRef::as_ref),
+        snapshot.workloads(),
         nodes.iter().map(AsRef::as_ref),
         warmup_taint,
         cached_images,
         |node, image| assumed_present(&ctx, &prefetch, node, image),
     );
     let warming_open = warming_open(&ctx, &plan, &prefetch);
-    let signal = rollout_signal(&prefetch, deployments.iter().map(AsRef::as_ref));
+    let signal = rollout_signal(&prefetch, snapshot.deployments());
     let decision = reconcile_round(&RoundInput {
         prefetch: &prefetch,
         plan: &plan,
@@ -493,6 +539,42 @@ pub async fn run(
         move |event| forward(event, &deployment_tx, true),
         stop.clone(),
     );
+    let (stateful_set_tx, stateful_set_rx) = mpsc::unbounded_channel();
+    let stateful_sets = cache(
+        watches.register("statefulsets"),
+        Api::<StatefulSet>::all(client.clone()),
+        watcher::Config::default(),
+        slim_stateful_set,
+        move |event| forward(event, &stateful_set_tx, true),
+        stop.clone(),
+    );
+    let (daemon_set_tx, daemon_set_rx) = mpsc::unbounded_channel();
+    let daemon_sets = cache(
+        watches.register("daemonsets"),
+        Api::<DaemonSet>::all(client.clone()),
+        watcher::Config::default(),
+        slim_daemon_set,
+        move |event| forward(event, &daemon_set_tx, true),
+        stop.clone(),
+    );
+    let (job_tx, job_rx) = mpsc::unbounded_channel();
+    let jobs = cache(
+        watches.register("jobs"),
+        Api::<Job>::all(client.clone()),
+        watcher::Config::default(),
+        slim_job,
+        move |event| forward(event, &job_tx, true),
+        stop.clone(),
+    );
+    let (cron_job_tx, cron_job_rx) = mpsc::unbounded_channel();
+    let cron_jobs = cache(
+        watches.register("cronjobs"),
+        Api::<CronJob>::all(client.clone()),
+        watcher::Config::default(),
+        slim_cron_job,
+        move |event| forward(event, &cron_job_tx, true),
+        stop.clone(),
+    );
     let (pod_tx, pod_rx) = mpsc::unbounded_channel();
     let pods = cache(
         watches.register("pods"),
@@ -542,6 +624,10 @@ pub async fn run(
             tokio::try_join!(
                 nodes.wait_until_ready(),
                 deployments.wait_until_ready(),
+                stateful_sets.wait_until_ready(),
+                daemon_sets.wait_until_ready(),
+                jobs.wait_until_ready(),
+                cron_jobs.wait_until_ready(),
                 pods.wait_until_ready(),
                 prefetch_store.wait_until_ready()
             )
@@ -557,6 +643,10 @@ pub async fn run(
         client: client.clone(),
         nodes,
         deployments,
+        stateful_sets,
+        daemon_sets,
+        jobs,
+        cron_jobs,
         pods,
         rounds: Mutex::new(HashMap::new()),
         ended: Mutex::new(HashMap::new()),
@@ -606,14 +696,20 @@ pub async fn run(
         .owns_stream(trigger_stream(pod_rx))
         .watches_stream(
             trigger_stream(deployment_rx),
-            move |deployment: Deployment| {
-                prefetch_store
-                    .state()
-                    .into_iter()
-                    .filter(|p| selects_deployment(p, &deployment))
-                    .map(|p| ObjectRef::from_obj(p.as_ref()))
-                    .collect::<Vec<_>>()
-            },
+            selecting::<Deployment>(&prefetch_store),
+        )
+        .watches_stream(
+            trigger_stream(stateful_set_rx),
+            selecting::<StatefulSet>(&prefetch_store),
+        )
+        .watches_stream(
+            trigger_stream(daemon_set_rx),
+            selecting::<DaemonSet>(&prefetch_store),
+        )
+        .watches_stream(trigger_stream(job_rx), selecting::<Job>(&prefetch_store))
+        .watches_stream(
+            trigger_stream(cron_job_rx),
+            selecting::<CronJob>(&prefetch_store),
         )
         .reconcile_all_on(node_triggers)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings_concurrency))

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
@@ -19,7 +18,8 @@ use prefetch_common::Prefetch;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::warmup::{self, Verdict, WarmupConfig};
-use crate::shell::context::{Context, cached_images, lock, until_ready};
+use crate::core::workload::Workload;
+use crate::shell::context::{Context, WorkloadSnapshot, cached_images, lock, until_ready};
 
 /// Longest sleep while nodes are warming (a Prefetch deleted meanwhile reconciles nothing).
 const BUSY_WAIT: Duration = Duration::from_secs(5);
@@ -112,15 +112,15 @@ async fn pass(
     }
 
     let prefetches = prefetches.state();
-    let deployments = ctx.deployments.state();
+    let snapshot = WorkloadSnapshot::of(ctx);
     let prefetch_refs: Vec<&Prefetch> = prefetches.iter().map(AsRef::as_ref).collect();
-    let deployment_refs: Vec<&Deployment> = deployments.iter().map(AsRef::as_ref).collect();
+    let workloads: Vec<Workload<'_>> = snapshot.workloads().collect();
     let node_refs: Vec<&Node> = warming.iter().map(AsRef::as_ref).collect();
     let wishes = {
         let ledger = lock(&ctx.ledger);
         warmup::wishes(
             &prefetch_refs,
-            &deployment_refs,
+            &workloads,
             &node_refs,
             &config.taint,
             cached_images,

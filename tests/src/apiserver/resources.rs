@@ -60,6 +60,18 @@ pub const RESOURCES: &[ResourceType] = &[
     ),
     rt("apps", "v1", "deployments", "Deployment", true, true, true),
     rt(
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        true,
+        true,
+        true,
+    ),
+    rt("apps", "v1", "daemonsets", "DaemonSet", true, true, true),
+    rt("batch", "v1", "jobs", "Job", true, true, true),
+    rt("batch", "v1", "cronjobs", "CronJob", true, true, true),
+    rt(
         "coordination.k8s.io",
         "v1",
         "leases",
