@@ -186,31 +186,35 @@ where
     }
 }
 
-/// Keeps what selection and planning read of a workload: metadata without managedFields and
-/// annotations, and the spec (its pod template).
-fn slim_workload_meta(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+/// Keeps what selection and planning read of a StatefulSet, DaemonSet, Job or CronJob:
+/// metadata without managedFields and annotations (the last-applied configuration is often
+/// the largest part of an object), and the spec.
+fn slim_workload<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
     meta.managed_fields = None;
     meta.annotations = None;
 }
 
-fn slim_stateful_set(object: &mut StatefulSet) {
-    slim_workload_meta(&mut object.metadata);
-    object.status = None;
-}
-
-fn slim_daemon_set(object: &mut DaemonSet) {
-    slim_workload_meta(&mut object.metadata);
-    object.status = None;
-}
-
-fn slim_job(object: &mut Job) {
-    slim_workload_meta(&mut object.metadata);
-    object.status = None;
-}
-
-fn slim_cron_job(object: &mut CronJob) {
-    slim_workload_meta(&mut object.metadata);
-    object.status = None;
+/// A watch cache of one workload kind, and the stream of its changes for the Controller.
+fn workload_cache<K>(
+    health: Arc<WatchHealth>,
+    client: &Client,
+    stop: &CancellationToken,
+) -> (Store<K>, mpsc::UnboundedReceiver<Result<K, watcher::Error>>)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let store = cache(
+        health,
+        Api::<K>::all(client.clone()),
+        watcher::Config::default(),
+        slim_workload::<K>,
+        move |event| forward(event, &tx, true),
+        stop.clone(),
+    );
+    (store, rx)
 }
 
 fn slim_deployment(deployment: &mut Deployment) {
@@ -539,42 +543,13 @@ pub async fn run(
         move |event| forward(event, &deployment_tx, true),
         stop.clone(),
     );
-    let (stateful_set_tx, stateful_set_rx) = mpsc::unbounded_channel();
-    let stateful_sets = cache(
-        watches.register("statefulsets"),
-        Api::<StatefulSet>::all(client.clone()),
-        watcher::Config::default(),
-        slim_stateful_set,
-        move |event| forward(event, &stateful_set_tx, true),
-        stop.clone(),
-    );
-    let (daemon_set_tx, daemon_set_rx) = mpsc::unbounded_channel();
-    let daemon_sets = cache(
-        watches.register("daemonsets"),
-        Api::<DaemonSet>::all(client.clone()),
-        watcher::Config::default(),
-        slim_daemon_set,
-        move |event| forward(event, &daemon_set_tx, true),
-        stop.clone(),
-    );
-    let (job_tx, job_rx) = mpsc::unbounded_channel();
-    let jobs = cache(
-        watches.register("jobs"),
-        Api::<Job>::all(client.clone()),
-        watcher::Config::default(),
-        slim_job,
-        move |event| forward(event, &job_tx, true),
-        stop.clone(),
-    );
-    let (cron_job_tx, cron_job_rx) = mpsc::unbounded_channel();
-    let cron_jobs = cache(
-        watches.register("cronjobs"),
-        Api::<CronJob>::all(client.clone()),
-        watcher::Config::default(),
-        slim_cron_job,
-        move |event| forward(event, &cron_job_tx, true),
-        stop.clone(),
-    );
+    let (stateful_sets, stateful_set_rx) =
+        workload_cache::<StatefulSet>(watches.register("statefulsets"), &client, &stop);
+    let (daemon_sets, daemon_set_rx) =
+        workload_cache::<DaemonSet>(watches.register("daemonsets"), &client, &stop);
+    let (jobs, job_rx) = workload_cache::<Job>(watches.register("jobs"), &client, &stop);
+    let (cron_jobs, cron_job_rx) =
+        workload_cache::<CronJob>(watches.register("cronjobs"), &client, &stop);
     let (pod_tx, pod_rx) = mpsc::unbounded_channel();
     let pods = cache(
         watches.register("pods"),
