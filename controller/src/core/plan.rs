@@ -196,27 +196,50 @@ pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
         match skip_reason(node, &prefetch.spec, warmup_taint) {
             Some(reason) => plan.skipped.push(Skipped { node: name, reason }),
             None => {
+                let warming = warmup_taint.is_some_and(|key| is_warming(node, key));
                 let on_node = images_on(node);
-                let mut target = NodePlan {
-                    node: name,
-                    warming: warmup_taint.is_some_and(|key| is_warming(node, key)),
-                    ..NodePlan::default()
-                };
-                for image in &plan.images {
-                    if on_node.binary_search(image).is_ok() {
-                        target.present.push(image.clone());
-                    } else if assumed(node, image) {
-                        target.present.push(image.clone());
-                        target.assumed.push(image.clone());
+                let target = node_plan(name, warming, &plan.images, |image| {
+                    if on_node
+                        .binary_search_by(|listed| listed.as_str().cmp(image))
+                        .is_ok()
+                    {
+                        Some(false)
                     } else {
-                        target.pull.push(image.clone());
+                        assumed(node, image).then_some(true)
                     }
-                }
+                });
                 plan.targets.push(target);
             }
         }
     }
     plan
+}
+
+/// One targeted node's plan: each image is present (`has(image)` is `Some(false)`), assumed
+/// present by the full-list rule (`Some(true)`), or to pull (`None`).
+fn node_plan(
+    node: String,
+    warming: bool,
+    images: &[String],
+    has: impl Fn(&str) -> Option<bool>,
+) -> NodePlan {
+    let mut target = NodePlan {
+        node,
+        warming,
+        ..NodePlan::default()
+    };
+    for image in images {
+        match has(image) {
+            Some(assumed) => {
+                target.present.push(image.clone());
+                if assumed {
+                    target.assumed.push(image.clone());
+                }
+            }
+            None => target.pull.push(image.clone()),
+        }
+    }
+    target
 }
 
 #[cfg(test)]
