@@ -20,10 +20,10 @@ use jiff::{SignedDuration, Timestamp};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{Patch, PatchOperation, RemoveOperation, TestOperation};
 use k8s_openapi::api::core::v1::Pod;
-use prefetch_common::Prefetch;
 use prefetch_common::annotations::{
     GATED_FOR_ANNOTATION, GATED_UNTIL_ANNOTATION, SCHEDULING_GATE, signal_time,
 };
+use prefetch_common::{Prefetch, WorkloadKind};
 use serde_json::{Value, json};
 
 /// Why a gated pod was released; the Event reason and metric label.
@@ -75,7 +75,9 @@ impl Release {
             Release::GateDisabled => (
                 "Normal",
                 "RolloutGateDisabled",
-                format!("released {count} gated {pods}: gate_rollouts is off"),
+                format!(
+                    "released {count} gated {pods}: gate_rollouts is off, or kinds no longer lists Deployment"
+                ),
             ),
         }
     }
@@ -141,7 +143,9 @@ pub fn verdict(pod: &Pod, prefetch: Option<&Prefetch>, now: Timestamp) -> Verdic
     let Some(prefetch) = prefetch else {
         return Verdict::Release(Release::PrefetchRemoved);
     };
-    if !prefetch.spec.gate_rollouts() {
+    // Gated pods are Deployments' (the pod hook gates nothing else yet): a Prefetch that no
+    // longer reads Deployments will never prefetch for them.
+    if !prefetch.spec.gate_rollouts() || !prefetch.spec.selects_kind(WorkloadKind::Deployment) {
         return Verdict::Release(Release::GateDisabled);
     }
     let signal = gated_for(pod, until, prefetch.spec.gate_timeout_seconds());
@@ -359,6 +363,13 @@ mod tests {
         assert_eq!(
             verdict(&gated, Some(&prefetch(false, None)), t(NOW)),
             Verdict::Release(Release::GateDisabled)
+        );
+        let mut cron_only = prefetch(true, None);
+        cron_only.spec.kinds = Some(vec![WorkloadKind::CronJob]);
+        assert_eq!(
+            verdict(&gated, Some(&cron_only), t(NOW)),
+            Verdict::Release(Release::GateDisabled),
+            "kinds no longer lists Deployment"
         );
     }
 

@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use prefetch_common::Prefetch;
 use prefetch_common::annotations::{Signal, rollout_signal};
 use prefetch_common::images::pod_spec_images;
 use prefetch_common::labels::selects_by;
+use prefetch_common::{Prefetch, WorkloadKind};
 
 /// The Prefetches of the cluster, as the decisions read them.
 pub trait Prefetches {
@@ -52,6 +52,9 @@ pub struct PrefetchFacts {
     pub gate_timeout: Option<i64>,
     /// `status.last_rollout.requested_at`, when its `prefetched_at` is set.
     pub prefetched_through: Option<jiff::Timestamp>,
+    /// `spec.kinds` leaves Deployment out: the controller does not read its Deployments, so
+    /// their rollouts are neither signalled nor gated for it (nobody would lift the gate).
+    pub deployments_excluded: bool,
 }
 
 impl PrefetchFacts {
@@ -67,15 +70,16 @@ impl PrefetchFacts {
                 .spec
                 .gate_rollouts()
                 .then(|| prefetch.spec.gate_timeout_seconds()),
+            deployments_excluded: !prefetch.spec.selects_kind(WorkloadKind::Deployment),
             selector: prefetch.spec.filter_by_labels,
             prefetched_through,
         }
     }
 
-    /// Whether it selects an object whose labels `label` looks up (an empty selector selects
-    /// nothing).
+    /// Whether it selects a Deployment whose labels `label` looks up (an empty selector
+    /// selects nothing, and neither does a Prefetch whose `kinds` leaves Deployment out).
     pub fn selects_by<'l>(&self, label: impl Fn(&str) -> Option<&'l str>) -> bool {
-        !self.selector.is_empty() && selects_by(&self.selector, label)
+        !self.deployments_excluded && !self.selector.is_empty() && selects_by(&self.selector, label)
     }
 
     /// As the pod gate reads it, when it has `gate_rollouts` and selects that object.
@@ -278,5 +282,28 @@ mod tests {
         assert_eq!(facts.gating("pf", web), None, "does not gate");
         let empty = PrefetchFacts::default();
         assert!(!empty.selects_by(web), "an empty selector selects nothing");
+    }
+
+    #[test]
+    fn a_prefetch_whose_kinds_leave_deployments_out_neither_signals_nor_gates_them() {
+        let spec = |kinds: Option<Vec<WorkloadKind>>| PrefetchSpec {
+            filter_by_labels: [("app".to_string(), "web".to_string())].into(),
+            gate_rollouts: Some(true),
+            kinds,
+            ..Default::default()
+        };
+        let web = |key: &str| (key == "app").then_some("web");
+        let cron_only =
+            PrefetchFacts::of(Prefetch::new("pf", spec(Some(vec![WorkloadKind::CronJob]))));
+        assert!(!cron_only.selects_by(web));
+        assert_eq!(cron_only.gating("pf", web), None);
+        for kinds in [
+            None,
+            Some(vec![WorkloadKind::Deployment, WorkloadKind::Job]),
+        ] {
+            let facts = PrefetchFacts::of(Prefetch::new("pf", spec(kinds)));
+            assert!(facts.selects_by(web));
+            assert!(facts.gating("pf", web).is_some());
+        }
     }
 }

@@ -451,6 +451,7 @@ mod tests {
                         selector: [("app".to_string(), "web".to_string())].into(),
                         gate_timeout: Some(*timeout),
                         prefetched_through: through.map(t),
+                        deployments_excluded: false,
                     };
                     ("default".to_string(), name.to_string(), facts)
                 })
