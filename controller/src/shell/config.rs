@@ -102,7 +102,7 @@ fn parse_taint_key(s: &str) -> Result<String, String> {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print which prefetch pods the reconciler would create on which nodes, for the
-    /// Prefetches, Deployments and Nodes in YAML files (no cluster needed).
+    /// Prefetches, workloads (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs) and Nodes in YAML files (no cluster needed).
     Plan {
         /// A YAML file (multi-document and List kinds are fine); repeatable.
         #[arg(short = 'f', long = "filename", required = true)]
