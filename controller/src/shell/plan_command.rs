@@ -322,6 +322,7 @@ mod tests {
     use super::*;
 
     const CLUSTER: &str = include_str!("../../../examples/cluster.yaml");
+    const WORKLOADS: &str = include_str!("../../../examples/workloads.yaml");
 
     #[test]
     fn the_sample_cluster_plans_like_the_walkthrough() {
@@ -344,6 +345,26 @@ mod tests {
             "kind-worker3        pod prefetch-prefetch-sample-kind-worker3 pulls docker.io/library/nginx:1.7.9",
             "kind-control-plane  skipped: name does not contain node_filter \"worker\"",
             "=> 3 prefetch pod(s), at most 20 in flight; 0 of 3 node x image pairs already done",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_sample_workloads_plan_every_kind_and_the_declared_image() {
+        let mut objects = Objects::default();
+        objects.load("workloads.yaml", WORKLOADS).unwrap();
+        objects.load("cluster.yaml", CLUSTER).unwrap();
+        assert!(objects.ignored.is_empty(), "{:?}", objects.ignored);
+        let text = render(&objects, None, 50, Timestamp::now());
+        for line in [
+            "Prefetch default/shop",
+            "selects 5 workload(s) by {\"app\": \"shop\"}: CronJob/report, DaemonSet/logs, Deployment/web, Job/backfill, StatefulSet/db",
+            "docker.io/flyway/flyway:10  (StatefulSet/db)",
+            "docker.io/library/python:3.12  (CronJob/report)",
+            "ghcr.io/example/log-rules:7  (DaemonSet/logs)",
+            "ghcr.io/example/shop-web:2.1.0  (declared)",
+            "=> 3 prefetch pod(s), at most 20 in flight; 0 of 24 node x image pairs already done",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
