@@ -823,3 +823,94 @@ async fn every_workload_kind_brings_its_images() {
     .await;
     s.cluster.cleanup().await;
 }
+
+/// While a rollout is in progress the Deployment's older ReplicaSet still runs pods: its image
+/// is wanted too, so a node that joins mid-rollout is warm for the old pods it may get; once
+/// that ReplicaSet is scaled to zero its image leaves the plan (DESIGN.md section 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_revision_with_pods_is_warmed_on_a_node_that_joins_mid_rollout() {
+    let Some(s) = scenario("revisions", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let _controller = controller(&s, &[], "controller").await;
+    until_phase(&s, Phase::Succeeded).await;
+    let deployment = s.deployments.get("nginx").await.unwrap();
+    let resource = kube::api::ApiResource {
+        group: "apps".into(),
+        version: "v1".into(),
+        api_version: "apps/v1".into(),
+        kind: "ReplicaSet".into(),
+        plural: "replicasets".into(),
+    };
+    let replica_sets: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(s.cluster.client.clone(), &s.ns, &resource);
+    let old = json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "nginx-old", "namespace": s.ns, "labels": {"app": "nginx", "pod-template-hash": "old"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "nginx",
+                                          "uid": deployment.metadata.uid.clone().unwrap(), "controller": true}]},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "nginx"}},
+                 "template": {"metadata": {"labels": {"app": "nginx"}},
+                              "spec": {"containers": [{"name": "nginx", "image": "nginx:1.6"}]}}}});
+    replica_sets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(old).unwrap(),
+        )
+        .await
+        .unwrap();
+    let nodes: Api<Node> = Api::all(s.cluster.client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &node("kind-worker4", json!([]), json!([])),
+        )
+        .await
+        .unwrap();
+    let status = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Succeeded && st.total == 8 && st.ready == 8,
+    )
+    .await;
+    assert_eq!(
+        status.images,
+        [
+            "docker.io/library/nginx:1.6",
+            "docker.io/library/nginx:1.7.9"
+        ]
+    );
+    let listed = nodes
+        .get("kind-worker4")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .images
+        .unwrap();
+    assert!(
+        listed
+            .iter()
+            .flat_map(|i| i.names.iter().flatten())
+            .any(|n| n == "docker.io/library/nginx:1.6"),
+        "the old revision's image is on the node that joined mid-rollout"
+    );
+
+    // The rollout ends: the old ReplicaSet is scaled to zero, and its image leaves the plan.
+    replica_sets
+        .patch(
+            "nginx-old",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await
+        .unwrap();
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(20),
+        |st| st.images == ["docker.io/library/nginx:1.7.9"],
+    )
+    .await;
+    s.cluster.cleanup().await;
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::core::ledger::PullLedger;
 use crate::core::round::RoundMemory;
 use crate::core::taint::WarmupConfig;
-use crate::core::workload::Workload;
+use crate::core::workload::{Workload, deployment_revisions};
 use crate::shell::events::EventPublisher;
 use crate::shell::metrics::Metrics;
 use crate::shell::ratelimit::RateLimiter;
@@ -31,6 +31,8 @@ pub struct Context {
     pub daemon_sets: Store<DaemonSet>,
     pub jobs: Store<Job>,
     pub cron_jobs: Store<CronJob>,
+    /// Deployments' ReplicaSets: an older revision that still runs pods brings its images.
+    pub replica_sets: Store<ReplicaSet>,
     pub pods: Store<Pod>,
     pub rounds: Mutex<HashMap<String, RoundMemory>>,
     /// Per Prefetch uid: when the round this process last ended had started (see
@@ -91,6 +93,7 @@ pub struct WorkloadSnapshot {
     daemon_sets: Vec<Arc<DaemonSet>>,
     jobs: Vec<Arc<Job>>,
     cron_jobs: Vec<Arc<CronJob>>,
+    replica_sets: Vec<Arc<ReplicaSet>>,
 }
 
 impl WorkloadSnapshot {
@@ -101,6 +104,7 @@ impl WorkloadSnapshot {
             daemon_sets: ctx.daemon_sets.state(),
             jobs: ctx.jobs.state(),
             cron_jobs: ctx.cron_jobs.state(),
+            replica_sets: ctx.replica_sets.state(),
         }
     }
 
@@ -108,8 +112,11 @@ impl WorkloadSnapshot {
         self.deployments.iter().map(AsRef::as_ref)
     }
 
-    /// Every cached workload, of every kind.
-    pub fn workloads(&self) -> impl Iterator<Item = Workload<'_>> {
+    /// Every cached workload, of every kind, and the older revisions of Deployments that
+    /// still run pods.
+    pub fn workloads(&self) -> Vec<Workload<'_>> {
+        let deployments: Vec<&Deployment> = self.deployments().collect();
+        let replica_sets: Vec<&ReplicaSet> = self.replica_sets.iter().map(AsRef::as_ref).collect();
         let stateful_sets = self
             .stateful_sets
             .iter()
@@ -117,11 +124,14 @@ impl WorkloadSnapshot {
         let daemon_sets = self.daemon_sets.iter().map(|o| Workload::from(o.as_ref()));
         let jobs = self.jobs.iter().map(|o| Workload::from(o.as_ref()));
         let cron_jobs = self.cron_jobs.iter().map(|o| Workload::from(o.as_ref()));
-        self.deployments()
-            .map(Workload::from)
+        deployments
+            .iter()
+            .map(|d| Workload::from(*d))
+            .chain(deployment_revisions(&deployments, &replica_sets))
             .chain(stateful_sets)
             .chain(daemon_sets)
             .chain(jobs)
             .chain(cron_jobs)
+            .collect()
     }
 }

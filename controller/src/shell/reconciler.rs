@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -181,6 +181,33 @@ where
             .state()
             .into_iter()
             .filter(|p| selects_workload(p, &workload))
+            .map(|p| ObjectRef::from_obj(p.as_ref()))
+            .collect()
+    }
+}
+
+/// Maps a changed ReplicaSet to the Prefetches that select its Deployment.
+fn owner_selecting(
+    deployments: &Store<Deployment>,
+    prefetches: &Store<Prefetch>,
+) -> impl Fn(ReplicaSet) -> Vec<ObjectRef<Prefetch>> + use<> {
+    let (deployments, prefetches) = (deployments.clone(), prefetches.clone());
+    move |replica_set: ReplicaSet| {
+        let owner = replica_set
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "Deployment")
+            .map(|o| o.name.clone());
+        let Some(deployment) = owner.and_then(|name| {
+            let namespace = replica_set.namespace().unwrap_or_default();
+            deployments.get(&ObjectRef::new(&name).within(&namespace))
+        }) else {
+            return Vec::new();
+        };
+        prefetches
+            .state()
+            .into_iter()
+            .filter(|p| selects_deployment(p, &deployment))
             .map(|p| ObjectRef::from_obj(p.as_ref()))
             .collect()
     }
@@ -550,6 +577,8 @@ pub async fn run(
     let (jobs, job_rx) = workload_cache::<Job>(watches.register("jobs"), &client, &stop);
     let (cron_jobs, cron_job_rx) =
         workload_cache::<CronJob>(watches.register("cronjobs"), &client, &stop);
+    let (replica_sets, replica_set_rx) =
+        workload_cache::<ReplicaSet>(watches.register("replicasets"), &client, &stop);
     let (pod_tx, pod_rx) = mpsc::unbounded_channel();
     let pods = cache(
         watches.register("pods"),
@@ -603,6 +632,7 @@ pub async fn run(
                 daemon_sets.wait_until_ready(),
                 jobs.wait_until_ready(),
                 cron_jobs.wait_until_ready(),
+                replica_sets.wait_until_ready(),
                 pods.wait_until_ready(),
                 prefetch_store.wait_until_ready()
             )
@@ -622,6 +652,7 @@ pub async fn run(
         daemon_sets,
         jobs,
         cron_jobs,
+        replica_sets,
         pods,
         rounds: Mutex::new(HashMap::new()),
         ended: Mutex::new(HashMap::new()),
@@ -685,6 +716,10 @@ pub async fn run(
         .watches_stream(
             trigger_stream(cron_job_rx),
             selecting::<CronJob>(&prefetch_store),
+        )
+        .watches_stream(
+            trigger_stream(replica_set_rx),
+            owner_selecting(&ctx.deployments, &prefetch_store),
         )
         .reconcile_all_on(node_triggers)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings_concurrency))

@@ -114,7 +114,7 @@ async fn pass(
     let prefetches = prefetches.state();
     let snapshot = WorkloadSnapshot::of(ctx);
     let prefetch_refs: Vec<&Prefetch> = prefetches.iter().map(AsRef::as_ref).collect();
-    let workloads: Vec<Workload<'_>> = snapshot.workloads().collect();
+    let workloads: Vec<Workload<'_>> = snapshot.workloads();
     let node_refs: Vec<&Node> = warming.iter().map(AsRef::as_ref).collect();
     let wishes = {
         let ledger = lock(&ctx.ledger);
