@@ -10,7 +10,7 @@ use prefetch_tests::apiserver::Fault;
 use prefetch_tests::binaries::ControllerProcess;
 use prefetch_tests::kubelet::Pull;
 use prefetch_tests::scenario::{
-    CONTROLLER_TOKEN, controller, node, scenario, until_phase, wait_for_status,
+    CONTROLLER_TOKEN, controller, node, node_lists, scenario, until_phase, wait_for_status,
 };
 use serde_json::json;
 
@@ -650,19 +650,8 @@ async fn a_declared_image_is_prefetched_before_any_workload_uses_it() {
     assert_eq!((status.ready, status.total), (6, 6));
     let nodes: Api<Node> = Api::all(s.cluster.client.clone());
     for worker in ["kind-worker", "kind-worker2", "kind-worker3"] {
-        let listed = nodes
-            .get(worker)
-            .await
-            .unwrap()
-            .status
-            .unwrap()
-            .images
-            .unwrap();
         assert!(
-            listed
-                .iter()
-                .flat_map(|i| i.names.iter().flatten())
-                .any(|n| n == "docker.io/library/redis:7"),
+            node_lists(&nodes, worker, "docker.io/library/redis:7").await,
             "{worker} never pulled the declared image"
         );
     }
@@ -789,19 +778,8 @@ async fn every_workload_kind_brings_its_images() {
         |st| st.phase == Phase::Succeeded && st.total == 28 && st.ready == 28,
     )
     .await;
-    let listed = nodes
-        .get("kind-worker4")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .images
-        .unwrap();
     assert!(
-        listed
-            .iter()
-            .flat_map(|i| i.names.iter().flatten())
-            .any(|n| n == "docker.io/library/python:3.12"),
+        node_lists(&nodes, "kind-worker4", "docker.io/library/python:3.12").await,
         "the CronJob's image is on the new node before its next run"
     );
 
@@ -880,19 +858,8 @@ async fn an_older_revision_with_pods_is_warmed_on_a_node_that_joins_mid_rollout(
             "docker.io/library/nginx:1.7.9"
         ]
     );
-    let listed = nodes
-        .get("kind-worker4")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .images
-        .unwrap();
     assert!(
-        listed
-            .iter()
-            .flat_map(|i| i.names.iter().flatten())
-            .any(|n| n == "docker.io/library/nginx:1.6"),
+        node_lists(&nodes, "kind-worker4", "docker.io/library/nginx:1.6").await,
         "the old revision's image is on the node that joined mid-rollout"
     );
 

@@ -72,6 +72,17 @@ pub async fn wait_for_status(
     }
 }
 
+/// Whether `node` lists `image` (a reference as the kubelet reports it) in `status.images`.
+pub async fn node_lists(nodes: &Api<Node>, node: &str, image: &str) -> bool {
+    let node = nodes.get(node).await.expect("the node");
+    node.status
+        .and_then(|s| s.images)
+        .into_iter()
+        .flatten()
+        .flat_map(|i| i.names.unwrap_or_default())
+        .any(|name| name == image)
+}
+
 /// Polls `check` until it holds, or fails naming `what` after `within`.
 pub async fn eventually<F, Fut>(within: Duration, what: &str, check: F)
 where
