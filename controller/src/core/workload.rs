@@ -2,6 +2,8 @@
 //! DaemonSets, Jobs and CronJobs, each seen through what a selection and a plan read of it:
 //! its kind, its metadata and its pod template (a CronJob's is its job template's).
 
+use std::collections::HashMap;
+
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::PodSpec;
@@ -96,6 +98,11 @@ pub fn deployment_revisions<'a>(
         let has = rs.status.as_ref().map_or(0, |s| s.replicas);
         wanted > 0 || has > 0
     };
+    // By uid, once: every reconcile joins the whole cluster's ReplicaSets to their owners.
+    let by_uid: HashMap<&str, &'a Deployment> = deployments
+        .iter()
+        .filter_map(|d| Some((d.metadata.uid.as_deref()?, *d)))
+        .collect();
     replica_sets
         .iter()
         .filter(|rs| running(rs))
@@ -106,10 +113,9 @@ pub fn deployment_revisions<'a>(
                 .iter()
                 .flatten()
                 .find(|o| o.controller == Some(true) && o.kind == "Deployment")?;
-            let deployment = deployments.iter().find(|d| {
-                d.metadata.uid.as_deref() == Some(owner.uid.as_str())
-                    && d.metadata.namespace == rs.metadata.namespace
-            })?;
+            let deployment = by_uid
+                .get(owner.uid.as_str())
+                .filter(|d| d.metadata.namespace == rs.metadata.namespace)?;
             Some(Workload {
                 kind: WorkloadKind::Deployment,
                 meta: &deployment.metadata,
