@@ -320,6 +320,24 @@ struct Rollout {
     image: String,
 }
 
+/// The Deployment controller's part in a rollout of `web`: its current template's
+/// ReplicaSet with 6 pods, created through admission; returns once they all run.
+async fn replica_set_running(
+    rig: &GateRig,
+    client: &kube::Client,
+    ns: &str,
+    what: &'static str,
+    image: String,
+) -> Rollout {
+    let pods = prefetch_tests::rollout::create_replica_set(client, ns, "web", 6)
+        .await
+        .unwrap();
+    rig.until_running(&pods, Duration::from_secs(30))
+        .await
+        .unwrap();
+    Rollout { what, pods, image }
+}
+
 /// The Deployment's rollout signal time, as the webhook stamped it.
 fn signalled_at(deployment: &k8s_openapi::api::apps::v1::Deployment) -> String {
     deployment.metadata.annotations.as_ref().unwrap()
@@ -370,7 +388,6 @@ async fn every_rollout_of_a_deployment_starts_no_pod_cold() {
     );
     let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
         kube::Api::namespaced(client.clone(), &ns);
-    let pods_of_web = || prefetch_tests::rollout::create_replica_set(&client, &ns, "web", 6);
     let mut rollouts = Vec::new();
 
     // 1. CREATE.
@@ -381,25 +398,11 @@ async fn every_rollout_of_a_deployment_starts_no_pod_cold() {
         )
         .await
         .unwrap();
-    rollouts.push(Rollout {
-        what: "create",
-        pods: pods_of_web().await.unwrap(),
-        image: normalized(first),
-    });
-    rig.until_running(&rollouts[0].pods, Duration::from_secs(30))
-        .await
-        .unwrap();
+    rollouts.push(replica_set_running(&rig, &client, &ns, "create", normalized(first)).await);
 
     // 2. set image.
     rig.set_image("web", second).await.unwrap();
-    rollouts.push(Rollout {
-        what: "set image",
-        pods: pods_of_web().await.unwrap(),
-        image: normalized(second),
-    });
-    rig.until_running(&rollouts[1].pods, Duration::from_secs(30))
-        .await
-        .unwrap();
+    rollouts.push(replica_set_running(&rig, &client, &ns, "set image", normalized(second)).await);
 
     // 3 and 4. set image twice within one second: the Deployment controller makes the last
     // template's ReplicaSet.
@@ -415,25 +418,20 @@ async fn every_rollout_of_a_deployment_starts_no_pod_cold() {
         fourth_signal > third_signal,
         "{third_signal} then {fourth_signal}"
     );
-    rollouts.push(Rollout {
-        what: "set image twice in one second",
-        pods: pods_of_web().await.unwrap(),
-        image: normalized(fourth),
-    });
-    rig.until_running(&rollouts[2].pods, Duration::from_secs(30))
-        .await
-        .unwrap();
+    rollouts.push(
+        replica_set_running(
+            &rig,
+            &client,
+            &ns,
+            "set image twice in one second",
+            normalized(fourth),
+        )
+        .await,
+    );
 
     // 5. rollout undo to the first template, whose image the nodes hold since the first.
     rig.set_image("web", first).await.unwrap();
-    rollouts.push(Rollout {
-        what: "rollout undo",
-        pods: pods_of_web().await.unwrap(),
-        image: normalized(first),
-    });
-    rig.until_running(&rollouts[3].pods, Duration::from_secs(30))
-        .await
-        .unwrap();
+    rollouts.push(replica_set_running(&rig, &client, &ns, "rollout undo", normalized(first)).await);
 
     let timeline = rig.sim.timeline();
     let mut gated = 0;
