@@ -1000,6 +1000,19 @@ mod tests {
     }
 
     impl World {
+        /// The walkthrough after its first round: started at 10:00:00, every pod pulled,
+        /// the status written at 10:00:10.
+        fn after_first_round() -> Self {
+            let mut world = Self::walkthrough();
+            let t0 = t("2026-11-22T10:00:00Z");
+            let first = world.step(&[], None, t0);
+            world.prefetch.status = Some(first.status.clone());
+            let pods: Vec<Pod> = all_pulled(&first.create, t0);
+            let done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:10Z"));
+            world.prefetch.status = Some(done.status);
+            world
+        }
+
         fn walkthrough() -> Self {
             World {
                 prefetch: prefetch(json!({}), None, 1),
@@ -1256,13 +1269,7 @@ mod tests {
 
     #[test]
     fn a_rollout_signal_starts_a_round_at_once_and_reports_its_latency() {
-        let mut world = World::walkthrough();
-        let t0 = t("2026-11-22T10:00:00Z");
-        let first = world.step(&[], None, t0);
-        world.prefetch.status = Some(first.status.clone());
-        let pods: Vec<Pod> = all_pulled(&first.create, t0);
-        let done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:10Z"));
-        world.prefetch.status = Some(done.status.clone());
+        let mut world = World::after_first_round();
 
         // Ten seconds later, long before next_round, the Deployment rolls out nginx:1.25.
         world.deployments = vec![deployment(&["nginx:1.25"])];
@@ -1560,12 +1567,8 @@ mod tests {
 
     #[test]
     fn a_spec_change_starts_a_new_round() {
-        let mut world = World::walkthrough();
-        let first = world.step(&[], None, t("2026-11-22T10:00:00Z"));
-        world.prefetch.status = Some(first.status.clone());
-        let pods: Vec<Pod> = all_pulled(&first.create, t("2026-11-22T10:00:00Z"));
-        let done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:10Z"));
-        world.prefetch = prefetch(json!({"node_filter": ""}), Some(done.status.clone()), 2);
+        let mut world = World::after_first_round();
+        world.prefetch = prefetch(json!({"node_filter": ""}), world.prefetch.status.clone(), 2);
         world.prefetch.spec.tolerations = Some(vec![
             serde_json::from_value(json!({"operator": "Exists"})).unwrap(),
         ]);
@@ -1582,13 +1585,7 @@ mod tests {
 
     #[test]
     fn unsignalled_new_images_and_joining_nodes_start_a_round() {
-        let mut world = World::walkthrough();
-        let t0 = t("2026-11-22T10:00:00Z");
-        let first = world.step(&[], None, t0);
-        world.prefetch.status = Some(first.status.clone());
-        let pods: Vec<Pod> = all_pulled(&first.create, t0);
-        let done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:10Z"));
-        world.prefetch.status = Some(done.status.clone());
+        let mut world = World::after_first_round();
         world.nodes = vec![
             node("kind-control-plane", &[]),
             node("kind-worker", &[NGINX]),
