@@ -717,8 +717,115 @@ fn prefetch_pods_come_and_go_and_nobody_else_is_matched() {
 }
 
 /// The pod hook's `matchConditions` (base install), evaluated as the API server would.
+/// The install's mutating hook at `path` (the first, if several).
+fn hook_at(path: &str, resource: &str) -> Value {
+    let hooks = base_documents()
+        .into_iter()
+        .find(|d| d.kind == "MutatingWebhookConfiguration")
+        .unwrap()
+        .value;
+    hooks["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| {
+            h["clientConfig"]["service"]["path"] == path
+                && h["rules"][0]["resources"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(resource))
+        })
+        .unwrap_or_else(|| panic!("a hook at {path} for {resource}"))
+        .clone()
+}
+
+/// Whether every `matchConditions` rule of `hook` holds for (operation, object, oldObject).
+fn conditions_hold(hook: &Value, operation: &str, object: &Value, old: &Value) -> bool {
+    let conditions: Vec<Program> = hook["matchConditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| compile(c["expression"].as_str().unwrap()))
+        .collect();
+    let mut ctx = Context::default();
+    ctx.add_variable("object", object.clone()).unwrap();
+    ctx.add_variable("oldObject", old.clone()).unwrap();
+    ctx.add_variable("request", json!({"operation": operation}))
+        .unwrap();
+    conditions
+        .iter()
+        .all(|c| c.execute(&ctx) == Ok(Cel::Bool(true)))
+}
+
 #[test]
-fn the_pod_hook_admits_only_replicaset_owned_pods() {
+fn the_signal_hooks_admit_only_image_changes_of_every_kind() {
+    let pod_spec = |image: &str, init: Option<&str>, volume: Option<&str>| {
+        let mut spec = json!({"containers": [{"name": "c", "image": image}]});
+        if let Some(init) = init {
+            spec["initContainers"] = json!([{"name": "i", "image": init}]);
+        }
+        if let Some(volume) = volume {
+            spec["volumes"] = json!([{"name": "cfg", "configMap": {"name": "x"}},
+                                     {"name": "w", "image": {"reference": volume}}]);
+        }
+        spec
+    };
+    let cases = [
+        ("/mutate/deployment", "deployments", false),
+        ("/mutate/workload", "statefulsets", false),
+        ("/mutate/workload", "daemonsets", false),
+        ("/mutate/workload", "cronjobs", true),
+    ];
+    for (path, resource, cron) in cases {
+        let hook = hook_at(path, resource);
+        let object = |spec: Value| {
+            let template = json!({"metadata": {"labels": {"app": "web"}}, "spec": spec});
+            if cron {
+                json!({"spec": {"schedule": "0 * * * *", "jobTemplate": {"spec": {"template": template}}}})
+            } else {
+                json!({"spec": {"replicas": 3, "template": template}})
+            }
+        };
+        let base = object(pod_spec("nginx:1", Some("init:1"), Some("weights:1")));
+        let admits = |new: Value| conditions_hold(&hook, "UPDATE", &new, &base);
+        assert!(!admits(base.clone()), "{resource}: no change");
+        let mut scaled = base.clone();
+        scaled["spec"]["replicas"] = json!(9);
+        scaled["metadata"] = json!({"annotations": {"a": "b"}});
+        assert!(!admits(scaled), "{resource}: scale and metadata churn");
+        for (what, spec) in [
+            (
+                "container",
+                pod_spec("nginx:2", Some("init:1"), Some("weights:1")),
+            ),
+            (
+                "init container",
+                pod_spec("nginx:1", Some("init:2"), Some("weights:1")),
+            ),
+            (
+                "image volume",
+                pod_spec("nginx:1", Some("init:1"), Some("weights:2")),
+            ),
+            (
+                "init containers removed",
+                pod_spec("nginx:1", None, Some("weights:1")),
+            ),
+            (
+                "image volume removed",
+                pod_spec("nginx:1", Some("init:1"), None),
+            ),
+        ] {
+            assert!(admits(object(spec)), "{resource}: {what} changed");
+        }
+        assert!(
+            conditions_hold(&hook, "CREATE", &base, &Value::Null),
+            "{resource}: every CREATE"
+        );
+    }
+}
+
+#[test]
+fn the_pod_hook_admits_only_pods_a_workload_controller_made() {
     let hooks = base_documents()
         .into_iter()
         .find(|d| d.kind == "MutatingWebhookConfiguration")
@@ -747,11 +854,16 @@ fn the_pod_hook_admits_only_replicaset_owned_pods() {
             .all(|c| c.execute(&ctx) == Ok(Cel::Bool(true)))
     };
     let pod = gated_pod();
-    assert!(admits(&pod));
-    assert!(
-        prefetch_tests::rollout::owned_by_replica_set(&pod),
-        "the test API server's mirror agrees"
-    );
+    for kind in ["ReplicaSet", "StatefulSet", "DaemonSet", "Job"] {
+        let owned = edited(&pod, |p| {
+            p["metadata"]["ownerReferences"][0]["kind"] = json!(kind)
+        });
+        assert!(admits(&owned), "{kind}");
+        assert!(
+            prefetch_tests::rollout::owned_by_a_workload_controller(&owned),
+            "{kind}: the test API server's mirror agrees"
+        );
+    }
     for (what, edit) in [
         (
             "no owner",
@@ -771,18 +883,18 @@ fn the_pod_hook_admits_only_replicaset_owned_pods() {
         ("controller false", |p| {
             p["metadata"]["ownerReferences"][0]["controller"] = json!(false)
         }),
-        ("a StatefulSet's", |p| {
-            p["metadata"]["ownerReferences"][0]["kind"] = json!("StatefulSet")
+        ("a ReplicationController's", |p| {
+            p["metadata"]["ownerReferences"][0]["kind"] = json!("ReplicationController")
         }),
         (
-            "a Job's",
-            |p| p["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "j", "controller": true}]),
+            "a custom controller's",
+            |p| p["metadata"]["ownerReferences"] = json!([{"apiVersion": "example.com/v1", "kind": "Runner", "name": "j", "uid": "j", "controller": true}]),
         ),
     ] {
         let other = edited(&pod, edit);
         assert!(!admits(&other), "{what}");
         assert!(
-            !prefetch_tests::rollout::owned_by_replica_set(&other),
+            !prefetch_tests::rollout::owned_by_a_workload_controller(&other),
             "{what}: mirror"
         );
     }

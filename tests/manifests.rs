@@ -173,8 +173,34 @@ fn webhook_configurations_reach_the_webhook_as_designed() {
             .map(String::from)
             .into()
     );
+    // StatefulSets, DaemonSets and CronJobs are signalled as Deployments are.
+    let mut signalled = BTreeSet::new();
+    for hook in mutating.webhooks.iter().flatten() {
+        if check_client(&hook.client_config, &service) != Endpoint::MutateWorkload.path() {
+            continue;
+        }
+        assert_eq!(
+            (hook.failure_policy.as_deref(), hook.timeout_seconds),
+            (Some("Ignore"), Some(2))
+        );
+        assert_eq!(hook.namespace_selector, deployment_hook.namespace_selector);
+        assert!(
+            hook.match_conditions
+                .as_ref()
+                .is_some_and(|c| !c.is_empty())
+        );
+        for rule in hook.rules.iter().flatten() {
+            signalled.extend(rule.resources.clone().unwrap_or_default());
+        }
+    }
+    assert_eq!(
+        signalled,
+        ["cronjobs", "daemonsets", "statefulsets"]
+            .map(String::from)
+            .into()
+    );
     // The rollout gate: fail-open, 2 s, the same exclusions, pod CREATE only, and only pods a
-    // ReplicaSet controls.
+    // workload controller made.
     let (policy, timeout, pod_hook) = &paths[MUTATE_POD];
     assert_eq!((policy.as_deref(), *timeout), (Some("Ignore"), Some(2)));
     assert_eq!(pod_hook.side_effects, "None");
@@ -199,7 +225,7 @@ fn webhook_configurations_reach_the_webhook_as_designed() {
             && c.expression.contains("o.controller")),
         "only ReplicaSet-owned pods may reach it: {conditions:?}"
     );
-    assert_eq!(paths.len(), 3);
+    assert_eq!(paths.len(), 4);
 }
 
 fn pod_spec(deployment: &Deployment) -> &PodSpec {
@@ -514,7 +540,7 @@ fn kustomize_renders_the_make_certs_install() {
             hooks += 1;
         }
     }
-    assert_eq!(hooks, 4);
+    assert_eq!(hooks, 6);
     let base: BTreeSet<(String, String)> = documents()
         .into_iter()
         .map(|(_, kind, name, _)| (kind, name))

@@ -34,15 +34,17 @@ fn images() -> impl Strategy<Value = Vec<String>> {
 
 fn rollout() -> impl Strategy<Value = RolloutRecord> {
     (
-        "web|api",
+        "web|api|",
+        prop::option::of("(Deployment|StatefulSet|CronJob)/(web|api)"),
         images(),
         microsecond(),
         microsecond(),
         prop::option::of(microsecond()),
     )
         .prop_map(
-            |(deployment, images, requested, observed, prefetched)| RolloutRecord {
+            |(deployment, workload, images, requested, observed, prefetched)| RolloutRecord {
                 deployment,
+                workload,
                 images,
                 requested_at: Some(requested),
                 observed_at: Some(observed),
@@ -187,6 +189,7 @@ fn the_server_holds_exactly_the_status_last_written() {
     };
     first.last_rollout = Some(RolloutRecord {
         deployment: "web".into(),
+        workload: Some("Deployment/web".into()),
         images: vec!["img-b".into()],
         requested_at: Some(MicroTime("2026-12-06T04:00:00.100000Z".parse().unwrap())),
         observed_at: Some(MicroTime("2026-12-06T04:00:00.200000Z".parse().unwrap())),

@@ -816,9 +816,15 @@ async fn the_manifests_grant_exactly_what_the_webhook_calls() {
     prefetch_tests::rbac::assert_exact(
         &prefetch_tests::rbac::called(api, "prefetch-webhook"),
         &prefetch_tests::rbac::granted(&manifest).unwrap(),
-        // The pod gate's one live read, only when the Deployment cache is behind a rollout
-        // while a controller leads (tests/gate_e2e.rs reaches it).
-        &[("apps", "deployments", "get")],
+        // The pod gate's one live read of a pod's workload, only when the cache is behind a
+        // rollout while a controller leads (tests/gate_e2e.rs reaches it for a Deployment,
+        // tests/gate_kinds_e2e.rs for a StatefulSet).
+        &[
+            ("apps", "deployments", "get"),
+            ("apps", "statefulsets", "get"),
+            ("apps", "daemonsets", "get"),
+            ("batch", "cronjobs", "get"),
+        ],
     );
     cluster.cleanup().await;
 }

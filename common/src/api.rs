@@ -223,8 +223,15 @@ pub struct PullFailure {
 /// the signal's identity, and two signals may fall within one second.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct RolloutRecord {
-    /// Deployment whose rollout brought new images.
+    /// Deployment whose rollout brought new images; empty when another kind's did (see
+    /// `workload`). Always written, so that a controller of an earlier release, which requires
+    /// it, still reads the status after a downgrade.
+    #[serde(default)]
     pub deployment: String,
+    /// The workload whose rollout brought new images, as `Kind/name` (`StatefulSet/db`,
+    /// `CronJob/report`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
     /// Images new in that rollout.
     pub images: Vec<String>,
     /// When the webhook saw the rollout (its `prefetch-requested-at` annotation).

@@ -12,6 +12,7 @@ pub mod duration;
 pub mod images;
 pub mod labels;
 pub mod limits;
+pub mod owner;
 pub mod signals;
 pub mod telemetry;
 pub mod validation;

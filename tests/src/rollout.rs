@@ -67,6 +67,58 @@ pub async fn create_replica_set(
     Ok(created)
 }
 
+/// A workload controller object that owns pods: a StatefulSet, a DaemonSet or a Job.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// A workload controller's part (StatefulSet, DaemonSet, Job): pods of `template` (a pod
+/// template as JSON) with the given names, controlled by `owner`, labelled with the template's
+/// labels and `labels`, created through admission as the real controllers create them. A pod
+/// given a node is pinned to it the way the DaemonSet controller pins its pods: a required
+/// node affinity `matchFields metadata.name In [node]`.
+pub async fn create_owned_pods(
+    rig: &GateRig,
+    owner: &Owner,
+    template: &Value,
+    pods: &[(String, Option<String>)],
+    labels: Value,
+) -> anyhow::Result<Vec<Pod>> {
+    let mut all_labels = template
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or(json!({}));
+    if let (Some(all), Some(extra)) = (all_labels.as_object_mut(), labels.as_object()) {
+        all.extend(extra.clone());
+    }
+    let mut created = Vec::new();
+    for (name, node) in pods {
+        let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
+        if let Some(node) = node {
+            spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": [{"matchFields": [
+                    {"key": "metadata.name", "operator": "In", "values": [node]}]}]}}});
+        }
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": name,
+                "namespace": rig.namespace(),
+                "labels": all_labels,
+                "ownerReferences": [{"apiVersion": owner.api_version, "kind": owner.kind,
+                                     "name": owner.name, "uid": owner.uid,
+                                     "controller": true, "blockOwnerDeletion": true}]
+            },
+            "spec": spec
+        }))?;
+        created.push(rig.pods().create(&PostParams::default(), &pod).await?);
+    }
+    Ok(created)
+}
+
 /// A stable, label-safe hash of a pod template (the real controller's is FNV-32a of the
 /// template, in a safe alphabet; the value only has to change with the template here).
 pub fn template_hash(template: &Value) -> String {
@@ -457,15 +509,18 @@ pub struct GateRig {
 }
 
 /// The pod hook's `matchConditions` rule of the install, mirrored: only pods whose controller
-/// owner is a ReplicaSet.
-pub fn owned_by_replica_set(pod: &Value) -> bool {
+/// owner is a ReplicaSet, StatefulSet, DaemonSet or Job.
+pub fn owned_by_a_workload_controller(pod: &Value) -> bool {
     pod.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .any(|o| {
             o.get("controller") == Some(&Value::Bool(true))
-                && str_at(o, "/kind") == Some("ReplicaSet")
+                && matches!(
+                    str_at(o, "/kind"),
+                    Some("ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job")
+                )
         })
 }
 
@@ -529,6 +584,24 @@ impl GateRig {
             excluded_namespaces: excluded.clone(),
             match_condition: None,
         });
+        for (group, plural) in [
+            ("apps", "statefulsets"),
+            ("apps", "daemonsets"),
+            ("batch", "cronjobs"),
+        ] {
+            api.register_mutating_webhook(MutatingWebhook {
+                name: format!("{plural}.prefetch.cache.techsquad.rocks"),
+                group,
+                plural,
+                operations: vec!["CREATE", "UPDATE"],
+                client: pinned(webhook.admission_addr)?,
+                path: "/mutate/workload".into(),
+                timeout: Duration::from_secs(2),
+                ignore_failures: true,
+                excluded_namespaces: excluded.clone(),
+                match_condition: None,
+            });
+        }
         let pod_addr = if options.pod_hook_unreachable {
             // A port that was just free: connection refused.
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -546,7 +619,7 @@ impl GateRig {
             timeout: Duration::from_secs(2),
             ignore_failures: true,
             excluded_namespaces: excluded,
-            match_condition: Some(Arc::new(owned_by_replica_set)),
+            match_condition: Some(Arc::new(owned_by_a_workload_controller)),
         });
 
         let mut deployment = crate::fixtures::nginx_deployment(

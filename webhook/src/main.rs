@@ -1,6 +1,6 @@
 //! The `prefetch-webhook` process: loads the serving certificate (and reloads it when the
-//! files change), connects to the cluster, starts the watch caches (Prefetches, Deployments,
-//! the controller's Lease, and node names unless `--warn-unmatched-node-filter=false`), serves
+//! files change), connects to the cluster, starts the watch caches (Prefetches, the workloads
+//! that roll out, the controller's Lease, and node names unless `--warn-unmatched-node-filter=false`), serves
 //! the admission endpoints over TLS on `--listen-addr` and health and metrics over plain HTTP
 //! on `--metrics-addr`, until SIGTERM or Ctrl-C: then it reports not ready, stops accepting,
 //! lets in-flight requests finish and stops the watches.
@@ -16,8 +16,8 @@ use prefetch_common::watch::WatchSet;
 use prefetch_webhook::shell::config::Args;
 use prefetch_webhook::shell::http::{AppState, admission_router, ops_router};
 use prefetch_webhook::shell::index::{
-    DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex, run_deployment_watch, run_lease_watch,
-    run_node_watch, run_prefetch_watch,
+    LeaderLease, NodeNames, PrefetchIndex, Workloads, run_lease_watch, run_node_watch,
+    run_prefetch_watch, run_workload_watch,
 };
 use prefetch_webhook::shell::metrics::Metrics;
 use prefetch_webhook::shell::serve::serve_tls;
@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
         serving: Arc::new(AtomicBool::new(true)),
         watches: Arc::new(WatchSet::default()),
         stale_after: args.cache_stale_after,
-        deployments: Arc::new(DeploymentIndex::default()),
+        workloads: Arc::new(Workloads::default()),
         lease: Arc::new(LeaderLease::default()),
         client: Some(client.clone()),
         live_read_timeout: args.live_read_timeout,
@@ -88,11 +88,30 @@ async fn main() -> anyhow::Result<()> {
         state.watches.register("prefetches"),
         shutdown.child_token(),
     ));
+    let workloads = &state.workloads;
     let gate_watches = [
-        tokio::spawn(run_deployment_watch(
+        tokio::spawn(run_workload_watch(
             client.clone(),
-            state.deployments.clone(),
+            workloads.deployments.clone(),
             state.watches.register_optional("deployments"),
+            shutdown.child_token(),
+        )),
+        tokio::spawn(run_workload_watch(
+            client.clone(),
+            workloads.stateful_sets.clone(),
+            state.watches.register_optional("statefulsets"),
+            shutdown.child_token(),
+        )),
+        tokio::spawn(run_workload_watch(
+            client.clone(),
+            workloads.daemon_sets.clone(),
+            state.watches.register_optional("daemonsets"),
+            shutdown.child_token(),
+        )),
+        tokio::spawn(run_workload_watch(
+            client.clone(),
+            workloads.cron_jobs.clone(),
+            state.watches.register_optional("cronjobs"),
             shutdown.child_token(),
         )),
         tokio::spawn(run_lease_watch(

@@ -18,12 +18,13 @@ use clap::Parser;
 use kube::core::DeserializeGuard;
 use kube::runtime::watcher::Event;
 use prefetch_bench::workload::{GATED_DEPLOYMENT, QUIET_DEPLOYMENT, Workload, bench_image};
+use prefetch_common::WorkloadKind;
 use prefetch_common::annotations::{PREFETCH_IMAGES, PREFETCH_REQUESTED_AT, rfc3339};
 use prefetch_common::{Prefetch, PrefetchSpec};
 use prefetch_tests::fixtures::realistic_deployment;
 use prefetch_webhook::core::admission::{self, Caches};
 use prefetch_webhook::core::answer::{Answer, Endpoint, MUTATE_POD};
-use prefetch_webhook::core::facts::{DeploymentFacts, GatingPrefetch, Prefetches};
+use prefetch_webhook::core::facts::{GatingPrefetch, Prefetches, WorkloadFacts};
 use prefetch_webhook::core::gate::{self, Read};
 use prefetch_webhook::core::review::BadReview;
 use prefetch_webhook::shell::index::{NodeNames, PrefetchIndex};
@@ -108,7 +109,7 @@ enum Route {
 /// The pod gate's world as `webhook-load` sets it up: the gating Prefetch, the Deployment
 /// rolling out a signalled image, the quiet one, and a controller leading.
 struct PodCaches {
-    deployments: Vec<(&'static str, DeploymentFacts)>,
+    deployments: Vec<(&'static str, WorkloadFacts)>,
 }
 
 impl PodCaches {
@@ -124,7 +125,12 @@ impl PodCaches {
                 annotations[PREFETCH_IMAGES] = json!(serde_json::to_string(&[bench_image(tag)])?);
                 annotations[PREFETCH_REQUESTED_AT] = json!(rfc3339(jiff::Timestamp::now()));
             }
-            deployments.push((name, DeploymentFacts::of(&serde_json::from_value(d)?)));
+            deployments.push((
+                name,
+                WorkloadFacts::from(&serde_json::from_value::<
+                    k8s_openapi::api::apps::v1::Deployment,
+                >(d)?),
+            ));
         }
         Ok(Self { deployments })
     }
@@ -138,11 +144,11 @@ impl PodCaches {
         let cached = self
             .deployments
             .iter()
-            .find(|(name, _)| pod.deployment.as_deref() == Ok(*name))
+            .find(|(name, _)| pod.workload.as_ref().is_ok_and(|w| w.name == *name))
             .map(|(_, facts)| facts);
         let now = jiff::Timestamp::now();
         let inputs = gate::Inputs {
-            deployment: cached,
+            workload: cached,
             live: false,
             prefetches: &BenchGate,
             leader_renewed: Some(now),
@@ -160,13 +166,19 @@ impl Prefetches for BenchGate {
         true
     }
 
-    fn selecting_by<'l>(&self, _: &str, _: &dyn Fn(&str) -> Option<&'l str>) -> Vec<String> {
+    fn selecting_by<'l>(
+        &self,
+        _: &str,
+        _: WorkloadKind,
+        _: &dyn Fn(&str) -> Option<&'l str>,
+    ) -> Vec<String> {
         Vec::new()
     }
 
     fn gating_by<'l>(
         &self,
         _: &str,
+        _: WorkloadKind,
         label: &dyn Fn(&str) -> Option<&'l str>,
     ) -> Vec<GatingPrefetch> {
         if label("app") == Some("nginx") {

@@ -10,8 +10,12 @@
 //!   warm nodes: a failed node is reported in the Prefetch's status, the pods are not held for
 //!   it). Never an earlier signal: a record whose `requested_at` is older than the pod's
 //!   signal says nothing about the pod's images;
+//! - a DaemonSet's pod, whose node is known before it schedules (the DaemonSet controller pins
+//!   it with `matchFields metadata.name`): as soon as that node is done with every image of
+//!   the pod, not when every node is;
 //! - `gated-until` has passed (also when the annotation is missing or unreadable: release);
-//! - the Prefetch is gone, or no longer has `gate_rollouts`.
+//! - the Prefetch is gone, no longer has `gate_rollouts`, or no longer selects the pod's
+//!   workload kind (`spec.kinds`).
 //!
 //! Nothing depends on this process having seen the gating: a restarted or newly elected
 //! controller reaches the same verdicts from the pods and Prefetches alone.
@@ -20,10 +24,14 @@ use jiff::{SignedDuration, Timestamp};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{Patch, PatchOperation, RemoveOperation, TestOperation};
 use k8s_openapi::api::core::v1::Pod;
+use prefetch_common::Prefetch;
+use prefetch_common::WorkloadKind;
 use prefetch_common::annotations::{
-    GATED_FOR_ANNOTATION, GATED_UNTIL_ANNOTATION, SCHEDULING_GATE, signal_time,
+    GATED_FOR_ANNOTATION, GATED_UNTIL_ANNOTATION, POD_TEMPLATE_HASH_LABEL, SCHEDULING_GATE,
+    signal_time,
 };
-use prefetch_common::{Prefetch, WorkloadKind};
+use prefetch_common::images::pod_spec_images;
+use prefetch_common::owner::{ControllerOwner, WorkloadRef, rollout_workload};
 use serde_json::{Value, json};
 
 /// Why a gated pod was released; the Event reason and metric label.
@@ -31,6 +39,8 @@ use serde_json::{Value, json};
 pub enum Release {
     /// The rollout's images are done on every targeted node.
     Prefetched,
+    /// A DaemonSet's pod: its own node is done with the pod's images.
+    NodePrefetched,
     /// `gated-until` passed (or the pod carried no readable time).
     TimedOut,
     /// The Prefetch is gone.
@@ -43,6 +53,7 @@ impl Release {
     pub fn as_str(self) -> &'static str {
         match self {
             Release::Prefetched => "prefetched",
+            Release::NodePrefetched => "node_prefetched",
             Release::TimedOut => "timed_out",
             Release::PrefetchRemoved => "prefetch_removed",
             Release::GateDisabled => "gate_disabled",
@@ -60,6 +71,11 @@ impl Release {
                     "released {count} gated {pods}: the rollout's images are on every targeted node"
                 ),
             ),
+            Release::NodePrefetched => (
+                "Normal",
+                "RolloutReleased",
+                format!("released {count} gated DaemonSet {pods}: each one's node has its images"),
+            ),
             Release::TimedOut => (
                 "Warning",
                 "RolloutGateTimedOut",
@@ -76,7 +92,7 @@ impl Release {
                 "Normal",
                 "RolloutGateDisabled",
                 format!(
-                    "released {count} gated {pods}: gate_rollouts is off, or kinds no longer lists Deployment"
+                    "released {count} gated {pods}: gate_rollouts is off, or kinds no longer lists the pod's workload kind"
                 ),
             ),
         }
@@ -128,9 +144,75 @@ fn gated_for(pod: &Pod, until: Timestamp, gate_timeout_seconds: i64) -> Timestam
     })
 }
 
+/// The workload whose rollout made `pod` (see `prefetch_common::owner`).
+pub fn pod_workload(pod: &Pod) -> Option<WorkloadRef> {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))?;
+    let hash = pod
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL));
+    let owner = ControllerOwner {
+        api_version: &owner.api_version,
+        kind: &owner.kind,
+        name: &owner.name,
+    };
+    rollout_workload(owner, hash.map(String::as_str)).ok()
+}
+
+/// The node a pod is pinned to by a required `matchFields metadata.name In [node]` term, as
+/// the DaemonSet controller pins its pods.
+pub fn pinned_node(pod: &Pod) -> Option<&str> {
+    let terms = &pod
+        .spec
+        .as_ref()?
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    let [term] = terms.as_slice() else {
+        return None;
+    };
+    let [field] = term.match_fields.as_deref()? else {
+        return None;
+    };
+    let pinned = field.key == "metadata.name" && field.operator == "In";
+    match field.values.as_deref() {
+        Some([node]) if pinned => Some(node),
+        _ => None,
+    }
+}
+
+/// Whether a node is done with an image: it lists it, or a prefetch pod reported it pulled
+/// or failed there. (node, normalized image)
+pub type NodeDone<'a> = &'a dyn Fn(&str, &str) -> bool;
+
+/// Whether `pod` is a DaemonSet's whose pinned node is done with every image it uses.
+fn its_node_is_done(pod: &Pod, node_done: NodeDone<'_>) -> bool {
+    let daemon_set = pod_workload(pod).is_some_and(|w| w.kind == WorkloadKind::DaemonSet);
+    let (Some(node), Some(spec)) = (pinned_node(pod), pod.spec.as_ref()) else {
+        return false;
+    };
+    let images = pod_spec_images(spec).images;
+    daemon_set && !images.is_empty() && images.iter().all(|image| node_done(node, image))
+}
+
 /// The verdict on one pod labelled gated-by `prefetch`'s name. `prefetch` is `None` when no
 /// such Prefetch exists (the caller has a synced cache).
-pub fn verdict(pod: &Pod, prefetch: Option<&Prefetch>, now: Timestamp) -> Verdict {
+pub fn verdict(
+    pod: &Pod,
+    prefetch: Option<&Prefetch>,
+    node_done: NodeDone<'_>,
+    now: Timestamp,
+) -> Verdict {
     if !gates(pod).contains(&SCHEDULING_GATE) {
         return Verdict::NotGated;
     }
@@ -143,9 +225,10 @@ pub fn verdict(pod: &Pod, prefetch: Option<&Prefetch>, now: Timestamp) -> Verdic
     let Some(prefetch) = prefetch else {
         return Verdict::Release(Release::PrefetchRemoved);
     };
-    // Gated pods are Deployments' (the pod hook gates nothing else yet): a Prefetch that no
-    // longer reads Deployments will never prefetch for them.
-    if !prefetch.spec.gate_rollouts() || !prefetch.spec.selects_kind(WorkloadKind::Deployment) {
+    // A Prefetch that no longer reads the pod's kind will never prefetch for it. (A pod whose
+    // owner tells no workload was gated as a Deployment's, before other kinds were.)
+    let kind = pod_workload(pod).map_or(WorkloadKind::Deployment, |w| w.kind);
+    if !prefetch.spec.gate_rollouts() || !prefetch.spec.selects_kind(kind) {
         return Verdict::Release(Release::GateDisabled);
     }
     let signal = gated_for(pod, until, prefetch.spec.gate_timeout_seconds());
@@ -158,6 +241,8 @@ pub fn verdict(pod: &Pod, prefetch: Option<&Prefetch>, now: Timestamp) -> Verdic
         .is_some_and(|requested| requested.0 >= signal);
     if prefetched {
         Verdict::Release(Release::Prefetched)
+    } else if its_node_is_done(pod, node_done) {
+        Verdict::Release(Release::NodePrefetched)
     } else {
         Verdict::Hold { until }
     }
@@ -216,6 +301,7 @@ mod tests {
         p.status = rollout.map(|(requested, prefetched)| PrefetchStatus {
             last_rollout: Some(RolloutRecord {
                 deployment: "web".into(),
+                workload: Some("Deployment/web".into()),
                 images: vec!["docker.io/library/nginx:1.25".into()],
                 requested_at: Some(MicroTime(t(requested))),
                 observed_at: None,
@@ -224,6 +310,10 @@ mod tests {
             ..Default::default()
         });
         p
+    }
+
+    fn nothing_done(_: &str, _: &str) -> bool {
+        false
     }
 
     const UNTIL: &str = "2026-11-22T03:15:00Z"; // signal at 03:00:00, gate_timeout 900
@@ -235,7 +325,7 @@ mod tests {
         let now = t(NOW);
         let running = prefetch(true, Some(("2026-11-22T03:00:00Z", None)));
         assert_eq!(
-            verdict(&gated, Some(&running), now),
+            verdict(&gated, Some(&running), &nothing_done, now),
             Verdict::Hold { until: t(UNTIL) }
         );
         let done = prefetch(
@@ -243,7 +333,7 @@ mod tests {
             Some(("2026-11-22T03:00:00Z", Some("2026-11-22T03:00:40Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&done), now),
+            verdict(&gated, Some(&done), &nothing_done, now),
             Verdict::Release(Release::Prefetched)
         );
         // A later rollout done covers this pod; an earlier one does not.
@@ -252,7 +342,7 @@ mod tests {
             Some(("2026-11-22T03:00:30Z", Some("2026-11-22T03:00:50Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&later), now),
+            verdict(&gated, Some(&later), &nothing_done, now),
             Verdict::Release(Release::Prefetched)
         );
         let earlier = prefetch(
@@ -260,11 +350,11 @@ mod tests {
             Some(("2026-11-22T02:59:59Z", Some("2026-11-22T03:00:50Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&earlier), now),
+            verdict(&gated, Some(&earlier), &nothing_done, now),
             Verdict::Hold { until: t(UNTIL) }
         );
         assert_eq!(
-            verdict(&gated, Some(&prefetch(true, None)), now),
+            verdict(&gated, Some(&prefetch(true, None)), &nothing_done, now),
             Verdict::Hold { until: t(UNTIL) }
         );
     }
@@ -288,7 +378,7 @@ mod tests {
             Some(("2026-11-22T03:00:00.2Z", Some("2026-11-22T03:00:30Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&first_done), t(NOW)),
+            verdict(&gated, Some(&first_done), &nothing_done, t(NOW)),
             Verdict::Hold {
                 until: t("2026-11-22T03:15:00.7Z")
             }
@@ -298,7 +388,7 @@ mod tests {
             Some(("2026-11-22T03:00:00.7Z", Some("2026-11-22T03:00:40Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&second_done), t(NOW)),
+            verdict(&gated, Some(&second_done), &nothing_done, t(NOW)),
             Verdict::Release(Release::Prefetched)
         );
     }
@@ -313,7 +403,7 @@ mod tests {
             Some(("2026-11-22T02:30:00Z", Some("2026-11-22T02:31:00Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&earlier_done), t(NOW)),
+            verdict(&gated, Some(&earlier_done), &nothing_done, t(NOW)),
             Verdict::Hold {
                 until: t("2026-11-22T04:00:00Z")
             }
@@ -326,7 +416,7 @@ mod tests {
             .get_or_insert_default()
             .insert(GATED_FOR_ANNOTATION.into(), "soon".into());
         assert!(matches!(
-            verdict(&unreadable, Some(&earlier_done), t(NOW)),
+            verdict(&unreadable, Some(&earlier_done), &nothing_done, t(NOW)),
             Verdict::Hold { .. }
         ));
     }
@@ -336,18 +426,28 @@ mod tests {
         let gated = pod(&[SCHEDULING_GATE], Some(UNTIL));
         let running = prefetch(true, Some(("2026-11-22T03:00:00Z", None)));
         assert_eq!(
-            verdict(&gated, Some(&running), t("2026-11-22T03:14:59Z")),
+            verdict(
+                &gated,
+                Some(&running),
+                &nothing_done,
+                t("2026-11-22T03:14:59Z")
+            ),
             Verdict::Hold { until: t(UNTIL) }
         );
         for p in [Some(&running), None] {
             assert_eq!(
-                verdict(&gated, p, t(UNTIL)),
+                verdict(&gated, p, &nothing_done, t(UNTIL)),
                 Verdict::Release(Release::TimedOut)
             );
         }
         for broken in [None, Some("soon")] {
             assert_eq!(
-                verdict(&pod(&[SCHEDULING_GATE], broken), Some(&running), t(NOW)),
+                verdict(
+                    &pod(&[SCHEDULING_GATE], broken),
+                    Some(&running),
+                    &nothing_done,
+                    t(NOW)
+                ),
                 Verdict::Release(Release::TimedOut)
             );
         }
@@ -357,17 +457,17 @@ mod tests {
     fn released_when_the_prefetch_is_gone_or_stops_gating() {
         let gated = pod(&[SCHEDULING_GATE], Some(UNTIL));
         assert_eq!(
-            verdict(&gated, None, t(NOW)),
+            verdict(&gated, None, &nothing_done, t(NOW)),
             Verdict::Release(Release::PrefetchRemoved)
         );
         assert_eq!(
-            verdict(&gated, Some(&prefetch(false, None)), t(NOW)),
+            verdict(&gated, Some(&prefetch(false, None)), &nothing_done, t(NOW)),
             Verdict::Release(Release::GateDisabled)
         );
         let mut cron_only = prefetch(true, None);
         cron_only.spec.kinds = Some(vec![WorkloadKind::CronJob]);
         assert_eq!(
-            verdict(&gated, Some(&cron_only), t(NOW)),
+            verdict(&gated, Some(&cron_only), &nothing_done, t(NOW)),
             Verdict::Release(Release::GateDisabled),
             "kinds no longer lists Deployment"
         );
@@ -377,7 +477,10 @@ mod tests {
     fn pods_without_our_gate_are_left_alone() {
         for gates in [&[][..], &["example.com/other"][..]] {
             let p = pod(gates, Some(UNTIL));
-            assert_eq!(verdict(&p, None, t(UNTIL)), Verdict::NotGated);
+            assert_eq!(
+                verdict(&p, None, &nothing_done, t(UNTIL)),
+                Verdict::NotGated
+            );
             assert_eq!(release_patch(&p), None);
         }
     }
@@ -410,5 +513,94 @@ mod tests {
         let mut changed = before.clone();
         changed["spec"]["schedulingGates"] = json!([{"name": SCHEDULING_GATE}]);
         assert!(json_patch::patch(&mut changed, &patch).is_err());
+    }
+
+    /// A gated pod of `owner` (api version, kind, name), pinned to `node` when given.
+    fn owned_pod(owner: (&str, &str, &str), node: Option<&str>) -> Pod {
+        let mut p = pod(&[SCHEDULING_GATE], Some(UNTIL));
+        let (api_version, kind, name) = owner;
+        let mut value = serde_json::to_value(&p).unwrap();
+        value["metadata"]["ownerReferences"] = json!([{"apiVersion": api_version, "kind": kind,
+            "name": name, "uid": "u", "controller": true}]);
+        value["spec"]["volumes"] = json!([{"name": "w", "image": {"reference": "weights:v2"}}]);
+        if let Some(node) = node {
+            value["spec"]["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}]}}});
+        }
+        p = serde_json::from_value(value).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_daemonset_pod_is_released_when_its_own_node_is_done() {
+        let agent = owned_pod(("apps/v1", "DaemonSet", "agent"), Some("worker-2"));
+        assert_eq!(pinned_node(&agent), Some("worker-2"));
+        let running = prefetch(true, Some(("2026-11-22T03:00:00Z", None)));
+        let holds = |node: &str, image: &str| {
+            node == "worker-2"
+                && [
+                    "docker.io/library/nginx:latest",
+                    "docker.io/library/weights:v2",
+                ]
+                .contains(&image)
+        };
+        assert_eq!(
+            verdict(&agent, Some(&running), &holds, t(NOW)),
+            Verdict::Release(Release::NodePrefetched)
+        );
+        // Not yet every image of the pod (the image volume's missing): held.
+        let only_nginx = |node: &str, image: &str| holds(node, image) && image.contains("nginx");
+        assert_eq!(
+            verdict(&agent, Some(&running), &only_nginx, t(NOW)),
+            Verdict::Hold { until: t(UNTIL) }
+        );
+        // Another node done says nothing about this one.
+        let other = owned_pod(("apps/v1", "DaemonSet", "agent"), Some("worker-1"));
+        assert_eq!(
+            verdict(&other, Some(&running), &holds, t(NOW)),
+            Verdict::Hold { until: t(UNTIL) }
+        );
+        // Only a DaemonSet's pod is released per node: a StatefulSet's may land anywhere.
+        let db = owned_pod(("apps/v1", "StatefulSet", "db"), Some("worker-2"));
+        assert_eq!(
+            verdict(&db, Some(&running), &holds, t(NOW)),
+            Verdict::Hold { until: t(UNTIL) }
+        );
+        // A DaemonSet pod not pinned to one node waits for the rollout like the rest.
+        let unpinned = owned_pod(("apps/v1", "DaemonSet", "agent"), None);
+        assert_eq!(pinned_node(&unpinned), None);
+        assert_eq!(
+            verdict(&unpinned, Some(&running), &holds, t(NOW)),
+            Verdict::Hold { until: t(UNTIL) }
+        );
+    }
+
+    #[test]
+    fn a_prefetch_that_stops_reading_the_pods_kind_releases_it() {
+        let mut deployments_only = prefetch(true, Some(("2026-11-22T03:00:00Z", None)));
+        deployments_only.spec.kinds = Some(vec![WorkloadKind::Deployment]);
+        for (owner, released) in [
+            (("apps/v1", "StatefulSet", "db"), true),
+            (("apps/v1", "DaemonSet", "agent"), true),
+            (("batch/v1", "Job", "report-29431260"), true),
+            (("apps/v1", "ReplicaSet", "web-abc"), false),
+        ] {
+            let mut gated = owned_pod(owner, None);
+            gated
+                .metadata
+                .labels
+                .get_or_insert_default()
+                .insert(POD_TEMPLATE_HASH_LABEL.into(), "abc".into());
+            let expected = if released {
+                Verdict::Release(Release::GateDisabled)
+            } else {
+                Verdict::Hold { until: t(UNTIL) }
+            };
+            assert_eq!(
+                verdict(&gated, Some(&deployments_only), &nothing_done, t(NOW)),
+                expected,
+                "{owner:?}"
+            );
+        }
     }
 }

@@ -17,11 +17,12 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use prefetch_common::limits::MAX_STATUS_FAILURES;
-use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord};
+use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord, WorkloadKind};
 
 use crate::core::outcome::{Outcome, PodReport, read_pod};
 use crate::core::plan::{ImagePlan, NodePlan};
 use crate::core::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
+pub use crate::core::signal::RolloutSignal;
 
 /// Grace beyond `pull_timeout` before the controller itself gives up on a pod (the kubelet
 /// normally ends it first, with DeadlineExceeded).
@@ -52,14 +53,6 @@ pub struct Observed {
     pub node: String,
     pub image: String,
     pub outcome: Outcome,
-}
-
-/// The newest rollout signal among the selected Deployments (webhook annotations).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RolloutSignal {
-    pub deployment: String,
-    pub images: Vec<String>,
-    pub requested_at: Timestamp,
 }
 
 pub struct RoundInput<'a> {
@@ -254,7 +247,11 @@ fn record_rollout_signal(
     let signal = signal.filter(|s| is_new_signal(s, previous))?;
     Some(SignalRecord {
         record: RolloutRecord {
-            deployment: signal.deployment.clone(),
+            deployment: match signal.workload.kind {
+                WorkloadKind::Deployment => signal.workload.name.clone(),
+                _ => String::new(),
+            },
+            workload: Some(signal.workload.to_string()),
             images: signal.images.clone(),
             requested_at: Some(micro_time(signal.requested_at)),
             observed_at: Some(micro_time(now)),
@@ -265,8 +262,9 @@ fn record_rollout_signal(
             type_: "Normal",
             reason: "RolloutSignal",
             message: format!(
-                "Deployment {} brings {}; prefetching now",
-                signal.deployment,
+                "{} {} brings {}; prefetching now",
+                signal.workload.kind.as_str(),
+                signal.workload.name,
                 signal.images.join(", ")
             ),
         },
@@ -385,7 +383,7 @@ fn round_trigger(input: &RoundInput<'_>, status: &PrefetchStatus) -> Option<Stri
     if let Some(signal) = input.rollout
         && is_new_signal(signal, status)
     {
-        return Some(format!("rollout of Deployment {}", signal.deployment));
+        return Some(format!("rollout of {}", signal.workload));
     }
     if let Some(why) = uncovered_by_last_round(input.plan, status) {
         return Some(why);
@@ -1281,7 +1279,7 @@ mod tests {
             })
             .collect();
         world.rollout = Some(RolloutSignal {
-            deployment: "nginx".into(),
+            workload: nginx(),
             images: vec!["docker.io/library/nginx:1.25".into()],
             requested_at: t("2026-11-22T10:00:19Z"),
         });
@@ -1337,7 +1335,7 @@ mod tests {
     fn nginx_rollout(world: &mut World, image: &str, at: &str) {
         world.deployments = vec![deployment(&[image])];
         world.rollout = Some(RolloutSignal {
-            deployment: "nginx".into(),
+            workload: nginx(),
             images: vec![format!("docker.io/library/{image}")],
             requested_at: t(at),
         });
@@ -1828,9 +1826,17 @@ mod tests {
             .collect()
     }
 
+    fn nginx() -> prefetch_common::owner::WorkloadRef {
+        prefetch_common::owner::WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            name: "nginx".into(),
+        }
+    }
+
     fn rollout_record(images: &[&str], requested_at: Timestamp) -> RolloutRecord {
         RolloutRecord {
             deployment: "nginx".into(),
+            workload: Some("Deployment/nginx".into()),
             images: strings(images),
             requested_at: Some(MicroTime(requested_at)),
             observed_at: Some(MicroTime(requested_at)),
@@ -1843,7 +1849,7 @@ mod tests {
         let at = t("2026-11-22T10:00:19.5Z");
         let now = t("2026-11-22T10:00:20Z");
         let signal = RolloutSignal {
-            deployment: "nginx".into(),
+            workload: nginx(),
             images: strings(&["a:1", "b:1"]),
             requested_at: at,
         };

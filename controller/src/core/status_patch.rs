@@ -101,6 +101,7 @@ mod tests {
         let mut server = PrefetchStatus {
             last_rollout: Some(RolloutRecord {
                 deployment: "web".into(),
+                workload: Some("Deployment/web".into()),
                 images: vec!["b".into()],
                 requested_at: Some(at("2026-12-06T04:00:00.5Z")),
                 observed_at: Some(at("2026-12-06T04:00:01Z")),

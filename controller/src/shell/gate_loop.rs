@@ -2,22 +2,25 @@
 //! (a watch on the gated-by label) about once a second and remove our scheduling gate from
 //! those whose verdict is a release. Events on the Prefetch are aggregated per pass and reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Node, ObjectReference, Pod, PodSpec, Volume};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
-use prefetch_common::Prefetch;
-use prefetch_common::annotations::{GATED_BY_LABEL, GATED_UNTIL_ANNOTATION};
+use prefetch_common::annotations::{
+    GATED_BY_LABEL, GATED_FOR_ANNOTATION, GATED_UNTIL_ANNOTATION, POD_TEMPLATE_HASH_LABEL,
+};
+use prefetch_common::{Prefetch, WorkloadKind};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::gate::{Release, Verdict, release_patch, verdict};
-use crate::shell::context::Context;
+use crate::core::gate::{Release, Verdict, pinned_node, pod_workload, release_patch, verdict};
+use crate::core::plan::node_images;
+use crate::shell::context::{Context, lock};
 use crate::shell::metrics::ResultLabel;
 
 /// Longest wait between two passes: a pod is released at most this long after its
@@ -32,23 +35,66 @@ pub fn gated_pods_selector() -> String {
     GATED_BY_LABEL.to_string()
 }
 
-/// Keeps of a gated pod only what the verdict reads.
+/// Keeps of a gated pod only what the verdict reads: the gate, the gated-by label, the
+/// gated-for and gated-until annotations, the controller owner and pod-template-hash (its
+/// workload), and for a DaemonSet's pod its images and the affinity that pins its node.
 pub fn slim_gated_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
-    meta.owner_references = None;
+    if let Some(owners) = meta.owner_references.as_mut() {
+        owners.retain(|o| o.controller == Some(true));
+    }
     if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == GATED_BY_LABEL);
+        labels.retain(|k, _| k == GATED_BY_LABEL || k == POD_TEMPLATE_HASH_LABEL);
     }
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k == GATED_UNTIL_ANNOTATION);
+        annotations.retain(|k, _| k == GATED_UNTIL_ANNOTATION || k == GATED_FOR_ANNOTATION);
     }
-    let gates = pod.spec.as_mut().and_then(|s| s.scheduling_gates.take());
-    pod.spec = Some(PodSpec {
-        scheduling_gates: gates,
-        ..Default::default()
+    let daemon_set = pod_workload(pod).is_some_and(|w| w.kind == WorkloadKind::DaemonSet);
+    let spec = pod.spec.take().unwrap_or_default();
+    pod.spec = Some(if daemon_set {
+        images_and_pin(spec)
+    } else {
+        PodSpec {
+            scheduling_gates: spec.scheduling_gates,
+            ..Default::default()
+        }
     });
     pod.status = None;
+}
+
+/// A pod spec cut to its gates, the images of its containers and image volumes, and its
+/// affinity.
+fn images_and_pin(spec: PodSpec) -> PodSpec {
+    let image_only = |containers: Vec<Container>| -> Vec<Container> {
+        containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                image: c.image,
+                ..Default::default()
+            })
+            .collect()
+    };
+    let image_volumes = spec.volumes.map(|volumes| {
+        volumes
+            .into_iter()
+            .filter(|v| v.image.is_some())
+            .map(|v| Volume {
+                name: v.name,
+                image: v.image,
+                ..Default::default()
+            })
+            .collect()
+    });
+    PodSpec {
+        scheduling_gates: spec.scheduling_gates,
+        affinity: spec.affinity,
+        containers: image_only(spec.containers),
+        init_containers: spec.init_containers.map(image_only),
+        volumes: image_volumes,
+        ..Default::default()
+    }
 }
 
 pub async fn run(
@@ -80,6 +126,21 @@ pub async fn run(
     ctx.metrics.gated_pods.set(0);
 }
 
+/// The images each node a gated pod is pinned to lists, normalized, read once per pass.
+fn pinned_node_images(
+    nodes: &Store<Node>,
+    gated: &[Arc<Pod>],
+) -> HashMap<String, BTreeSet<String>> {
+    gated
+        .iter()
+        .filter_map(|pod| pinned_node(pod))
+        .filter_map(|name| {
+            let node = nodes.get(&ObjectRef::new(name))?;
+            Some((name.to_string(), node_images(&node)))
+        })
+        .collect()
+}
+
 async fn pass(
     ctx: &Context,
     prefetches: &Store<Prefetch>,
@@ -91,7 +152,9 @@ async fn pass(
     let mut held = 0i64;
     // (namespace, prefetch, reason) -> pods released
     let mut events: BTreeMap<(String, String, Release), usize> = BTreeMap::new();
-    for pod in pods.state() {
+    let gated = pods.state();
+    let node_lists = pinned_node_images(&ctx.nodes, &gated);
+    for pod in gated {
         let uid = pod.uid().unwrap_or_default();
         if released.contains_key(&uid) {
             continue;
@@ -102,7 +165,16 @@ async fn pass(
             continue;
         };
         let prefetch = prefetches.get(&ObjectRef::new(&gated_by).within(&namespace));
-        let reason = match verdict(&pod, prefetch.as_deref(), now) {
+        let outcomes = prefetch
+            .as_ref()
+            .and_then(|p| p.uid())
+            .and_then(|uid| lock(&ctx.rounds).get(&uid).map(|m| m.outcomes.clone()))
+            .unwrap_or_default();
+        let node_done = |node: &str, image: &str| {
+            node_lists.get(node).is_some_and(|l| l.contains(image))
+                || outcomes.contains_key(&(node.to_string(), image.to_string()))
+        };
+        let reason = match verdict(&pod, prefetch.as_deref(), &node_done, now) {
             Verdict::NotGated => continue,
             Verdict::Hold { .. } => {
                 held += 1;

@@ -128,7 +128,7 @@ impl Default for Metrics {
         let gate_releases = Family::<ResultLabel, Counter>::default();
         registry.register(
             "gate_releases",
-            "Gated pods released, by reason (prefetched, timed_out, prefetch_removed, gate_disabled)",
+            "Gated pods released, by reason (prefetched, node_prefetched, timed_out, prefetch_removed, gate_disabled)",
             gate_releases.clone(),
         );
         Self {

@@ -29,7 +29,8 @@ use crate::core::ledger::PullLedger;
 use crate::core::outcome::read_pod;
 use crate::core::plan::{ImagePlan, node_images, plan_images_with, selects_deployment};
 use crate::core::pod::NODE_ANNOTATION;
-use crate::core::round::{RolloutSignal, RoundInput, cached_status_predates, reconcile_round};
+use crate::core::round::{RoundInput, cached_status_predates, reconcile_round};
+use crate::core::signal::newest_rollout_signal;
 use crate::core::status_patch;
 use crate::core::warmup::{WarmupConfig, open_warming_targets, settled};
 use crate::core::workload::{Workload, selects_workload};
@@ -213,13 +214,15 @@ fn owner_selecting(
     }
 }
 
-/// Keeps what selection and planning read of a StatefulSet, DaemonSet, Job or CronJob:
-/// metadata without managedFields and annotations (the last-applied configuration is often
-/// the largest part of an object), and the spec.
+/// Keeps what selection, planning and the rollout signal read of a StatefulSet, DaemonSet, Job
+/// or CronJob: metadata without managedFields and with only the signal's annotations (the
+/// last-applied configuration is often the largest part of an object), and the spec.
 fn slim_workload<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
     meta.managed_fields = None;
-    meta.annotations = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| k == PREFETCH_IMAGES || k == PREFETCH_REQUESTED_AT);
+    }
 }
 
 /// A watch cache of one workload kind, and the stream of its changes for the Controller.
@@ -304,26 +307,6 @@ where
     })
 }
 
-/// Newest webhook rollout signal among the Deployments a Prefetch selects.
-pub fn rollout_signal<'a>(
-    prefetch: &Prefetch,
-    deployments: impl IntoIterator<Item = &'a Deployment>,
-) -> Option<RolloutSignal> {
-    deployments
-        .into_iter()
-        .filter(|d| selects_deployment(prefetch, d))
-        .filter_map(|d| {
-            let signal =
-                prefetch_common::annotations::rollout_signal(d.metadata.annotations.as_ref())?;
-            Some(RolloutSignal {
-                deployment: d.name_any(),
-                images: signal.images,
-                requested_at: signal.requested_at,
-            })
-        })
-        .max_by_key(|s| s.requested_at)
-}
-
 pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = prefetch.namespace().ok_or(Error::NoNamespace)?;
     let name = prefetch.name_any();
@@ -374,7 +357,7 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
         |node, image| assumed_present(&ctx, &prefetch, node, image),
     );
     let warming_open = warming_open(&ctx, &plan, &prefetch);
-    let signal = rollout_signal(&prefetch, snapshot.deployments());
+    let signal = newest_rollout_signal(&prefetch, snapshot.workloads());
     let decision = reconcile_round(&RoundInput {
         prefetch: &prefetch,
         plan: &plan,
@@ -846,37 +829,5 @@ mod tests {
             cached_listed(&slim(raw("False", "2026-11-22T10:00:00Z", 0))),
             0
         );
-    }
-
-    #[test]
-    fn newest_rollout_signal_wins() {
-        let prefetch = {
-            let mut p = Prefetch::new(
-                "p",
-                serde_json::from_value(json!({"filter_by_labels": {"app": "nginx"}})).unwrap(),
-            );
-            p.metadata.namespace = Some("default".into());
-            p
-        };
-        let deployment = |name: &str, at: &str, images: &str| -> Deployment {
-            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "default", "labels": {"app": "nginx"},
-                "annotations": {PREFETCH_IMAGES: images, PREFETCH_REQUESTED_AT: at}}})).unwrap()
-        };
-        let ds = [
-            deployment(
-                "a",
-                "2026-11-22T10:00:00Z",
-                "[\"docker.io/library/nginx:1\"]",
-            ),
-            deployment(
-                "b",
-                "2026-11-22T10:05:00Z",
-                "[\"docker.io/library/redis:7\"]",
-            ),
-            deployment("c", "not a time", "[]"),
-        ];
-        let signal = rollout_signal(&prefetch, ds.iter()).unwrap();
-        assert_eq!(signal.deployment, "b");
-        assert_eq!(signal.images, ["docker.io/library/redis:7"]);
     }
 }

@@ -12,6 +12,7 @@ use std::sync::LazyLock;
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
+use prefetch_common::WorkloadKind;
 use prefetch_common::annotations::{
     API_GROUP, API_VERSION, KIND, PREFETCH_IMAGES, PREFETCH_REQUESTED_AT,
 };
@@ -25,8 +26,8 @@ use crate::core::answer::{Answer, Endpoint};
 use crate::core::facts::{NodeNamesView, Prefetches};
 use crate::core::lease;
 use crate::core::review::{
-    self, BadReview, DeploymentView, ObjectOr, Operation, PodSpecImages, PrefetchView, Request,
-    RetryAfterView,
+    self, BadReview, ObjectOr, Operation, PodSpecImages, PrefetchView, Request, RetryAfterView,
+    WorkloadView,
 };
 
 /// What the decisions may read beyond the request.
@@ -49,8 +50,8 @@ pub fn review(
     Ok(match endpoint {
         Endpoint::MutatePrefetch => mutate_prefetch(&review::parse(body)?),
         Endpoint::ValidatePrefetch => validate(&review::parse(body)?, caches, now),
-        Endpoint::MutateDeployment => {
-            deployment_signal(&review::parse(body)?, caches.prefetches, now)
+        Endpoint::MutateDeployment | Endpoint::MutateWorkload => {
+            workload_signal(&review::parse(body)?, caches.prefetches, now)
         }
     })
 }
@@ -258,17 +259,33 @@ static SIGNAL_POINTERS: LazyLock<SignalPointers> = LazyLock::new(|| SignalPointe
     requested_at: PointerBuf::from_tokens(["metadata", "annotations", PREFETCH_REQUESTED_AT]),
 });
 
-/// Annotates a Deployment whose pod template brings images new to it, when a Prefetch in its
-/// namespace selects it. Always allows: this hook must never block a Deployment.
-fn deployment_signal(
-    request: &Request<'_, DeploymentView<'_>>,
+/// The workload kinds whose rollouts are signalled, by the request's group and kind. A Job
+/// never changes its template; its CronJob does.
+fn signalled_kind(group: &str, kind: &str) -> Option<WorkloadKind> {
+    match (group, kind) {
+        ("apps", "Deployment") => Some(WorkloadKind::Deployment),
+        ("apps", "StatefulSet") => Some(WorkloadKind::StatefulSet),
+        ("apps", "DaemonSet") => Some(WorkloadKind::DaemonSet),
+        ("batch", "CronJob") => Some(WorkloadKind::CronJob),
+        _ => None,
+    }
+}
+
+/// Annotates a workload (Deployment, StatefulSet, DaemonSet, CronJob) whose pod template brings
+/// images new to it, when a Prefetch in its namespace selects it. Always allows: this hook must
+/// never block a workload.
+fn workload_signal(
+    request: &Request<'_, WorkloadView<'_>>,
     prefetches: &dyn Prefetches,
     now: jiff::Timestamp,
 ) -> Answer {
     let uid = &request.uid;
-    if request.kind.group != "apps" || request.kind.kind != "Deployment" {
-        return Answer::allow(uid, format!("not a Deployment ({})", request.kind));
-    }
+    let Some(kind) = signalled_kind(&request.kind.group, &request.kind.kind) else {
+        return Answer::allow(
+            uid,
+            format!("not a workload that rolls out ({})", request.kind),
+        );
+    };
     if request.sub_resource.is_some() {
         return Answer::allow(uid, "subresource");
     }
@@ -296,7 +313,7 @@ fn deployment_signal(
         .or(metadata.and_then(|m| m.namespace.as_deref()))
         .unwrap_or("default");
     let labels = metadata.and_then(|m| m.labels.as_ref());
-    let selecting = prefetches.selecting_by(namespace, &|key| labels?.get(key).map(|v| &**v));
+    let selecting = prefetches.selecting_by(namespace, kind, &|key| labels?.get(key).map(|v| &**v));
     if selecting.is_empty() {
         return Answer::allow(uid, "no Prefetch in the namespace selects it");
     }
@@ -417,6 +434,76 @@ mod tests {
         assert!(stale[0].contains("pods will not be gated"));
         assert_eq!(warnings(None), stale);
         assert!(warnings(Some("2026-11-22T02:59:50Z".parse().unwrap())).is_empty());
+    }
+
+    #[test]
+    fn statefulsets_daemonsets_and_cronjobs_are_signalled_like_deployments() {
+        let index = FakePrefetches::selecting(&[("default", "pf", "app", "nginx")]);
+        let template = |images: &[&str]| {
+            let containers: Vec<Value> = images
+                .iter()
+                .map(|i| json!({"name": "c", "image": i}))
+                .collect();
+            json!({"spec": {"containers": containers,
+                            "volumes": [{"name": "w", "image": {"reference": "weights:v2"}}]}})
+        };
+        let workload = |kind: &str, images: &[&str]| {
+            let metadata = json!({"name": "w", "namespace": "default", "labels": {"app": "nginx"}});
+            let spec = if kind == "CronJob" {
+                json!({"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": template(images)}}})
+            } else {
+                json!({"template": template(images)})
+            };
+            json!({"kind": kind, "metadata": metadata, "spec": spec})
+        };
+        for (group, kind) in [
+            ("apps", "StatefulSet"),
+            ("apps", "DaemonSet"),
+            ("batch", "CronJob"),
+        ] {
+            for endpoint in [Endpoint::MutateWorkload, Endpoint::MutateDeployment] {
+                let (old, new) = (
+                    workload(kind, &["nginx:1.7.9"]),
+                    workload(kind, &["nginx:1.25"]),
+                );
+                let update = review_body(group, kind, "UPDATE", new.clone(), old);
+                let patch = patch_json(&decide(endpoint, &update, &index));
+                assert_eq!(
+                    patch[0]["value"][PREFETCH_IMAGES], r#"["docker.io/library/nginx:1.25"]"#,
+                    "{kind}"
+                );
+                // CREATE brings every image, the image volume's too.
+                let create = review_body(group, kind, "CREATE", new, Value::Null);
+                let patch = patch_json(&decide(endpoint, &create, &index));
+                assert_eq!(
+                    patch[0]["value"][PREFETCH_IMAGES],
+                    r#"["docker.io/library/nginx:1.25","docker.io/library/weights:v2"]"#,
+                    "{kind}"
+                );
+            }
+        }
+        // A Job's template never changes, and its CronJob carries the signal: no signal.
+        let job = review_body(
+            "batch",
+            "Job",
+            "CREATE",
+            workload("Job", &["nginx:1.25"]),
+            Value::Null,
+        );
+        let answer = decide(Endpoint::MutateWorkload, &job, &index);
+        assert!(answer.patch.is_none() && answer.why.contains("not a workload that rolls out"));
+        // A Prefetch whose kinds leave the kind out does not signal it.
+        let mut deployments_only = index;
+        deployments_only.prefetches[0].2.kinds = [WorkloadKind::Deployment].into();
+        let create = review_body(
+            "apps",
+            "DaemonSet",
+            "CREATE",
+            workload("DaemonSet", &["nginx:1.25"]),
+            Value::Null,
+        );
+        let answer = decide(Endpoint::MutateWorkload, &create, &deployments_only);
+        assert!(answer.patch.is_none(), "{answer:?}");
     }
 
     #[test]
@@ -1041,7 +1128,7 @@ mod tests {
                         );
                         prop_assert!(answer.patch.is_none());
                     }
-                    Endpoint::MutatePrefetch | Endpoint::MutateDeployment => {
+                    Endpoint::MutatePrefetch | Endpoint::MutateDeployment | Endpoint::MutateWorkload => {
                         prop_assert!(answer.allowed, "a mutating hook denied: {answer:?}");
                         if let Some(patch) = &answer.patch {
                             let mut object = review["request"]["object"].clone();

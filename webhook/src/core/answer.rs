@@ -17,14 +17,19 @@ pub const MUTATE_POD: &str = "/mutate/pod";
 pub enum Endpoint {
     MutatePrefetch,
     ValidatePrefetch,
+    /// The rollout signal, at the path installs before 0.3 registered (Deployments only then);
+    /// it answers every workload kind, like [`Endpoint::MutateWorkload`].
     MutateDeployment,
+    /// The rollout signal for Deployments, StatefulSets, DaemonSets and CronJobs.
+    MutateWorkload,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [
+    pub const ALL: [Endpoint; 4] = [
         Endpoint::MutatePrefetch,
         Endpoint::ValidatePrefetch,
         Endpoint::MutateDeployment,
+        Endpoint::MutateWorkload,
     ];
 
     pub fn path(self) -> &'static str {
@@ -32,7 +37,13 @@ impl Endpoint {
             Endpoint::MutatePrefetch => "/mutate/prefetch",
             Endpoint::ValidatePrefetch => "/validate/prefetch",
             Endpoint::MutateDeployment => "/mutate/deployment",
+            Endpoint::MutateWorkload => "/mutate/workload",
         }
+    }
+
+    /// A rollout-signal endpoint: it never blocks a workload, so its errors are counted apart.
+    pub fn signals_rollouts(self) -> bool {
+        matches!(self, Endpoint::MutateDeployment | Endpoint::MutateWorkload)
     }
 }
 

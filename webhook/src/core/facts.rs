@@ -1,5 +1,5 @@
 //! What the decisions read besides the request: plain data slimmed from cluster objects
-//! ([`PrefetchFacts`], [`GatingPrefetch`], [`DeploymentFacts`]), and the views of the watch
+//! ([`PrefetchFacts`], [`GatingPrefetch`], [`WorkloadFacts`]), and the views of the watch
 //! caches that hold them ([`Prefetches`], [`NodeNamesView`]). The shell's caches implement the
 //! views; the core's tests implement them with fakes.
 //!
@@ -8,7 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use prefetch_common::annotations::{Signal, rollout_signal};
 use prefetch_common::images::pod_spec_images;
 use prefetch_common::labels::selects_by;
@@ -19,19 +22,21 @@ pub trait Prefetches {
     /// Whether the view has been filled once (a first list completed).
     fn is_synced(&self) -> bool;
 
-    /// The names of the Prefetches in `namespace` that select an object whose labels `label`
-    /// looks up (labels may be borrowed from a request body), for logs.
+    /// The names of the Prefetches in `namespace` that select a workload of `kind` whose
+    /// labels `label` looks up (labels may be borrowed from a request body), for logs.
     fn selecting_by<'l>(
         &self,
         namespace: &str,
+        kind: WorkloadKind,
         label: &dyn Fn(&str) -> Option<&'l str>,
     ) -> Vec<String>;
 
-    /// The Prefetches in `namespace` with `gate_rollouts` that select an object whose labels
-    /// `label` looks up, by name.
+    /// The Prefetches in `namespace` with `gate_rollouts` that select a workload of `kind`
+    /// whose labels `label` looks up, by name.
     fn gating_by<'l>(
         &self,
         namespace: &str,
+        kind: WorkloadKind,
         label: &dyn Fn(&str) -> Option<&'l str>,
     ) -> Vec<GatingPrefetch>;
 }
@@ -52,9 +57,9 @@ pub struct PrefetchFacts {
     pub gate_timeout: Option<i64>,
     /// `status.last_rollout.requested_at`, when its `prefetched_at` is set.
     pub prefetched_through: Option<jiff::Timestamp>,
-    /// `spec.kinds` leaves Deployment out: the controller does not read its Deployments, so
-    /// their rollouts are neither signalled nor gated for it (nobody would lift the gate).
-    pub deployments_excluded: bool,
+    /// The workload kinds it selects (`spec.kinds`): the controller reads no other, so their
+    /// rollouts are neither signalled nor gated for it (nobody would lift the gate).
+    pub kinds: BTreeSet<WorkloadKind>,
 }
 
 impl PrefetchFacts {
@@ -70,26 +75,34 @@ impl PrefetchFacts {
                 .spec
                 .gate_rollouts()
                 .then(|| prefetch.spec.gate_timeout_seconds()),
-            deployments_excluded: !prefetch.spec.selects_kind(WorkloadKind::Deployment),
+            kinds: WorkloadKind::ALL
+                .into_iter()
+                .filter(|kind| prefetch.spec.selects_kind(*kind))
+                .collect(),
             selector: prefetch.spec.filter_by_labels,
             prefetched_through,
         }
     }
 
-    /// Whether it selects a Deployment whose labels `label` looks up (an empty selector
-    /// selects nothing, and neither does a Prefetch whose `kinds` leaves Deployment out).
-    pub fn selects_by<'l>(&self, label: impl Fn(&str) -> Option<&'l str>) -> bool {
-        !self.deployments_excluded && !self.selector.is_empty() && selects_by(&self.selector, label)
+    /// Whether it selects a workload of `kind` whose labels `label` looks up (an empty
+    /// selector selects nothing, and neither does a Prefetch whose `kinds` leaves `kind` out).
+    pub fn selects_by<'l>(
+        &self,
+        kind: WorkloadKind,
+        label: impl Fn(&str) -> Option<&'l str>,
+    ) -> bool {
+        self.kinds.contains(&kind) && !self.selector.is_empty() && selects_by(&self.selector, label)
     }
 
-    /// As the pod gate reads it, when it has `gate_rollouts` and selects that object.
+    /// As the pod gate reads it, when it has `gate_rollouts` and selects that workload.
     pub fn gating<'l>(
         &self,
         name: &str,
+        kind: WorkloadKind,
         label: impl Fn(&str) -> Option<&'l str>,
     ) -> Option<GatingPrefetch> {
         let gate_timeout = self.gate_timeout?;
-        self.selects_by(label).then(|| GatingPrefetch {
+        self.selects_by(kind, label).then(|| GatingPrefetch {
             name: name.to_string(),
             gate_timeout,
             prefetched_through: self.prefetched_through,
@@ -97,7 +110,7 @@ impl PrefetchFacts {
     }
 }
 
-/// A Prefetch with `gate_rollouts` that selects a Deployment, as the pod gate reads it.
+/// A Prefetch with `gate_rollouts` that selects a workload, as the pod gate reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatingPrefetch {
     pub name: String,
@@ -107,10 +120,11 @@ pub struct GatingPrefetch {
     pub prefetched_through: Option<jiff::Timestamp>,
 }
 
-/// What the pod gate reads of a Deployment: its labels (which Prefetches select it), its
-/// rollout signal, and its pod template's normalized images. Nothing else is kept.
+/// What the pod gate reads of a workload (Deployment, StatefulSet, DaemonSet or CronJob): its
+/// labels (which Prefetches select it), its rollout signal, and its pod template's normalized
+/// images. Nothing else is kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DeploymentFacts {
+pub struct WorkloadFacts {
     pub labels: BTreeMap<String, String>,
     pub signal: Option<Signal>,
     pub template_images: BTreeSet<String>,
@@ -118,29 +132,65 @@ pub struct DeploymentFacts {
     pub template_references: BTreeSet<String>,
 }
 
-impl DeploymentFacts {
-    pub fn of(deployment: &Deployment) -> Self {
-        let spec = deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref());
+impl WorkloadFacts {
+    /// From a workload's metadata and its pod template's spec.
+    pub fn of(meta: &ObjectMeta, spec: Option<&PodSpec>) -> Self {
         let template_references = spec
             .into_iter()
             .flat_map(|spec| {
-                spec.containers
+                let containers = spec
+                    .containers
                     .iter()
                     .chain(spec.init_containers.iter().flatten())
+                    .filter_map(|c| c.image.clone());
+                let volumes = spec
+                    .volumes
+                    .iter()
+                    .flatten()
+                    .filter_map(|v| v.image.as_ref()?.reference.clone());
+                containers.chain(volumes)
             })
-            .filter_map(|c| c.image.clone())
             .collect();
         Self {
-            labels: deployment.metadata.labels.clone().unwrap_or_default(),
-            signal: rollout_signal(deployment.metadata.annotations.as_ref()),
+            labels: meta.labels.clone().unwrap_or_default(),
+            signal: rollout_signal(meta.annotations.as_ref()),
             template_images: spec
                 .map(|spec| pod_spec_images(spec).images)
                 .unwrap_or_default(),
             template_references,
         }
+    }
+}
+
+impl From<&Deployment> for WorkloadFacts {
+    fn from(d: &Deployment) -> Self {
+        let spec = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        Self::of(&d.metadata, spec)
+    }
+}
+
+impl From<&StatefulSet> for WorkloadFacts {
+    fn from(s: &StatefulSet) -> Self {
+        let spec = s.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        Self::of(&s.metadata, spec)
+    }
+}
+
+impl From<&DaemonSet> for WorkloadFacts {
+    fn from(d: &DaemonSet) -> Self {
+        let spec = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
+        Self::of(&d.metadata, spec)
+    }
+}
+
+impl From<&CronJob> for WorkloadFacts {
+    fn from(c: &CronJob) -> Self {
+        let spec = c
+            .spec
+            .as_ref()
+            .and_then(|s| s.job_template.spec.as_ref())
+            .and_then(|s| s.template.spec.as_ref());
+        Self::of(&c.metadata, spec)
     }
 }
 
@@ -167,6 +217,7 @@ pub(crate) mod fakes {
                     .map(|(ns, name, key, value)| {
                         let facts = PrefetchFacts {
                             selector: [(key.to_string(), value.to_string())].into(),
+                            kinds: WorkloadKind::ALL.into(),
                             ..Default::default()
                         };
                         (ns.to_string(), name.to_string(), facts)
@@ -194,10 +245,11 @@ pub(crate) mod fakes {
         fn selecting_by<'l>(
             &self,
             namespace: &str,
+            kind: WorkloadKind,
             label: &dyn Fn(&str) -> Option<&'l str>,
         ) -> Vec<String> {
             self.in_namespace(namespace)
-                .filter(|(_, facts)| facts.selects_by(label))
+                .filter(|(_, facts)| facts.selects_by(kind, label))
                 .map(|(name, _)| name.to_string())
                 .collect()
         }
@@ -205,10 +257,11 @@ pub(crate) mod fakes {
         fn gating_by<'l>(
             &self,
             namespace: &str,
+            kind: WorkloadKind,
             label: &dyn Fn(&str) -> Option<&'l str>,
         ) -> Vec<GatingPrefetch> {
             self.in_namespace(namespace)
-                .filter_map(|(name, facts)| facts.gating(name, label))
+                .filter_map(|(name, facts)| facts.gating(name, kind, label))
                 .collect()
         }
     }
@@ -267,25 +320,32 @@ mod tests {
         assert_eq!(facts.prefetched_through, Some(t("2026-11-22T03:00:00Z")));
         let web = |key: &str| (key == "app").then_some("web");
         assert_eq!(
-            facts.gating("pf", web),
+            facts.gating("pf", WorkloadKind::Deployment, web),
             Some(GatingPrefetch {
                 name: "pf".into(),
                 gate_timeout: 900,
                 prefetched_through: Some(t("2026-11-22T03:00:00Z")),
             })
         );
-        assert_eq!(facts.gating("pf", |_| None), None);
+        assert_eq!(facts.gating("pf", WorkloadKind::Deployment, |_| None), None);
 
         prefetch.spec.gate_rollouts = None;
         let facts = PrefetchFacts::of(prefetch);
-        assert!(facts.selects_by(web));
-        assert_eq!(facts.gating("pf", web), None, "does not gate");
+        assert!(facts.selects_by(WorkloadKind::Deployment, web));
+        assert_eq!(
+            facts.gating("pf", WorkloadKind::Deployment, web),
+            None,
+            "does not gate"
+        );
         let empty = PrefetchFacts::default();
-        assert!(!empty.selects_by(web), "an empty selector selects nothing");
+        assert!(
+            !empty.selects_by(WorkloadKind::Deployment, web),
+            "an empty selector selects nothing"
+        );
     }
 
     #[test]
-    fn a_prefetch_whose_kinds_leave_deployments_out_neither_signals_nor_gates_them() {
+    fn a_prefetch_signals_and_gates_only_the_kinds_it_selects() {
         let spec = |kinds: Option<Vec<WorkloadKind>>| PrefetchSpec {
             filter_by_labels: [("app".to_string(), "web".to_string())].into(),
             gate_rollouts: Some(true),
@@ -295,15 +355,21 @@ mod tests {
         let web = |key: &str| (key == "app").then_some("web");
         let cron_only =
             PrefetchFacts::of(Prefetch::new("pf", spec(Some(vec![WorkloadKind::CronJob]))));
-        assert!(!cron_only.selects_by(web));
-        assert_eq!(cron_only.gating("pf", web), None);
-        for kinds in [
-            None,
-            Some(vec![WorkloadKind::Deployment, WorkloadKind::Job]),
-        ] {
-            let facts = PrefetchFacts::of(Prefetch::new("pf", spec(kinds)));
-            assert!(facts.selects_by(web));
-            assert!(facts.gating("pf", web).is_some());
+        assert!(!cron_only.selects_by(WorkloadKind::Deployment, web));
+        assert_eq!(cron_only.gating("pf", WorkloadKind::Deployment, web), None);
+        assert!(cron_only.selects_by(WorkloadKind::CronJob, web));
+        assert!(cron_only.gating("pf", WorkloadKind::CronJob, web).is_some());
+        let all = PrefetchFacts::of(Prefetch::new("pf", spec(None)));
+        for kind in WorkloadKind::ALL {
+            assert!(all.selects_by(kind, web), "{kind:?}");
+            assert!(all.gating("pf", kind, web).is_some(), "{kind:?}");
         }
+        let two = PrefetchFacts::of(Prefetch::new(
+            "pf",
+            spec(Some(vec![WorkloadKind::Deployment, WorkloadKind::Job])),
+        ));
+        assert!(two.selects_by(WorkloadKind::Deployment, web));
+        assert!(!two.selects_by(WorkloadKind::StatefulSet, web));
+        assert!(two.gating("pf", WorkloadKind::DaemonSet, web).is_none());
     }
 }

@@ -1,14 +1,16 @@
-//! The pod gate (`POST /mutate/pod`, DESIGN.md section 9): whether a new pod of a rollout is
-//! held with the scheduling gate `cache.techsquad.rocks/prefetch` until the controller has its
-//! images on the nodes. Pure: the caches are read through [`Inputs`] and time is passed in.
-//! The shell reads the review ([`read`]), looks the pod's Deployment up, asks [`decide`], makes
-//! the one live read a [`Decision::ReadLive`] asks for, and sends [`answer`].
+//! The pod gate (`POST /mutate/pod`, DESIGN.md sections 9 and 12): whether a new pod of a
+//! rollout is held with the scheduling gate `cache.techsquad.rocks/prefetch` until the
+//! controller has its images on the nodes. Pure: the caches are read through [`Inputs`] and
+//! time is passed in. The shell reads the review ([`read`]), looks the pod's workload up, asks
+//! [`decide`], makes the one live read a [`Decision::ReadLive`] asks for, and sends [`answer`].
 //!
-//! The hook is fail-open and sees every ReplicaSet pod of the cluster: a pod is gated only when
-//! everything says so (a ReplicaSet of a Deployment owns it, a Prefetch with `gate_rollouts`
-//! selects that Deployment, the Deployment's rollout signal is younger than `gate_timeout` and
-//! not yet prefetched, the pod uses a signalled image, and a controller holds a fresh Lease to
-//! lift the gate). Anything unsure passes the pod unchanged.
+//! The hook is fail-open and sees every pod a ReplicaSet, StatefulSet, DaemonSet or Job
+//! controls: a pod is gated only when everything says so (its owner leads to a workload that
+//! rolls out: a Deployment through its ReplicaSet, a StatefulSet, a DaemonSet, a CronJob through
+//! its Job; a Prefetch with `gate_rollouts` selects that workload, whose rollout signal is
+//! younger than `gate_timeout` and not yet prefetched; the pod is of the signalled revision and
+//! uses a signalled image; and a controller holds a fresh Lease to lift the gate). Anything
+//! unsure passes the pod unchanged.
 
 use std::cell::OnceCell;
 use std::collections::BTreeSet;
@@ -22,23 +24,24 @@ use prefetch_common::annotations::{
     SCHEDULING_GATE, rfc3339,
 };
 use prefetch_common::images::collect_images;
+use prefetch_common::owner::{ControllerOwner, WorkloadRef, rollout_workload};
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use crate::core::answer::Answer;
-use crate::core::facts::{DeploymentFacts, Prefetches};
+use crate::core::facts::{Prefetches, WorkloadFacts};
 use crate::core::lease;
 use crate::core::review::{self, BadReview, MetaView, Operation, PodView, Request};
 
-/// What the gate reads of a pod review, owned, so that a live read of the Deployment may
-/// happen between reading the review and deciding.
+/// What the gate reads of a pod review, owned, so that a live read of the workload may happen
+/// between reading the review and deciding.
 #[derive(Debug, Clone)]
 pub struct PodFacts {
     pub uid: String,
     pub namespace: String,
-    /// The Deployment owning the pod through its ReplicaSet, or why the pod has none.
-    pub deployment: Result<String, String>,
-    /// Image references of containers and initContainers, as written.
+    /// The workload whose rollout made the pod, or why the pod has none.
+    pub workload: Result<WorkloadRef, String>,
+    /// Image references of containers, initContainers and image volumes, as written.
     pub references: BTreeSet<String>,
     /// The same normalized, once a decision needs them (see [`PodFacts::images`]).
     images: OnceCell<BTreeSet<String>>,
@@ -52,8 +55,8 @@ pub struct PodFacts {
 
 impl PodFacts {
     /// The pod's images, normalized (references that do not parse left out). Computed on first
-    /// use: most pods pass on what their references as written tell (their Deployment has no
-    /// rollout signal, and a pod of the current ReplicaSet is written as its template).
+    /// use: most pods pass on what their references as written tell (their workload has no
+    /// rollout signal, and a pod of the current revision is written as its template).
     pub fn images(&self) -> &BTreeSet<String> {
         self.images
             .get_or_init(|| collect_images(self.references.iter().map(String::as_str)).images)
@@ -67,7 +70,7 @@ impl PartialEq for PodFacts {
             (
                 &p.uid,
                 &p.namespace,
-                &p.deployment,
+                &p.workload,
                 &p.references,
                 &p.gates,
                 p.bound,
@@ -113,7 +116,7 @@ pub fn read(body: &[u8]) -> Result<Read, BadReview> {
     Ok(Read::Pod(PodFacts {
         uid,
         namespace,
-        deployment: deployment_of(&meta),
+        workload: workload_of(&meta),
         references: spec.references().map(String::from).collect(),
         images: OnceCell::new(),
         gates: spec
@@ -126,47 +129,35 @@ pub fn read(body: &[u8]) -> Result<Read, BadReview> {
     }))
 }
 
-/// The Deployment behind a pod: its controller owner must be an apps/v1 ReplicaSet named
-/// `<deployment>-<pod-template-hash>`, with the hash the pod's label carries. A ReplicaSet not
-/// named so was not made by the Deployment controller.
-fn deployment_of(meta: &MetaView<'_>) -> Result<String, String> {
+/// The workload behind a pod, through its controller owner (see [`rollout_workload`]).
+fn workload_of(meta: &MetaView<'_>) -> Result<WorkloadRef, String> {
     let owner = meta
         .owner_references
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true))
         .ok_or("no controller owner")?;
-    if owner.kind != "ReplicaSet" || owner.api_version != "apps/v1" {
-        return Err(format!(
-            "controlled by {} {}, not an apps/v1 ReplicaSet",
-            owner.api_version, owner.kind
-        ));
-    }
-    let hash = meta
+    let template_hash = meta
         .labels
         .as_ref()
         .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
-        .filter(|h| !h.is_empty())
-        .ok_or("no pod-template-hash label")?;
-    match owner.name.strip_suffix(&**hash) {
-        Some(prefix) if prefix.len() > 1 && prefix.ends_with('-') => {
-            Ok(prefix[..prefix.len() - 1].to_string())
-        }
-        _ => Err(format!(
-            "ReplicaSet {} is not named <deployment>-{}: not a Deployment's",
-            owner.name, &**hash
-        )),
-    }
+        .map(|hash| &**hash);
+    let owner = ControllerOwner {
+        api_version: &owner.api_version,
+        kind: &owner.kind,
+        name: &owner.name,
+    };
+    rollout_workload(owner, template_hash)
 }
 
 /// What the gate may read besides the pod.
 pub struct Inputs<'a> {
-    /// The pod's Deployment, from the watch cache or from a live read.
-    pub deployment: Option<&'a DeploymentFacts>,
-    /// `deployment` comes from a live read: no further read is asked for.
+    /// The pod's workload, from the watch cache or from a live read.
+    pub workload: Option<&'a WorkloadFacts>,
+    /// `workload` comes from a live read: no further read is asked for.
     pub live: bool,
     /// The Prefetches: those with `gate_rollouts` in the pod's namespace that select its
-    /// Deployment may gate it.
+    /// workload may gate it.
     pub prefetches: &'a dyn Prefetches,
     /// When a holder last renewed the controller's Lease.
     pub leader_renewed: Option<Timestamp>,
@@ -178,14 +169,14 @@ pub enum Decision {
     /// Hold the pod: the JSON patch adds the gate, the label and the annotation.
     Gate {
         prefetch: String,
-        deployment: String,
+        workload: WorkloadRef,
         until: Timestamp,
         patch: Patch,
     },
     /// Allowed unchanged, and why.
     Pass(String),
-    /// The cached Deployment is missing or behind the pod: read it live, decide again.
-    ReadLive { deployment: String },
+    /// The cached workload is missing or behind the pod: read it live, decide again.
+    ReadLive { workload: WorkloadRef },
 }
 
 /// The answer to the pod's review: allowed, with the gate patch when gated. (A `ReadLive`
@@ -194,24 +185,27 @@ pub fn answer(uid: &str, decision: Decision) -> Answer {
     match decision {
         Decision::Gate {
             prefetch,
-            deployment,
+            workload,
             until,
             patch,
         } => Answer::allow_pod(
             uid,
             format!(
-                "gated for Prefetch {prefetch} (Deployment {deployment}) until {}",
+                "gated for Prefetch {prefetch} ({workload}) until {}",
                 rfc3339(until)
             ),
         )
         .gated(patch),
-        Decision::Pass(why) | Decision::ReadLive { deployment: why } => Answer::allow_pod(uid, why),
+        Decision::ReadLive { workload } => {
+            Answer::allow_pod(uid, format!("{workload}: no live read made"))
+        }
+        Decision::Pass(why) => Answer::allow_pod(uid, why),
     }
 }
 
 pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
-    let deployment = match &pod.deployment {
-        Ok(name) => name,
+    let workload = match &pod.workload {
+        Ok(workload) => workload,
         Err(why) => return Decision::Pass(why.clone()),
     };
     if pod.bound {
@@ -220,69 +214,81 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
     if pod.references.is_empty() {
         return Decision::Pass("no image to wait for".into());
     }
-    match inputs.leader_renewed {
-        Some(renewed) if lease::is_fresh(renewed, inputs.now) => {}
-        Some(renewed) => {
-            return Decision::Pass(format!(
-                "no controller leads (Lease last renewed {}): nobody would lift a gate",
-                rfc3339(renewed)
-            ));
-        }
-        None => {
-            return Decision::Pass(
-                "no controller holds the Lease: nobody would lift a gate".into(),
-            );
-        }
+    if let Some(why) = no_leader(inputs) {
+        return Decision::Pass(why);
     }
-    let facts = match inputs.deployment {
+    let facts = match inputs.workload {
         Some(facts) if template_holds(facts, pod) => facts,
         _ if !inputs.live => {
             return Decision::ReadLive {
-                deployment: deployment.clone(),
+                workload: workload.clone(),
             };
         }
-        None => return Decision::Pass(format!("Deployment {deployment} not found")),
+        None => return Decision::Pass(format!("{workload} not found")),
         Some(_) => {
             return Decision::Pass(format!(
-                "images not all in Deployment {deployment}'s template (a pod of an older ReplicaSet)"
+                "images not all in {workload}'s template (a pod of an older revision)"
             ));
         }
     };
     let Some(signal) = &facts.signal else {
-        return Decision::Pass(format!("Deployment {deployment} has no rollout signal"));
+        return Decision::Pass(format!("{workload} has no rollout signal"));
     };
     if !signal.images.iter().any(|i| pod.images().contains(i)) {
         return Decision::Pass("uses none of the rollout's new images".into());
     }
-    let gating = inputs.prefetches.gating_by(&pod.namespace, &|key| {
-        facts.labels.get(key).map(String::as_str)
-    });
+    let gating = inputs
+        .prefetches
+        .gating_by(&pod.namespace, workload.kind, &|key| {
+            facts.labels.get(key).map(String::as_str)
+        });
     if gating.is_empty() {
-        return Decision::Pass(format!(
-            "no Prefetch with gate_rollouts selects Deployment {deployment}"
-        ));
+        return Decision::Pass(format!("no Prefetch with gate_rollouts selects {workload}"));
     }
+    first_gate(pod, workload, signal.requested_at, gating, inputs.now)
+}
+
+/// Why no gate may be set for want of a controller to lift it, if so.
+fn no_leader(inputs: &Inputs<'_>) -> Option<String> {
+    match inputs.leader_renewed {
+        Some(renewed) if lease::is_fresh(renewed, inputs.now) => None,
+        Some(renewed) => Some(format!(
+            "no controller leads (Lease last renewed {}): nobody would lift a gate",
+            rfc3339(renewed)
+        )),
+        None => Some("no controller holds the Lease: nobody would lift a gate".into()),
+    }
+}
+
+/// The gate of the first Prefetch whose `gate_timeout` still runs and that has not prefetched
+/// the signal; or why none gates.
+fn first_gate(
+    pod: &PodFacts,
+    workload: &WorkloadRef,
+    signal: Timestamp,
+    gating: Vec<crate::core::facts::GatingPrefetch>,
+    now: Timestamp,
+) -> Decision {
     let mut why_not = Vec::new();
     for prefetch in gating {
         let until = signal
-            .requested_at
             .checked_add(SignedDuration::from_secs(prefetch.gate_timeout))
-            .unwrap_or(signal.requested_at);
-        if until <= inputs.now {
+            .unwrap_or(signal);
+        if until <= now {
             why_not.push(format!(
                 "{}: signal older than gate_timeout {}s",
                 prefetch.name, prefetch.gate_timeout
             ));
         } else if prefetch
             .prefetched_through
-            .is_some_and(|through| through >= signal.requested_at)
+            .is_some_and(|through| through >= signal)
         {
             why_not.push(format!("{}: rollout already prefetched", prefetch.name));
         } else {
             return Decision::Gate {
-                patch: gate_patch(pod, &prefetch.name, signal.requested_at, until),
+                patch: gate_patch(pod, &prefetch.name, signal, until),
                 prefetch: prefetch.name,
-                deployment: deployment.clone(),
+                workload: workload.clone(),
                 until,
             };
         }
@@ -290,9 +296,10 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
     Decision::Pass(why_not.join("; "))
 }
 
-/// Whether the Deployment's template has every image of `pod`: compared as written first (no
-/// normalizing: a pod of the current ReplicaSet is written as its template), then normalized.
-fn template_holds(facts: &DeploymentFacts, pod: &PodFacts) -> bool {
+/// Whether the workload's template has every image of `pod`, which tells a pod of the current
+/// revision from an older one's: compared as written first (no normalizing: a pod of the
+/// current revision is written as its template), then normalized.
+fn template_holds(facts: &WorkloadFacts, pod: &PodFacts) -> bool {
     pod.references.is_subset(&facts.template_references)
         || facts.template_images.is_superset(pod.images())
 }
@@ -362,6 +369,7 @@ mod tests {
     use super::*;
     use crate::core::facts::PrefetchFacts;
     use crate::core::facts::fakes::FakePrefetches;
+    use prefetch_common::WorkloadKind;
     use prefetch_common::annotations::Signal;
 
     fn t(s: &str) -> Timestamp {
@@ -369,6 +377,13 @@ mod tests {
     }
 
     const NOW: &str = "2026-11-22T03:00:00Z";
+
+    fn web() -> WorkloadRef {
+        WorkloadRef {
+            kind: WorkloadKind::Deployment,
+            name: "web".into(),
+        }
+    }
 
     fn pod_value(owner: Value, hash: Option<&str>, images: &[&str]) -> Value {
         let mut labels = json!({"app": "web"});
@@ -414,13 +429,9 @@ mod tests {
         ))
     }
 
-    fn deployment(
-        signal_at: Option<&str>,
-        signalled: &[&str],
-        template: &[&str],
-    ) -> DeploymentFacts {
+    fn deployment(signal_at: Option<&str>, signalled: &[&str], template: &[&str]) -> WorkloadFacts {
         let norm = |refs: &[&str]| collect_images(refs.iter().copied()).images;
-        DeploymentFacts {
+        WorkloadFacts {
             labels: [("app".to_string(), "web".to_string())].into(),
             signal: signal_at.map(|at| Signal {
                 images: norm(signalled).into_iter().collect(),
@@ -431,7 +442,7 @@ mod tests {
         }
     }
 
-    fn signalled() -> DeploymentFacts {
+    fn signalled() -> WorkloadFacts {
         deployment(
             Some("2026-11-22T02:59:00Z"),
             &["nginx:1.25"],
@@ -451,7 +462,7 @@ mod tests {
                         selector: [("app".to_string(), "web".to_string())].into(),
                         gate_timeout: Some(*timeout),
                         prefetched_through: through.map(t),
-                        deployments_excluded: false,
+                        kinds: WorkloadKind::ALL.into(),
                     };
                     ("default".to_string(), name.to_string(), facts)
                 })
@@ -460,7 +471,7 @@ mod tests {
     }
 
     struct Case {
-        deployment: Option<DeploymentFacts>,
+        deployment: Option<WorkloadFacts>,
         live: bool,
         gating: FakePrefetches,
         leader: Option<Timestamp>,
@@ -481,7 +492,7 @@ mod tests {
             decide(
                 pod,
                 &Inputs {
-                    deployment: self.deployment.as_ref(),
+                    workload: self.deployment.as_ref(),
                     live: self.live,
                     prefetches: &self.gating,
                     leader_renewed: self.leader,
@@ -508,18 +519,18 @@ mod tests {
     #[test]
     fn a_rollout_pod_is_gated_with_gate_label_and_annotation() {
         let pod = web_pod();
-        assert_eq!(pod.deployment, Ok("web".to_string()));
+        assert_eq!(pod.workload, Ok(web()));
         let decision = Case::new().decide(&pod);
         let Decision::Gate {
             prefetch,
-            deployment,
+            workload,
             until,
             patch,
         } = decision
         else {
             panic!("not gated: {decision:?}");
         };
-        assert_eq!((prefetch.as_str(), deployment.as_str()), ("pf", "web"));
+        assert_eq!((prefetch.as_str(), workload), ("pf", web()));
         assert_eq!(until, t("2026-11-22T03:14:00Z"));
         assert_eq!(
             serde_json::to_value(&patch).unwrap(),
@@ -574,12 +585,15 @@ mod tests {
     #[test]
     fn owner_and_template_hash_edge_cases() {
         let read = |owner: Value, hash: Option<&str>| {
-            facts(pod_value(owner, hash, &["nginx:1.25"])).deployment
+            facts(pod_value(owner, hash, &["nginx:1.25"])).workload
         };
-        assert_eq!(read(rs_owner("web-abc"), Some("abc")), Ok("web".into()));
+        assert_eq!(read(rs_owner("web-abc"), Some("abc")), Ok(web()));
         assert_eq!(
             read(rs_owner("my-web-app-abc"), Some("abc")),
-            Ok("my-web-app".into())
+            Ok(WorkloadRef {
+                kind: WorkloadKind::Deployment,
+                name: "my-web-app".into()
+            })
         );
         for (owner, hash, why) in [
             (json!(null), Some("abc"), "no controller owner"),
@@ -595,14 +609,9 @@ mod tests {
                 "no controller owner",
             ),
             (
-                json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "u", "controller": true}]),
-                Some("abc"),
-                "not an apps/v1 ReplicaSet",
-            ),
-            (
                 json!([{"apiVersion": "example.com/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "u", "controller": true}]),
                 Some("abc"),
-                "not an apps/v1 ReplicaSet",
+                "not a workload that rolls out",
             ),
             (rs_owner("web-abc"), None, "no pod-template-hash label"),
             (rs_owner("web-abc"), Some(""), "no pod-template-hash label"),
@@ -626,8 +635,8 @@ mod tests {
             {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "c"},
             {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "u", "controller": true}
         ]);
-        assert_eq!(read(both, Some("abc")), Ok("web".into()));
-        // And every pod without a Deployment passes.
+        assert_eq!(read(both, Some("abc")), Ok(web()));
+        // And every pod without a rollout workload passes.
         let pod = facts(pod_value(json!(null), None, &["nginx:1.25"]));
         passes(Case::new().decide(&pod), "no controller owner");
     }
@@ -750,19 +759,14 @@ mod tests {
         let pod = web_pod();
         let mut case = Case::new();
         case.deployment = Some(deployment(None, &[], &["nginx:1.24", "sidecar:1"]));
-        assert_eq!(
-            case.decide(&pod),
-            Decision::ReadLive {
-                deployment: "web".into()
-            }
-        );
+        assert_eq!(case.decide(&pod), Decision::ReadLive { workload: web() });
         case.deployment = None;
         assert!(matches!(case.decide(&pod), Decision::ReadLive { .. }));
         // After the live read: decided, never another read.
         case.live = true;
-        passes(case.decide(&pod), "Deployment web not found");
+        passes(case.decide(&pod), "Deployment/web not found");
         case.deployment = Some(deployment(None, &[], &["nginx:1.24", "sidecar:1"]));
-        passes(case.decide(&pod), "older ReplicaSet");
+        passes(case.decide(&pod), "older revision");
         case.deployment = Some(signalled());
         gated_by(&case.decide(&pod));
     }
@@ -772,5 +776,65 @@ mod tests {
         let mut value = pod_value(rs_owner("web-abc"), Some("abc"), &["nginx:1.25"]);
         value["spec"]["nodeName"] = json!("worker-1");
         passes(Case::new().decide(&facts(value)), "already bound");
+    }
+
+    /// A pod of `kind`'s controller named `owner`, with `images`.
+    fn owned_pod(api_version: &str, kind: &str, owner: &str, images: &[&str]) -> PodFacts {
+        let owners = json!([{"apiVersion": api_version, "kind": kind, "name": owner, "uid": "u", "controller": true}]);
+        facts(pod_value(owners, None, images))
+    }
+
+    #[test]
+    fn pods_of_statefulsets_daemonsets_and_cronjob_jobs_are_gated_for_their_workload() {
+        let cases = [
+            (
+                "apps/v1",
+                "StatefulSet",
+                "db",
+                WorkloadKind::StatefulSet,
+                "db",
+            ),
+            (
+                "apps/v1",
+                "DaemonSet",
+                "agent",
+                WorkloadKind::DaemonSet,
+                "agent",
+            ),
+            (
+                "batch/v1",
+                "Job",
+                "report-29431260",
+                WorkloadKind::CronJob,
+                "report",
+            ),
+        ];
+        for (api_version, kind, owner, workload_kind, name) in cases {
+            let pod = owned_pod(api_version, kind, owner, &["nginx:1.25", "sidecar:1"]);
+            let expected = WorkloadRef {
+                kind: workload_kind,
+                name: name.into(),
+            };
+            assert_eq!(pod.workload, Ok(expected.clone()));
+            match Case::new().decide(&pod) {
+                Decision::Gate { workload, .. } => assert_eq!(workload, expected),
+                other => panic!("{kind} pod not gated: {other:?}"),
+            }
+            // A Prefetch whose kinds leave this kind out does not gate it.
+            let mut case = Case::new();
+            case.gating.prefetches[0].2.kinds = [WorkloadKind::Deployment].into();
+            passes(case.decide(&pod), "no Prefetch with gate_rollouts selects");
+        }
+        let by_hand = owned_pod("batch/v1", "Job", "migrate", &["nginx:1.25"]);
+        passes(Case::new().decide(&by_hand), "not a CronJob's");
+    }
+
+    #[test]
+    fn an_image_volume_counts_as_an_image_of_the_pod() {
+        let mut value = pod_value(rs_owner("web-abc"), Some("abc"), &["sidecar:1"]);
+        value["spec"]["volumes"] = json!([{"name": "weights", "image": {"reference": "nginx:1.25"}}, {"name": "tmp", "emptyDir": {}}]);
+        let pod = facts(value);
+        assert!(pod.references.contains("nginx:1.25"));
+        gated_by(&Case::new().decide(&pod));
     }
 }

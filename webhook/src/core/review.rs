@@ -256,7 +256,8 @@ pub struct OwnerReferenceView<'a> {
     pub controller: Option<bool>,
 }
 
-/// The images of a pod spec (containers and initContainers); every other field is skipped.
+/// The images of a pod spec (containers, initContainers and image volumes); every other field
+/// is skipped.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpecImages<'a> {
@@ -264,6 +265,8 @@ pub struct PodSpecImages<'a> {
     pub containers: Option<Vec<ContainerImage<'a>>>,
     #[serde(borrow, default)]
     pub init_containers: Option<Vec<ContainerImage<'a>>>,
+    #[serde(borrow, default)]
+    pub volumes: Option<Vec<VolumeImage<'a>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,36 +275,72 @@ pub struct ContainerImage<'a> {
     pub image: Option<Str<'a>>,
 }
 
+/// A volume, as far as an image volume (`image.reference`) goes.
+#[derive(Debug, Default, Deserialize)]
+pub struct VolumeImage<'a> {
+    #[serde(borrow, default)]
+    pub image: Option<ImageVolumeSource<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ImageVolumeSource<'a> {
+    #[serde(borrow, default)]
+    pub reference: Option<Str<'a>>,
+}
+
 impl PodSpecImages<'_> {
     /// Every image reference as written, containers first.
     pub fn references(&self) -> impl Iterator<Item = &str> {
-        image_references(&self.containers, &self.init_containers)
+        image_references(&self.containers, &self.init_containers, &self.volumes)
     }
 }
 
-/// The image references of containers, then initContainers, as written.
+/// The image references of containers, then initContainers, then image volumes, as written:
+/// the kubelet pulls an image volume like a container's image.
 fn image_references<'s>(
     containers: &'s Option<Vec<ContainerImage<'_>>>,
     init_containers: &'s Option<Vec<ContainerImage<'_>>>,
+    volumes: &'s Option<Vec<VolumeImage<'_>>>,
 ) -> impl Iterator<Item = &'s str> {
+    let volumes = volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.image.as_ref()?.reference.as_deref());
     containers
         .iter()
         .flatten()
         .chain(init_containers.iter().flatten())
         .filter_map(|c| c.image.as_deref())
+        .chain(volumes)
 }
 
-/// A Deployment (apps/v1): its metadata and its pod template's images.
+/// A workload that rolls out (apps/v1 Deployment, StatefulSet or DaemonSet; batch/v1 CronJob):
+/// its metadata and its pod template's images (a CronJob's in its job template).
 #[derive(Debug, Default, Deserialize)]
-pub struct DeploymentView<'a> {
+pub struct WorkloadView<'a> {
     #[serde(borrow, default)]
     pub metadata: Option<MetaView<'a>>,
     #[serde(borrow, default)]
-    pub spec: Option<DeploymentSpecView<'a>>,
+    pub spec: Option<WorkloadSpecView<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct DeploymentSpecView<'a> {
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSpecView<'a> {
+    #[serde(borrow, default)]
+    pub template: Option<PodTemplateView<'a>>,
+    #[serde(borrow, default)]
+    pub job_template: Option<JobTemplateView<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct JobTemplateView<'a> {
+    #[serde(borrow, default)]
+    pub spec: Option<JobSpecView<'a>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct JobSpecView<'a> {
     #[serde(borrow, default)]
     pub template: Option<PodTemplateView<'a>>,
 }
@@ -312,9 +351,22 @@ pub struct PodTemplateView<'a> {
     pub spec: Option<PodSpecImages<'a>>,
 }
 
-impl<'a> DeploymentView<'a> {
+impl<'a> WorkloadView<'a> {
+    /// The pod template's images: `spec.template`, or a CronJob's
+    /// `spec.jobTemplate.spec.template`.
     pub fn template_images(&self) -> Option<&PodSpecImages<'a>> {
-        self.spec.as_ref()?.template.as_ref()?.spec.as_ref()
+        let spec = self.spec.as_ref()?;
+        let template = match &spec.template {
+            Some(template) => template,
+            None => spec
+                .job_template
+                .as_ref()?
+                .spec
+                .as_ref()?
+                .template
+                .as_ref()?,
+        };
+        template.spec.as_ref()
     }
 }
 
@@ -336,6 +388,8 @@ pub struct PodSpecView<'a> {
     #[serde(borrow, default)]
     pub init_containers: Option<Vec<ContainerImage<'a>>>,
     #[serde(borrow, default)]
+    pub volumes: Option<Vec<VolumeImage<'a>>>,
+    #[serde(borrow, default)]
     pub scheduling_gates: Option<Vec<SchedulingGateView<'a>>>,
     #[serde(borrow, default)]
     pub node_name: Option<Str<'a>>,
@@ -350,7 +404,7 @@ pub struct SchedulingGateView<'a> {
 impl PodSpecView<'_> {
     /// Every image reference as written, containers first.
     pub fn references(&self) -> impl Iterator<Item = &str> {
-        image_references(&self.containers, &self.init_containers)
+        image_references(&self.containers, &self.init_containers, &self.volumes)
     }
 }
 
@@ -474,7 +528,7 @@ mod tests {
             "oldObject": null,
             "options": {"kind": "UpdateOptions"}
         }));
-        let request: Request<DeploymentView> = parse(&bytes).unwrap();
+        let request: Request<WorkloadView> = parse(&bytes).unwrap();
         assert_eq!(request.uid, "u-1");
         assert!(request.kind.is("apps", "v1", "Deployment"));
         assert_eq!(request.kind.to_string(), "apps/v1 Deployment");
@@ -494,7 +548,7 @@ mod tests {
     fn escaped_strings_are_decoded() {
         let bytes = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
             "uid":"a\"b","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE"}}"#;
-        let request: Request<DeploymentView> = parse(bytes).unwrap();
+        let request: Request<WorkloadView> = parse(bytes).unwrap();
         assert_eq!(request.uid, "a\"b");
         assert_eq!(request.kind.to_string(), "v1 Pod");
         assert!(request.object.is_none());
@@ -509,7 +563,7 @@ mod tests {
             "namespace":"sho\u0070","operation":"UPD\u0041TE",
             "object":{"metadata":{"labels":{"\u0061pp":"ngin\u0078"}},
                       "spec":{"template":{"spec":{"containers":[{"image":"ngin\u0078:1.25"}]}}}}}}"#;
-        let request: Request<DeploymentView> = parse(bytes).unwrap();
+        let request: Request<WorkloadView> = parse(bytes).unwrap();
         assert_eq!(request.uid, "ux");
         assert!(matches!(request.uid.0, Cow::Owned(_)));
         assert!(request.kind.is("apps", "v1", "Deployment"));
@@ -551,7 +605,7 @@ mod tests {
     #[test]
     fn unknown_operations_are_kept_apart() {
         let bytes = body(json!({"uid": "u", "kind": {}, "operation": "PATCH"}));
-        let request: Request<DeploymentView> = parse(&bytes).unwrap();
+        let request: Request<WorkloadView> = parse(&bytes).unwrap();
         assert_eq!(request.operation, Operation::Other);
     }
 
@@ -620,7 +674,7 @@ mod tests {
     #[test]
     fn envelope_errors() {
         let parse = |b: &[u8]| {
-            parse::<DeploymentView, DeploymentView>(b)
+            parse::<WorkloadView, WorkloadView>(b)
                 .map(|_| ())
                 .unwrap_err()
                 .to_string()

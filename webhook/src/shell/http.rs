@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use prefetch_common::WorkloadKind;
+use prefetch_common::owner::WorkloadRef;
 use prefetch_common::watch::WatchSet;
 
 use axum::Router;
@@ -23,10 +25,10 @@ use axum::routing::{get, post};
 
 use crate::core::admission::{self, Caches};
 use crate::core::answer::{Answer, Endpoint, MUTATE_POD};
-use crate::core::facts::DeploymentFacts;
+use crate::core::facts::WorkloadFacts;
 use crate::core::gate::{self, Decision, PodFacts, Read};
 use crate::core::review::BadReview;
-use crate::shell::index::{DeploymentIndex, LeaderLease, NodeNames, PrefetchIndex};
+use crate::shell::index::{LeaderLease, NodeNames, PrefetchIndex, Workloads};
 use crate::shell::metrics::{Metrics, ReasonLabel, ResultLabel};
 
 /// Bodies above this get 413. The API server caps objects near 3 MiB; an AdmissionReview holds
@@ -45,9 +47,9 @@ pub struct AppState {
     pub watches: Arc<WatchSet>,
     /// A watch down longer than this is named in `/readyz` (which stays 200: see README).
     pub stale_after: Duration,
-    pub deployments: Arc<DeploymentIndex>,
+    pub workloads: Arc<Workloads>,
     pub lease: Arc<LeaderLease>,
-    /// For the pod gate's live read of a Deployment the cache is behind on.
+    /// For the pod gate's live read of a workload the cache is behind on.
     pub client: Option<kube::Client>,
     /// Bound of that live read.
     pub live_read_timeout: std::time::Duration,
@@ -72,6 +74,7 @@ pub fn admission_router(state: AppState) -> Router {
         .route(Endpoint::MutatePrefetch.path(), post(mutate_prefetch))
         .route(Endpoint::ValidatePrefetch.path(), post(validate_prefetch))
         .route(Endpoint::MutateDeployment.path(), post(mutate_deployment))
+        .route(Endpoint::MutateWorkload.path(), post(mutate_workload))
         .route(MUTATE_POD, post(mutate_pod))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(Arc::new(state))
@@ -95,6 +98,10 @@ async fn validate_prefetch(State(state): Shared, json: JsonBody, body: Bytes) ->
 
 async fn mutate_deployment(State(state): Shared, json: JsonBody, body: Bytes) -> Response {
     handle(Endpoint::MutateDeployment, &state, json, &body)
+}
+
+async fn mutate_workload(State(state): Shared, json: JsonBody, body: Bytes) -> Response {
+    handle(Endpoint::MutateWorkload, &state, json, &body)
 }
 
 /// Whether the request's Content-Type is `application/json`, read from the headers in place
@@ -165,7 +172,7 @@ fn handle(endpoint: Endpoint, state: &AppState, JsonBody(json): JsonBody, body: 
             }
             Err(_) => {
                 tracing::error!(endpoint = path, "review handler panicked; answering 500");
-                if endpoint == Endpoint::MutateDeployment {
+                if endpoint.signals_rollouts() {
                     state
                         .metrics
                         .deployment_errors
@@ -213,16 +220,19 @@ async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
                 return Ok(Err(Answer::allow_pod(&uid, why)));
             }
         };
-        if !(state.prefetches.is_synced()
-            && state.deployments.is_synced()
-            && state.lease.is_synced())
+        let workload_synced = pod
+            .workload
+            .as_ref()
+            .is_ok_and(|w| state.workloads.is_synced(w.kind));
+        if pod.workload.is_ok()
+            && !(state.prefetches.is_synced() && workload_synced && state.lease.is_synced())
         {
             return Ok(Err(
                 Answer::allow_pod(&pod.uid, "caches not synced yet").errored()
             ));
         }
-        let cached = match &pod.deployment {
-            Ok(name) => state.deployments.get(&pod.namespace, name),
+        let cached = match &pod.workload {
+            Ok(workload) => state.workloads.get(&pod.namespace, workload),
             Err(_) => None,
         };
         let decision = decide(state, &pod, cached.as_deref(), false, now);
@@ -242,13 +252,13 @@ async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
         Err(_) => return pod_panicked(state),
     };
     let decision = match decision {
-        Decision::ReadLive { deployment } => {
-            let live = match read_deployment(state, &pod.namespace, &deployment).await {
+        Decision::ReadLive { workload } => {
+            let live = match read_workload(state, &pod.namespace, &workload).await {
                 Ok(live) => live,
                 Err(why) => {
                     let answer = Answer::allow_pod(
                         &pod.uid,
-                        format!("live read of Deployment {deployment} failed: {why}"),
+                        format!("live read of {workload} failed: {why}"),
                     )
                     .errored();
                     return pod_answer(state, answer, "live_read");
@@ -270,14 +280,14 @@ async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
 fn decide(
     state: &AppState,
     pod: &PodFacts,
-    deployment: Option<&DeploymentFacts>,
+    workload: Option<&WorkloadFacts>,
     live: bool,
     now: jiff::Timestamp,
 ) -> Decision {
     gate::decide(
         pod,
         &gate::Inputs {
-            deployment,
+            workload,
             live,
             prefetches: &*state.prefetches,
             leader_renewed: state.leader_renewed(),
@@ -286,12 +296,32 @@ fn decide(
     )
 }
 
-/// One GET of a Deployment, bounded by `live_read_timeout`; `Ok(None)` when it does not exist.
-async fn read_deployment(
-    state: &AppState,
+/// One GET of a workload of kind `K`, slimmed.
+async fn get_facts<K>(
+    client: kube::Client,
     namespace: &str,
     name: &str,
-) -> Result<Option<DeploymentFacts>, String> {
+) -> Result<Option<WorkloadFacts>, kube::Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+    for<'k> &'k K: Into<WorkloadFacts>,
+{
+    let api: kube::Api<K> = kube::Api::namespaced(client, namespace);
+    Ok(api.get_opt(name).await?.as_ref().map(Into::into))
+}
+
+/// One GET of a workload, bounded by `live_read_timeout`; `Ok(None)` when it does not exist.
+async fn read_workload(
+    state: &AppState,
+    namespace: &str,
+    workload: &WorkloadRef,
+) -> Result<Option<WorkloadFacts>, String> {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    use k8s_openapi::api::batch::v1::CronJob;
     let count = |result| {
         state
             .metrics
@@ -303,12 +333,20 @@ async fn read_deployment(
         count("error");
         return Err("no API client".into());
     };
-    let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-        kube::Api::namespaced(client, namespace);
-    match tokio::time::timeout(state.live_read_timeout, api.get_opt(name)).await {
+    let name = workload.name.as_str();
+    let read = async {
+        match workload.kind {
+            WorkloadKind::Deployment => get_facts::<Deployment>(client, namespace, name).await,
+            WorkloadKind::StatefulSet => get_facts::<StatefulSet>(client, namespace, name).await,
+            WorkloadKind::DaemonSet => get_facts::<DaemonSet>(client, namespace, name).await,
+            WorkloadKind::CronJob => get_facts::<CronJob>(client, namespace, name).await,
+            WorkloadKind::Job => Ok(None),
+        }
+    };
+    match tokio::time::timeout(state.live_read_timeout, read).await {
         Ok(Ok(found)) => {
             count("ok");
-            Ok(found.as_ref().map(DeploymentFacts::of))
+            Ok(found)
         }
         Ok(Err(err)) => {
             count("error");
@@ -385,7 +423,7 @@ fn respond(endpoint: Endpoint, state: &AppState, answer: Answer) -> (&'static st
                 "denied"
             )
         }
-        "patched" if endpoint == Endpoint::MutateDeployment => {
+        "patched" if endpoint.signals_rollouts() => {
             state.metrics.rollout_signals.inc();
             tracing::info!(
                 endpoint = path,

@@ -1,5 +1,6 @@
-//! Watch caches the webhook answers from: which Prefetch selects which Deployments, the
-//! cluster's Deployments (slimmed to [`DeploymentFacts`]) and node names, and the
+//! Watch caches the webhook answers from: which Prefetch selects which workloads, the
+//! cluster's Deployments, StatefulSets, DaemonSets and CronJobs (slimmed to [`WorkloadFacts`]),
+//! node names, and the
 //! controller's leader Lease. [`PrefetchIndex`] and [`NodeNames`] implement the core's views
 //! of them ([`Prefetches`], [`NodeNamesView`]). Fed by kube-runtime watchers run by
 //! `prefetch_common::watch` (the one runner of every watch: resetting backoff, relist after a
@@ -12,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -20,13 +22,12 @@ use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::watcher::Event;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
-use prefetch_common::Prefetch;
+use prefetch_common::owner::WorkloadRef;
 use prefetch_common::watch::{WatchHealth, run_watch};
+use prefetch_common::{Prefetch, WorkloadKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::facts::{
-    DeploymentFacts, GatingPrefetch, NodeNamesView, PrefetchFacts, Prefetches,
-};
+use crate::core::facts::{GatingPrefetch, NodeNamesView, PrefetchFacts, Prefetches, WorkloadFacts};
 use crate::core::lease;
 use crate::shell::locks;
 use crate::shell::metrics::Metrics;
@@ -64,7 +65,9 @@ impl PrefetchIndex {
         namespace: &str,
         labels: Option<&BTreeMap<String, String>>,
     ) -> Vec<String> {
-        Prefetches::selecting_by(self, namespace, &|key| labels?.get(key).map(String::as_str))
+        Prefetches::selecting_by(self, namespace, WorkloadKind::Deployment, &|key| {
+            labels?.get(key).map(String::as_str)
+        })
     }
 
     /// The Prefetches of `namespace`, by name, under the read lock.
@@ -151,12 +154,13 @@ impl Prefetches for PrefetchIndex {
     fn selecting_by<'l>(
         &self,
         namespace: &str,
+        kind: WorkloadKind,
         label: &dyn Fn(&str) -> Option<&'l str>,
     ) -> Vec<String> {
         self.with_namespace(namespace, |by_name| {
             by_name
                 .iter()
-                .filter(|(_, facts)| facts.selects_by(label))
+                .filter(|(_, facts)| facts.selects_by(kind, label))
                 .map(|(name, _)| name.clone())
                 .collect()
         })
@@ -166,12 +170,13 @@ impl Prefetches for PrefetchIndex {
     fn gating_by<'l>(
         &self,
         namespace: &str,
+        kind: WorkloadKind,
         label: &dyn Fn(&str) -> Option<&'l str>,
     ) -> Vec<GatingPrefetch> {
         self.with_namespace(namespace, |by_name| {
             by_name
                 .iter()
-                .filter_map(|(name, facts)| facts.gating(name, label))
+                .filter_map(|(name, facts)| facts.gating(name, kind, label))
                 .collect()
         })
         .unwrap_or_default()
@@ -235,21 +240,36 @@ impl NodeNamesView for NodeNames {
     }
 }
 
-type DeploymentMap = HashMap<(String, String), Arc<DeploymentFacts>>;
+type WorkloadMap = HashMap<(String, String), Arc<WorkloadFacts>>;
 
-/// The cluster's Deployments, slimmed to [`DeploymentFacts`], by (namespace, name).
-#[derive(Debug, Default)]
-pub struct DeploymentIndex {
-    maps: RwLock<(DeploymentMap, Option<DeploymentMap>)>,
+/// The cluster's workloads of one kind `K`, slimmed to [`WorkloadFacts`], by (namespace, name).
+#[derive(Debug)]
+pub struct WorkloadIndex<K> {
+    maps: RwLock<(WorkloadMap, Option<WorkloadMap>)>,
     synced: AtomicBool,
+    kind: std::marker::PhantomData<fn(K)>,
 }
 
-impl DeploymentIndex {
+impl<K> Default for WorkloadIndex<K> {
+    fn default() -> Self {
+        Self {
+            maps: RwLock::default(),
+            synced: AtomicBool::new(false),
+            kind: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K> WorkloadIndex<K>
+where
+    K: kube::Resource,
+    for<'k> &'k K: Into<WorkloadFacts>,
+{
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
 
-    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<DeploymentFacts>> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<WorkloadFacts>> {
         let guard = locks::read(&self.maps);
         guard
             .0
@@ -265,34 +285,79 @@ impl DeploymentIndex {
         self.len() == 0
     }
 
-    pub fn apply(&self, event: Event<Deployment>) {
-        let key = |d: &Deployment| namespace_and_name(&d.metadata);
+    pub fn apply(&self, event: Event<K>) {
+        let key = |w: &K| namespace_and_name(w.meta());
+        let facts = |w: &K| Arc::new(w.into());
         let mut guard = locks::write(&self.maps);
         let (live, relist) = &mut *guard;
         match event {
             Event::Init => *relist = Some(HashMap::new()),
-            Event::InitApply(d) => {
-                if let Some(k) = key(&d) {
-                    relist
-                        .get_or_insert_with(HashMap::new)
-                        .insert(k, Arc::new(DeploymentFacts::of(&d)));
+            Event::InitApply(w) => {
+                if let Some(k) = key(&w) {
+                    relist.get_or_insert_with(HashMap::new).insert(k, facts(&w));
                 }
             }
             Event::InitDone => {
                 *live = relist.take().unwrap_or_default();
                 self.synced.store(true, Ordering::Release);
             }
-            Event::Apply(d) => {
-                if let Some(k) = key(&d) {
-                    live.insert(k, Arc::new(DeploymentFacts::of(&d)));
+            Event::Apply(w) => {
+                if let Some(k) = key(&w) {
+                    live.insert(k, facts(&w));
                 }
             }
-            Event::Delete(d) => {
-                if let Some(k) = key(&d) {
+            Event::Delete(w) => {
+                if let Some(k) = key(&w) {
                     live.remove(&k);
                 }
             }
         }
+    }
+}
+
+/// The workload caches the pod gate reads, one per kind that rolls out (a Job's pods are
+/// looked up under its CronJob).
+#[derive(Debug, Default)]
+pub struct Workloads {
+    pub deployments: Arc<WorkloadIndex<Deployment>>,
+    pub stateful_sets: Arc<WorkloadIndex<StatefulSet>>,
+    pub daemon_sets: Arc<WorkloadIndex<DaemonSet>>,
+    pub cron_jobs: Arc<WorkloadIndex<CronJob>>,
+}
+
+impl Workloads {
+    /// Whether the cache of `kind` has been filled once (`false` for a Job: never cached).
+    pub fn is_synced(&self, kind: WorkloadKind) -> bool {
+        match kind {
+            WorkloadKind::Deployment => self.deployments.is_synced(),
+            WorkloadKind::StatefulSet => self.stateful_sets.is_synced(),
+            WorkloadKind::DaemonSet => self.daemon_sets.is_synced(),
+            WorkloadKind::CronJob => self.cron_jobs.is_synced(),
+            WorkloadKind::Job => false,
+        }
+    }
+
+    pub fn get(&self, namespace: &str, workload: &WorkloadRef) -> Option<Arc<WorkloadFacts>> {
+        let name = &workload.name;
+        match workload.kind {
+            WorkloadKind::Deployment => self.deployments.get(namespace, name),
+            WorkloadKind::StatefulSet => self.stateful_sets.get(namespace, name),
+            WorkloadKind::DaemonSet => self.daemon_sets.get(namespace, name),
+            WorkloadKind::CronJob => self.cron_jobs.get(namespace, name),
+            WorkloadKind::Job => None,
+        }
+    }
+
+    /// Workloads cached, all kinds.
+    pub fn len(&self) -> usize {
+        self.deployments.len()
+            + self.stateful_sets.len()
+            + self.daemon_sets.len()
+            + self.cron_jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -346,14 +411,25 @@ pub async fn run_prefetch_watch(
     .await;
 }
 
-/// Keeps `index` in step with the cluster's Deployments (all namespaces) until `stop`.
-pub async fn run_deployment_watch(
+/// Keeps `index` in step with the cluster's workloads of kind `K` (all namespaces) until
+/// `stop`.
+pub async fn run_workload_watch<K>(
     client: Client,
-    index: Arc<DeploymentIndex>,
+    index: Arc<WorkloadIndex<K>>,
     health: Arc<WatchHealth>,
     stop: CancellationToken,
-) {
-    let api: Api<Deployment> = Api::all(client);
+) where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
+    for<'k> &'k K: Into<WorkloadFacts>,
+{
+    let api: Api<K> = Api::all(client);
     let connect = move || watcher(api.clone(), watcher::Config::default());
     run_watch(health, connect, stop, |event| index.apply(event)).await;
 }
@@ -523,16 +599,22 @@ mod tests {
         index.apply(Event::InitDone);
         assert!(view.is_synced());
         let web = |key: &str| (key == "app").then_some("web");
-        assert_eq!(view.selecting_by("default", &web), ["gates", "plain"]);
         assert_eq!(
-            view.gating_by("default", &web),
+            view.selecting_by("default", WorkloadKind::Deployment, &web),
+            ["gates", "plain"]
+        );
+        assert_eq!(
+            view.gating_by("default", WorkloadKind::StatefulSet, &web),
             [GatingPrefetch {
                 name: "gates".into(),
                 gate_timeout: 120,
                 prefetched_through: None,
             }]
         );
-        assert!(view.gating_by("other", &web).is_empty());
+        assert!(
+            view.gating_by("other", WorkloadKind::Deployment, &web)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,0 +1,393 @@
+//! Warm rollouts of StatefulSets, DaemonSets and CronJobs end to end (DESIGN.md section 12):
+//! the real webhook signals the workload's change and gates its new pods, the real controller
+//! prefetches and lifts the gate; the test plays the StatefulSet, DaemonSet and CronJob
+//! controllers (pods made through admission, owned and labelled as theirs are), the scheduler
+//! and the kubelets (`prefetch_tests::rollout`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use prefetch_common::annotations::{GATED_BY_LABEL, PREFETCH_IMAGES, SCHEDULING_GATE};
+use prefetch_tests::binaries::metric_value;
+use prefetch_tests::kubelet::Pull;
+use prefetch_tests::rollout::{GateRig, Owner, RigOptions, Start, create_owned_pods};
+use serde_json::{Value, json};
+
+const WORKERS: [&str; 3] = ["worker-1", "worker-2", "worker-3"];
+
+fn normalized(image: &str) -> String {
+    format!("docker.io/library/{image}")
+}
+
+fn gated(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.scheduling_gates.iter().flatten())
+        .any(|g| g.name == SCHEDULING_GATE)
+}
+
+/// A pod template of one container running `image`, labelled `app: nginx` (the rig's
+/// Prefetch selects that label).
+fn template(image: &str) -> Value {
+    json!({"metadata": {"labels": {"app": "nginx"}},
+           "spec": {"containers": [{"name": "main", "image": image}]}})
+}
+
+/// Every worker pulls each of `images` in `pull` (prefetch pods; the workload pods' pull
+/// time is the rig's).
+fn pulls(rig: &GateRig, images: &[&str], pull: Duration) {
+    for worker in WORKERS {
+        for image in images {
+            rig.rules
+                .set_image(worker, &normalized(image), Pull::SucceedAfter(pull));
+        }
+    }
+}
+
+/// No start cold, every pod gated by the webhook, and every release after `image` was on
+/// every worker (the simulation's own timeline).
+fn assert_warm_after_everywhere(rig: &GateRig, what: &str, pods: &[Pod], image: &str) {
+    let starts: Vec<Start> = rig.starts_of(pods);
+    assert_eq!(starts.len(), pods.len(), "{what}: every pod started");
+    let cold: Vec<_> = starts.iter().filter(|s| s.cold()).collect();
+    assert!(cold.is_empty(), "{what}: started cold: {cold:#?}");
+    assert!(starts.iter().all(|s| s.was_gated), "{what}: all gated");
+    let workers: Vec<String> = WORKERS.map(String::from).to_vec();
+    let timeline = rig.sim.timeline();
+    let everywhere = timeline
+        .pulled_everywhere(&workers, &normalized(image))
+        .unwrap_or_else(|| panic!("{what}: {image} never on every worker"));
+    for pod in pods {
+        let name = pod.name_any();
+        let released = timeline.released[&name];
+        assert!(
+            released >= everywhere,
+            "{what}: {name} released at {released:?}, before {image} was on every worker ({everywhere:?})"
+        );
+    }
+}
+
+/// The rollout signal's images on `object`'s annotations.
+fn signalled(annotations: Option<&std::collections::BTreeMap<String, String>>) -> Vec<String> {
+    annotations
+        .and_then(|a| a.get(PREFETCH_IMAGES))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .unwrap_or_default()
+}
+
+fn owner_of(api_version: &str, kind: &str, meta: &kube::api::ObjectMeta) -> Owner {
+    Owner {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: meta.name.clone().unwrap(),
+        uid: meta.uid.clone().unwrap(),
+    }
+}
+
+/// A StatefulSet's CREATE and its `set image` are signalled; the pods the StatefulSet
+/// controller makes for each revision are gated until the revision's image is on every node,
+/// and none starts cold. A pod of the older revision, made after the change, is not gated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulset_rollout_is_gated_and_released_warm() {
+    let Some(rig) = GateRig::start("gate-statefulset", RigOptions::default())
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let (old, new) = ("redis:7.0", "redis:7.2");
+    pulls(&rig, &[old, new], rig.options.pull_time);
+    rig.until_leader_seen().await.unwrap();
+    let api: Api<StatefulSet> = Api::namespaced(rig.client(), rig.namespace());
+    let db: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db", "labels": {"app": "nginx"}},
+        "spec": {"serviceName": "db", "replicas": 3,
+                 "selector": {"matchLabels": {"app": "nginx"}}, "template": template(old)}}))
+    .unwrap();
+    let db = api.create(&PostParams::default(), &db).await.unwrap();
+    assert_eq!(
+        signalled(db.metadata.annotations.as_ref()),
+        [normalized(old)]
+    );
+    let owner = owner_of("apps/v1", "StatefulSet", &db.metadata);
+    let names: Vec<(String, Option<String>)> = (0..3).map(|i| (format!("db-{i}"), None)).collect();
+    let revision = |hash: &str| json!({"controller-revision-hash": format!("db-{hash}")});
+    let first = create_owned_pods(&rig, &owner, &template(old), &names, revision("a"))
+        .await
+        .unwrap();
+    assert!(first.iter().all(gated), "the CREATE's pods are gated");
+    rig.until_running(&first, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_warm_after_everywhere(&rig, "create", &first, old);
+
+    // `kubectl set image`: the controller replaces the pods with the new revision's.
+    let changed = api
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": template(new)}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        signalled(changed.metadata.annotations.as_ref()),
+        [normalized(new)]
+    );
+    for pod in &first {
+        rig.pods()
+            .delete(&pod.name_any(), &Default::default())
+            .await
+            .unwrap();
+    }
+    let renamed: Vec<(String, Option<String>)> =
+        (0..3).map(|i| (format!("db-{i}-v2"), None)).collect();
+    let second = create_owned_pods(&rig, &owner, &template(new), &renamed, revision("b"))
+        .await
+        .unwrap();
+    assert!(
+        second.iter().all(gated),
+        "the new revision's pods are gated"
+    );
+    // A partitioned pod of the older revision, made after the change: its images are not the
+    // template's, so it is not the rollout's and passes.
+    let older = create_owned_pods(
+        &rig,
+        &owner,
+        &template(old),
+        &[("db-old".into(), None)],
+        revision("a"),
+    )
+    .await
+    .unwrap();
+    assert!(!gated(&older[0]), "an older revision's pod is never gated");
+    rig.until_running(&second, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_warm_after_everywhere(&rig, "set image", &second, new);
+    let status = rig
+        .prefetches()
+        .get("prefetch-sample")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    let record = status.last_rollout.unwrap();
+    assert_eq!(record.workload.as_deref(), Some("StatefulSet/db"));
+    assert_eq!(record.deployment, "", "not a Deployment's rollout");
+    assert_eq!(record.images, [normalized(new)]);
+}
+
+/// A DaemonSet's update: each new pod is pinned to its node before it schedules, and is
+/// released as soon as its own node holds the image, not when the slowest node does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemonset_pod_is_released_when_its_own_node_holds_the_image() {
+    let Some(rig) = GateRig::start("gate-daemonset", RigOptions::default())
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let image = "fluent-bit:3.1";
+    // worker-3 pulls slowly: the other nodes' pods must not wait for it.
+    let slow = Duration::from_secs(8);
+    for (worker, pull) in [
+        ("worker-1", Duration::from_millis(300)),
+        ("worker-2", Duration::from_millis(600)),
+        ("worker-3", slow),
+    ] {
+        rig.rules
+            .set_image(worker, &normalized(image), Pull::SucceedAfter(pull));
+    }
+    rig.until_leader_seen().await.unwrap();
+    let api: Api<DaemonSet> = Api::namespaced(rig.client(), rig.namespace());
+    let agent: DaemonSet = serde_json::from_value(json!({
+        "metadata": {"name": "agent", "labels": {"app": "nginx"}},
+        "spec": {"selector": {"matchLabels": {"app": "nginx"}}, "template": template(image)}}))
+    .unwrap();
+    let agent = api.create(&PostParams::default(), &agent).await.unwrap();
+    assert_eq!(
+        signalled(agent.metadata.annotations.as_ref()),
+        [normalized(image)]
+    );
+    let owner = owner_of("apps/v1", "DaemonSet", &agent.metadata);
+    let per_node: Vec<(String, Option<String>)> = WORKERS
+        .iter()
+        .map(|w| (format!("agent-{w}"), Some(w.to_string())))
+        .collect();
+    let pods = create_owned_pods(
+        &rig,
+        &owner,
+        &template(image),
+        &per_node,
+        json!({"controller-revision-hash": "agent-a"}),
+    )
+    .await
+    .unwrap();
+    assert!(pods.iter().all(gated), "every node's pod is gated");
+    rig.until_running(&pods, Duration::from_secs(40))
+        .await
+        .unwrap();
+    let starts = rig.starts_of(&pods);
+    let cold: Vec<_> = starts.iter().filter(|s| s.cold()).collect();
+    assert!(cold.is_empty(), "started cold: {cold:#?}");
+    let timeline = rig.sim.timeline();
+    let listed = |worker: &str| timeline.listed[&(worker.to_string(), normalized(image))];
+    let released = |worker: &str| timeline.released[&format!("agent-{worker}")];
+    for worker in WORKERS {
+        assert!(
+            released(worker) >= listed(worker),
+            "{worker}'s pod released at {:?}, before its node held the image ({:?})",
+            released(worker),
+            listed(worker)
+        );
+    }
+    for fast in ["worker-1", "worker-2"] {
+        assert!(
+            released(fast) < listed("worker-3"),
+            "{fast}'s pod waited for the slow node: released at {:?}, worker-3 listed at {:?}",
+            released(fast),
+            listed("worker-3")
+        );
+    }
+    let metrics = rig.controllers[0]
+        .as_ref()
+        .unwrap()
+        .metrics()
+        .await
+        .unwrap();
+    assert!(
+        metric_value(
+            &metrics,
+            "prefetch_controller_gate_releases_total{result=\"node_prefetched\"}"
+        ) >= 2.0,
+        "{metrics}"
+    );
+}
+
+/// A CronJob's job template changes: the change is signalled, and the next run's pod (the
+/// CronJob controller's Job `<cronjob>-<minute>`, then the Job controller's pod) is gated until
+/// the new image is on every node, then starts warm. A Job made by hand is never gated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cronjob_template_change_gates_its_next_run_until_warm() {
+    let Some(rig) = GateRig::start("gate-cronjob", RigOptions::default())
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let (old, new) = ("busybox:1.36", "busybox:1.37");
+    pulls(&rig, &[old, new], rig.options.pull_time);
+    rig.until_leader_seen().await.unwrap();
+    let cron_jobs: Api<CronJob> = Api::namespaced(rig.client(), rig.namespace());
+    let job_template = |image: &str| {
+        let mut pod = template(image);
+        pod["spec"]["restartPolicy"] = json!("OnFailure");
+        json!({"spec": {"template": pod}})
+    };
+    let report: CronJob = serde_json::from_value(json!({
+        "metadata": {"name": "report", "labels": {"app": "nginx"}},
+        "spec": {"schedule": "*/5 * * * *", "jobTemplate": job_template(old)}}))
+    .unwrap();
+    cron_jobs
+        .create(&PostParams::default(), &report)
+        .await
+        .unwrap();
+    // Wait until the CREATE's images are prefetched, so that the change below is the one
+    // the next run waits for.
+    prefetch_tests::scenario::wait_for_status(
+        &rig.prefetches(),
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |s| {
+            s.last_rollout
+                .as_ref()
+                .is_some_and(|r| r.images == [normalized(old)] && r.prefetched_at.is_some())
+        },
+    )
+    .await;
+    let changed = cron_jobs
+        .patch(
+            "report",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"jobTemplate": job_template(new)}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        signalled(changed.metadata.annotations.as_ref()),
+        [normalized(new)]
+    );
+
+    // The next run: the CronJob controller's Job, then the Job controller's pod.
+    let jobs: Api<Job> = Api::namespaced(rig.client(), rig.namespace());
+    let run = |name: &str, owner: Option<Owner>| {
+        let mut job = json!({"metadata": {"name": name, "labels": {"app": "nginx"}},
+                             "spec": job_template(new)["spec"].clone()});
+        if let Some(owner) = owner {
+            job["metadata"]["ownerReferences"] = json!([{"apiVersion": owner.api_version,
+                "kind": owner.kind, "name": owner.name, "uid": owner.uid, "controller": true}]);
+        }
+        serde_json::from_value::<Job>(job).unwrap()
+    };
+    let cron_owner = owner_of("batch/v1", "CronJob", &changed.metadata);
+    let scheduled = jobs
+        .create(
+            &PostParams::default(),
+            &run("report-29431260", Some(cron_owner)),
+        )
+        .await
+        .unwrap();
+    let mut pod_template = job_template(new)["spec"]["template"].clone();
+    pod_template["metadata"]["labels"]["job-name"] = json!("report-29431260");
+    let pods = create_owned_pods(
+        &rig,
+        &owner_of("batch/v1", "Job", &scheduled.metadata),
+        &pod_template,
+        &[("report-29431260-x7k2p".into(), None)],
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert!(gated(&pods[0]), "the next run's pod is gated");
+    assert_eq!(
+        pods[0].labels().get(GATED_BY_LABEL).map(String::as_str),
+        Some("prefetch-sample")
+    );
+    // A Job made by hand, with the same template: no CronJob's run, nothing to wait for.
+    let by_hand = jobs
+        .create(&PostParams::default(), &run("migrate", None))
+        .await
+        .unwrap();
+    let manual = create_owned_pods(
+        &rig,
+        &owner_of("batch/v1", "Job", &by_hand.metadata),
+        &job_template(new)["spec"]["template"],
+        &[("migrate-q9f4z".into(), None)],
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert!(!gated(&manual[0]), "a Job made by hand is not gated");
+    rig.until_running(&pods, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_warm_after_everywhere(&rig, "next run", &pods, new);
+    let sources: BTreeSet<String> = rig
+        .prefetches()
+        .get("prefetch-sample")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .last_rollout
+        .into_iter()
+        .filter_map(|r| r.workload)
+        .collect();
+    assert_eq!(sources, ["CronJob/report".to_string()].into());
+}
