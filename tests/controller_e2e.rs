@@ -881,3 +881,117 @@ async fn an_older_revision_with_pods_is_warmed_on_a_node_that_joins_mid_rollout(
     .await;
     s.cluster.cleanup().await;
 }
+
+/// A StatefulSet mid-rollout: the revision it replaces (its ControllerRevision, named by
+/// `status.currentRevision`) still runs pods, so a node that joins gets its image too; once
+/// the rollout ends, the image leaves the plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statefulsets_replaced_revision_is_warmed_on_a_node_that_joins_mid_rollout() {
+    let Some(s) = scenario("sts-revisions", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let _controller = controller(&s, &[], "controller").await;
+    until_phase(&s, Phase::Succeeded).await;
+    let client = s.cluster.client.clone();
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &s.ns);
+    let template = |image: &str| {
+        json!({"metadata": {"labels": {"app": "nginx"}},
+               "spec": {"containers": [{"name": "db", "image": image}]}})
+    };
+    let db = sets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "db", "labels": {"app": "nginx"}},
+                "spec": {"serviceName": "db", "replicas": 3, "selector": {"matchLabels": {"app": "nginx"}},
+                         "template": template("redis:7.2")}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let revisions: Api<k8s_openapi::api::apps::v1::ControllerRevision> =
+        Api::namespaced(client.clone(), &s.ns);
+    for (name, number, image) in [("db-1", 1, "redis:7.0"), ("db-2", 2, "redis:7.2")] {
+        let mut data = json!({"spec": {"template": template(image)}});
+        data["spec"]["template"]["$patch"] = json!("replace");
+        revisions
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": name, "labels": {"app": "nginx"},
+                                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
+                                                      "uid": db.metadata.uid.clone().unwrap(), "controller": true}]},
+                    "revision": number, "data": data}))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let status = |current: &str, current_replicas: i32| {
+        json!({"status": {"replicas": 3, "currentRevision": current, "updateRevision": "db-2",
+                          "currentReplicas": current_replicas, "updatedReplicas": 3 - current_replicas}})
+    };
+    sets.patch_status(
+        "db",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(status("db-1", 2)),
+    )
+    .await
+    .unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &node("kind-worker4", json!([]), json!([])),
+        )
+        .await
+        .unwrap();
+    let old = "docker.io/library/redis:7.0";
+    let status_now = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| {
+            st.phase == Phase::Succeeded
+                && st.images.iter().any(|i| i == old)
+                && st.ready == st.total
+        },
+    )
+    .await;
+    assert_eq!(
+        status_now.images,
+        [
+            "docker.io/library/nginx:1.7.9",
+            old,
+            "docker.io/library/redis:7.2"
+        ]
+    );
+    assert!(
+        node_lists(&nodes, "kind-worker4", old).await,
+        "the replaced revision's image is on the node that joined mid-rollout"
+    );
+
+    // The rollout ends: every pod runs the update revision; the old image leaves the plan.
+    sets.patch_status(
+        "db",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"status": {"currentRevision": "db-2", "currentReplicas": 3}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(20),
+        |st| {
+            st.images
+                == [
+                    "docker.io/library/nginx:1.7.9",
+                    "docker.io/library/redis:7.2",
+                ]
+        },
+    )
+    .await;
+    s.cluster.cleanup().await;
+}

@@ -3,7 +3,7 @@
 //!
 //! From the leaves up: [`taint`] and [`naming`]; [`eligibility`] (which nodes a Prefetch may
 //! target) and [`pod`] (the prefetch pod for a node); [`outcome`] (what a pod reports);
-//! [`workload`] (what a Prefetch selects); [`signal`] (the rollout it acts on); [`plan`] (nodes x images still to pull); [`ledger`] and [`fulllist`] (outcomes remembered
+//! [`workload`] (what a Prefetch selects) and [`revisions`] (its older revisions with pods); [`signal`] (the rollout it acts on); [`plan`] (nodes x images still to pull); [`ledger`] and [`fulllist`] (outcomes remembered
 //! beyond a round); [`round`] (one reconcile: pods to create and delete, the status);
 //! [`warmup`] (when a warming node's taint comes off); [`gate`] (when a gated pod is
 //! released); [`status_patch`] (how a status is written so the server holds exactly it).
@@ -16,6 +16,7 @@ pub mod naming;
 pub mod outcome;
 pub mod plan;
 pub mod pod;
+pub mod revisions;
 pub mod round;
 pub mod signal;
 pub mod status_patch;

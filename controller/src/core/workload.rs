@@ -2,9 +2,7 @@
 //! DaemonSets, Jobs and CronJobs, each seen through what a selection and a plan read of it:
 //! its kind, its metadata and its pod template (a CronJob's is its job template's).
 
-use std::collections::HashMap;
-
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -84,47 +82,6 @@ impl<'a> From<&'a CronJob> for Workload<'a> {
     }
 }
 
-/// The older revisions of Deployments that still run pods, as workloads of their Deployment
-/// (its kind, metadata and so selection, the ReplicaSet's pod template): while a rollout is in
-/// progress a node that joins gets the old ReplicaSet's pods too, and they would start cold.
-/// A ReplicaSet counts while it wants or has pods; the current one repeats the Deployment's
-/// template, which costs nothing (images are de-duplicated).
-pub fn deployment_revisions<'a>(
-    deployments: &[&'a Deployment],
-    replica_sets: &[&'a ReplicaSet],
-) -> Vec<Workload<'a>> {
-    let running = |rs: &ReplicaSet| {
-        let wanted = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        let has = rs.status.as_ref().map_or(0, |s| s.replicas);
-        wanted > 0 || has > 0
-    };
-    // By uid, once: every reconcile joins the whole cluster's ReplicaSets to their owners.
-    let by_uid: HashMap<&str, &'a Deployment> = deployments
-        .iter()
-        .filter_map(|d| Some((d.metadata.uid.as_deref()?, *d)))
-        .collect();
-    replica_sets
-        .iter()
-        .filter(|rs| running(rs))
-        .filter_map(|rs| {
-            let owner = rs
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .find(|o| o.controller == Some(true) && o.kind == "Deployment")?;
-            let deployment = by_uid
-                .get(owner.uid.as_str())
-                .filter(|d| d.metadata.namespace == rs.metadata.namespace)?;
-            Some(Workload {
-                kind: WorkloadKind::Deployment,
-                meta: &deployment.metadata,
-                pod_spec: rs.spec.as_ref()?.template.as_ref()?.spec.as_ref(),
-            })
-        })
-        .collect()
-}
-
 /// Whether `prefetch` selects `workload`: a kind it reads (`spec.kinds`), its namespace, its
 /// labels, and not being deleted.
 pub fn selects_workload(prefetch: &Prefetch, workload: &Workload<'_>) -> bool {
@@ -192,52 +149,6 @@ mod tests {
                 "{source}: containers and init containers"
             );
         }
-    }
-
-    #[test]
-    fn a_deployments_older_revisions_with_pods_are_its_workloads_too() {
-        let deployment: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": "web", "namespace": "default", "uid": "d-1", "labels": {"app": "web"}},
-            "spec": {"selector": {}, "template": template("web:2")}}))
-        .unwrap();
-        let replica_set = |name: &str,
-                           image: &str,
-                           wanted: i32,
-                           has: i32,
-                           owner: &str|
-         -> ReplicaSet {
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": "default",
-                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
-                                                  "uid": owner, "controller": true}]},
-                "spec": {"replicas": wanted, "selector": {}, "template": template(image)},
-                "status": {"replicas": has}}))
-            .unwrap()
-        };
-        let old = replica_set("web-1", "web:1", 0, 2, "d-1");
-        let older = replica_set("web-0", "web:0", 0, 0, "d-1");
-        let foreign = replica_set("api-1", "api:1", 3, 3, "d-other");
-        let revisions = deployment_revisions(&[&deployment], &[&old, &older, &foreign]);
-        assert_eq!(
-            revisions.len(),
-            1,
-            "scaled-down revisions and other owners' are not"
-        );
-        assert_eq!(revisions[0].source(), "Deployment/web");
-        assert_eq!(
-            images(revisions[0]),
-            ["docker.io/library/busybox:1.36", "docker.io/library/web:1"]
-        );
-        // Selected as the Deployment is: by its labels.
-        let prefetch = {
-            let mut p = Prefetch::new(
-                "p",
-                serde_json::from_value(json!({"filter_by_labels": {"app": "web"}})).unwrap(),
-            );
-            p.metadata.namespace = Some("default".into());
-            p
-        };
-        assert!(selects_workload(&prefetch, &revisions[0]));
     }
 
     #[test]

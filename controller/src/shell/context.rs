@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Client;
@@ -16,9 +18,10 @@ use prefetch_common::Prefetch;
 use tokio::sync::{Notify, mpsc};
 
 use crate::core::ledger::PullLedger;
+use crate::core::revisions::{OlderRevision, deployment_revisions, set_revisions};
 use crate::core::round::RoundMemory;
 use crate::core::taint::WarmupConfig;
-use crate::core::workload::{Workload, deployment_revisions};
+use crate::core::workload::Workload;
 use crate::shell::events::EventPublisher;
 use crate::shell::metrics::Metrics;
 use crate::shell::ratelimit::RateLimiter;
@@ -33,6 +36,9 @@ pub struct Context {
     pub cron_jobs: Store<CronJob>,
     /// Deployments' ReplicaSets: an older revision that still runs pods brings its images.
     pub replica_sets: Store<ReplicaSet>,
+    /// StatefulSets' and DaemonSets' revisions (cut to what pulling reads): the one a rollout
+    /// replaces brings its images.
+    pub revisions: Store<ControllerRevision>,
     pub pods: Store<Pod>,
     pub rounds: Mutex<HashMap<String, RoundMemory>>,
     /// Per Prefetch uid: when the round this process last ended had started (see
@@ -94,17 +100,29 @@ pub struct WorkloadSnapshot {
     jobs: Vec<Arc<Job>>,
     cron_jobs: Vec<Arc<CronJob>>,
     replica_sets: Vec<Arc<ReplicaSet>>,
+    /// StatefulSets' and DaemonSets' older revisions with pods, read from their
+    /// ControllerRevisions once per snapshot.
+    set_revisions: Vec<OlderRevision>,
 }
 
 impl WorkloadSnapshot {
     pub fn of(ctx: &Context) -> Self {
+        let stateful_sets = ctx.stateful_sets.state();
+        let daemon_sets = ctx.daemon_sets.state();
+        let revisions = ctx.revisions.state();
+        let set_revisions = set_revisions(
+            &stateful_sets.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            &daemon_sets.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+            &revisions.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
+        );
         Self {
             deployments: ctx.deployments.state(),
-            stateful_sets: ctx.stateful_sets.state(),
-            daemon_sets: ctx.daemon_sets.state(),
+            stateful_sets,
+            daemon_sets,
             jobs: ctx.jobs.state(),
             cron_jobs: ctx.cron_jobs.state(),
             replica_sets: ctx.replica_sets.state(),
+            set_revisions,
         }
     }
 
@@ -112,8 +130,8 @@ impl WorkloadSnapshot {
         self.deployments.iter().map(AsRef::as_ref)
     }
 
-    /// Every cached workload, of every kind, and the older revisions of Deployments that
-    /// still run pods.
+    /// Every cached workload, of every kind, and the older revisions of Deployments,
+    /// StatefulSets and DaemonSets that still run pods.
     pub fn workloads(&self) -> Vec<Workload<'_>> {
         let deployments: Vec<&Deployment> = self.deployments().collect();
         let replica_sets: Vec<&ReplicaSet> = self.replica_sets.iter().map(AsRef::as_ref).collect();
@@ -124,11 +142,13 @@ impl WorkloadSnapshot {
         let daemon_sets = self.daemon_sets.iter().map(|o| Workload::from(o.as_ref()));
         let jobs = self.jobs.iter().map(|o| Workload::from(o.as_ref()));
         let cron_jobs = self.cron_jobs.iter().map(|o| Workload::from(o.as_ref()));
+        let set_revisions = self.set_revisions.iter().map(Workload::from);
         deployments
             .iter()
             .map(|d| Workload::from(*d))
             .chain(deployment_revisions(&deployments, &replica_sets))
             .chain(stateful_sets)
+            .chain(set_revisions)
             .chain(daemon_sets)
             .chain(jobs)
             .chain(cron_jobs)

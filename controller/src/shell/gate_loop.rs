@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Node, ObjectReference, Pod, PodSpec, Volume};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, PodSpec};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::gate::{Release, Verdict, pinned_node, pod_workload, release_patch, verdict};
 use crate::core::plan::node_images;
+use crate::core::revisions::for_pulls;
 use crate::shell::context::{Context, lock};
 use crate::shell::metrics::ResultLabel;
 
@@ -63,37 +64,12 @@ pub fn slim_gated_pod(pod: &mut Pod) {
     pod.status = None;
 }
 
-/// A pod spec cut to its gates, the images of its containers and image volumes, and its
-/// affinity.
+/// A pod spec cut to its gates, what its images are read from, and its affinity.
 fn images_and_pin(spec: PodSpec) -> PodSpec {
-    let image_only = |containers: Vec<Container>| -> Vec<Container> {
-        containers
-            .into_iter()
-            .map(|c| Container {
-                name: c.name,
-                image: c.image,
-                ..Default::default()
-            })
-            .collect()
-    };
-    let image_volumes = spec.volumes.map(|volumes| {
-        volumes
-            .into_iter()
-            .filter(|v| v.image.is_some())
-            .map(|v| Volume {
-                name: v.name,
-                image: v.image,
-                ..Default::default()
-            })
-            .collect()
-    });
     PodSpec {
-        scheduling_gates: spec.scheduling_gates,
-        affinity: spec.affinity,
-        containers: image_only(spec.containers),
-        init_containers: spec.init_containers.map(image_only),
-        volumes: image_volumes,
-        ..Default::default()
+        scheduling_gates: spec.scheduling_gates.clone(),
+        affinity: spec.affinity.clone(),
+        ..for_pulls(spec)
     }
 }
 

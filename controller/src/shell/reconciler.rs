@@ -6,9 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
@@ -29,6 +32,7 @@ use crate::core::ledger::PullLedger;
 use crate::core::outcome::read_pod;
 use crate::core::plan::{ImagePlan, node_images, plan_images_with, selects_deployment};
 use crate::core::pod::NODE_ANNOTATION;
+use crate::core::revisions::{for_pulls, revision_pod_spec};
 use crate::core::round::{RoundInput, cached_status_predates, reconcile_round};
 use crate::core::signal::newest_rollout_signal;
 use crate::core::status_patch;
@@ -245,6 +249,22 @@ where
         stop.clone(),
     );
     (store, rx)
+}
+
+/// Keeps of a ControllerRevision its name, namespace, controller owner, number and, of its
+/// `data`, the pod template's images and pull secrets (see `revisions::for_pulls`).
+fn slim_revision(revision: &mut ControllerRevision) {
+    let meta = &mut revision.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+    let spec = revision_pod_spec(revision);
+    revision.data = spec.and_then(|spec| {
+        let template = serde_json::to_value(for_pulls(spec)).ok()?;
+        Some(RawExtension(
+            serde_json::json!({"spec": {"template": {"spec": template}}}),
+        ))
+    });
 }
 
 fn slim_deployment(deployment: &mut Deployment) {
@@ -562,6 +582,16 @@ pub async fn run(
         workload_cache::<CronJob>(watches.register("cronjobs"), &client, &stop);
     let (replica_sets, replica_set_rx) =
         workload_cache::<ReplicaSet>(watches.register("replicasets"), &client, &stop);
+    // No trigger: a rollout's new revision comes with a change of its StatefulSet or
+    // DaemonSet, whose watch triggers the reconcile.
+    let revisions = cache(
+        watches.register("controllerrevisions"),
+        Api::<ControllerRevision>::all(client.clone()),
+        watcher::Config::default(),
+        slim_revision,
+        |_| {},
+        stop.clone(),
+    );
     let (pod_tx, pod_rx) = mpsc::unbounded_channel();
     let pods = cache(
         watches.register("pods"),
@@ -616,6 +646,7 @@ pub async fn run(
                 jobs.wait_until_ready(),
                 cron_jobs.wait_until_ready(),
                 replica_sets.wait_until_ready(),
+                revisions.wait_until_ready(),
                 pods.wait_until_ready(),
                 prefetch_store.wait_until_ready()
             )
@@ -636,6 +667,7 @@ pub async fn run(
         jobs,
         cron_jobs,
         replica_sets,
+        revisions,
         pods,
         rounds: Mutex::new(HashMap::new()),
         ended: Mutex::new(HashMap::new()),

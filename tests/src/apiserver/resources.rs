@@ -70,6 +70,15 @@ pub const RESOURCES: &[ResourceType] = &[
     ),
     rt("apps", "v1", "daemonsets", "DaemonSet", true, true, true),
     rt("apps", "v1", "replicasets", "ReplicaSet", true, true, true),
+    rt(
+        "apps",
+        "v1",
+        "controllerrevisions",
+        "ControllerRevision",
+        true,
+        false,
+        false,
+    ),
     rt("batch", "v1", "jobs", "Job", true, true, true),
     rt("batch", "v1", "cronjobs", "CronJob", true, true, true),
     rt(
