@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use prefetch_common::Phase;
@@ -879,5 +879,113 @@ async fn an_older_revision_with_pods_is_warmed_on_a_node_that_joins_mid_rollout(
         |st| st.images == ["docker.io/library/nginx:1.7.9"],
     )
     .await;
+    s.cluster.cleanup().await;
+}
+
+/// The pull secrets of the prefetch pod on `node`, sorted as the pod lists them, once one is
+/// there (fails after 20 s).
+async fn pull_secrets_of_pod_on(pods: &Api<Pod>, node: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = pods.list(&ListParams::default()).await.unwrap().items;
+        let on_node = listed.into_iter().find(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("cache.techsquad.rocks/node"))
+                .is_some_and(|n| n == node)
+        });
+        if let Some(pod) = on_node {
+            let secrets = pod.spec.and_then(|s| s.image_pull_secrets);
+            return secrets.into_iter().flatten().map(|s| s.name).collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no prefetch pod on {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A prefetch pod carries the pull secrets the selected workloads' pods get (DESIGN.md section
+/// 12): a template's own and, for a template that lists none, its ServiceAccount's (the
+/// ServiceAccount admission plugin adds an account's secrets only then). A change to the
+/// account reaches the next pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_pods_carry_the_service_accounts_pull_secrets() {
+    let Some(s) = scenario("accounts", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let client = s.cluster.client.clone();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &s.ns);
+    let account = |name: &str, secrets: &[&str]| -> ServiceAccount {
+        let secrets: Vec<serde_json::Value> = secrets.iter().map(|n| json!({"name": n})).collect();
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": s.ns},
+                                      "imagePullSecrets": secrets}))
+        .unwrap()
+    };
+    let params = PostParams::default();
+    accounts
+        .create(&params, &account("builder", &["sa-regcred"]))
+        .await
+        .unwrap();
+    // nginx runs as `default` but lists its own secret: its pods never get the account's.
+    accounts
+        .create(&params, &account("default", &["default-regcred"]))
+        .await
+        .unwrap();
+    let own_secret =
+        json!({"spec": {"template": {"spec": {"imagePullSecrets": [{"name": "tpl-regcred"}]}}}});
+    s.deployments
+        .patch(
+            "nginx",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(own_secret),
+        )
+        .await
+        .unwrap();
+    let mut api = prefetch_tests::fixtures::nginx_deployment(
+        &s.ns,
+        "api",
+        json!({"app": "nginx"}),
+        &["redis:7"],
+    );
+    api["spec"]["template"]["spec"]["serviceAccountName"] = json!("builder");
+    s.deployments
+        .create(&params, &serde_json::from_value(api).unwrap())
+        .await
+        .unwrap();
+    // Long enough to read the pod before it finishes and is deleted.
+    s.rules
+        .set("kind-worker", Pull::SucceedAfter(Duration::from_secs(3)));
+    let _controller = controller(&s, &[], "controller").await;
+    assert_eq!(
+        pull_secrets_of_pod_on(&s.pods, "kind-worker").await,
+        ["sa-regcred", "tpl-regcred"]
+    );
+    until_phase(&s, Phase::Succeeded).await;
+
+    // The account gains a secret; a node that joins gets a pod carrying it.
+    let more = json!({"imagePullSecrets": [{"name": "sa-regcred"}, {"name": "sa-regcred-2"}]});
+    accounts
+        .patch(
+            "builder",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(more),
+        )
+        .await
+        .unwrap();
+    // The account's watch event and the node's travel on separate watches.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.rules
+        .set("kind-worker4", Pull::SucceedAfter(Duration::from_secs(3)));
+    Api::<Node>::all(client.clone())
+        .create(&params, &node("kind-worker4", json!([]), json!([])))
+        .await
+        .unwrap();
+    assert_eq!(
+        pull_secrets_of_pod_on(&s.pods, "kind-worker4").await,
+        ["sa-regcred", "sa-regcred-2", "tpl-regcred"]
+    );
     s.cluster.cleanup().await;
 }

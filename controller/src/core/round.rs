@@ -902,7 +902,7 @@ fn degraded_state(status: &PrefetchStatus) -> ConditionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::plan::plan_images;
+    use crate::core::plan::{AccountSecrets, plan_images};
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::Node;
     use serde_json::{Value, json};
@@ -1028,6 +1028,7 @@ mod tests {
             plan_images(
                 &self.prefetch,
                 &self.deployments,
+                &AccountSecrets::new(),
                 &self.nodes,
                 Some(WARMING),
             )

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::Client;
 use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::WriterDropped;
@@ -33,6 +33,9 @@ pub struct Context {
     pub cron_jobs: Store<CronJob>,
     /// Deployments' ReplicaSets: an older revision that still runs pods brings its images.
     pub replica_sets: Store<ReplicaSet>,
+    /// Slimmed to name, namespace and imagePullSecrets: the selected workloads' pods get their
+    /// account's pull secrets, so the prefetch pods carry them too.
+    pub service_accounts: Store<ServiceAccount>,
     pub pods: Store<Pod>,
     pub rounds: Mutex<HashMap<String, RoundMemory>>,
     /// Per Prefetch uid: when the round this process last ended had started (see
