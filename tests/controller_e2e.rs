@@ -563,6 +563,7 @@ async fn status_fields_that_must_empty_do() {
         .collect();
     assert_eq!(failures, [("kind-worker2", REDIS)]);
     assert!(failed.digests.contains_key(REDIS), "{:?}", failed.digests);
+    assert_eq!(failed.sources[REDIS], ["Deployment/nginx"]);
 
     // The pull succeeds when tried again: a rollout signal for redis starts the round at once.
     s.rules.set_image("kind-worker2", REDIS, Pull::Succeed);
@@ -616,6 +617,11 @@ async fn status_fields_that_must_empty_do() {
         "{:#?}",
         object.data["status"]
     );
+    assert_eq!(
+        object.data["status"]["sources"],
+        json!({"docker.io/library/nginx:1.7.9": ["Deployment/nginx"]}),
+        "the dropped image's sources are gone from the server"
+    );
     s.cluster.cleanup().await;
 }
 
@@ -648,6 +654,7 @@ async fn a_declared_image_is_prefetched_before_any_workload_uses_it() {
         ["docker.io/library/nginx:1.7.9", "docker.io/library/redis:7"]
     );
     assert_eq!((status.ready, status.total), (6, 6));
+    assert_eq!(status.sources["docker.io/library/redis:7"], ["declared"]);
     let nodes: Api<Node> = Api::all(s.cluster.client.clone());
     for worker in ["kind-worker", "kind-worker2", "kind-worker3"] {
         assert!(
@@ -910,7 +917,7 @@ async fn pull_secrets_of_pod_on(pods: &Api<Pod>, node: &str) -> Vec<String> {
 /// A prefetch pod carries the pull secrets the selected workloads' pods get (DESIGN.md section
 /// 12): a template's own and, for a template that lists none, its ServiceAccount's (the
 /// ServiceAccount admission plugin adds an account's secrets only then). A change to the
-/// account reaches the next pod.
+/// account reaches the next pod. `status.sources` names each image's workloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_pods_carry_the_service_accounts_pull_secrets() {
     let Some(s) = scenario("accounts", json!({"retry_after": 3600})).await else {
@@ -963,7 +970,12 @@ async fn prefetch_pods_carry_the_service_accounts_pull_secrets() {
         pull_secrets_of_pod_on(&s.pods, "kind-worker").await,
         ["sa-regcred", "tpl-regcred"]
     );
-    until_phase(&s, Phase::Succeeded).await;
+    let status = until_phase(&s, Phase::Succeeded).await;
+    assert_eq!(
+        serde_json::to_value(&status.sources).unwrap(),
+        json!({"docker.io/library/nginx:1.7.9": ["Deployment/nginx"],
+               "docker.io/library/redis:7": ["Deployment/api"]})
+    );
 
     // The account gains a secret; a node that joins gets a pod carrying it.
     let more = json!({"imagePullSecrets": [{"name": "sa-regcred"}, {"name": "sa-regcred-2"}]});

@@ -120,6 +120,28 @@ pub fn selects_deployment(prefetch: &Prefetch, deployment: &Deployment) -> bool 
 /// The source of an image listed in `spec.images`.
 pub const DECLARED: &str = "declared";
 
+/// Entries per image in `status.sources`: a namespace with a thousand Deployments sharing one
+/// image must not make the status (an etcd object) that large.
+pub const MAX_STATUS_SOURCES: usize = 10;
+
+/// An image's sources as the status lists them: all of them, sorted, when they fit in
+/// [`MAX_STATUS_SOURCES`]; otherwise the first workloads by name, `declared` if it is one (it
+/// says the image stays wanted with no workload), and `+N more` counting the workloads left out.
+pub fn status_sources(sources: &BTreeSet<String>) -> Vec<String> {
+    if sources.len() <= MAX_STATUS_SOURCES {
+        return sources.iter().cloned().collect();
+    }
+    let declared = sources.contains(DECLARED);
+    let workloads: Vec<&String> = sources.iter().filter(|s| *s != DECLARED).collect();
+    let kept = MAX_STATUS_SOURCES - 1 - usize::from(declared);
+    let mut listed: Vec<String> = workloads[..kept].iter().map(|s| s.to_string()).collect();
+    if declared {
+        listed.push(DECLARED.into());
+    }
+    listed.push(format!("+{} more", workloads.len() - kept));
+    listed
+}
+
 /// The imagePullSecrets of the ServiceAccounts in one namespace, by account name.
 pub type AccountSecrets = BTreeMap<String, Vec<String>>;
 
@@ -631,6 +653,26 @@ mod tests {
             account_secrets(&all, "default"),
             accounts(&[("builder", &["sa-regcred"]), ("default", &[])])
         );
+    }
+
+    #[test]
+    fn status_sources_are_capped_with_a_count_of_the_rest() {
+        let workloads = |n: usize| -> BTreeSet<String> {
+            (0..n).map(|i| format!("Deployment/web-{i:04}")).collect()
+        };
+        let fits = workloads(MAX_STATUS_SOURCES);
+        assert_eq!(status_sources(&fits).len(), MAX_STATUS_SOURCES);
+        let many = workloads(1000);
+        let listed = status_sources(&many);
+        assert_eq!(listed.len(), MAX_STATUS_SOURCES);
+        assert_eq!(listed[0], "Deployment/web-0000");
+        assert_eq!(listed[8], "Deployment/web-0008");
+        assert_eq!(listed[9], "+991 more");
+        let mut declared_too = many;
+        declared_too.insert(DECLARED.into());
+        let listed = status_sources(&declared_too);
+        assert_eq!(listed.len(), MAX_STATUS_SOURCES);
+        assert_eq!(&listed[7..], ["Deployment/web-0007", DECLARED, "+992 more"]);
     }
 
     #[test]

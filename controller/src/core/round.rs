@@ -20,7 +20,7 @@ use prefetch_common::limits::MAX_STATUS_FAILURES;
 use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord};
 
 use crate::core::outcome::{Outcome, PodReport, read_pod};
-use crate::core::plan::{ImagePlan, NodePlan};
+use crate::core::plan::{ImagePlan, NodePlan, status_sources};
 use crate::core::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
 
 /// Grace beyond `pull_timeout` before the controller itself gives up on a pod (the kubelet
@@ -440,9 +440,14 @@ fn idle(
 }
 
 /// The plan's images, in and out of a round: an image no workload wants any more leaves the
-/// status (and its digest) now, not at the next round.
+/// status (and its sources and digest) now, not at the next round.
 fn write_plan_images(status: &mut PrefetchStatus, plan: &ImagePlan) {
     status.images = plan.images.clone();
+    status.sources = plan
+        .sources
+        .iter()
+        .map(|(image, sources)| (image.clone(), status_sources(sources)))
+        .collect();
     status
         .digests
         .retain(|image, _| plan.images.contains(image));
@@ -1387,6 +1392,11 @@ mod tests {
         let mut world = World::walkthrough();
         let t0 = t("2026-11-22T10:00:00Z");
         let first = world.step(&[], None, t0);
+        assert_eq!(
+            first.status.sources["docker.io/library/nginx:1.7.9"],
+            ["Deployment/nginx"],
+            "each image names its sources"
+        );
         world.prefetch.status = Some(first.status.clone());
         let pods = all_pulled(&first.create, t0);
         let mut done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
@@ -1396,6 +1406,9 @@ mod tests {
         done.status
             .digests
             .insert(redis.clone(), "redis@sha256:1".into());
+        done.status
+            .sources
+            .insert(redis.clone(), vec!["Deployment/nginx".into()]);
         done.status.images.push(redis);
         world.prefetch.status = Some(done.status.clone());
 
@@ -1405,6 +1418,14 @@ mod tests {
         assert_eq!(
             idle.status.digests.keys().collect::<Vec<_>>(),
             ["docker.io/library/nginx:1.7.9"]
+        );
+        assert_eq!(
+            idle.status.sources,
+            BTreeMap::from([(
+                "docker.io/library/nginx:1.7.9".to_string(),
+                vec!["Deployment/nginx".to_string()]
+            )]),
+            "the dropped image's sources go with it"
         );
     }
 
