@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::Api;
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
 use prefetch_common::Phase;
 use prefetch_tests::apiserver::Fault;
 use prefetch_tests::binaries::ControllerProcess;
@@ -563,6 +563,7 @@ async fn status_fields_that_must_empty_do() {
         .collect();
     assert_eq!(failures, [("kind-worker2", REDIS)]);
     assert!(failed.digests.contains_key(REDIS), "{:?}", failed.digests);
+    assert_eq!(failed.sources[REDIS], ["Deployment/nginx"]);
 
     // The pull succeeds when tried again: a rollout signal for redis starts the round at once.
     s.rules.set_image("kind-worker2", REDIS, Pull::Succeed);
@@ -616,6 +617,11 @@ async fn status_fields_that_must_empty_do() {
         "{:#?}",
         object.data["status"]
     );
+    assert_eq!(
+        object.data["status"]["sources"],
+        json!({"docker.io/library/nginx:1.7.9": ["Deployment/nginx"]}),
+        "the dropped image's sources are gone from the server"
+    );
     s.cluster.cleanup().await;
 }
 
@@ -648,6 +654,7 @@ async fn a_declared_image_is_prefetched_before_any_workload_uses_it() {
         ["docker.io/library/nginx:1.7.9", "docker.io/library/redis:7"]
     );
     assert_eq!((status.ready, status.total), (6, 6));
+    assert_eq!(status.sources["docker.io/library/redis:7"], ["declared"]);
     let nodes: Api<Node> = Api::all(s.cluster.client.clone());
     for worker in ["kind-worker", "kind-worker2", "kind-worker3"] {
         assert!(
@@ -993,5 +1000,209 @@ async fn a_statefulsets_replaced_revision_is_warmed_on_a_node_that_joins_mid_rol
         },
     )
     .await;
+    s.cluster.cleanup().await;
+}
+
+/// The pull secrets of the prefetch pod on `node`, sorted as the pod lists them, once one is
+/// there (fails after 20 s).
+async fn pull_secrets_of_pod_on(pods: &Api<Pod>, node: &str) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = pods.list(&ListParams::default()).await.unwrap().items;
+        let on_node = listed.into_iter().find(|p| {
+            p.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("cache.techsquad.rocks/node"))
+                .is_some_and(|n| n == node)
+        });
+        if let Some(pod) = on_node {
+            let secrets = pod.spec.and_then(|s| s.image_pull_secrets);
+            return secrets.into_iter().flatten().map(|s| s.name).collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no prefetch pod on {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A prefetch pod carries the pull secrets the selected workloads' pods get (DESIGN.md section
+/// 12): a template's own and, for a template that lists none, its ServiceAccount's (the
+/// ServiceAccount admission plugin adds an account's secrets only then). A change to the
+/// account reaches the next pod. `status.sources` names each image's workloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_pods_carry_the_service_accounts_pull_secrets() {
+    let Some(s) = scenario("accounts", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let client = s.cluster.client.clone();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &s.ns);
+    let account = |name: &str, secrets: &[&str]| -> ServiceAccount {
+        let secrets: Vec<serde_json::Value> = secrets.iter().map(|n| json!({"name": n})).collect();
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": s.ns},
+                                      "imagePullSecrets": secrets}))
+        .unwrap()
+    };
+    let params = PostParams::default();
+    accounts
+        .create(&params, &account("builder", &["sa-regcred"]))
+        .await
+        .unwrap();
+    // nginx runs as `default` but lists its own secret: its pods never get the account's.
+    accounts
+        .create(&params, &account("default", &["default-regcred"]))
+        .await
+        .unwrap();
+    let own_secret =
+        json!({"spec": {"template": {"spec": {"imagePullSecrets": [{"name": "tpl-regcred"}]}}}});
+    s.deployments
+        .patch(
+            "nginx",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(own_secret),
+        )
+        .await
+        .unwrap();
+    let mut api = prefetch_tests::fixtures::nginx_deployment(
+        &s.ns,
+        "api",
+        json!({"app": "nginx"}),
+        &["redis:7"],
+    );
+    api["spec"]["template"]["spec"]["serviceAccountName"] = json!("builder");
+    s.deployments
+        .create(&params, &serde_json::from_value(api).unwrap())
+        .await
+        .unwrap();
+    // Long enough to read the pod before it finishes and is deleted.
+    s.rules
+        .set("kind-worker", Pull::SucceedAfter(Duration::from_secs(3)));
+    let _controller = controller(&s, &[], "controller").await;
+    assert_eq!(
+        pull_secrets_of_pod_on(&s.pods, "kind-worker").await,
+        ["sa-regcred", "tpl-regcred"]
+    );
+    let status = until_phase(&s, Phase::Succeeded).await;
+    assert_eq!(
+        serde_json::to_value(&status.sources).unwrap(),
+        json!({"docker.io/library/nginx:1.7.9": ["Deployment/nginx"],
+               "docker.io/library/redis:7": ["Deployment/api"]})
+    );
+
+    // The account gains a secret; a node that joins gets a pod carrying it.
+    let more = json!({"imagePullSecrets": [{"name": "sa-regcred"}, {"name": "sa-regcred-2"}]});
+    accounts
+        .patch(
+            "builder",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(more),
+        )
+        .await
+        .unwrap();
+    // The account's watch event and the node's travel on separate watches.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.rules
+        .set("kind-worker4", Pull::SucceedAfter(Duration::from_secs(3)));
+    Api::<Node>::all(client.clone())
+        .create(&params, &node("kind-worker4", json!([]), json!([])))
+        .await
+        .unwrap();
+    assert_eq!(
+        pull_secrets_of_pod_on(&s.pods, "kind-worker4").await,
+        ["sa-regcred", "sa-regcred-2", "tpl-regcred"]
+    );
+    s.cluster.cleanup().await;
+}
+
+/// An image a workload only mounts as an image volume (an artifact: model weights with no
+/// runnable file) is pulled through an image volume on a node that supports them (kubelet
+/// 1.36, containerd 2.1): the prefetch pod runs `noop` from the noop image and mounts the
+/// artifact. A node that does not (kubelet 1.33) runs `noop` inside the image, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_is_pulled_through_an_image_volume_where_nodes_support_it() {
+    let Some(s) = scenario("artifact", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let client = s.cluster.client.clone();
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .patch_status(
+            "kind-worker",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"nodeInfo": {
+                "kubeletVersion": "v1.36.0", "containerRuntimeVersion": "containerd://2.1.0"}}})),
+        )
+        .await
+        .unwrap();
+    let weights = "registry.example/models/weights:v1";
+    s.deployments
+        .patch(
+            "nginx",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"template": {"spec": {
+                "containers": [{"name": "nginx", "image": "nginx:1.7.9",
+                                "volumeMounts": [{"name": "weights", "mountPath": "/weights"}]}],
+                "volumes": [{"name": "weights", "image": {"reference": weights}}]}}}})),
+        )
+        .await
+        .unwrap();
+    for worker in ["kind-worker", "kind-worker2", "kind-worker3"] {
+        s.rules
+            .set_image(worker, weights, Pull::SucceedAfter(Duration::from_secs(2)));
+    }
+    let _controller = controller(&s, &[], "controller").await;
+    // The prefetch pods while they pull: the supporting node's mounts the artifact and runs
+    // the noop image; the others run noop inside the artifact.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let pods = loop {
+        let listed = s.pods.list(&ListParams::default()).await.unwrap().items;
+        let pulling: Vec<Pod> = listed
+            .into_iter()
+            .filter(|p| serde_json::to_string(&p.spec).unwrap().contains(weights))
+            .collect();
+        if pulling.len() == 3 {
+            break pulling;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{pulling:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for pod in &pods {
+        let node = &pod.annotations()["cache.techsquad.rocks/node"];
+        let spec = serde_json::to_value(&pod.spec).unwrap();
+        let mounts_it = spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["image"]["reference"] == weights);
+        let runs_it = spec["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["image"] == weights);
+        assert_eq!(
+            (mounts_it, runs_it),
+            (node == "kind-worker", node != "kind-worker"),
+            "{node}: {spec:#}"
+        );
+    }
+    let status = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Succeeded && st.ready == 6,
+    )
+    .await;
+    assert_eq!(status.images, ["docker.io/library/nginx:1.7.9", weights]);
+    for worker in ["kind-worker", "kind-worker2", "kind-worker3"] {
+        assert!(node_lists(&nodes, worker, weights).await, "{worker}");
+    }
+    assert!(
+        !status.digests.contains_key(weights)
+            || status.digests[weights] == prefetch_tests::kubelet::digest_of(weights),
+        "the noop container's imageID is never taken for the artifact's digest: {:?}",
+        status.digests
+    );
     s.cluster.cleanup().await;
 }

@@ -1,9 +1,10 @@
 //! The controller's status writes against the API server (DESIGN.md section 1): for any
 //! sequence of statuses the controller writes, the object's status after each write is exactly
 //! the status just written: no field of an earlier write survives (a merge patch would keep
-//! `last_rollout.prefetched_at`, a digest of an image no longer wanted, any optional field),
-//! and fields another field manager wrote in between are removed too. Runs on the test API
-//! server, or on the real cluster named by `PREFETCH_E2E_KUBECONFIG` (with the CRD installed).
+//! `last_rollout.prefetched_at`, a digest or the sources of an image no longer wanted, any
+//! optional field), and fields another field manager wrote in between are removed too. Runs on
+//! the test API server, or on the real cluster named by `PREFETCH_E2E_KUBECONFIG` (with the CRD
+//! installed).
 
 use std::collections::BTreeMap;
 
@@ -68,6 +69,12 @@ fn status() -> impl Strategy<Value = PrefetchStatus> {
     });
     let counts = (0i64..6, 0i64..6, 0i64..6);
     let digests = prop::collection::btree_map("img-[a-c]", "sha256:[0-9a-f]{4}", 0..3);
+    let sources = prop::collection::btree_map(
+        "img-[a-c]",
+        prop::collection::btree_set("Deployment/[a-c]|CronJob/[a-c]|declared", 1..3)
+            .prop_map(|s| s.into_iter().collect::<Vec<_>>()),
+        0..3,
+    );
     let times = (
         prop::option::of(whole_second()),
         prop::option::of(whole_second()),
@@ -90,15 +97,18 @@ fn status() -> impl Strategy<Value = PrefetchStatus> {
             prop::option::of(rollout()),
             prop::collection::vec(condition, 0..2),
         ),
+        sources,
     )
         .prop_map(
             |(
                 (phase, observed_generation, images, nodes, (total, ready, failed)),
                 (failures, digests, (start, end, next), last_rollout, conditions),
+                sources,
             )| PrefetchStatus {
                 phase,
                 observed_generation,
                 images,
+                sources,
                 nodes,
                 total,
                 ready,
@@ -118,6 +128,7 @@ fn status() -> impl Strategy<Value = PrefetchStatus> {
 async fn edit_by_hand(client: &Client, ns: &str) {
     let api: Api<Prefetch> = Api::namespaced(client.clone(), ns);
     let edit = json!({"status": {"phase": "FAILED", "digests": {"img-z": "sha256:edited"},
+                                 "sources": {"img-z": ["Deployment/edited"]},
                                  "last_round_end": "2026-01-01T00:00:00Z"}});
     let params = PatchParams {
         field_manager: Some("kubectl-edit".into()),
@@ -185,6 +196,13 @@ fn the_server_holds_exactly_the_status_last_written() {
             ("img-a".into(), "sha256:aa".into()),
             ("img-b".into(), "sha256:bb".into()),
         ]),
+        sources: BTreeMap::from([
+            ("img-a".into(), vec!["Deployment/web".into()]),
+            (
+                "img-b".into(),
+                vec!["CronJob/report".into(), "declared".into()],
+            ),
+        ]),
         ..PrefetchStatus::default()
     };
     first.last_rollout = Some(RolloutRecord {
@@ -200,6 +218,7 @@ fn the_server_holds_exactly_the_status_last_written() {
     second.images = vec!["img-a".into()];
     second.failures.clear();
     second.digests.remove("img-b");
+    second.sources.remove("img-b");
     if let Some(record) = second.last_rollout.as_mut() {
         record.requested_at = Some(MicroTime("2026-12-06T04:00:00.900000Z".parse().unwrap()));
         record.prefetched_at = None;
@@ -210,6 +229,7 @@ fn the_server_holds_exactly_the_status_last_written() {
         let on_server = server_status(&client, &ns).await;
         assert_eq!(on_server["failures"], json!([]));
         assert_eq!(on_server["digests"], json!({"img-a": "sha256:aa"}));
+        assert_eq!(on_server["sources"], json!({"img-a": ["Deployment/web"]}));
         assert_eq!(on_server["last_rollout"].get("prefetched_at"), None);
         assert_eq!(on_server, serde_json::to_value(&second).unwrap());
         if let Some(api) = cluster.api.as_ref() {

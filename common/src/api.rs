@@ -253,9 +253,16 @@ pub struct PrefetchStatus {
     /// metadata.generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Images of the selected Deployments (normalized, sorted, de-duplicated).
+    /// Images of the selected workloads and the declared ones (normalized, sorted,
+    /// de-duplicated).
     #[serde(default)]
     pub images: Vec<String>,
+    /// Image -> where it comes from: `Kind/name` of each selected workload using it
+    /// (`Deployment/web`, `CronJob/report`), and `declared` for spec.images; sorted. At most
+    /// 10 entries per image: past that, the first workloads by name, `declared` if it is one,
+    /// and a last entry `+N more` counting the workloads left out.
+    #[serde(default)]
+    pub sources: BTreeMap<String, Vec<String>>,
     /// Nodes targeted by the last round.
     #[serde(default)]
     pub nodes: Vec<String>,

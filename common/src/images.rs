@@ -319,20 +319,34 @@ pub struct TemplateImages {
 }
 
 pub fn pod_spec_images(spec: &PodSpec) -> TemplateImages {
-    let init = spec.init_containers.iter().flatten();
-    let containers = spec
-        .containers
-        .iter()
-        .chain(init)
-        .filter_map(|c| c.image.as_deref());
     // Image volumes (`volumes[].image.reference`): the kubelet pulls them like container
     // images, so a pod that mounts one starts cold without it too.
-    let volumes = spec
-        .volumes
+    collect_images(container_references(spec).chain(image_volume_references(spec)))
+}
+
+/// The images of a pod spec's containers and init containers only (see [`pod_spec_images`]).
+pub fn pod_spec_container_images(spec: &PodSpec) -> TemplateImages {
+    collect_images(container_references(spec))
+}
+
+/// The images a pod spec mounts as image volumes only (see [`pod_spec_images`]).
+pub fn pod_spec_volume_images(spec: &PodSpec) -> TemplateImages {
+    collect_images(image_volume_references(spec))
+}
+
+fn container_references(spec: &PodSpec) -> impl Iterator<Item = &str> {
+    let init = spec.init_containers.iter().flatten();
+    spec.containers
+        .iter()
+        .chain(init)
+        .filter_map(|c| c.image.as_deref())
+}
+
+fn image_volume_references(spec: &PodSpec) -> impl Iterator<Item = &str> {
+    spec.volumes
         .iter()
         .flatten()
-        .filter_map(|v| v.image.as_ref()?.reference.as_deref());
-    collect_images(containers.chain(volumes))
+        .filter_map(|v| v.image.as_ref()?.reference.as_deref())
 }
 
 /// Same as [`pod_spec_images`] for a pod spec still in JSON (`spec.template.spec` of a

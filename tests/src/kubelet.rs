@@ -32,6 +32,21 @@ pub enum Pull {
 
 pub type Rule = Arc<dyn Fn(&str, &str) -> Pull + Send + Sync>;
 
+/// The image of the image volume `container` mounts, if it mounts one.
+fn image_volume_of(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    container: &k8s_openapi::api::core::v1::Container,
+) -> Option<String> {
+    container.volume_mounts.iter().flatten().find_map(|mount| {
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)?;
+        volume.image.as_ref()?.reference.clone()
+    })
+}
+
 /// The kubelet's default `--node-status-max-images`.
 pub const NODE_STATUS_MAX_IMAGES: usize = 50;
 
@@ -111,19 +126,19 @@ impl FakeKubelet {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert((pod.uid().unwrap_or_default(), node.clone()));
-                    let containers = pod
-                        .spec
-                        .as_ref()
-                        .map(|s| s.containers.clone())
-                        .unwrap_or_default();
+                    let spec = pod.spec.clone().unwrap_or_default();
+                    let containers = spec.containers.clone();
                     let age = first_seen
                         .entry(pod.uid().unwrap_or_default())
                         .or_insert_with(tokio::time::Instant::now)
                         .elapsed();
+                    // (container, image it pulls, verdict): a container mounting an image
+                    // volume pulls the volume's image, as the kubelet does before starting it.
                     let verdicts: Vec<(String, String, Pull)> = containers
                         .iter()
                         .map(|c| {
-                            let image = c.image.clone().unwrap_or_default();
+                            let image = image_volume_of(&spec, c)
+                                .unwrap_or_else(|| c.image.clone().unwrap_or_default());
                             let verdict = match rule(&node, &image) {
                                 Pull::SucceedAfter(delay) if age >= delay => Pull::Succeed,
                                 Pull::SucceedAfter(_) => Pull::Hang,
@@ -143,8 +158,11 @@ impl FakeKubelet {
                                 Pull::Fail(reason) => json!({"waiting": {"reason": reason, "message": format!("{reason}: {image}")}}),
                                 Pull::Hang | Pull::SucceedAfter(_) => json!({"waiting": {"reason": "ContainerCreating"}}),
                             };
-                            let image_id = if *verdict == Pull::Succeed { digest_of(image) } else { String::new() };
-                            json!({"name": name, "image": image, "imageID": image_id, "ready": false, "restartCount": 0, "state": state})
+                            // The status names the container's own image (the noop image's, for a
+                            // container that mounts an image volume), as the kubelet's does.
+                            let own = containers.iter().find(|c| &c.name == name).and_then(|c| c.image.clone()).unwrap_or_default();
+                            let image_id = if *verdict == Pull::Succeed { digest_of(&own) } else { String::new() };
+                            json!({"name": name, "image": own, "imageID": image_id, "ready": false, "restartCount": 0, "state": state})
                         })
                         .collect();
                     let all_ok = verdicts.iter().all(|(_, _, v)| *v == Pull::Succeed);

@@ -2,15 +2,19 @@
 //! shell read from its watch caches (and the time, as a value) and returns what to do.
 //!
 //! From the leaves up: [`taint`] and [`naming`]; [`eligibility`] (which nodes a Prefetch may
-//! target) and [`pod`] (the prefetch pod for a node); [`outcome`] (what a pod reports);
-//! [`workload`] (what a Prefetch selects) and [`revisions`] (its older revisions with pods); [`signal`] (the rollout it acts on); [`plan`] (nodes x images still to pull); [`ledger`] and [`fulllist`] (outcomes remembered
-//! beyond a round); [`round`] (one reconcile: pods to create and delete, the status);
-//! [`warmup`] (when a warming node's taint comes off); [`gate`] (when a gated pod is
-//! released); [`status_patch`] (how a status is written so the server holds exactly it).
+//! target), [`image_volume`] (which images and nodes pull through image volumes) and [`pod`]
+//! (the prefetch pod for a node); [`outcome`] (what a pod reports); [`workload`] (what a
+//! Prefetch selects) and [`revisions`] (their older revisions that still run pods); [`signal`]
+//! (the rollout a round acts on); [`plan`] (nodes x images still to pull); [`ledger`] and
+//! [`fulllist`] (outcomes remembered beyond a round); [`round`] (one reconcile: pods to create
+//! and delete, the status); [`warmup`] (when a warming node's taint comes off); [`gate`] (when
+//! a gated pod is released); [`status_patch`] (how a status is written so the server holds
+//! exactly it).
 
 pub mod eligibility;
 pub mod fulllist;
 pub mod gate;
+pub mod image_volume;
 pub mod ledger;
 pub mod naming;
 pub mod outcome;

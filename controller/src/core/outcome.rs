@@ -1,6 +1,6 @@
 //! What a prefetch pod says about each of its images, read from its status.
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec};
 
 use crate::core::pod::container_name;
 
@@ -66,18 +66,31 @@ fn container_outcome(status: Option<&ContainerStatus>) -> Option<Outcome> {
         .then(|| failed(reason, waiting.message.clone().unwrap_or_default()))
 }
 
+/// The image a prefetch container pulls: the image volume it mounts (`true`), if any, else its
+/// own image.
+fn pulled_image(spec: &PodSpec, container: &Container) -> (String, bool) {
+    let volume_image = container.volume_mounts.iter().flatten().find_map(|mount| {
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)?;
+        volume.image.as_ref()?.reference.clone()
+    });
+    match volume_image {
+        Some(image) => (image, true),
+        None => (container.image.clone().unwrap_or_default(), false),
+    }
+}
+
 /// Reads a prefetch pod. `past_deadline` is true when the controller's own deadline for the
 /// pod has passed (for pods no kubelet ever ran): every open image then fails.
 pub fn read_pod(pod: &Pod, past_deadline: bool) -> PodReport {
-    let spec_images: Vec<String> = pod
+    // (image, pulled through an image volume)
+    let spec_images: Vec<(String, bool)> = pod
         .spec
         .as_ref()
-        .map(|s| {
-            s.containers
-                .iter()
-                .map(|c| c.image.clone().unwrap_or_default())
-                .collect()
-        })
+        .map(|s| s.containers.iter().map(|c| pulled_image(s, c)).collect())
         .unwrap_or_default();
     let status = pod.status.as_ref();
     let statuses = status
@@ -103,9 +116,13 @@ pub fn read_pod(pod: &Pod, past_deadline: bool) -> PodReport {
     let images: Vec<(String, Option<Outcome>)> = spec_images
         .into_iter()
         .enumerate()
-        .map(|(i, image)| {
+        .map(|(i, (image, through_volume))| {
             let name = container_name(i);
             let mut outcome = container_outcome(statuses.iter().find(|s| s.name == name));
+            if through_volume && let Some(Outcome::Pulled { image_id }) = &mut outcome {
+                // The container's imageID is the noop image's, not the volume's.
+                *image_id = None;
+            }
             if outcome.is_none() {
                 outcome = if let Some(init) = &init_failure {
                     Some(init.clone())

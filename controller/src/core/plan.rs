@@ -7,11 +7,14 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, PodSpec, ServiceAccount};
 use prefetch_common::Prefetch;
-use prefetch_common::images::{collect_images, normalize, pod_spec_images};
+use prefetch_common::images::{
+    collect_images, normalize, pod_spec_container_images, pod_spec_images, pod_spec_volume_images,
+};
 
 use crate::core::eligibility::{SkipReason, skip_reason};
+use crate::core::image_volume::{artifacts, pulls_through_image_volumes};
 use crate::core::taint::is_warming;
 use crate::core::workload::{Workload, selects_workload};
 
@@ -27,6 +30,9 @@ pub struct NodePlan {
     pub assumed: Vec<String>,
     /// The node carries the warmup taint: its pods come first, and tolerate that taint.
     pub warming: bool,
+    /// The node supports image volumes: its prefetch pod mounts `ImagePlan::artifacts` as
+    /// image volumes (see `image_volume.rs`).
+    pub image_volumes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,10 +50,17 @@ pub struct ImagePlan {
     pub images: Vec<String>,
     /// Image -> where it comes from: `Kind/name` of each workload using it, `declared`.
     pub sources: BTreeMap<String, BTreeSet<String>>,
+    /// Images the selected workloads only mount as image volumes: they may have no runnable
+    /// file, so they are pulled through an image volume where the node supports one.
+    pub artifacts: BTreeSet<String>,
     /// Image references that do not parse, as "Kind/name: error" (never prefetched).
     pub invalid_images: Vec<String>,
-    /// imagePullSecrets of the selected workloads' templates, for the prefetch pods.
+    /// The pull secrets the selected workloads' pods are given (see [`pods_pull_secrets`]),
+    /// sorted and de-duplicated, for the prefetch pods.
     pub pull_secrets: Vec<String>,
+    /// ServiceAccounts the selected workloads name (to read their pull secrets) that do not
+    /// exist: the workloads' pods could not be created either, so this is no error.
+    pub missing_accounts: BTreeSet<String>,
     /// Targeted nodes, by name.
     pub targets: Vec<NodePlan>,
     /// Nodes not targeted, by name, with why.
@@ -116,17 +129,92 @@ pub fn selects_deployment(prefetch: &Prefetch, deployment: &Deployment) -> bool 
 /// The source of an image listed in `spec.images`.
 pub const DECLARED: &str = "declared";
 
+/// Entries per image in `status.sources`: a namespace with a thousand Deployments sharing one
+/// image must not make the status (an etcd object) that large.
+pub const MAX_STATUS_SOURCES: usize = 10;
+
+/// An image's sources as the status lists them: all of them, sorted, when they fit in
+/// [`MAX_STATUS_SOURCES`]; otherwise the first workloads by name, `declared` if it is one (it
+/// says the image stays wanted with no workload), and `+N more` counting the workloads left out.
+pub fn status_sources(sources: &BTreeSet<String>) -> Vec<String> {
+    if sources.len() <= MAX_STATUS_SOURCES {
+        return sources.iter().cloned().collect();
+    }
+    let declared = sources.contains(DECLARED);
+    let workloads: Vec<&String> = sources.iter().filter(|s| *s != DECLARED).collect();
+    let kept = MAX_STATUS_SOURCES - 1 - usize::from(declared);
+    let mut listed: Vec<String> = workloads[..kept].iter().map(|s| s.to_string()).collect();
+    if declared {
+        listed.push(DECLARED.into());
+    }
+    listed.push(format!("+{} more", workloads.len() - kept));
+    listed
+}
+
+/// The imagePullSecrets of the ServiceAccounts in one namespace, by account name.
+pub type AccountSecrets = BTreeMap<String, Vec<String>>;
+
+/// The pull secrets of the ServiceAccounts in `namespace`, from every cached account.
+pub fn account_secrets<'a>(
+    accounts: impl IntoIterator<Item = &'a ServiceAccount>,
+    namespace: &str,
+) -> AccountSecrets {
+    accounts
+        .into_iter()
+        .filter(|a| a.metadata.namespace.as_deref() == Some(namespace))
+        .map(|a| {
+            let secrets = a.image_pull_secrets.iter().flatten();
+            let names = secrets.map(|s| s.name.clone()).filter(|n| !n.is_empty());
+            (a.metadata.name.clone().unwrap_or_default(), names.collect())
+        })
+        .collect()
+}
+
+/// The ServiceAccount a pod template runs as: `serviceAccountName`, else its deprecated alias
+/// `serviceAccount`, else `default` (as the API server defaults them).
+pub fn service_account_name(pod_spec: &PodSpec) -> &str {
+    [&pod_spec.service_account_name, &pod_spec.service_account]
+        .into_iter()
+        .filter_map(|name| name.as_deref())
+        .find(|name| !name.is_empty())
+        .unwrap_or("default")
+}
+
+/// The pull secrets the pods of a template are given: its own `imagePullSecrets`, or, when it
+/// lists none, its ServiceAccount's (the ServiceAccount admission plugin adds the account's
+/// only to a pod that lists none). `Err(account)` when that account is not in `accounts`.
+pub fn pods_pull_secrets<'s>(
+    pod_spec: &'s PodSpec,
+    accounts: &'s AccountSecrets,
+) -> Result<Vec<&'s str>, &'s str> {
+    match pod_spec.image_pull_secrets.as_deref() {
+        Some(listed) if !listed.is_empty() => Ok(listed
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|s| !s.is_empty())
+            .collect()),
+        _ => {
+            let account = service_account_name(pod_spec);
+            let secrets = accounts.get(account).ok_or(account)?;
+            Ok(secrets.iter().map(String::as_str).collect())
+        }
+    }
+}
+
 /// The plan of `prefetch`. `warmup_taint` is `--warmup-taint` (`None` when warm nodes are off):
-/// nodes carrying it are targeted as if it were tolerated, and marked warming.
+/// nodes carrying it are targeted as if it were tolerated, and marked warming. `accounts` holds
+/// the pull secrets of the ServiceAccounts in the Prefetch's namespace.
 pub fn plan_images<'a, W: Into<Workload<'a>>>(
     prefetch: &Prefetch,
     workloads: impl IntoIterator<Item = W>,
+    accounts: &AccountSecrets,
     nodes: impl IntoIterator<Item = &'a Node>,
     warmup_taint: Option<&str>,
 ) -> ImagePlan {
     plan_images_with(
         prefetch,
         workloads,
+        accounts,
         nodes,
         warmup_taint,
         |node| Cow::Owned(node_images(node).into_iter().collect()),
@@ -141,6 +229,7 @@ pub fn plan_images<'a, W: Into<Workload<'a>>>(
 pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
     prefetch: &Prefetch,
     workloads: impl IntoIterator<Item = W>,
+    accounts: &AccountSecrets,
     nodes: impl IntoIterator<Item = &'a Node>,
     warmup_taint: Option<&str>,
     images_on: impl Fn(&'a Node) -> Cow<'a, [String]>,
@@ -148,6 +237,7 @@ pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
 ) -> ImagePlan {
     let mut plan = ImagePlan::default();
     let mut secrets = BTreeSet::new();
+    let (mut run, mut mounted) = (BTreeSet::new(), BTreeSet::new());
     for workload in workloads.into_iter().map(Into::into) {
         if !selects_workload(prefetch, &workload) {
             continue;
@@ -156,6 +246,8 @@ pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
         let Some(pod_spec) = workload.pod_spec else {
             continue;
         };
+        run.extend(pod_spec_container_images(pod_spec).images);
+        mounted.extend(pod_spec_volume_images(pod_spec).images);
         let found = pod_spec_images(pod_spec);
         for image in found.images {
             plan.sources
@@ -165,19 +257,19 @@ pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
         }
         plan.invalid_images
             .extend(found.invalid.iter().map(|e| format!("{source}: {e}")));
-        secrets.extend(
-            pod_spec
-                .image_pull_secrets
-                .iter()
-                .flatten()
-                .map(|s| s.name.clone())
-                .filter(|s| !s.is_empty()),
-        );
+        match pods_pull_secrets(pod_spec, accounts) {
+            Ok(names) => secrets.extend(names.into_iter().map(String::from)),
+            Err(account) => {
+                plan.missing_accounts.insert(account.to_string());
+            }
+        }
         plan.workloads.push(source);
     }
     plan.workloads.sort();
     // Declared images are wanted whether or not a workload uses them yet.
     let declared = collect_images(prefetch.spec.declared_images().iter().map(String::as_str));
+    run.extend(declared.images.iter().cloned());
+    plan.artifacts = artifacts(&mounted, &run);
     for image in declared.images {
         plan.sources
             .entry(image)
@@ -198,7 +290,7 @@ pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
             None => {
                 let warming = warmup_taint.is_some_and(|key| is_warming(node, key));
                 let on_node = images_on(node);
-                let target = node_plan(name, warming, &plan.images, |image| {
+                let mut target = node_plan(name, warming, &plan.images, |image| {
                     if on_node
                         .binary_search_by(|listed| listed.as_str().cmp(image))
                         .is_ok()
@@ -208,6 +300,7 @@ pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
                         assumed(node, image).then_some(true)
                     }
                 });
+                target.image_volumes = pulls_through_image_volumes(node);
                 plan.targets.push(target);
             }
         }
@@ -245,6 +338,7 @@ fn node_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::batch::v1::CronJob;
     use serde_json::{Value, json};
 
     fn prefetch(ns: &str, spec: Value) -> Prefetch {
@@ -290,6 +384,10 @@ mod tests {
         &[]
     }
 
+    fn no_accounts() -> AccountSecrets {
+        AccountSecrets::new()
+    }
+
     fn walkthrough_nodes() -> Vec<Node> {
         vec![
             node("kind-worker3", json!([]), json!([])),
@@ -322,7 +420,7 @@ mod tests {
             &[],
             &[],
         )];
-        let plan = plan_images(&p, &deployments, &walkthrough_nodes(), None);
+        let plan = plan_images(&p, &deployments, &no_accounts(), &walkthrough_nodes(), None);
         assert_eq!(
             plan.images,
             [
@@ -340,7 +438,13 @@ mod tests {
             .unwrap();
         assert_eq!(worker.pull, ["docker.io/library/redis:7.2"]);
         // With no selected workload at all, the declared images still are.
-        let alone = plan_images(&p, no_workloads(), &walkthrough_nodes(), None);
+        let alone = plan_images(
+            &p,
+            no_workloads(),
+            &no_accounts(),
+            &walkthrough_nodes(),
+            None,
+        );
         assert_eq!(
             alone.images,
             [
@@ -382,7 +486,7 @@ mod tests {
                 &[],
             ),
         ];
-        let plan = plan_images(&p, &deployments, &walkthrough_nodes(), None);
+        let plan = plan_images(&p, &deployments, &no_accounts(), &walkthrough_nodes(), None);
         assert_eq!(plan.workloads, ["Deployment/nginx"]);
         assert_eq!(plan.images, ["docker.io/library/nginx:1.7.9"]);
         let targets: Vec<(&str, usize, usize)> = plan
@@ -431,7 +535,7 @@ mod tests {
                 &["regcred", "other"],
             ),
         ];
-        let plan = plan_images(&p, &deployments, &[], None);
+        let plan = plan_images(&p, &deployments, &no_accounts(), &[], None);
         assert_eq!(plan.workloads, ["Deployment/a", "Deployment/b"]);
         assert_eq!(
             plan.images,
@@ -448,6 +552,144 @@ mod tests {
         );
     }
 
+    /// `deployment` running as the ServiceAccount `account` (`None`: unset, so `default`).
+    fn running_as(mut d: Deployment, account: Option<&str>) -> Deployment {
+        let template = d.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        template.service_account_name = account.map(String::from);
+        d
+    }
+
+    fn accounts(entries: &[(&str, &[&str])]) -> AccountSecrets {
+        entries
+            .iter()
+            .map(|(name, secrets)| {
+                let secrets = secrets.iter().map(|s| s.to_string()).collect();
+                (name.to_string(), secrets)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pods_without_listed_secrets_bring_their_service_accounts() {
+        let p = prefetch("default", json!({"filter_by_labels": {"tier": "web"}}));
+        let web = json!({"tier": "web"});
+        let workloads = [
+            // Lists its own: its pods get only those, whatever its account holds.
+            running_as(
+                deployment("default", "a", web.clone(), &["a:1"], &[], &["tpl-regcred"]),
+                Some("builder"),
+            ),
+            running_as(
+                deployment("default", "b", web.clone(), &["b:1"], &[], &[]),
+                Some("builder"),
+            ),
+            running_as(
+                deployment("default", "c", web.clone(), &["c:1"], &[], &[]),
+                None,
+            ),
+            running_as(
+                deployment("default", "d", web.clone(), &["d:1"], &[], &[]),
+                Some("gone"),
+            ),
+        ];
+        let known = accounts(&[
+            ("builder", &["sa-regcred", "tpl-regcred"]),
+            ("default", &["default-regcred"]),
+            ("unused", &["never"]),
+        ]);
+        let plan = plan_images(&p, &workloads, &known, &[], None);
+        assert_eq!(
+            plan.pull_secrets,
+            ["default-regcred", "sa-regcred", "tpl-regcred"],
+            "sorted, de-duplicated; an account no selected workload runs as brings nothing"
+        );
+        assert_eq!(
+            plan.missing_accounts,
+            BTreeSet::from(["gone".to_string()]),
+            "a missing account is noted, not an error"
+        );
+        assert_eq!(plan.images.len(), 4, "its workload is planned all the same");
+    }
+
+    #[test]
+    fn the_service_account_is_named_as_the_api_server_defaults_it() {
+        let spec = |v: Value| -> PodSpec { serde_json::from_value(v).unwrap() };
+        let named =
+            spec(json!({"containers": [], "serviceAccountName": "a", "serviceAccount": "b"}));
+        let alias =
+            spec(json!({"containers": [], "serviceAccountName": "", "serviceAccount": "b"}));
+        let unset = spec(json!({"containers": []}));
+        assert_eq!(service_account_name(&named), "a");
+        assert_eq!(service_account_name(&alias), "b", "the deprecated alias");
+        assert_eq!(service_account_name(&unset), "default");
+        let known = accounts(&[("b", &["b-regcred"])]);
+        assert_eq!(pods_pull_secrets(&alias, &known), Ok(vec!["b-regcred"]));
+        assert_eq!(pods_pull_secrets(&named, &known), Err("a"));
+    }
+
+    #[test]
+    fn a_workload_left_out_by_kinds_brings_no_secrets() {
+        let p = prefetch(
+            "default",
+            json!({"filter_by_labels": {"tier": "web"}, "kinds": ["Deployment"]}),
+        );
+        let cron: CronJob = serde_json::from_value(json!({
+            "metadata": {"name": "report", "namespace": "default", "labels": {"tier": "web"}},
+            "spec": {"schedule": "0 * * * *", "jobTemplate": {"spec": {"template": {"spec": {
+                "containers": [{"name": "c", "image": "r:1"}], "serviceAccountName": "reporter",
+                "imagePullSecrets": [{"name": "cron-regcred"}]}}}}}
+        }))
+        .unwrap();
+        let web = deployment("default", "web", json!({"tier": "web"}), &["w:1"], &[], &[]);
+        let known = accounts(&[("reporter", &["reporter-regcred"]), ("default", &["d"])]);
+        let workloads = [Workload::from(&cron), Workload::from(&web)];
+        let plan = plan_images(&p, workloads, &known, &[], None);
+        assert_eq!(plan.workloads, ["Deployment/web"]);
+        assert_eq!(plan.pull_secrets, ["d"]);
+    }
+
+    #[test]
+    fn account_secrets_reads_one_namespace() {
+        let account = |ns: &str, name: &str, secrets: Value| -> ServiceAccount {
+            serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns},
+                                          "imagePullSecrets": secrets}))
+            .unwrap()
+        };
+        let all = [
+            account(
+                "default",
+                "builder",
+                json!([{"name": "sa-regcred"}, {"name": ""}]),
+            ),
+            account("default", "default", json!(null)),
+            account("other", "builder", json!([{"name": "elsewhere"}])),
+        ];
+        assert_eq!(
+            account_secrets(&all, "default"),
+            accounts(&[("builder", &["sa-regcred"]), ("default", &[])])
+        );
+    }
+
+    #[test]
+    fn status_sources_are_capped_with_a_count_of_the_rest() {
+        let workloads = |n: usize| -> BTreeSet<String> {
+            (0..n).map(|i| format!("Deployment/web-{i:04}")).collect()
+        };
+        let fits = workloads(MAX_STATUS_SOURCES);
+        assert_eq!(status_sources(&fits).len(), MAX_STATUS_SOURCES);
+        let many = workloads(1000);
+        let listed = status_sources(&many);
+        assert_eq!(listed.len(), MAX_STATUS_SOURCES);
+        assert_eq!(listed[0], "Deployment/web-0000");
+        assert_eq!(listed[8], "Deployment/web-0008");
+        assert_eq!(listed[9], "+991 more");
+        let mut declared_too = many;
+        declared_too.insert(DECLARED.into());
+        let listed = status_sources(&declared_too);
+        assert_eq!(listed.len(), MAX_STATUS_SOURCES);
+        assert_eq!(&listed[7..], ["Deployment/web-0007", DECLARED, "+992 more"]);
+    }
+
     #[test]
     fn control_plane_is_targeted_only_when_tolerated_and_filter_is_empty() {
         let p = prefetch(
@@ -455,10 +697,22 @@ mod tests {
             json!({"filter_by_labels": {"app": "nginx"},
             "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}),
         );
-        let plan = plan_images(&p, no_workloads(), &walkthrough_nodes(), None);
+        let plan = plan_images(
+            &p,
+            no_workloads(),
+            &no_accounts(),
+            &walkthrough_nodes(),
+            None,
+        );
         assert_eq!(plan.targets.len(), 4);
         let p = prefetch("default", json!({"filter_by_labels": {"app": "nginx"}}));
-        let plan = plan_images(&p, no_workloads(), &walkthrough_nodes(), None);
+        let plan = plan_images(
+            &p,
+            no_workloads(),
+            &no_accounts(),
+            &walkthrough_nodes(),
+            None,
+        );
         assert_eq!(plan.targets.len(), 3);
         assert!(matches!(plan.skipped[0].reason, SkipReason::Taint { .. }));
     }
@@ -476,7 +730,7 @@ mod tests {
             json!([{"key": key, "effect": "NoSchedule"}]),
             json!([]),
         ));
-        let plan = plan_images(&p, no_workloads(), &nodes, Some(key));
+        let plan = plan_images(&p, no_workloads(), &no_accounts(), &nodes, Some(key));
         let warming: Vec<(&str, bool)> = plan
             .targets
             .iter()
@@ -491,7 +745,7 @@ mod tests {
                 ("kind-worker4", true)
             ]
         );
-        let off = plan_images(&p, no_workloads(), &nodes, None);
+        let off = plan_images(&p, no_workloads(), &no_accounts(), &nodes, None);
         assert_eq!(off.targets.len(), 3);
         assert!(matches!(
             &off.skipped.last().unwrap().reason,
@@ -522,6 +776,7 @@ mod tests {
         let plan = plan_images_with(
             &p,
             &deployments,
+            &no_accounts(),
             &nodes,
             None,
             |n| Cow::Owned(node_images(n).into_iter().collect()),
@@ -547,6 +802,7 @@ mod tests {
         let plan = plan_images(
             &p,
             no_workloads(),
+            &no_accounts(),
             &[
                 pressed.clone(),
                 not_ready,
@@ -558,6 +814,7 @@ mod tests {
         let plan = plan_images(
             &p,
             no_workloads(),
+            &no_accounts(),
             &[pressed, node("fine", json!([]), json!([]))],
             None,
         );

@@ -1,12 +1,15 @@
 //! The prefetch pod for one node (DESIGN.md, "Prefetch pod shape"): one container per image,
 //! each running the static `noop` binary, so the kubelet pulls the images and the pod exits.
+//! An image that may have nothing to run (an artifact, see `image_volume.rs`) is mounted as an
+//! image volume instead, in a container running `noop` from the noop image.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, EmptyDirVolumeSource, LocalObjectReference, NodeAffinity,
-    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSecurityContext, PodSpec,
-    ResourceRequirements, SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, ImageVolumeSource,
+    LocalObjectReference, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    Pod, PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecurityContext,
+    Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -50,6 +53,8 @@ pub struct PodRequest<'a> {
     pub images: &'a [String],
     /// imagePullSecrets of the selected Deployments.
     pub pull_secrets: &'a [String],
+    /// Those of `images` to pull through an image volume (empty where the node has none).
+    pub through_volumes: &'a BTreeSet<String>,
     /// The controller's own image, which carries `noop` (`--noop-image`).
     pub noop_image: &'a str,
     /// `--warmup-taint` (`None` when warm nodes are off): the pod tolerates exactly that.
@@ -138,19 +143,59 @@ fn noop_mount(read_only: bool) -> VolumeMount {
     }
 }
 
-/// The container that pulls `image`: it runs `noop` and exits.
-fn image_container(index: usize, image: &str) -> Container {
-    // The kubelet re-pulls :latest on every start; a prefetch must refresh it too.
-    let pull_policy = if ImageRef::parse(image).map_or(true, |r| r.pulls_always()) {
+/// The kubelet re-pulls :latest on every start; a prefetch must refresh it too.
+fn pull_policy(image: &str) -> &'static str {
+    if ImageRef::parse(image).map_or(true, |r| r.pulls_always()) {
         "Always"
     } else {
         "IfNotPresent"
-    };
+    }
+}
+
+/// The name of the image volume container `index` mounts.
+pub fn image_volume_name(index: usize) -> String {
+    format!("image-{index}")
+}
+
+/// Where a container mounts its image volume (nothing reads it: mounting is the pull).
+const IMAGE_VOLUME_PATH: &str = "/prefetch-image";
+
+/// The image volume that pulls `image` for container `index`.
+fn image_volume(index: usize, image: &str) -> Volume {
+    Volume {
+        name: image_volume_name(index),
+        image: Some(ImageVolumeSource {
+            reference: Some(image.to_string()),
+            pull_policy: Some(pull_policy(image).into()),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The container that pulls `image` by mounting it as image volume `index`: it runs `noop`
+/// from the noop image, so nothing of `image` runs.
+fn volume_container(index: usize, noop_image: &str) -> Container {
+    let mut container = image_container(index, noop_image);
+    container.image_pull_policy = Some("IfNotPresent".into());
+    container.volume_mounts = Some(vec![
+        noop_mount(true),
+        VolumeMount {
+            name: image_volume_name(index),
+            mount_path: IMAGE_VOLUME_PATH.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ]);
+    container
+}
+
+/// The container that pulls `image`: it runs `noop` and exits.
+fn image_container(index: usize, image: &str) -> Container {
     Container {
         name: container_name(index),
         image: Some(image.to_string()),
         command: Some(vec![NOOP_PATH.into()]),
-        image_pull_policy: Some(pull_policy.into()),
+        image_pull_policy: Some(pull_policy(image).into()),
         resources: Some(pod_resources()),
         security_context: Some(restricted_container_context()),
         volume_mounts: Some(vec![noop_mount(true)]),
@@ -215,7 +260,10 @@ fn pod_spec(req: &PodRequest<'_>) -> PodSpec {
             .images
             .iter()
             .enumerate()
-            .map(|(i, image)| image_container(i, image))
+            .map(|(i, image)| match req.through_volumes.contains(image) {
+                true => volume_container(i, req.noop_image),
+                false => image_container(i, image),
+            })
             .collect(),
         restart_policy: Some("Never".into()),
         active_deadline_seconds: Some(spec.pull_timeout_seconds()),
@@ -232,16 +280,26 @@ fn pod_spec(req: &PodRequest<'_>) -> PodSpec {
         tolerations: tolerations(spec.tolerations.as_deref().unwrap_or(&[]), req.warmup_taint),
         priority_class_name: spec.priority_class_name.clone(),
         security_context: Some(restricted_pod_context()),
-        volumes: Some(vec![Volume {
-            name: NOOP_VOLUME.into(),
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: None,
-                size_limit: Some(Quantity("1Mi".into())),
-            }),
-            ..Default::default()
-        }]),
+        volumes: Some(volumes(req)),
         ..Default::default()
     }
+}
+
+/// The emptyDir that carries `noop`, and an image volume per image pulled through one.
+fn volumes(req: &PodRequest<'_>) -> Vec<Volume> {
+    let noop = Volume {
+        name: NOOP_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: None,
+            size_limit: Some(Quantity("1Mi".into())),
+        }),
+        ..Default::default()
+    };
+    let images = req.images.iter().enumerate();
+    let through_volumes = images.filter(|(_, image)| req.through_volumes.contains(*image));
+    std::iter::once(noop)
+        .chain(through_volumes.map(|(i, image)| image_volume(i, image)))
+        .collect()
 }
 
 /// `matchFields metadata.name In [node]`: the scheduler places the pod on that node only.
@@ -303,6 +361,7 @@ mod tests {
             node: "kind-worker",
             images: &images,
             pull_secrets: &secrets,
+            through_volumes: &BTreeSet::new(),
             noop_image: "kube-prefetch/noop:dev",
             warmup_taint: None,
         })
@@ -387,6 +446,7 @@ mod tests {
                 node: "kind-worker4",
                 images: &images,
                 pull_secrets: &[],
+                through_volumes: &BTreeSet::new(),
                 noop_image: "x",
                 warmup_taint: Some(key),
             })
@@ -415,6 +475,7 @@ mod tests {
             node: "n",
             images: &[],
             pull_secrets: &[],
+            through_volumes: &BTreeSet::new(),
             noop_image: "x",
             warmup_taint: None,
         })
@@ -427,6 +488,7 @@ mod tests {
             node: "n",
             images: &images,
             pull_secrets: &[],
+            through_volumes: &BTreeSet::new(),
             noop_image: "x",
             warmup_taint: None,
         })
@@ -543,6 +605,52 @@ mod tests {
                 &"pull-0: seccompProfile must be RuntimeDefault or Localhost".to_string()
             ),
             "{found:?}"
+        );
+    }
+
+    #[test]
+    fn an_artifact_is_mounted_as_an_image_volume_and_nothing_of_it_runs() {
+        let p = prefetch(json!({}));
+        let images = vec![
+            "docker.io/library/nginx:1.25".to_string(),
+            "registry.example/models/llama:v1".to_string(),
+        ];
+        let through_volumes: BTreeSet<String> = [images[1].clone()].into();
+        let pod = prefetch_pod(&PodRequest {
+            prefetch: &p,
+            node: "n",
+            images: &images,
+            pull_secrets: &[],
+            through_volumes: &through_volumes,
+            noop_image: "kube-prefetch/noop:dev",
+            warmup_taint: None,
+        })
+        .unwrap();
+        let v = serde_json::to_value(&pod).unwrap();
+        let weights = &v["spec"]["containers"][1];
+        assert_eq!(weights["name"], "pull-1");
+        assert_eq!(
+            weights["image"], "kube-prefetch/noop:dev",
+            "runs noop, not the artifact"
+        );
+        assert_eq!(weights["command"], json!([NOOP_PATH]));
+        assert_eq!(
+            weights["volumeMounts"][1],
+            json!({"name": "image-1", "mountPath": "/prefetch-image", "readOnly": true})
+        );
+        assert_eq!(
+            v["spec"]["volumes"][1],
+            json!({"name": "image-1", "image": {"reference": "registry.example/models/llama:v1", "pullPolicy": "IfNotPresent"}})
+        );
+        assert_eq!(
+            v["spec"]["containers"][0]["image"],
+            "docker.io/library/nginx:1.25"
+        );
+        assert_eq!(v["spec"]["volumes"].as_array().unwrap().len(), 2);
+        // The restricted profile still holds: the container is the same but for its image.
+        assert_eq!(
+            weights["securityContext"],
+            v["spec"]["containers"][0]["securityContext"]
         );
     }
 }

@@ -20,9 +20,12 @@ use prefetch_common::limits::MAX_STATUS_FAILURES;
 use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord, WorkloadKind};
 
 use crate::core::outcome::{Outcome, PodReport, read_pod};
-use crate::core::plan::{ImagePlan, NodePlan};
+use crate::core::plan::{ImagePlan, NodePlan, status_sources};
 use crate::core::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
 pub use crate::core::signal::RolloutSignal;
+
+/// No image to pull through an image volume (a node that has none).
+static NONE: BTreeSet<String> = BTreeSet::new();
 
 /// Grace beyond `pull_timeout` before the controller itself gives up on a pod (the kubelet
 /// normally ends it first, with DeadlineExceeded).
@@ -438,9 +441,14 @@ fn idle(
 }
 
 /// The plan's images, in and out of a round: an image no workload wants any more leaves the
-/// status (and its digest) now, not at the next round.
+/// status (and its sources and digest) now, not at the next round.
 fn write_plan_images(status: &mut PrefetchStatus, plan: &ImagePlan) {
     status.images = plan.images.clone();
+    status.sources = plan
+        .sources
+        .iter()
+        .map(|(image, sources)| (image.clone(), status_sources(sources)))
+        .collect();
     status
         .digests
         .retain(|image, _| plan.images.contains(image));
@@ -610,6 +618,11 @@ fn plan_creations(
             node: &target.node,
             images: &needed,
             pull_secrets: &input.plan.pull_secrets,
+            through_volumes: if target.image_volumes {
+                &input.plan.artifacts
+            } else {
+                &NONE
+            },
             noop_image: input.noop_image,
             warmup_taint: input.warmup_taint,
         }) {
@@ -900,7 +913,7 @@ fn degraded_state(status: &PrefetchStatus) -> ConditionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::plan::plan_images;
+    use crate::core::plan::{AccountSecrets, plan_images};
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::Node;
     use serde_json::{Value, json};
@@ -1026,6 +1039,7 @@ mod tests {
             plan_images(
                 &self.prefetch,
                 &self.deployments,
+                &AccountSecrets::new(),
                 &self.nodes,
                 Some(WARMING),
             )
@@ -1384,6 +1398,11 @@ mod tests {
         let mut world = World::walkthrough();
         let t0 = t("2026-11-22T10:00:00Z");
         let first = world.step(&[], None, t0);
+        assert_eq!(
+            first.status.sources["docker.io/library/nginx:1.7.9"],
+            ["Deployment/nginx"],
+            "each image names its sources"
+        );
         world.prefetch.status = Some(first.status.clone());
         let pods = all_pulled(&first.create, t0);
         let mut done = world.step(&pods, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
@@ -1393,6 +1412,9 @@ mod tests {
         done.status
             .digests
             .insert(redis.clone(), "redis@sha256:1".into());
+        done.status
+            .sources
+            .insert(redis.clone(), vec!["Deployment/nginx".into()]);
         done.status.images.push(redis);
         world.prefetch.status = Some(done.status.clone());
 
@@ -1402,6 +1424,14 @@ mod tests {
         assert_eq!(
             idle.status.digests.keys().collect::<Vec<_>>(),
             ["docker.io/library/nginx:1.7.9"]
+        );
+        assert_eq!(
+            idle.status.sources,
+            BTreeMap::from([(
+                "docker.io/library/nginx:1.7.9".to_string(),
+                vec!["Deployment/nginx".to_string()]
+            )]),
+            "the dropped image's sources go with it"
         );
     }
 

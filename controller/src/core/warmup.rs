@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::core::eligibility::{has_disk_pressure, is_ready};
 use crate::core::ledger::PullLedger;
-use crate::core::plan::{ImagePlan, plan_images_with};
+use crate::core::plan::{AccountSecrets, ImagePlan, plan_images_with};
 pub use crate::core::taint::{
     DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WARMUP_EFFECT, WarmupConfig, is_warming,
     is_warmup_taint, toleration,
@@ -167,6 +167,8 @@ where
         let plan = plan_images_with(
             prefetch,
             workloads.iter().copied(),
+            // Wishes are images; the pull secrets matter only to the pods a reconcile creates.
+            &AccountSecrets::new(),
             warming.iter().copied(),
             Some(key),
             &images_on,

@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::Client;
 use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::WriterDropped;
@@ -39,6 +39,9 @@ pub struct Context {
     /// StatefulSets' and DaemonSets' revisions (cut to what pulling reads): the one a rollout
     /// replaces brings its images.
     pub revisions: Store<ControllerRevision>,
+    /// Slimmed to name, namespace and imagePullSecrets: the selected workloads' pods get their
+    /// account's pull secrets, so the prefetch pods carry them too.
+    pub service_accounts: Store<ServiceAccount>,
     pub pods: Store<Pod>,
     pub rounds: Mutex<HashMap<String, RoundMemory>>,
     /// Per Prefetch uid: when the round this process last ended had started (see

@@ -6,14 +6,14 @@ use std::fmt::Write as _;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use prefetch_common::Prefetch;
 use serde_json::Value;
 
 use crate::core::fulllist::is_full;
 use crate::core::ledger::PullLedger;
 use crate::core::naming::pod_name;
-use crate::core::plan::{node_images, plan_images};
+use crate::core::plan::{account_secrets, node_images, plan_images};
 use crate::core::warmup::{self, Verdict, WarmupConfig};
 use crate::core::workload::Workload;
 
@@ -41,6 +41,8 @@ pub struct Objects {
     pub jobs: Vec<Job>,
     pub cron_jobs: Vec<CronJob>,
     pub nodes: Vec<Node>,
+    /// Their pull secrets go on the prefetch pods of workloads whose templates list none.
+    pub service_accounts: Vec<ServiceAccount>,
     /// Documents of other kinds, reported but not used.
     pub ignored: Vec<String>,
 }
@@ -113,6 +115,7 @@ impl Objects {
                 "DaemonSet" => self.daemon_sets.push(in_namespace(doc).map_err(err)?),
                 "Job" => self.jobs.push(in_namespace(doc).map_err(err)?),
                 "CronJob" => self.cron_jobs.push(in_namespace(doc).map_err(err)?),
+                "ServiceAccount" => self.service_accounts.push(in_namespace(doc).map_err(err)?),
                 "Node" => self
                     .nodes
                     .push(serde_json::from_value(doc).map_err(|e| err(e.to_string()))?),
@@ -148,7 +151,14 @@ pub fn render(
     for prefetch in &objects.prefetches {
         let ns = prefetch.metadata.namespace.as_deref().unwrap_or("default");
         let name = prefetch.metadata.name.as_deref().unwrap_or("");
-        let plan = plan_images(prefetch, objects.workloads(), &objects.nodes, warmup_taint);
+        let accounts = account_secrets(&objects.service_accounts, ns);
+        let plan = plan_images(
+            prefetch,
+            objects.workloads(),
+            &accounts,
+            &objects.nodes,
+            warmup_taint,
+        );
         let _ = writeln!(out, "Prefetch {ns}/{name}");
         let _ = writeln!(
             out,
@@ -168,6 +178,15 @@ pub fn render(
         }
         for invalid in &plan.invalid_images {
             let _ = writeln!(out, "    skipped, not a valid reference: {invalid}");
+        }
+        if !plan.pull_secrets.is_empty() {
+            let _ = writeln!(out, "  pull secrets: {}", plan.pull_secrets.join(", "));
+        }
+        for account in &plan.missing_accounts {
+            let _ = writeln!(
+                out,
+                "  ServiceAccount {account} not in the given files: its pull secrets are unknown"
+            );
         }
         let pods = plan.targets.iter().filter(|t| !t.pull.is_empty()).count();
         let width = objects
@@ -448,6 +467,25 @@ mod tests {
         assert_eq!(out.matches("image list full").count(), 1, "{out}");
         let off = render(&objects, None, 0, Timestamp::now());
         assert!(!off.contains("image list full"), "{off}");
+    }
+
+    #[test]
+    fn pull_secrets_include_the_service_accounts() {
+        let mut objects = Objects::default();
+        objects.load("cluster.yaml", CLUSTER).unwrap();
+        let text = "kind: ServiceAccount\nmetadata: {name: builder}\nimagePullSecrets: [{name: sa-regcred}]\n---\n\
+                    kind: Deployment\nmetadata: {name: api, labels: {app: nginx}}\nspec:\n  selector: {}\n  \
+                    template: {spec: {serviceAccountName: builder, containers: [{name: c, image: redis:7}]}}\n---\n\
+                    kind: Deployment\nmetadata: {name: cron, labels: {app: nginx}}\nspec:\n  selector: {}\n  \
+                    template: {spec: {serviceAccountName: absent, containers: [{name: c, image: redis:7}]}}\n";
+        objects.load("accounts.yaml", text).unwrap();
+        let out = render(&objects, None, 50, Timestamp::now());
+        for line in [
+            "  pull secrets: sa-regcred\n",
+            "  ServiceAccount absent not in the given files",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
     }
 
     #[test]

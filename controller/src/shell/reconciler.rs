@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::Controller;
@@ -30,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use crate::core::eligibility::{PLANNING_CONDITIONS, has_disk_pressure, is_ready};
 use crate::core::ledger::PullLedger;
 use crate::core::outcome::read_pod;
-use crate::core::plan::{ImagePlan, node_images, plan_images_with, selects_deployment};
+use crate::core::plan::{
+    ImagePlan, account_secrets, node_images, plan_images_with, selects_deployment,
+};
 use crate::core::pod::NODE_ANNOTATION;
 use crate::core::revisions::{for_pulls, revision_pod_spec};
 use crate::core::round::{RoundInput, cached_status_predates, reconcile_round};
@@ -267,6 +269,36 @@ fn slim_revision(revision: &mut ControllerRevision) {
     });
 }
 
+/// Keeps what planning reads of a ServiceAccount: its name, namespace and pull secrets (not
+/// its token secrets, labels or managedFields).
+fn slim_service_account(account: &mut ServiceAccount) {
+    *account = ServiceAccount {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: account.metadata.name.take(),
+            namespace: account.metadata.namespace.take(),
+            ..Default::default()
+        },
+        image_pull_secrets: account.image_pull_secrets.take(),
+        ..Default::default()
+    };
+}
+
+/// Maps a changed ServiceAccount to the Prefetches in its namespace: the pull secrets of their
+/// prefetch pods may change with it.
+fn in_namespace_of(
+    prefetches: &Store<Prefetch>,
+) -> impl Fn(ServiceAccount) -> Vec<ObjectRef<Prefetch>> + use<> {
+    let prefetches = prefetches.clone();
+    move |account: ServiceAccount| {
+        prefetches
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.namespace == account.metadata.namespace)
+            .map(|p| ObjectRef::from_obj(p.as_ref()))
+            .collect()
+    }
+}
+
 fn slim_deployment(deployment: &mut Deployment) {
     deployment.metadata.managed_fields = None;
     if let Some(annotations) = deployment.metadata.annotations.as_mut() {
@@ -368,14 +400,23 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
         }
     }
     let warmup_taint = ctx.warmup.as_ref().map(|w| w.taint.as_str());
+    let accounts = account_secrets(
+        ctx.service_accounts.state().iter().map(AsRef::as_ref),
+        &namespace,
+    );
     let plan = plan_images_with(
         &prefetch,
         snapshot.workloads(),
+        &accounts,
         nodes.iter().map(AsRef::as_ref),
         warmup_taint,
         cached_images,
         |node, image| assumed_present(&ctx, &prefetch, node, image),
     );
+    if !plan.missing_accounts.is_empty() {
+        // Their workloads' pods cannot be created either; the prefetch pods do without.
+        tracing::debug!(prefetch = %name, accounts = ?plan.missing_accounts, "selected workloads name ServiceAccounts that do not exist");
+    }
     let warming_open = warming_open(&ctx, &plan, &prefetch);
     let signal = newest_rollout_signal(&prefetch, snapshot.workloads());
     let decision = reconcile_round(&RoundInput {
@@ -592,6 +633,15 @@ pub async fn run(
         |_| {},
         stop.clone(),
     );
+    let (account_tx, account_rx) = mpsc::unbounded_channel();
+    let service_accounts = cache(
+        watches.register("serviceaccounts"),
+        Api::<ServiceAccount>::all(client.clone()),
+        watcher::Config::default(),
+        slim_service_account,
+        move |event| forward(event, &account_tx, true),
+        stop.clone(),
+    );
     let (pod_tx, pod_rx) = mpsc::unbounded_channel();
     let pods = cache(
         watches.register("pods"),
@@ -628,7 +678,7 @@ pub async fn run(
         )
     };
 
-    // Planning on a half-filled cache would run rounds over too few nodes: wait for all four.
+    // Planning on a half-filled cache would run rounds over too few nodes: wait for every cache.
     // Until then `/readyz` says which watch is missing and why. The Prefetch cache too: the
     // Controller holds its runner until that store is ready, and a held runner would never
     // finish, not even on shutdown (as with the CRD not installed).
@@ -647,6 +697,7 @@ pub async fn run(
                 cron_jobs.wait_until_ready(),
                 replica_sets.wait_until_ready(),
                 revisions.wait_until_ready(),
+                service_accounts.wait_until_ready(),
                 pods.wait_until_ready(),
                 prefetch_store.wait_until_ready()
             )
@@ -668,6 +719,7 @@ pub async fn run(
         cron_jobs,
         replica_sets,
         revisions,
+        service_accounts,
         pods,
         rounds: Mutex::new(HashMap::new()),
         ended: Mutex::new(HashMap::new()),
@@ -736,6 +788,7 @@ pub async fn run(
             trigger_stream(replica_set_rx),
             owner_selecting(&ctx.deployments, &prefetch_store),
         )
+        .watches_stream(trigger_stream(account_rx), in_namespace_of(&prefetch_store))
         .reconcile_all_on(node_triggers)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings_concurrency))
         .graceful_shutdown_on(term.cancelled_owned())
@@ -860,6 +913,24 @@ mod tests {
         assert_eq!(
             cached_listed(&slim(raw("False", "2026-11-22T10:00:00Z", 0))),
             0
+        );
+    }
+
+    #[test]
+    fn a_slimmed_service_account_keeps_its_name_and_pull_secrets_only() {
+        let mut account: ServiceAccount = serde_json::from_value(json!({
+            "metadata": {"name": "builder", "namespace": "shop", "uid": "u-1",
+                         "labels": {"a": "b"}, "annotations": {"c": "d"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Apply"}]},
+            "secrets": [{"name": "builder-token"}],
+            "imagePullSecrets": [{"name": "sa-regcred"}]}))
+        .unwrap();
+        slim_service_account(&mut account);
+        assert_eq!(
+            serde_json::to_value(&account).unwrap(),
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": "builder", "namespace": "shop"},
+                   "imagePullSecrets": [{"name": "sa-regcred"}]})
         );
     }
 }
