@@ -390,4 +390,57 @@ async fn a_cronjob_template_change_gates_its_next_run_until_warm() {
         .filter_map(|r| r.workload)
         .collect();
     assert_eq!(sources, ["CronJob/report".to_string()].into());
+
+    // Another workload's rollout starts and pulls slowly: the CronJob's signal is done, so its
+    // next run is not held for an image it does not use.
+    let slow = "redis:9.0";
+    pulls(&rig, &[slow], Duration::from_secs(8));
+    let sets: Api<StatefulSet> = Api::namespaced(rig.client(), rig.namespace());
+    let db: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "db", "labels": {"app": "nginx"}},
+        "spec": {"serviceName": "db", "replicas": 1,
+                 "selector": {"matchLabels": {"app": "nginx"}}, "template": template(slow)}}))
+    .unwrap();
+    sets.create(&PostParams::default(), &db).await.unwrap();
+    let pulling = prefetch_tests::scenario::wait_for_status(
+        &rig.prefetches(),
+        "prefetch-sample",
+        Duration::from_secs(10),
+        |s| {
+            s.last_rollout
+                .as_ref()
+                .is_some_and(|r| r.workload.as_deref() == Some("StatefulSet/db"))
+        },
+    )
+    .await;
+    assert!(
+        pulling.last_rollout.unwrap().prefetched_at.is_none(),
+        "the StatefulSet's images are still pulling"
+    );
+    // Let the webhook's Prefetch cache catch up with that status (whatever it has seen, the
+    // run must pass; only a stale cache could let a regression pass unseen).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let next = jobs
+        .create(
+            &PostParams::default(),
+            &run(
+                "report-29431265",
+                Some(owner_of("batch/v1", "CronJob", &changed.metadata)),
+            ),
+        )
+        .await
+        .unwrap();
+    let later = create_owned_pods(
+        &rig,
+        &owner_of("batch/v1", "Job", &next.metadata),
+        &job_template(new)["spec"]["template"],
+        &[("report-29431265-b2m8d".into(), None)],
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !gated(&later[0]),
+        "the CronJob's signal is prefetched: its run is not held for the StatefulSet's image"
+    );
 }

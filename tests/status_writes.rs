@@ -97,13 +97,13 @@ fn status() -> impl Strategy<Value = PrefetchStatus> {
             prop::option::of(rollout()),
             prop::collection::vec(condition, 0..2),
         ),
-        sources,
+        (sources, prop::option::of(microsecond())),
     )
         .prop_map(
             |(
                 (phase, observed_generation, images, nodes, (total, ready, failed)),
                 (failures, digests, (start, end, next), last_rollout, conditions),
-                sources,
+                (sources, prefetched_through),
             )| PrefetchStatus {
                 phase,
                 observed_generation,
@@ -119,6 +119,7 @@ fn status() -> impl Strategy<Value = PrefetchStatus> {
                 last_round_end: end,
                 next_round: next,
                 last_rollout,
+                prefetched_through,
                 conditions,
             },
         )

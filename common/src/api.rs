@@ -293,6 +293,11 @@ pub struct PrefetchStatus {
     /// The most recent rollout signal acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollout: Option<RolloutRecord>,
+    /// The newest rollout signal (`requested_at`) such that its images and every earlier
+    /// signal's are prefetched. Pods gated for a signal up to this one are released, even while
+    /// a newer signal (`last_rollout`, another workload's perhaps) is still being prefetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefetched_through: Option<MicroTime>,
     /// Ready, Progressing and Degraded conditions.
     #[serde(default)]
     pub conditions: Vec<Condition>,

@@ -232,13 +232,18 @@ pub fn verdict(
         return Verdict::Release(Release::GateDisabled);
     }
     let signal = gated_for(pod, until, prefetch.spec.gate_timeout_seconds());
-    let prefetched = prefetch
-        .status
-        .as_ref()
+    let status = prefetch.status.as_ref();
+    let last_prefetched = status
         .and_then(|s| s.last_rollout.as_ref())
         .filter(|r| r.prefetched_at.is_some())
         .and_then(|r| r.requested_at.as_ref())
         .is_some_and(|requested| requested.0 >= signal);
+    // Another workload's newer signal may be in `last_rollout`, still pulling: the pod's own
+    // signal is done all the same.
+    let through = status
+        .and_then(|s| s.prefetched_through.as_ref())
+        .is_some_and(|through| through.0 >= signal);
+    let prefetched = last_prefetched || through;
     if prefetched {
         Verdict::Release(Release::Prefetched)
     } else if its_node_is_done(pod, node_done) {
@@ -602,5 +607,28 @@ mod tests {
                 "{owner:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_pod_whose_signal_is_done_is_released_while_another_workloads_rollout_pulls() {
+        let gated = pod(&[SCHEDULING_GATE], Some(UNTIL)); // signal 03:00:00
+        let mut other_pulling = prefetch(true, Some(("2026-11-22T03:00:30Z", None)));
+        assert_eq!(
+            verdict(&gated, Some(&other_pulling), &nothing_done, t(NOW)),
+            Verdict::Hold { until: t(UNTIL) }
+        );
+        other_pulling.status.as_mut().unwrap().prefetched_through =
+            Some(MicroTime(t("2026-11-22T03:00:00Z")));
+        assert_eq!(
+            verdict(&gated, Some(&other_pulling), &nothing_done, t(NOW)),
+            Verdict::Release(Release::Prefetched)
+        );
+        other_pulling.status.as_mut().unwrap().prefetched_through =
+            Some(MicroTime(t("2026-11-22T02:59:59Z")));
+        assert_eq!(
+            verdict(&gated, Some(&other_pulling), &nothing_done, t(NOW)),
+            Verdict::Hold { until: t(UNTIL) },
+            "an earlier signal done says nothing of this one"
+        );
     }
 }

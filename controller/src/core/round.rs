@@ -724,6 +724,12 @@ fn mark_rollout_prefetched(
     {
         record.prefetched_at = Some(micro_time(now));
     }
+    // Every earlier signal is done too: one unfinished when this one came is owed by this
+    // round (see `supersede`), one finished before is done already.
+    let through = status.prefetched_through.as_ref().map(|t| t.0);
+    if through.is_none_or(|through| through < requested_at) {
+        status.prefetched_through = Some(micro_time(requested_at));
+    }
     memory.rollout = None;
     Some(until(requested_at, now))
 }
@@ -2278,6 +2284,24 @@ mod tests {
         let latency = mark_rollout_prefetched(&plan_of(&[], vec![]), &mut memory, &mut status, now);
         assert_eq!(latency, Some(Duration::from_secs(2)));
         assert_eq!(status.last_rollout, Some(newer));
+        // The older signal is done all the same: its pods may go, the newer one's not yet.
+        assert_eq!(status.prefetched_through, Some(MicroTime(at)));
+    }
+
+    #[test]
+    fn prefetched_through_only_moves_forward() {
+        let (older, newer) = (t("2026-11-22T10:00:00Z"), t("2026-11-22T10:05:00Z"));
+        let mut memory = RoundMemory {
+            started: older,
+            outcomes: BTreeMap::new(),
+            rollout: Some((older, BTreeSet::new())),
+        };
+        let mut status = PrefetchStatus {
+            prefetched_through: Some(MicroTime(newer)),
+            ..PrefetchStatus::default()
+        };
+        mark_rollout_prefetched(&plan_of(&[], vec![]), &mut memory, &mut status, newer);
+        assert_eq!(status.prefetched_through, Some(MicroTime(newer)));
     }
 
     #[test]

@@ -55,7 +55,8 @@ pub struct PrefetchFacts {
     pub selector: BTreeMap<String, String>,
     /// `spec.gate_rollouts`, with `spec.gate_timeout` in seconds.
     pub gate_timeout: Option<i64>,
-    /// `status.last_rollout.requested_at`, when its `prefetched_at` is set.
+    /// The newest signal whose images, and every earlier signal's, are prefetched
+    /// (`status.prefetched_through`, or `last_rollout.requested_at` once prefetched).
     pub prefetched_through: Option<jiff::Timestamp>,
     /// The workload kinds it selects (`spec.kinds`): the controller reads no other, so their
     /// rollouts are neither signalled nor gated for it (nobody would lift the gate).
@@ -64,12 +65,15 @@ pub struct PrefetchFacts {
 
 impl PrefetchFacts {
     pub fn of(prefetch: Prefetch) -> Self {
-        let prefetched_through = prefetch
-            .status
-            .and_then(|s| s.last_rollout)
+        // `status.prefetched_through`, or the last rollout when it is prefetched (a status
+        // written before the field existed), whichever is newer.
+        let status = prefetch.status.unwrap_or_default();
+        let last_prefetched = status
+            .last_rollout
             .filter(|r| r.prefetched_at.is_some())
             .and_then(|r| r.requested_at)
             .map(|t| t.0);
+        let prefetched_through = status.prefetched_through.map(|t| t.0).max(last_prefetched);
         Self {
             gate_timeout: prefetch
                 .spec
@@ -308,6 +312,14 @@ mod tests {
         let facts = PrefetchFacts::of(prefetch.clone());
         assert_eq!(facts.gate_timeout, Some(900));
         assert_eq!(facts.prefetched_through, None, "not prefetched yet");
+        // An earlier signal (another workload's) done while this one pulls.
+        let mut earlier_done = prefetch.clone();
+        earlier_done.status.as_mut().unwrap().prefetched_through =
+            Some(MicroTime(t("2026-11-22T02:50:00Z")));
+        assert_eq!(
+            PrefetchFacts::of(earlier_done).prefetched_through,
+            Some(t("2026-11-22T02:50:00Z"))
+        );
 
         prefetch.status = Some(PrefetchStatus {
             last_rollout: Some(RolloutRecord {
