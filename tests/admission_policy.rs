@@ -856,7 +856,8 @@ fn the_pod_hook_admits_only_pods_a_workload_controller_made() {
     let pod = gated_pod();
     for kind in ["ReplicaSet", "StatefulSet", "DaemonSet", "Job"] {
         let owned = edited(&pod, |p| {
-            p["metadata"]["ownerReferences"][0]["kind"] = json!(kind)
+            p["metadata"]["ownerReferences"][0]["kind"] = json!(kind);
+            p["metadata"]["ownerReferences"][0]["name"] = json!("report-29431260");
         });
         assert!(admits(&owned), "{kind}");
         assert!(
@@ -885,6 +886,14 @@ fn the_pod_hook_admits_only_pods_a_workload_controller_made() {
         }),
         ("a ReplicationController's", |p| {
             p["metadata"]["ownerReferences"][0]["kind"] = json!("ReplicationController")
+        }),
+        ("a Job made by hand", |p| {
+            p["metadata"]["ownerReferences"][0]["kind"] = json!("Job");
+            p["metadata"]["ownerReferences"][0]["name"] = json!("migrate");
+        }),
+        ("a Job named like no CronJob's", |p| {
+            p["metadata"]["ownerReferences"][0]["kind"] = json!("Job");
+            p["metadata"]["ownerReferences"][0]["name"] = json!("migrate-v2");
         }),
         (
             "a custom controller's",

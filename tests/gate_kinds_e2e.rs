@@ -183,8 +183,9 @@ async fn a_statefulset_rollout_is_gated_and_released_warm() {
     assert_eq!(record.images, [normalized(new)]);
 }
 
-/// A DaemonSet's update: each new pod is pinned to its node before it schedules, and is
-/// released as soon as its own node holds the image, not when the slowest node does.
+/// A DaemonSet's CREATE and its update: each new pod is pinned to its node before it
+/// schedules, and is released as soon as its own node holds the image, not when the slowest
+/// node does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemonset_pod_is_released_when_its_own_node_holds_the_image() {
     let Some(rig) = GateRig::start("gate-daemonset", RigOptions::default())
@@ -193,68 +194,53 @@ async fn a_daemonset_pod_is_released_when_its_own_node_holds_the_image() {
     else {
         return;
     };
-    let image = "fluent-bit:3.1";
+    let (first, second) = ("fluent-bit:3.1", "fluent-bit:3.2");
     // worker-3 pulls slowly: the other nodes' pods must not wait for it.
-    let slow = Duration::from_secs(8);
-    for (worker, pull) in [
-        ("worker-1", Duration::from_millis(300)),
-        ("worker-2", Duration::from_millis(600)),
-        ("worker-3", slow),
-    ] {
-        rig.rules
-            .set_image(worker, &normalized(image), Pull::SucceedAfter(pull));
+    for image in [first, second] {
+        for (worker, pull) in [
+            ("worker-1", Duration::from_millis(300)),
+            ("worker-2", Duration::from_millis(600)),
+            ("worker-3", Duration::from_secs(8)),
+        ] {
+            rig.rules
+                .set_image(worker, &normalized(image), Pull::SucceedAfter(pull));
+        }
     }
     rig.until_leader_seen().await.unwrap();
     let api: Api<DaemonSet> = Api::namespaced(rig.client(), rig.namespace());
     let agent: DaemonSet = serde_json::from_value(json!({
         "metadata": {"name": "agent", "labels": {"app": "nginx"}},
-        "spec": {"selector": {"matchLabels": {"app": "nginx"}}, "template": template(image)}}))
+        "spec": {"selector": {"matchLabels": {"app": "nginx"}}, "template": template(first)}}))
     .unwrap();
     let agent = api.create(&PostParams::default(), &agent).await.unwrap();
     assert_eq!(
         signalled(agent.metadata.annotations.as_ref()),
-        [normalized(image)]
+        [normalized(first)]
     );
-    let owner = owner_of("apps/v1", "DaemonSet", &agent.metadata);
-    let per_node: Vec<(String, Option<String>)> = WORKERS
-        .iter()
-        .map(|w| (format!("agent-{w}"), Some(w.to_string())))
-        .collect();
-    let pods = create_owned_pods(
-        &rig,
-        &owner,
-        &template(image),
-        &per_node,
-        json!({"controller-revision-hash": "agent-a"}),
-    )
-    .await
-    .unwrap();
-    assert!(pods.iter().all(gated), "every node's pod is gated");
-    rig.until_running(&pods, Duration::from_secs(40))
+    let created = daemon_set_pods(&rig, &agent, first, "a").await;
+    assert_released_per_node(&rig, "create", &created, first);
+
+    // The update: the DaemonSet controller replaces each node's pod with the new revision's.
+    let updated = api
+        .patch(
+            "agent",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": template(second)}})),
+        )
         .await
         .unwrap();
-    let starts = rig.starts_of(&pods);
-    let cold: Vec<_> = starts.iter().filter(|s| s.cold()).collect();
-    assert!(cold.is_empty(), "started cold: {cold:#?}");
-    let timeline = rig.sim.timeline();
-    let listed = |worker: &str| timeline.listed[&(worker.to_string(), normalized(image))];
-    let released = |worker: &str| timeline.released[&format!("agent-{worker}")];
-    for worker in WORKERS {
-        assert!(
-            released(worker) >= listed(worker),
-            "{worker}'s pod released at {:?}, before its node held the image ({:?})",
-            released(worker),
-            listed(worker)
-        );
+    assert_eq!(
+        signalled(updated.metadata.annotations.as_ref()),
+        [normalized(second)]
+    );
+    for pod in &created {
+        rig.pods()
+            .delete(&pod.name_any(), &Default::default())
+            .await
+            .unwrap();
     }
-    for fast in ["worker-1", "worker-2"] {
-        assert!(
-            released(fast) < listed("worker-3"),
-            "{fast}'s pod waited for the slow node: released at {:?}, worker-3 listed at {:?}",
-            released(fast),
-            listed("worker-3")
-        );
-    }
+    let replaced = daemon_set_pods(&rig, &updated, second, "b").await;
+    assert_released_per_node(&rig, "update", &replaced, second);
     let metrics = rig.controllers[0]
         .as_ref()
         .unwrap()
@@ -265,9 +251,61 @@ async fn a_daemonset_pod_is_released_when_its_own_node_holds_the_image() {
         metric_value(
             &metrics,
             "prefetch_controller_gate_releases_total{result=\"node_prefetched\"}"
-        ) >= 2.0,
+        ) >= 4.0,
         "{metrics}"
     );
+}
+
+/// The DaemonSet controller's part: one pod of `image`'s template per worker, pinned to it
+/// (`revision` names the pods apart); all gated, and running within 40 s.
+async fn daemon_set_pods(rig: &GateRig, set: &DaemonSet, image: &str, revision: &str) -> Vec<Pod> {
+    let owner = owner_of("apps/v1", "DaemonSet", &set.metadata);
+    let per_node: Vec<(String, Option<String>)> = WORKERS
+        .iter()
+        .map(|w| (format!("agent-{revision}-{w}"), Some(w.to_string())))
+        .collect();
+    let pods = create_owned_pods(
+        rig,
+        &owner,
+        &template(image),
+        &per_node,
+        json!({"controller-revision-hash": format!("agent-{revision}")}),
+    )
+    .await
+    .unwrap();
+    assert!(pods.iter().all(gated), "every node's pod is gated");
+    rig.until_running(&pods, Duration::from_secs(40))
+        .await
+        .unwrap();
+    pods
+}
+
+/// None of `pods` (one per worker, in WORKERS order) started cold; each was released once its
+/// own node listed `image`, and the fast nodes' before the slow worker-3 did.
+fn assert_released_per_node(rig: &GateRig, what: &str, pods: &[Pod], image: &str) {
+    let starts = rig.starts_of(pods);
+    let cold: Vec<_> = starts.iter().filter(|s| s.cold()).collect();
+    assert!(cold.is_empty(), "{what}: started cold: {cold:#?}");
+    let timeline = rig.sim.timeline();
+    let listed = |worker: &str| timeline.listed[&(worker.to_string(), normalized(image))];
+    let released: Vec<Duration> = pods
+        .iter()
+        .map(|p| timeline.released[&p.name_any()])
+        .collect();
+    for (worker, released) in WORKERS.iter().zip(&released) {
+        assert!(
+            *released >= listed(worker),
+            "{what}: {worker}'s pod released at {released:?}, before its node held the image ({:?})",
+            listed(worker)
+        );
+    }
+    for fast in &released[..2] {
+        assert!(
+            *fast < listed("worker-3"),
+            "{what}: a fast node's pod waited for the slow node: released at {fast:?}, worker-3 listed at {:?}",
+            listed("worker-3")
+        );
+    }
 }
 
 /// A CronJob's job template changes: the change is signalled, and the next run's pod (the

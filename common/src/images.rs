@@ -319,9 +319,14 @@ pub struct TemplateImages {
 }
 
 pub fn pod_spec_images(spec: &PodSpec) -> TemplateImages {
-    // Image volumes (`volumes[].image.reference`): the kubelet pulls them like container
-    // images, so a pod that mounts one starts cold without it too.
-    collect_images(container_references(spec).chain(image_volume_references(spec)))
+    collect_images(pod_spec_references(spec))
+}
+
+/// The image references of a pod spec as written: containers, init containers, then image
+/// volumes (`volumes[].image.reference`: the kubelet pulls them like container images, so a
+/// pod that mounts one starts cold without it too).
+pub fn pod_spec_references(spec: &PodSpec) -> impl Iterator<Item = &str> {
+    container_references(spec).chain(image_volume_references(spec))
 }
 
 /// The images of a pod spec's containers and init containers only (see [`pod_spec_images`]).

@@ -509,18 +509,24 @@ pub struct GateRig {
 }
 
 /// The pod hook's `matchConditions` rule of the install, mirrored: only pods whose controller
-/// owner is a ReplicaSet, StatefulSet, DaemonSet or Job.
+/// owner is a ReplicaSet, StatefulSet, DaemonSet, or Job named `<cronjob>-<digits>`.
 pub fn owned_by_a_workload_controller(pod: &Value) -> bool {
+    let cron_job_named = |name: &str| {
+        name.rsplit_once('-').is_some_and(|(prefix, suffix)| {
+            !prefix.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
+        })
+    };
     pod.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .any(|o| {
             o.get("controller") == Some(&Value::Bool(true))
-                && matches!(
-                    str_at(o, "/kind"),
-                    Some("ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job")
-                )
+                && match str_at(o, "/kind") {
+                    Some("ReplicaSet" | "StatefulSet" | "DaemonSet") => true,
+                    Some("Job") => str_at(o, "/name").is_some_and(cron_job_named),
+                    _ => false,
+                }
         })
 }
 

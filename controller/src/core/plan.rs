@@ -132,6 +132,31 @@ pub const DECLARED: &str = "declared";
 /// Entries per image in `status.sources`: a namespace with a thousand Deployments sharing one
 /// image must not make the status (an etcd object) that large.
 pub const MAX_STATUS_SOURCES: usize = 10;
+/// At most this many sources are named in the whole status (a Prefetch selecting many
+/// workloads of many images must stay far below the object size limit): past it, an image's
+/// sources are only counted.
+pub const MAX_STATUS_SOURCES_TOTAL: usize = 1000;
+
+/// `status.sources` for every image of `sources`: each image's list (see [`status_sources`])
+/// while the whole-status budget lasts, then only `+N more`.
+pub fn all_status_sources(
+    sources: &BTreeMap<String, BTreeSet<String>>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut left = MAX_STATUS_SOURCES_TOTAL;
+    sources
+        .iter()
+        .map(|(image, of_image)| {
+            let listed = status_sources(of_image);
+            let listed = if listed.len() <= left {
+                left -= listed.len();
+                listed
+            } else {
+                vec![format!("+{} more", of_image.len())]
+            };
+            (image.clone(), listed)
+        })
+        .collect()
+}
 
 /// An image's sources as the status lists them: all of them, sorted, when they fit in
 /// [`MAX_STATUS_SOURCES`]; otherwise the first workloads by name, `declared` if it is one (it
@@ -668,6 +693,26 @@ mod tests {
             account_secrets(&all, "default"),
             accounts(&[("builder", &["sa-regcred"]), ("default", &[])])
         );
+    }
+
+    #[test]
+    fn the_whole_status_names_a_bounded_number_of_sources() {
+        let sources: BTreeMap<String, BTreeSet<String>> = (0..300)
+            .map(|i| {
+                let users = (0..5).map(|w| format!("Deployment/w-{w}")).collect();
+                (format!("img-{i:03}:1"), users)
+            })
+            .collect();
+        let all = all_status_sources(&sources);
+        assert_eq!(all.len(), 300, "every image keeps an entry");
+        let named: usize = all
+            .values()
+            .flatten()
+            .filter(|s| !s.starts_with('+'))
+            .count();
+        assert_eq!(named, MAX_STATUS_SOURCES_TOTAL);
+        assert_eq!(all["img-299:1"], ["+5 more"]);
+        assert_eq!(all["img-000:1"].len(), 5);
     }
 
     #[test]

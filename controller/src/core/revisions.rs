@@ -5,8 +5,8 @@
 //! - a Deployment's ReplicaSets that want or have pods;
 //! - a StatefulSet's `status.currentRevision` while it differs from `updateRevision` and still
 //!   has pods;
-//! - a DaemonSet's revision before its newest (the one being replaced) while not every node
-//!   runs the newest. The DaemonSet's status does not say which revisions still have pods;
+//! - a DaemonSet's revision before its newest (the one being replaced) while some node runs
+//!   one of its pods that is not of the newest. The DaemonSet's status does not say which revisions still have pods;
 //!   the one a rollout replaces is the one that has them unless rollouts overlap.
 //!
 //! StatefulSets' and DaemonSets' revisions are ControllerRevisions, whose `data` holds the pod
@@ -139,13 +139,13 @@ fn stateful_set_old_revision(set: &StatefulSet) -> Option<&str> {
     (rolling && status.current_replicas.unwrap_or(0) > 0).then_some(current)
 }
 
-/// Whether a DaemonSet's rollout is in progress: not every node it wants runs its newest
-/// revision.
+/// Whether a DaemonSet's rollout is in progress: some node runs one of its pods, but not of
+/// the newest revision. (Not "fewer updated than desired": that also holds for a node that
+/// just joined and has no pod yet, with no older revision running anywhere.)
 fn daemon_set_rolling(set: &DaemonSet) -> bool {
-    set.status.as_ref().is_some_and(|s| {
-        s.desired_number_scheduled > 0
-            && s.updated_number_scheduled.unwrap_or(0) < s.desired_number_scheduled
-    })
+    set.status
+        .as_ref()
+        .is_some_and(|s| s.updated_number_scheduled.unwrap_or(0) < s.current_number_scheduled)
 }
 
 fn older_revision(
@@ -274,6 +274,7 @@ mod tests {
     }
 
     /// A ControllerRevision `name` (number `number`) of owner `uid`, holding `image`'s template.
+    /// (The owner's kind is not read: the uid tells the owner.)
     fn revision(name: &str, number: i64, uid: &str, image: &str) -> ControllerRevision {
         let mut data = json!({"spec": {"template": template(image)}});
         data["spec"]["template"]["$patch"] = json!("replace");
@@ -347,6 +348,12 @@ mod tests {
         assert!(
             set_revisions(&[], &[&set(3, 3)], &refs).is_empty(),
             "rollout done"
+        );
+        let mut joined = set(3, 4);
+        joined.status.as_mut().unwrap().current_number_scheduled = 3;
+        assert!(
+            set_revisions(&[], &[&joined], &refs).is_empty(),
+            "a node joined, no pod on it yet: no rollout, no older revision"
         );
         assert!(
             set_revisions(&[], &[&set(0, 0)], &refs).is_empty(),

@@ -20,7 +20,7 @@ use prefetch_common::limits::MAX_STATUS_FAILURES;
 use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord, WorkloadKind};
 
 use crate::core::outcome::{Outcome, PodReport, read_pod};
-use crate::core::plan::{ImagePlan, NodePlan, status_sources};
+use crate::core::plan::{ImagePlan, NodePlan, all_status_sources};
 use crate::core::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
 pub use crate::core::signal::RolloutSignal;
 
@@ -260,7 +260,15 @@ fn record_rollout_signal(
             observed_at: Some(micro_time(now)),
             prefetched_at: None,
         },
-        owed: (signal.requested_at, signal.images.iter().cloned().collect()),
+        owed: (
+            signal.requested_at,
+            signal
+                .images
+                .iter()
+                .chain(&signal.unrecorded_images)
+                .cloned()
+                .collect(),
+        ),
         event: EventNote {
             type_: "Normal",
             reason: "RolloutSignal",
@@ -444,11 +452,7 @@ fn idle(
 /// status (and its sources and digest) now, not at the next round.
 fn write_plan_images(status: &mut PrefetchStatus, plan: &ImagePlan) {
     status.images = plan.images.clone();
-    status.sources = plan
-        .sources
-        .iter()
-        .map(|(image, sources)| (image.clone(), status_sources(sources)))
-        .collect();
+    status.sources = all_status_sources(&plan.sources);
     status
         .digests
         .retain(|image, _| plan.images.contains(image));
@@ -1302,6 +1306,7 @@ mod tests {
             workload: nginx(),
             images: vec!["docker.io/library/nginx:1.25".into()],
             requested_at: t("2026-11-22T10:00:19Z"),
+            unrecorded_images: BTreeSet::new(),
         });
         let t2 = t("2026-11-22T10:00:20Z");
         let rollout = world.step(&[], None, t2);
@@ -1358,6 +1363,7 @@ mod tests {
             workload: nginx(),
             images: vec![format!("docker.io/library/{image}")],
             requested_at: t(at),
+            unrecorded_images: BTreeSet::new(),
         });
     }
 
@@ -1888,6 +1894,7 @@ mod tests {
             workload: nginx(),
             images: strings(&["a:1", "b:1"]),
             requested_at: at,
+            unrecorded_images: ["c:1".to_string()].into(),
         };
         let recorded = record_rollout_signal(Some(&signal), &PrefetchStatus::default(), now)
             .expect("a first signal is new");
@@ -1898,7 +1905,11 @@ mod tests {
                 ..rollout_record(&["a:1", "b:1"], at)
             }
         );
-        assert_eq!(recorded.owed, (at, ["a:1".into(), "b:1".into()].into()));
+        // Another workload's signal not recorded yet (c:1) is owed too.
+        assert_eq!(
+            recorded.owed,
+            (at, ["a:1".into(), "b:1".into(), "c:1".into()].into())
+        );
         assert_eq!(
             recorded.event.message,
             "Deployment nginx brings a:1, b:1; prefetching now"

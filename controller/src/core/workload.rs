@@ -82,6 +82,17 @@ impl<'a> From<&'a CronJob> for Workload<'a> {
     }
 }
 
+/// Whether a Job has finished (a `Complete` or `Failed` condition is true): it runs no pod
+/// again, so its images are no longer wanted. A CronJob keeps its last Jobs for their history;
+/// their images are the CronJob's old ones.
+pub fn job_finished(job: &Job) -> bool {
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions
+        .into_iter()
+        .flatten()
+        .any(|c| matches!(c.type_.as_str(), "Complete" | "Failed") && c.status == "True")
+}
+
 /// Whether `prefetch` selects `workload`: a kind it reads (`spec.kinds`), its namespace, its
 /// labels, and not being deleted.
 pub fn selects_workload(prefetch: &Prefetch, workload: &Workload<'_>) -> bool {
@@ -149,6 +160,23 @@ mod tests {
                 "{source}: containers and init containers"
             );
         }
+    }
+
+    #[test]
+    fn a_finished_job_is_no_longer_wanted() {
+        let job = |conditions: Value| -> Job {
+            serde_json::from_value(
+                json!({"metadata": meta("j"), "spec": {"template": template("batch:1")},
+                "status": {"conditions": conditions}}),
+            )
+            .unwrap()
+        };
+        let condition = |type_: &str, status: &str| json!([{"type": type_, "status": status}]);
+        assert!(!job_finished(&job(json!([]))), "running");
+        assert!(!job_finished(&job(condition("Suspended", "True"))));
+        assert!(!job_finished(&job(condition("Complete", "False"))));
+        assert!(job_finished(&job(condition("Complete", "True"))));
+        assert!(job_finished(&job(condition("Failed", "True"))));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::core::ledger::PullLedger;
 use crate::core::revisions::{OlderRevision, deployment_revisions, set_revisions};
 use crate::core::round::RoundMemory;
 use crate::core::taint::WarmupConfig;
-use crate::core::workload::Workload;
+use crate::core::workload::{Workload, job_finished};
 use crate::shell::events::EventPublisher;
 use crate::shell::metrics::Metrics;
 use crate::shell::ratelimit::RateLimiter;
@@ -133,8 +133,8 @@ impl WorkloadSnapshot {
         self.deployments.iter().map(AsRef::as_ref)
     }
 
-    /// Every cached workload, of every kind, and the older revisions of Deployments,
-    /// StatefulSets and DaemonSets that still run pods.
+    /// Every cached workload, of every kind (but finished Jobs), and the older revisions of
+    /// Deployments, StatefulSets and DaemonSets that still run pods.
     pub fn workloads(&self) -> Vec<Workload<'_>> {
         let deployments: Vec<&Deployment> = self.deployments().collect();
         let replica_sets: Vec<&ReplicaSet> = self.replica_sets.iter().map(AsRef::as_ref).collect();
@@ -143,7 +143,11 @@ impl WorkloadSnapshot {
             .iter()
             .map(|o| Workload::from(o.as_ref()));
         let daemon_sets = self.daemon_sets.iter().map(|o| Workload::from(o.as_ref()));
-        let jobs = self.jobs.iter().map(|o| Workload::from(o.as_ref()));
+        let jobs = self
+            .jobs
+            .iter()
+            .filter(|job| !job_finished(job))
+            .map(|o| Workload::from(o.as_ref()));
         let cron_jobs = self.cron_jobs.iter().map(|o| Workload::from(o.as_ref()));
         let set_revisions = self.set_revisions.iter().map(Workload::from);
         deployments

@@ -141,14 +141,17 @@ async fn pass(
             continue;
         };
         let prefetch = prefetches.get(&ObjectRef::new(&gated_by).within(&namespace));
-        let outcomes = prefetch
-            .as_ref()
-            .and_then(|p| p.uid())
-            .and_then(|uid| lock(&ctx.rounds).get(&uid).map(|m| m.outcomes.clone()))
-            .unwrap_or_default();
+        // The round's outcomes only matter for a pod pinned to a node (a DaemonSet's); read
+        // under the lock when asked, never copied.
+        let round = prefetch.as_ref().and_then(|p| p.uid());
         let node_done = |node: &str, image: &str| {
             node_lists.get(node).is_some_and(|l| l.contains(image))
-                || outcomes.contains_key(&(node.to_string(), image.to_string()))
+                || round.as_ref().is_some_and(|uid| {
+                    let pair = (node.to_string(), image.to_string());
+                    lock(&ctx.rounds)
+                        .get(uid)
+                        .is_some_and(|m| m.outcomes.contains_key(&pair))
+                })
         };
         let reason = match verdict(&pod, prefetch.as_deref(), &node_done, now) {
             Verdict::NotGated => continue,

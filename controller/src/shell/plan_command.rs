@@ -15,7 +15,7 @@ use crate::core::ledger::PullLedger;
 use crate::core::naming::pod_name;
 use crate::core::plan::{account_secrets, node_images, plan_images};
 use crate::core::warmup::{self, Verdict, WarmupConfig};
-use crate::core::workload::Workload;
+use crate::core::workload::{Workload, job_finished};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -58,12 +58,16 @@ fn in_namespace<K: serde::de::DeserializeOwned + kube::Resource>(doc: Value) -> 
 }
 
 impl Objects {
-    /// Every workload the files hold, of every kind.
+    /// Every workload the files hold, of every kind (but finished Jobs, as in the cluster).
     pub fn workloads(&self) -> impl Iterator<Item = Workload<'_>> {
         let deployments = self.deployments.iter().map(Workload::from);
         let stateful_sets = self.stateful_sets.iter().map(Workload::from);
         let daemon_sets = self.daemon_sets.iter().map(Workload::from);
-        let jobs = self.jobs.iter().map(Workload::from);
+        let jobs = self
+            .jobs
+            .iter()
+            .filter(|job| !job_finished(job))
+            .map(Workload::from);
         let cron_jobs = self.cron_jobs.iter().map(Workload::from);
         deployments
             .chain(stateful_sets)

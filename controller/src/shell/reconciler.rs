@@ -415,10 +415,16 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
     );
     if !plan.missing_accounts.is_empty() {
         // Their workloads' pods cannot be created either; the prefetch pods do without.
-        tracing::debug!(prefetch = %name, accounts = ?plan.missing_accounts, "selected workloads name ServiceAccounts that do not exist");
+        tracing::info!(prefetch = %name, accounts = ?plan.missing_accounts, "selected workloads name ServiceAccounts that do not exist: their pull secrets are not carried");
     }
     let warming_open = warming_open(&ctx, &plan, &prefetch);
-    let signal = newest_rollout_signal(&prefetch, snapshot.workloads());
+    let recorded = prefetch
+        .status
+        .as_ref()
+        .and_then(|s| s.last_rollout.as_ref())
+        .and_then(|r| r.requested_at.as_ref())
+        .map(|t| t.0);
+    let signal = newest_rollout_signal(&prefetch, snapshot.workloads(), recorded);
     let decision = reconcile_round(&RoundInput {
         prefetch: &prefetch,
         plan: &plan,

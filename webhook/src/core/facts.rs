@@ -13,7 +13,7 @@ use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use prefetch_common::annotations::{Signal, rollout_signal};
-use prefetch_common::images::pod_spec_images;
+use prefetch_common::images::{pod_spec_images, pod_spec_references};
 use prefetch_common::labels::selects_by;
 use prefetch_common::{Prefetch, WorkloadKind};
 
@@ -141,19 +141,8 @@ impl WorkloadFacts {
     pub fn of(meta: &ObjectMeta, spec: Option<&PodSpec>) -> Self {
         let template_references = spec
             .into_iter()
-            .flat_map(|spec| {
-                let containers = spec
-                    .containers
-                    .iter()
-                    .chain(spec.init_containers.iter().flatten())
-                    .filter_map(|c| c.image.clone());
-                let volumes = spec
-                    .volumes
-                    .iter()
-                    .flatten()
-                    .filter_map(|v| v.image.as_ref()?.reference.clone());
-                containers.chain(volumes)
-            })
+            .flat_map(pod_spec_references)
+            .map(String::from)
             .collect();
         Self {
             labels: meta.labels.clone().unwrap_or_default(),

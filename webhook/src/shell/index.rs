@@ -58,18 +58,6 @@ impl PrefetchIndex {
         self.synced.load(Ordering::Acquire)
     }
 
-    /// Whether some Prefetch in `namespace` selects an object with these labels; the names of
-    /// those that do, for logs.
-    pub fn selecting(
-        &self,
-        namespace: &str,
-        labels: Option<&BTreeMap<String, String>>,
-    ) -> Vec<String> {
-        Prefetches::selecting_by(self, namespace, WorkloadKind::Deployment, &|key| {
-            labels?.get(key).map(String::as_str)
-        })
-    }
-
     /// The Prefetches of `namespace`, by name, under the read lock.
     fn with_namespace<R>(
         &self,
@@ -464,6 +452,17 @@ pub async fn run_node_watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Prefetches in `namespace` selecting a Deployment with these labels.
+    fn selecting_deployment(
+        index: &PrefetchIndex,
+        namespace: &str,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> Vec<String> {
+        Prefetches::selecting_by(index, namespace, WorkloadKind::Deployment, &|key| {
+            labels?.get(key).map(String::as_str)
+        })
+    }
     use kube::core::error_boundary::InvalidObject;
     use prefetch_common::PrefetchSpec;
 
@@ -498,20 +497,20 @@ mod tests {
             &[("app", "nginx")],
         )));
         assert_eq!(
-            index.selecting("default", Some(&labels(&[("app", "nginx"), ("x", "y")]))),
+            selecting_deployment(
+                &index,
+                "default",
+                Some(&labels(&[("app", "nginx"), ("x", "y")]))
+            ),
             ["web"]
         );
         assert!(
-            index
-                .selecting("other", Some(&labels(&[("app", "nginx")])))
-                .is_empty()
+            selecting_deployment(&index, "other", Some(&labels(&[("app", "nginx")]))).is_empty()
         );
         assert!(
-            index
-                .selecting("default", Some(&labels(&[("app", "redis")])))
-                .is_empty()
+            selecting_deployment(&index, "default", Some(&labels(&[("app", "redis")]))).is_empty()
         );
-        assert!(index.selecting("default", None).is_empty());
+        assert!(selecting_deployment(&index, "default", None).is_empty());
     }
 
     #[test]
@@ -521,21 +520,21 @@ mod tests {
         index.apply(Event::Apply(prefetch("default", "a", &[("app", "nginx")])));
         index.apply(Event::Apply(prefetch("default", "b", &[("app", "nginx")])));
         index.apply(Event::Delete(prefetch("default", "a", &[])));
-        assert_eq!(index.selecting("default", Some(&nginx)), ["b"]);
+        assert_eq!(selecting_deployment(&index, "default", Some(&nginx)), ["b"]);
         assert!(!index.is_synced());
 
         // A relist that no longer contains "b" (deleted while the watch was down).
         index.apply(Event::Init);
         index.apply(Event::InitApply(prefetch("team", "c", &[("app", "nginx")])));
         assert_eq!(
-            index.selecting("default", Some(&nginx)),
+            selecting_deployment(&index, "default", Some(&nginx)),
             ["b"],
             "live view holds until InitDone"
         );
         index.apply(Event::InitDone);
         assert!(index.is_synced());
-        assert!(index.selecting("default", Some(&nginx)).is_empty());
-        assert_eq!(index.selecting("team", Some(&nginx)), ["c"]);
+        assert!(selecting_deployment(&index, "default", Some(&nginx)).is_empty());
+        assert_eq!(selecting_deployment(&index, "team", Some(&nginx)), ["c"]);
         assert_eq!(index.len(), 1);
     }
 
