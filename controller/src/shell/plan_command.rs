@@ -346,6 +346,7 @@ mod tests {
 
     const CLUSTER: &str = include_str!("../../../examples/cluster.yaml");
     const WORKLOADS: &str = include_str!("../../../examples/workloads.yaml");
+    const GATED: &str = include_str!("../../../examples/gated-rollouts.yaml");
 
     #[test]
     fn the_sample_cluster_plans_like_the_walkthrough() {
@@ -368,6 +369,24 @@ mod tests {
             "kind-worker3        pod prefetch-prefetch-sample-kind-worker3 pulls docker.io/library/nginx:1.7.9",
             "kind-control-plane  skipped: name does not contain node_filter \"worker\"",
             "=> 3 prefetch pod(s), at most 20 in flight; 0 of 3 node x image pairs already done",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_gated_rollouts_sample_plans_its_three_kinds() {
+        let mut objects = Objects::default();
+        objects.load("gated-rollouts.yaml", GATED).unwrap();
+        objects.load("cluster.yaml", CLUSTER).unwrap();
+        assert!(objects.ignored.is_empty(), "{:?}", objects.ignored);
+        let text = render(&objects, None, 50, Timestamp::now());
+        for line in [
+            "Prefetch default/shop-gated",
+            "CronJob/report, DaemonSet/logs, StatefulSet/db",
+            "docker.io/library/postgres:16  (StatefulSet/db)",
+            "docker.io/fluent/fluent-bit:3.1  (DaemonSet/logs)",
+            "docker.io/library/busybox:1.36  (CronJob/report)",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
