@@ -482,3 +482,65 @@ async fn a_cronjob_template_change_gates_its_next_run_until_warm() {
         "the CronJob's signal is prefetched: its run is not held for the StatefulSet's image"
     );
 }
+
+/// Two workloads roll out together (as one `helm upgrade` does): the first's pods are released
+/// as soon as its own image is on every node, not when the round the two share ends with the
+/// second's slow image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_is_not_held_for_another_workloads_slower_images() {
+    let Some(rig) = GateRig::start("gate-together", RigOptions::default())
+        .await
+        .unwrap()
+    else {
+        return;
+    };
+    let (quick, slow) = ("redis:7.4", "postgres:17");
+    pulls(&rig, &[quick], Duration::from_millis(500));
+    pulls(&rig, &[slow], Duration::from_secs(8));
+    rig.until_leader_seen().await.unwrap();
+    let sets: Api<StatefulSet> = Api::namespaced(rig.client(), rig.namespace());
+    let set = |name: &str, image: &str| -> StatefulSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "nginx"}},
+            "spec": {"serviceName": name, "replicas": 3,
+                     "selector": {"matchLabels": {"app": "nginx"}}, "template": template(image)}}))
+        .unwrap()
+    };
+    let cache = sets
+        .create(&PostParams::default(), &set("cache", quick))
+        .await
+        .unwrap();
+    sets.create(&PostParams::default(), &set("db", slow))
+        .await
+        .unwrap();
+    let names: Vec<(String, Option<String>)> =
+        (0..3).map(|i| (format!("cache-{i}"), None)).collect();
+    let pods = create_owned_pods(
+        &rig,
+        &owner_of("apps/v1", "StatefulSet", &cache.metadata),
+        &template(quick),
+        &names,
+        json!({"controller-revision-hash": "cache-a"}),
+    )
+    .await
+    .unwrap();
+    assert!(
+        pods.iter().all(gated),
+        "the quick workload's pods are gated"
+    );
+    rig.until_running(&pods, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_warm_after_everywhere(&rig, "the quick workload", &pods, quick);
+    let workers: Vec<String> = WORKERS.map(String::from).to_vec();
+    let timeline = rig.sim.timeline();
+    let slow_everywhere = timeline.pulled_everywhere(&workers, &normalized(slow));
+    for pod in &pods {
+        let released = timeline.released[&pod.name_any()];
+        assert!(
+            slow_everywhere.is_none_or(|slow| released < slow),
+            "{} waited for the other workload's image: released at {released:?}, {slow} everywhere at {slow_everywhere:?}",
+            pod.name_any()
+        );
+    }
+}

@@ -20,6 +20,8 @@
 //! Nothing depends on this process having seen the gating: a restarted or newly elected
 //! controller reaches the same verdicts from the pods and Prefetches alone.
 
+use std::collections::BTreeSet;
+
 use jiff::{SignedDuration, Timestamp};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{Patch, PatchOperation, RemoveOperation, TestOperation};
@@ -191,18 +193,31 @@ pub fn pinned_node(pod: &Pod) -> Option<&str> {
     }
 }
 
-/// Whether a node is done with an image: it lists it, or a prefetch pod reported it pulled
-/// or failed there. (node, normalized image)
-pub type NodeDone<'a> = &'a dyn Fn(&str, &str) -> bool;
+/// What the pulls have done so far, for releases that do not wait for a whole rollout.
+pub struct Progress<'a> {
+    /// Whether a node is done with an image: it lists it, or a prefetch pod reported it
+    /// pulled or failed there. (node, normalized image)
+    pub node_done: &'a dyn Fn(&str, &str) -> bool,
+    /// The images every node the Prefetch targets is done with, as its last reconcile saw
+    /// them (`None` when it has not reconciled yet).
+    pub done_everywhere: Option<&'a BTreeSet<String>>,
+}
 
 /// Whether `pod` is a DaemonSet's whose pinned node is done with every image it uses.
-fn its_node_is_done(pod: &Pod, node_done: NodeDone<'_>) -> bool {
+fn its_node_is_done(pod: &Pod, images: &BTreeSet<String>, progress: &Progress<'_>) -> bool {
     let daemon_set = pod_workload(pod).is_some_and(|w| w.kind == WorkloadKind::DaemonSet);
-    let (Some(node), Some(spec)) = (pinned_node(pod), pod.spec.as_ref()) else {
+    let Some(node) = pinned_node(pod) else {
         return false;
     };
-    let images = pod_spec_images(spec).images;
-    daemon_set && !images.is_empty() && images.iter().all(|image| node_done(node, image))
+    daemon_set && images.iter().all(|image| (progress.node_done)(node, image))
+}
+
+/// Whether every targeted node is done with every image `pod` uses: then it starts warm
+/// wherever it lands, even while the round still owes another workload's images.
+fn its_images_are_done(images: &BTreeSet<String>, progress: &Progress<'_>) -> bool {
+    progress
+        .done_everywhere
+        .is_some_and(|done| done.is_superset(images))
 }
 
 /// The verdict on one pod labelled gated-by `prefetch`'s name. `prefetch` is `None` when no
@@ -210,7 +225,7 @@ fn its_node_is_done(pod: &Pod, node_done: NodeDone<'_>) -> bool {
 pub fn verdict(
     pod: &Pod,
     prefetch: Option<&Prefetch>,
-    node_done: NodeDone<'_>,
+    progress: &Progress<'_>,
     now: Timestamp,
 ) -> Verdict {
     if !gates(pod).contains(&SCHEDULING_GATE) {
@@ -244,9 +259,14 @@ pub fn verdict(
         .and_then(|s| s.prefetched_through.as_ref())
         .is_some_and(|through| through.0 >= signal);
     let prefetched = last_prefetched || through;
-    if prefetched {
+    let images = pod
+        .spec
+        .as_ref()
+        .map(|spec| pod_spec_images(spec).images)
+        .unwrap_or_default();
+    if prefetched || (!images.is_empty() && its_images_are_done(&images, progress)) {
         Verdict::Release(Release::Prefetched)
-    } else if its_node_is_done(pod, node_done) {
+    } else if !images.is_empty() && its_node_is_done(pod, &images, progress) {
         Verdict::Release(Release::NodePrefetched)
     } else {
         Verdict::Hold { until }
@@ -321,6 +341,20 @@ mod tests {
         false
     }
 
+    /// No pull has done anything yet.
+    const NOTHING: Progress<'static> = Progress {
+        node_done: &nothing_done,
+        done_everywhere: None,
+    };
+
+    /// Nodes done as `node_done` says; nothing done everywhere.
+    fn on(node_done: &dyn Fn(&str, &str) -> bool) -> Progress<'_> {
+        Progress {
+            node_done,
+            done_everywhere: None,
+        }
+    }
+
     const UNTIL: &str = "2026-11-22T03:15:00Z"; // signal at 03:00:00, gate_timeout 900
     const NOW: &str = "2026-11-22T03:01:00Z";
 
@@ -330,7 +364,7 @@ mod tests {
         let now = t(NOW);
         let running = prefetch(true, Some(("2026-11-22T03:00:00Z", None)));
         assert_eq!(
-            verdict(&gated, Some(&running), &nothing_done, now),
+            verdict(&gated, Some(&running), &NOTHING, now),
             Verdict::Hold { until: t(UNTIL) }
         );
         let done = prefetch(
@@ -338,7 +372,7 @@ mod tests {
             Some(("2026-11-22T03:00:00Z", Some("2026-11-22T03:00:40Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&done), &nothing_done, now),
+            verdict(&gated, Some(&done), &NOTHING, now),
             Verdict::Release(Release::Prefetched)
         );
         // A later rollout done covers this pod; an earlier one does not.
@@ -347,7 +381,7 @@ mod tests {
             Some(("2026-11-22T03:00:30Z", Some("2026-11-22T03:00:50Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&later), &nothing_done, now),
+            verdict(&gated, Some(&later), &NOTHING, now),
             Verdict::Release(Release::Prefetched)
         );
         let earlier = prefetch(
@@ -355,11 +389,11 @@ mod tests {
             Some(("2026-11-22T02:59:59Z", Some("2026-11-22T03:00:50Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&earlier), &nothing_done, now),
+            verdict(&gated, Some(&earlier), &NOTHING, now),
             Verdict::Hold { until: t(UNTIL) }
         );
         assert_eq!(
-            verdict(&gated, Some(&prefetch(true, None)), &nothing_done, now),
+            verdict(&gated, Some(&prefetch(true, None)), &NOTHING, now),
             Verdict::Hold { until: t(UNTIL) }
         );
     }
@@ -383,7 +417,7 @@ mod tests {
             Some(("2026-11-22T03:00:00.2Z", Some("2026-11-22T03:00:30Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&first_done), &nothing_done, t(NOW)),
+            verdict(&gated, Some(&first_done), &NOTHING, t(NOW)),
             Verdict::Hold {
                 until: t("2026-11-22T03:15:00.7Z")
             }
@@ -393,7 +427,7 @@ mod tests {
             Some(("2026-11-22T03:00:00.7Z", Some("2026-11-22T03:00:40Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&second_done), &nothing_done, t(NOW)),
+            verdict(&gated, Some(&second_done), &NOTHING, t(NOW)),
             Verdict::Release(Release::Prefetched)
         );
     }
@@ -408,7 +442,7 @@ mod tests {
             Some(("2026-11-22T02:30:00Z", Some("2026-11-22T02:31:00Z"))),
         );
         assert_eq!(
-            verdict(&gated, Some(&earlier_done), &nothing_done, t(NOW)),
+            verdict(&gated, Some(&earlier_done), &NOTHING, t(NOW)),
             Verdict::Hold {
                 until: t("2026-11-22T04:00:00Z")
             }
@@ -421,7 +455,7 @@ mod tests {
             .get_or_insert_default()
             .insert(GATED_FOR_ANNOTATION.into(), "soon".into());
         assert!(matches!(
-            verdict(&unreadable, Some(&earlier_done), &nothing_done, t(NOW)),
+            verdict(&unreadable, Some(&earlier_done), &NOTHING, t(NOW)),
             Verdict::Hold { .. }
         ));
     }
@@ -431,17 +465,12 @@ mod tests {
         let gated = pod(&[SCHEDULING_GATE], Some(UNTIL));
         let running = prefetch(true, Some(("2026-11-22T03:00:00Z", None)));
         assert_eq!(
-            verdict(
-                &gated,
-                Some(&running),
-                &nothing_done,
-                t("2026-11-22T03:14:59Z")
-            ),
+            verdict(&gated, Some(&running), &NOTHING, t("2026-11-22T03:14:59Z")),
             Verdict::Hold { until: t(UNTIL) }
         );
         for p in [Some(&running), None] {
             assert_eq!(
-                verdict(&gated, p, &nothing_done, t(UNTIL)),
+                verdict(&gated, p, &NOTHING, t(UNTIL)),
                 Verdict::Release(Release::TimedOut)
             );
         }
@@ -450,7 +479,7 @@ mod tests {
                 verdict(
                     &pod(&[SCHEDULING_GATE], broken),
                     Some(&running),
-                    &nothing_done,
+                    &NOTHING,
                     t(NOW)
                 ),
                 Verdict::Release(Release::TimedOut)
@@ -462,17 +491,17 @@ mod tests {
     fn released_when_the_prefetch_is_gone_or_stops_gating() {
         let gated = pod(&[SCHEDULING_GATE], Some(UNTIL));
         assert_eq!(
-            verdict(&gated, None, &nothing_done, t(NOW)),
+            verdict(&gated, None, &NOTHING, t(NOW)),
             Verdict::Release(Release::PrefetchRemoved)
         );
         assert_eq!(
-            verdict(&gated, Some(&prefetch(false, None)), &nothing_done, t(NOW)),
+            verdict(&gated, Some(&prefetch(false, None)), &NOTHING, t(NOW)),
             Verdict::Release(Release::GateDisabled)
         );
         let mut cron_only = prefetch(true, None);
         cron_only.spec.kinds = Some(vec![WorkloadKind::CronJob]);
         assert_eq!(
-            verdict(&gated, Some(&cron_only), &nothing_done, t(NOW)),
+            verdict(&gated, Some(&cron_only), &NOTHING, t(NOW)),
             Verdict::Release(Release::GateDisabled),
             "kinds no longer lists Deployment"
         );
@@ -482,10 +511,7 @@ mod tests {
     fn pods_without_our_gate_are_left_alone() {
         for gates in [&[][..], &["example.com/other"][..]] {
             let p = pod(gates, Some(UNTIL));
-            assert_eq!(
-                verdict(&p, None, &nothing_done, t(UNTIL)),
-                Verdict::NotGated
-            );
+            assert_eq!(verdict(&p, None, &NOTHING, t(UNTIL)), Verdict::NotGated);
             assert_eq!(release_patch(&p), None);
         }
     }
@@ -550,32 +576,32 @@ mod tests {
                 .contains(&image)
         };
         assert_eq!(
-            verdict(&agent, Some(&running), &holds, t(NOW)),
+            verdict(&agent, Some(&running), &on(&holds), t(NOW)),
             Verdict::Release(Release::NodePrefetched)
         );
         // Not yet every image of the pod (the image volume's missing): held.
         let only_nginx = |node: &str, image: &str| holds(node, image) && image.contains("nginx");
         assert_eq!(
-            verdict(&agent, Some(&running), &only_nginx, t(NOW)),
+            verdict(&agent, Some(&running), &on(&only_nginx), t(NOW)),
             Verdict::Hold { until: t(UNTIL) }
         );
         // Another node done says nothing about this one.
         let other = owned_pod(("apps/v1", "DaemonSet", "agent"), Some("worker-1"));
         assert_eq!(
-            verdict(&other, Some(&running), &holds, t(NOW)),
+            verdict(&other, Some(&running), &on(&holds), t(NOW)),
             Verdict::Hold { until: t(UNTIL) }
         );
         // Only a DaemonSet's pod is released per node: a StatefulSet's may land anywhere.
         let db = owned_pod(("apps/v1", "StatefulSet", "db"), Some("worker-2"));
         assert_eq!(
-            verdict(&db, Some(&running), &holds, t(NOW)),
+            verdict(&db, Some(&running), &on(&holds), t(NOW)),
             Verdict::Hold { until: t(UNTIL) }
         );
         // A DaemonSet pod not pinned to one node waits for the rollout like the rest.
         let unpinned = owned_pod(("apps/v1", "DaemonSet", "agent"), None);
         assert_eq!(pinned_node(&unpinned), None);
         assert_eq!(
-            verdict(&unpinned, Some(&running), &holds, t(NOW)),
+            verdict(&unpinned, Some(&running), &on(&holds), t(NOW)),
             Verdict::Hold { until: t(UNTIL) }
         );
     }
@@ -602,7 +628,7 @@ mod tests {
                 Verdict::Hold { until: t(UNTIL) }
             };
             assert_eq!(
-                verdict(&gated, Some(&deployments_only), &nothing_done, t(NOW)),
+                verdict(&gated, Some(&deployments_only), &NOTHING, t(NOW)),
                 expected,
                 "{owner:?}"
             );
@@ -614,21 +640,46 @@ mod tests {
         let gated = pod(&[SCHEDULING_GATE], Some(UNTIL)); // signal 03:00:00
         let mut other_pulling = prefetch(true, Some(("2026-11-22T03:00:30Z", None)));
         assert_eq!(
-            verdict(&gated, Some(&other_pulling), &nothing_done, t(NOW)),
+            verdict(&gated, Some(&other_pulling), &NOTHING, t(NOW)),
             Verdict::Hold { until: t(UNTIL) }
         );
         other_pulling.status.as_mut().unwrap().prefetched_through =
             Some(MicroTime(t("2026-11-22T03:00:00Z")));
         assert_eq!(
-            verdict(&gated, Some(&other_pulling), &nothing_done, t(NOW)),
+            verdict(&gated, Some(&other_pulling), &NOTHING, t(NOW)),
             Verdict::Release(Release::Prefetched)
         );
         other_pulling.status.as_mut().unwrap().prefetched_through =
             Some(MicroTime(t("2026-11-22T02:59:59Z")));
         assert_eq!(
-            verdict(&gated, Some(&other_pulling), &nothing_done, t(NOW)),
+            verdict(&gated, Some(&other_pulling), &NOTHING, t(NOW)),
             Verdict::Hold { until: t(UNTIL) },
             "an earlier signal done says nothing of this one"
+        );
+    }
+
+    #[test]
+    fn a_pod_whose_images_are_on_every_node_is_released_before_the_round_ends() {
+        let gated = pod(&[SCHEDULING_GATE], Some(UNTIL)); // uses nginx:latest
+        let combined = prefetch(true, Some(("2026-11-22T03:00:30Z", None)));
+        let done: BTreeSet<String> = ["docker.io/library/nginx:latest".to_string()].into();
+        let progress = Progress {
+            node_done: &nothing_done,
+            done_everywhere: Some(&done),
+        };
+        assert_eq!(
+            verdict(&gated, Some(&combined), &progress, t(NOW)),
+            Verdict::Release(Release::Prefetched)
+        );
+        let other: BTreeSet<String> = ["docker.io/library/redis:7".to_string()].into();
+        let progress = Progress {
+            node_done: &nothing_done,
+            done_everywhere: Some(&other),
+        };
+        assert_eq!(
+            verdict(&gated, Some(&combined), &progress, t(NOW)),
+            Verdict::Hold { until: t(UNTIL) },
+            "its own image is not everywhere yet"
         );
     }
 }

@@ -104,6 +104,9 @@ pub struct RoundDecision {
     pub rollout_latency: Option<Duration>,
     /// Pods in flight after this reconcile (created ones included).
     pub in_flight: usize,
+    /// The plan's images that every target is done with (present, or an outcome recorded):
+    /// a gated pod using only these may start, whichever rollout the round still owes.
+    pub done_everywhere: BTreeSet<String>,
 }
 
 fn time(t: Timestamp) -> Time {
@@ -200,6 +203,7 @@ fn work_round(
     let tally = tally_round(input.plan, &memory.outcomes);
     write_counters(&mut status, input.plan, &tally);
     let rollout_latency = mark_rollout_prefetched(input.plan, &mut memory, &mut status, input.now);
+    let done_everywhere = images_done(input.plan, &memory.outcomes);
 
     let round_over = tally.open == 0
         && creations.pods.is_empty()
@@ -227,6 +231,7 @@ fn work_round(
         newly_pulled: pods.recorded.newly_pulled,
         newly_failed: pods.recorded.newly_failed,
         rollout_latency,
+        done_everywhere,
     }
 }
 
@@ -444,6 +449,7 @@ fn idle(
         requeue_after: until(input.now, next).max(Duration::from_secs(1)),
         status,
         events,
+        done_everywhere: images_done(input.plan, &Outcomes::new()),
         ..RoundDecision::default()
     }
 }
@@ -738,14 +744,26 @@ fn mark_rollout_prefetched(
     Some(until(requested_at, now))
 }
 
+/// The plan's images every target has present or with an outcome.
+fn images_done(plan: &ImagePlan, outcomes: &Outcomes) -> BTreeSet<String> {
+    plan.images
+        .iter()
+        .filter(|image| image_done(plan, outcomes, image))
+        .cloned()
+        .collect()
+}
+
 /// Whether every target has each of `images` (among those it wants) present or with an outcome.
 fn rollout_done(plan: &ImagePlan, outcomes: &Outcomes, images: &BTreeSet<String>) -> bool {
+    images.iter().all(|image| image_done(plan, outcomes, image))
+}
+
+/// Whether every target that wants `image` has it present or with an outcome.
+fn image_done(plan: &ImagePlan, outcomes: &Outcomes, image: &str) -> bool {
     plan.targets.iter().all(|t| {
-        images.iter().all(|image| {
-            t.present.contains(image)
-                || !t.pull.contains(image)
-                || outcomes.contains_key(&(t.node.clone(), image.clone()))
-        })
+        !t.pull.iter().any(|wanted| wanted == image)
+            || t.present.iter().any(|has| has == image)
+            || outcomes.contains_key(&(t.node.clone(), image.to_string()))
     })
 }
 

@@ -2,7 +2,7 @@
 //! progress and the ledger, behind one [`Context`] (as kube-rs's controller-rs passes it to
 //! `reconcile` and `error_policy`), and the small helpers every loop uses to read them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ pub struct Context {
     pub service_accounts: Store<ServiceAccount>,
     pub pods: Store<Pod>,
     pub rounds: Mutex<HashMap<String, RoundMemory>>,
+    /// Per Prefetch uid: the images every targeted node was done with at its last reconcile
+    /// (the gate loop releases a pod whose images are all there).
+    pub done_everywhere: Mutex<HashMap<String, BTreeSet<String>>>,
     /// Per Prefetch uid: when the round this process last ended had started (see
     /// `round::cached_status_predates`).
     pub ended: Mutex<HashMap<String, jiff::Timestamp>>,

@@ -11,14 +11,14 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
+use prefetch_common::Prefetch;
 use prefetch_common::annotations::{
     GATED_BY_LABEL, GATED_FOR_ANNOTATION, GATED_UNTIL_ANNOTATION, POD_TEMPLATE_HASH_LABEL,
 };
-use prefetch_common::{Prefetch, WorkloadKind};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::gate::{Release, Verdict, pinned_node, pod_workload, release_patch, verdict};
+use crate::core::gate::{Progress, Release, Verdict, pinned_node, release_patch, verdict};
 use crate::core::plan::node_images;
 use crate::core::revisions::for_pulls;
 use crate::shell::context::{Context, lock};
@@ -38,7 +38,7 @@ pub fn gated_pods_selector() -> String {
 
 /// Keeps of a gated pod only what the verdict reads: the gate, the gated-by label, the
 /// gated-for and gated-until annotations, the controller owner and pod-template-hash (its
-/// workload), and for a DaemonSet's pod its images and the affinity that pins its node.
+/// workload), its images, and the affinity that pins a DaemonSet's pod to its node.
 pub fn slim_gated_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
@@ -51,16 +51,7 @@ pub fn slim_gated_pod(pod: &mut Pod) {
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.retain(|k, _| k == GATED_UNTIL_ANNOTATION || k == GATED_FOR_ANNOTATION);
     }
-    let daemon_set = pod_workload(pod).is_some_and(|w| w.kind == WorkloadKind::DaemonSet);
-    let spec = pod.spec.take().unwrap_or_default();
-    pod.spec = Some(if daemon_set {
-        images_and_pin(spec)
-    } else {
-        PodSpec {
-            scheduling_gates: spec.scheduling_gates,
-            ..Default::default()
-        }
-    });
+    pod.spec = Some(images_and_pin(pod.spec.take().unwrap_or_default()));
     pod.status = None;
 }
 
@@ -102,6 +93,36 @@ pub async fn run(
     ctx.metrics.gated_pods.set(0);
 }
 
+/// The verdict on one gated pod, with what the pulls of its Prefetch have done so far.
+fn pod_verdict(
+    ctx: &Context,
+    pod: &Pod,
+    prefetch: Option<&Prefetch>,
+    node_lists: &HashMap<String, BTreeSet<String>>,
+    now: jiff::Timestamp,
+) -> Verdict {
+    let round = prefetch.and_then(|p| p.uid());
+    // The round's outcomes only matter for a pod pinned to a node (a DaemonSet's); read under
+    // the lock when asked, never copied.
+    let node_done = |node: &str, image: &str| {
+        node_lists.get(node).is_some_and(|l| l.contains(image))
+            || round.as_ref().is_some_and(|uid| {
+                let pair = (node.to_string(), image.to_string());
+                lock(&ctx.rounds)
+                    .get(uid)
+                    .is_some_and(|m| m.outcomes.contains_key(&pair))
+            })
+    };
+    let done_everywhere = round
+        .as_ref()
+        .and_then(|uid| lock(&ctx.done_everywhere).get(uid).cloned());
+    let progress = Progress {
+        node_done: &node_done,
+        done_everywhere: done_everywhere.as_ref(),
+    };
+    verdict(pod, prefetch, &progress, now)
+}
+
 /// The images each node a gated pod is pinned to lists, normalized, read once per pass.
 fn pinned_node_images(
     nodes: &Store<Node>,
@@ -141,19 +162,7 @@ async fn pass(
             continue;
         };
         let prefetch = prefetches.get(&ObjectRef::new(&gated_by).within(&namespace));
-        // The round's outcomes only matter for a pod pinned to a node (a DaemonSet's); read
-        // under the lock when asked, never copied.
-        let round = prefetch.as_ref().and_then(|p| p.uid());
-        let node_done = |node: &str, image: &str| {
-            node_lists.get(node).is_some_and(|l| l.contains(image))
-                || round.as_ref().is_some_and(|uid| {
-                    let pair = (node.to_string(), image.to_string());
-                    lock(&ctx.rounds)
-                        .get(uid)
-                        .is_some_and(|m| m.outcomes.contains_key(&pair))
-                })
-        };
-        let reason = match verdict(&pod, prefetch.as_deref(), &node_done, now) {
+        let reason = match pod_verdict(ctx, &pod, prefetch.as_deref(), &node_lists, now) {
             Verdict::NotGated => continue,
             Verdict::Hold { .. } => {
                 held += 1;

@@ -366,6 +366,7 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
     if prefetch.metadata.deletion_timestamp.is_some() {
         // Its pods are owned by it: the garbage collector removes them.
         lock(&ctx.rounds).remove(&uid);
+        lock(&ctx.done_everywhere).remove(&uid);
         lock(&ctx.ended).remove(&uid);
         return Ok(Action::await_change());
     }
@@ -478,6 +479,7 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
     }
 
     // Memory first: a failed status write must not lose recorded outcomes.
+    lock(&ctx.done_everywhere).insert(uid.clone(), decision.done_everywhere.clone());
     match &decision.memory {
         Some(m) => lock(&ctx.rounds).insert(uid.clone(), m.clone()),
         None => lock(&ctx.rounds).remove(&uid),
@@ -728,6 +730,7 @@ pub async fn run(
         service_accounts,
         pods,
         rounds: Mutex::new(HashMap::new()),
+        done_everywhere: Mutex::new(HashMap::new()),
         ended: Mutex::new(HashMap::new()),
         inflight: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
