@@ -498,6 +498,10 @@ async fn a_rollout_is_not_held_for_another_workloads_slower_images() {
     pulls(&rig, &[quick], Duration::from_millis(500));
     pulls(&rig, &[slow], Duration::from_secs(8));
     rig.until_leader_seen().await.unwrap();
+    // The Deployment's rollout keeps every node's prefetch pod busy for a moment, so both
+    // StatefulSets' images go into the next pods together: the quick image is done while the
+    // same pods still pull the slow one.
+    rig.change_image().await.unwrap();
     let sets: Api<StatefulSet> = Api::namespaced(rig.client(), rig.namespace());
     let set = |name: &str, image: &str| -> StatefulSet {
         serde_json::from_value(json!({

@@ -100,6 +100,10 @@ impl FakeKubelet {
             // node uid -> every image it holds (listed or not).
             let mut held: std::collections::HashMap<String, Vec<Value>> =
                 std::collections::HashMap::new();
+            // pod uid -> containers reported ended; (pod uid, image) already added to a node.
+            let mut reported: std::collections::HashMap<String, usize> =
+                std::collections::HashMap::new();
+            let mut added: BTreeSet<(String, String)> = BTreeSet::new();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
@@ -109,11 +113,11 @@ impl FakeKubelet {
                     continue;
                 };
                 for pod in list.items {
-                    if pod
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.container_statuses.as_ref())
-                        .is_some()
+                    let uid = pod.uid().unwrap_or_default();
+                    let containers_total = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+                    if reported
+                        .get(&uid)
+                        .is_some_and(|done| *done >= containers_total)
                     {
                         continue;
                     }
@@ -147,9 +151,14 @@ impl FakeKubelet {
                             (c.name.clone(), image, verdict)
                         })
                         .collect();
-                    if verdicts.iter().any(|(_, _, v)| *v == Pull::Hang) {
+                    // Like the kubelet, report each container as it ends (its image pulled, or
+                    // the pull failed), not the whole pod at once: a pod pulling a slow image
+                    // beside a quick one shows the quick one done.
+                    let ended = verdicts.iter().filter(|(_, _, v)| *v != Pull::Hang).count();
+                    if ended == 0 || reported.get(&uid).is_some_and(|done| *done >= ended) {
                         continue;
                     }
+                    reported.insert(uid.clone(), ended);
                     let statuses: Vec<Value> = verdicts
                         .iter()
                         .map(|(name, image, verdict)| {
@@ -180,6 +189,7 @@ impl FakeKubelet {
                         .iter()
                         .filter(|(_, _, v)| *v == Pull::Succeed)
                         .map(|(_, i, _)| i.clone())
+                        .filter(|image| added.insert((uid.clone(), image.clone())))
                         .collect();
                     if !pulled.is_empty()
                         && let Ok(current) = nodes.get(&node).await
