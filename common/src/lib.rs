@@ -17,6 +17,7 @@ pub mod signals;
 pub mod telemetry;
 pub mod validation;
 pub mod watch;
+pub mod workload;
 
 pub use api::{
     Phase, Prefetch, PrefetchSpec, PrefetchStatus, PullFailure, RolloutRecord, WorkloadKind,

@@ -125,11 +125,10 @@ impl PodCaches {
                 annotations[PREFETCH_IMAGES] = json!(serde_json::to_string(&[bench_image(tag)])?);
                 annotations[PREFETCH_REQUESTED_AT] = json!(rfc3339(jiff::Timestamp::now()));
             }
+            let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(d)?;
             deployments.push((
                 name,
-                WorkloadFacts::from(&serde_json::from_value::<
-                    k8s_openapi::api::apps::v1::Deployment,
-                >(d)?),
+                WorkloadFacts::from(prefetch_common::workload::Workload::from(&deployment)),
             ));
         }
         Ok(Self { deployments })

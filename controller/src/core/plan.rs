@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, PodSpec, ServiceAccount};
 use prefetch_common::Prefetch;
 use prefetch_common::images::{
-    collect_images, normalize, pod_spec_container_images, pod_spec_images, pod_spec_volume_images,
+    collect_images, normalize, pod_spec_container_images, pod_spec_volume_images,
 };
 
 use crate::core::eligibility::{SkipReason, skip_reason};
@@ -271,17 +271,20 @@ pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
         let Some(pod_spec) = workload.pod_spec else {
             continue;
         };
-        run.extend(pod_spec_container_images(pod_spec).images);
-        mounted.extend(pod_spec_volume_images(pod_spec).images);
-        let found = pod_spec_images(pod_spec);
-        for image in found.images {
+        // Each reference normalized once: run as a container's image, or only mounted.
+        let containers = pod_spec_container_images(pod_spec);
+        let volumes = pod_spec_volume_images(pod_spec);
+        for image in containers.images.iter().chain(&volumes.images) {
             plan.sources
-                .entry(image)
+                .entry(image.clone())
                 .or_default()
                 .insert(source.clone());
         }
+        let invalid = containers.invalid.iter().chain(&volumes.invalid);
         plan.invalid_images
-            .extend(found.invalid.iter().map(|e| format!("{source}: {e}")));
+            .extend(invalid.map(|e| format!("{source}: {e}")));
+        run.extend(containers.images);
+        mounted.extend(volumes.images);
         match pods_pull_secrets(pod_spec, accounts) {
             Ok(names) => secrets.extend(names.into_iter().map(String::from)),
             Err(account) => {

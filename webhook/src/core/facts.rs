@@ -8,13 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use prefetch_common::annotations::{Signal, rollout_signal};
 use prefetch_common::images::{pod_spec_images, pod_spec_references};
 use prefetch_common::labels::selects_by;
+use prefetch_common::workload::Workload;
 use prefetch_common::{Prefetch, WorkloadKind};
 
 /// The Prefetches of the cluster, as the decisions read them.
@@ -155,35 +154,10 @@ impl WorkloadFacts {
     }
 }
 
-impl From<&Deployment> for WorkloadFacts {
-    fn from(d: &Deployment) -> Self {
-        let spec = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-        Self::of(&d.metadata, spec)
-    }
-}
-
-impl From<&StatefulSet> for WorkloadFacts {
-    fn from(s: &StatefulSet) -> Self {
-        let spec = s.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-        Self::of(&s.metadata, spec)
-    }
-}
-
-impl From<&DaemonSet> for WorkloadFacts {
-    fn from(d: &DaemonSet) -> Self {
-        let spec = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-        Self::of(&d.metadata, spec)
-    }
-}
-
-impl From<&CronJob> for WorkloadFacts {
-    fn from(c: &CronJob) -> Self {
-        let spec = c
-            .spec
-            .as_ref()
-            .and_then(|s| s.job_template.spec.as_ref())
-            .and_then(|s| s.template.spec.as_ref());
-        Self::of(&c.metadata, spec)
+/// Any kind's facts, read through its pod template (see `prefetch_common::workload`).
+impl From<Workload<'_>> for WorkloadFacts {
+    fn from(workload: Workload<'_>) -> Self {
+        Self::of(workload.meta, workload.pod_spec)
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use prefetch_common::WorkloadKind;
 use prefetch_common::owner::WorkloadRef;
 use prefetch_common::watch::WatchSet;
+use prefetch_common::workload::Workload;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -308,10 +309,11 @@ where
         + std::fmt::Debug
         + serde::de::DeserializeOwned,
     K::DynamicType: Default,
-    for<'k> &'k K: Into<WorkloadFacts>,
+    for<'k> &'k K: Into<Workload<'k>>,
 {
     let api: kube::Api<K> = kube::Api::namespaced(client, namespace);
-    Ok(api.get_opt(name).await?.as_ref().map(Into::into))
+    let found = api.get_opt(name).await?;
+    Ok(found.as_ref().map(|w| WorkloadFacts::from(w.into())))
 }
 
 /// One GET of a workload, bounded by `live_read_timeout`; `Ok(None)` when it does not exist.

@@ -24,6 +24,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use prefetch_common::owner::WorkloadRef;
 use prefetch_common::watch::{WatchHealth, run_watch};
+use prefetch_common::workload::Workload;
 use prefetch_common::{Prefetch, WorkloadKind};
 use tokio_util::sync::CancellationToken;
 
@@ -251,7 +252,7 @@ impl<K> Default for WorkloadIndex<K> {
 impl<K> WorkloadIndex<K>
 where
     K: kube::Resource,
-    for<'k> &'k K: Into<WorkloadFacts>,
+    for<'k> &'k K: Into<Workload<'k>>,
 {
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
@@ -275,7 +276,7 @@ where
 
     pub fn apply(&self, event: Event<K>) {
         let key = |w: &K| namespace_and_name(w.meta());
-        let facts = |w: &K| Arc::new(w.into());
+        let facts = |w: &K| Arc::new(WorkloadFacts::from(w.into()));
         let mut guard = locks::write(&self.maps);
         let (live, relist) = &mut *guard;
         match event {
@@ -415,7 +416,7 @@ pub async fn run_workload_watch<K>(
         + Sync
         + 'static,
     K::DynamicType: Default,
-    for<'k> &'k K: Into<WorkloadFacts>,
+    for<'k> &'k K: Into<Workload<'k>>,
 {
     let api: Api<K> = Api::all(client);
     let connect = move || watcher(api.clone(), watcher::Config::default());
