@@ -4,21 +4,35 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 CRD := manifests/base/crd/prefetches.cache.techsquad.rocks.yaml
 CHART_CRD := manifests/chart/crds/prefetches.cache.techsquad.rocks.yaml
 
-.PHONY: demo test build crd chart-golden certs lint fmt bench clean docker-build deploy undeploy
+.PHONY: demo test build images crd chart-golden certs lint fmt bench clean docker-build deploy undeploy
 
 ## demo: start the webhook on 127.0.0.1 with throwaway certificates and show its decisions
 demo:
 	$(CARGO) build -q -p prefetch-webhook -p prefetch-controller -p prefetch-tests --bins
 	$(TARGET_DIR)/debug/prefetch-demo
 
-## test: unit, property and end-to-end tests (the e2e tests run the built binaries)
+## test: unit, property and end-to-end tests (the e2e tests run the built binaries), and the
+## images' tests on what `make images` built (skipped, saying so, where umoci and skopeo are
+## missing: `apt-get install umoci skopeo runc`; CI installs them and fails without images)
 test:
 	$(CARGO) build --workspace --bins
+	@if command -v umoci >/dev/null && command -v skopeo >/dev/null; then \
+		$(MAKE) --no-print-directory images; \
+	else \
+		echo "make test: umoci or skopeo missing, images not built; tests/images.rs will skip"; \
+	fi
 	$(CARGO) test --workspace
 
 ## build: release binaries
 build:
 	$(CARGO) build --workspace --bins --release --locked
+
+## images: the controller, webhook and noop images as OCI layouts and archives in
+## target/images/, built without Docker (umoci, skopeo; see images/build.sh)
+images:
+	$(CARGO) build --profile image --locked -p prefetch-controller -p prefetch-webhook
+	$(CARGO) build --release --locked --manifest-path noop/Cargo.toml --target-dir $(TARGET_DIR)/noop
+	images/build.sh
 
 ## crd: regenerate the CRD from common/src/api.rs
 crd:
@@ -49,11 +63,13 @@ bench:
 clean:
 	$(CARGO) clean
 
-## docker-build: the three images (needs a Docker engine; the build machines here have none)
+## docker-build: the same three images with a Docker engine (same files and config as `make
+## images`; for other platforms use `docker buildx build --platform linux/arm64 ...`)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 docker-build:
-	docker build -f Dockerfile.controller -t kube-prefetch/controller:dev .
-	docker build -f Dockerfile.webhook -t kube-prefetch/webhook:dev .
-	docker build -f Dockerfile.noop -t kube-prefetch/noop:dev .
+	docker build --build-arg REVISION=$(REVISION) -f Dockerfile.controller -t kube-prefetch/controller:dev .
+	docker build --build-arg REVISION=$(REVISION) -f Dockerfile.webhook -t kube-prefetch/webhook:dev .
+	docker build --build-arg REVISION=$(REVISION) -f Dockerfile.noop -t kube-prefetch/noop:dev .
 
 ## deploy: certificates if absent, then the kustomize base (needs kubectl and a cluster)
 deploy: certs

@@ -605,3 +605,30 @@ fn bad_values_fail_naming_the_value() {
         }
     }
 }
+
+/// A release publishes the chart and the images under one version: the workspace's.
+#[test]
+fn the_chart_is_the_workspace_version_and_names_the_published_images() {
+    let version = prefetch_common::version::VERSION;
+    let chart = read_yaml(&chart_dir().join("Chart.yaml")).unwrap();
+    assert_eq!(chart["version"], version);
+    assert_eq!(chart["appVersion"], version);
+    let workspace = read(&manifests_dir().join("../Cargo.toml"));
+    let home = chart["home"].as_str().unwrap();
+    assert!(
+        workspace.contains(&format!("repository = \"{home}\"")),
+        "the chart's home must be Cargo.toml's repository: {home}"
+    );
+    let values = values();
+    for (image, name) in [
+        (&values["webhook"]["image"], "webhook"),
+        (&values["controller"]["image"], "controller"),
+        (&values["controller"]["noopImage"], "noop"),
+    ] {
+        assert_eq!(
+            image["repository"],
+            format!("ghcr.io/kainlite/kube-prefetch-{name}")
+        );
+        assert_eq!(image["tag"], version, "{name}");
+    }
+}

@@ -276,14 +276,15 @@ fn deployments_match_their_service_secret_and_accounts() {
 
     let controller: Deployment = typed(&docs, "Deployment", "prefetch-controller");
     let container = &pod_spec(&controller).containers[0];
-    // Prefetch pods pull the noop image that `make docker-build` builds from Dockerfile.noop,
-    // not the controller's.
-    let makefile = std::fs::read_to_string(manifests_dir().join("../Makefile")).unwrap();
-    let noop_image = makefile
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("docker build -f Dockerfile.noop -t "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("make docker-build tags the noop image");
+    // The install names the images the release publishes for this version (images/build.sh
+    // tags its archives with the same names), and prefetch pods pull the noop image, not the
+    // controller's.
+    let version = prefetch_common::version::VERSION;
+    let published = |name: &str| format!("ghcr.io/kainlite/kube-prefetch-{name}:{version}");
+    assert_eq!(container.image.as_deref(), Some(&*published("controller")));
+    let webhook_image = pod_spec(&webhook).containers[0].image.clone();
+    assert_eq!(webhook_image.as_deref(), Some(&*published("webhook")));
+    let noop_image = &*published("noop");
     let noop_arg = format!("--noop-image={noop_image}");
     assert!(
         container.args.iter().flatten().any(|a| a == &noop_arg),

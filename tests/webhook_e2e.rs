@@ -72,6 +72,7 @@ async fn setup_with_cert_paths(
         key_file: key.to_path_buf(),
         extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         echo_logs: true,
+        launcher: None,
     })
     .await
     .expect("webhook starts");

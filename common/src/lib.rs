@@ -16,6 +16,7 @@ pub mod owner;
 pub mod signals;
 pub mod telemetry;
 pub mod validation;
+pub mod version;
 pub mod watch;
 pub mod workload;
 

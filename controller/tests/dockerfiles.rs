@@ -1,7 +1,9 @@
-//! The Dockerfiles cannot be built here (no Docker engine), so this checks what the code and
-//! the nodes rely on: the noop image is `FROM scratch` holding only noop, where the prefetch
-//! pods' init container runs it; the other images ship stripped release binaries; every image
-//! builds locked, runs as a non-root user and names no architecture.
+//! The Dockerfiles cannot be built here (no Docker engine); `make images` builds the same
+//! images without one, and tests/images.rs checks those and that the Dockerfiles' config
+//! matches them. This checks how the Dockerfiles get there: each builds locked, lays out its
+//! files with images/rootfs.sh as `make images` does (noop where the prefetch pods' init
+//! container runs it, the others' stripped `image`-profile builds), copies nothing else into
+//! a `scratch` stage, runs as a numeric non-root user and names no architecture.
 
 use std::path::{Path, PathBuf};
 
@@ -37,20 +39,6 @@ fn final_stage(text: &str) -> Vec<(String, String)> {
     all[start..].to_vec()
 }
 
-/// (source, destination) of every `COPY --from=` in `stage`.
-fn copies_from_build(stage: &[(String, String)]) -> Vec<(String, String)> {
-    stage
-        .iter()
-        .filter(|(k, _)| k == "COPY")
-        .filter_map(|(_, rest)| rest.strip_prefix("--from="))
-        .map(|rest| {
-            let parts: Vec<&str> = rest.split_whitespace().collect();
-            assert_eq!(parts.len(), 3, "COPY --from=stage SRC DEST: {rest}");
-            (parts[1].to_string(), parts[2].to_string())
-        })
-        .collect()
-}
-
 /// `key = value` lines of a `[section]` of a TOML file (enough for Cargo profiles).
 fn toml_section(text: &str, section: &str) -> Vec<(String, String)> {
     let header = format!("[{section}]");
@@ -63,33 +51,58 @@ fn toml_section(text: &str, section: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-#[test]
-fn the_noop_image_is_scratch_with_only_noop_where_the_init_container_runs_it() {
-    let text = workspace_file("Dockerfile.noop");
-    let stage = final_stage(&text);
-    assert_eq!(stage[0], ("FROM".into(), "scratch".into()));
-    let added: Vec<&(String, String)> = stage
-        .iter()
-        .filter(|(k, _)| k == "COPY" || k == "ADD")
+/// The one `images/rootfs.sh BINARY PATH_IN_IMAGE /rootfs` run of a Dockerfile: (binary, path).
+fn rootfs_layout(name: &str, text: &str) -> (String, String) {
+    let runs: Vec<Vec<String>> = instructions(text)
+        .into_iter()
+        .filter(|(k, rest)| k == "RUN" && rest.starts_with("images/rootfs.sh "))
+        .map(|(_, rest)| rest.split_whitespace().skip(1).map(String::from).collect())
         .collect();
-    assert_eq!(added.len(), 1, "the noop image holds one file: {added:?}");
-    let copies = copies_from_build(&stage);
-    assert_eq!(copies.len(), 1);
-    let (source, destination) = &copies[0];
-    assert_eq!(destination, NOOP_IMAGE_BINARY);
+    assert_eq!(runs.len(), 1, "{name}: one images/rootfs.sh run");
+    assert_eq!(runs[0].len(), 3, "{name}: {:?}", runs[0]);
+    assert_eq!(runs[0][2], "/rootfs", "{name}");
+    (runs[0][0].clone(), runs[0][1].clone())
+}
+
+#[test]
+fn the_final_stage_is_scratch_with_only_the_rootfs_and_its_entrypoint() {
+    for name in IMAGES {
+        let text = workspace_file(name);
+        let stage = final_stage(&text);
+        assert_eq!(stage[0], ("FROM".into(), "scratch".into()), "{name}");
+        let added: Vec<&(String, String)> = stage
+            .iter()
+            .filter(|(k, _)| k == "COPY" || k == "ADD")
+            .collect();
+        assert_eq!(
+            added,
+            [&("COPY".to_string(), "--from=build /rootfs/ /".to_string())],
+            "{name}: the image holds what images/rootfs.sh laid out, nothing else"
+        );
+        let (_, path) = rootfs_layout(name, &text);
+        assert!(
+            stage.contains(&("ENTRYPOINT".into(), format!("[\"{path}\"]"))),
+            "{name}: {stage:?}"
+        );
+    }
+}
+
+#[test]
+fn the_noop_image_puts_noop_where_the_init_container_runs_it() {
+    let text = workspace_file("Dockerfile.noop");
+    let (binary, path) = rootfs_layout("Dockerfile.noop", &text);
+    assert_eq!(path, NOOP_IMAGE_BINARY);
     assert_eq!(INSTALL_NOOP_COMMAND[0], NOOP_IMAGE_BINARY);
-    assert!(
-        stage.contains(&("ENTRYPOINT".into(), format!("[\"{NOOP_IMAGE_BINARY}\"]"))),
-        "{stage:?}"
-    );
-    // The copied file is noop's own release build, which its profile strips.
-    assert!(source.ends_with("/release/noop"), "{source}");
+    // noop's own release build, which its profile strips.
+    assert_eq!(binary, "target/noop/release/noop");
     let build = instructions(&text)
         .into_iter()
         .find(|(k, rest)| k == "RUN" && rest.contains("cargo build"))
         .expect("a cargo build");
     assert!(
-        build.1.contains("--manifest-path noop/Cargo.toml") && build.1.contains("--release"),
+        build.1.contains("--manifest-path noop/Cargo.toml")
+            && build.1.contains("--release")
+            && build.1.contains("--target-dir target/noop"),
         "{build:?}"
     );
     let profile = toml_section(&workspace_file("noop/Cargo.toml"), "profile.release");
@@ -122,13 +135,14 @@ fn the_controller_and_webhook_images_ship_stripped_release_binaries() {
             .collect();
         assert_eq!(builds.len(), 1, "{name}");
         assert!(builds[0].contains("--profile image"), "{name}: {builds:?}");
-        let destination = format!("/usr/local/bin/{binary}");
         assert_eq!(
-            copies_from_build(&final_stage(&text)),
-            [(format!("/src/target/image/{binary}"), destination.clone())],
-            "{name} ships the image-profile build and nothing else"
+            rootfs_layout(name, &text),
+            (
+                format!("target/image/{binary}"),
+                format!("/usr/local/bin/{binary}")
+            ),
+            "{name} ships the image-profile build"
         );
-        assert!(text.contains(&format!("ENTRYPOINT [\"{destination}\"]")));
     }
 }
 
@@ -138,7 +152,7 @@ fn every_image_builds_locked_runs_as_non_root_on_any_arch() {
     for name in IMAGES {
         let text = workspace_file(name);
         assert!(
-            makefile.contains(&format!("docker build -f {name} ")),
+            makefile.contains(&format!(" -f {name} ")),
             "make docker-build builds {name}"
         );
         let all = instructions(&text);
@@ -160,14 +174,20 @@ fn every_image_builds_locked_runs_as_non_root_on_any_arch() {
         let uid = user.split(':').next().unwrap_or("");
         assert!(
             uid.parse::<u32>().is_ok_and(|uid| uid != 0),
-            "{name}: USER {user} must be a numeric non-root uid (scratch has no /etc/passwd)"
+            "{name}: USER {user} must be a numeric non-root uid (runAsNonRoot checks it)"
         );
         assert!(
             all.iter().filter(|(k, _)| k == "FROM").count() >= 2,
             "{name}: multi-stage"
         );
-        for arch in ["amd64", "x86_64", "arm64", "aarch64"] {
-            assert!(!text.contains(arch), "{name} names {arch}");
+        // Instructions only: the comments show a multi-arch buildx command.
+        for (keyword, rest) in &all {
+            for arch in ["amd64", "x86_64", "arm64", "aarch64"] {
+                assert!(
+                    !rest.contains(arch),
+                    "{name}: {keyword} {rest} names {arch}"
+                );
+            }
         }
     }
 }

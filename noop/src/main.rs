@@ -3,7 +3,8 @@
 //! One more job, because the noop image holds nothing but this file (`FROM scratch`, no shell,
 //! no `cp`): `noop --install-to PATH` copies this executable to PATH with mode 0755. The
 //! prefetch pods' init container runs that to put noop into the emptyDir their containers
-//! share. Any other arguments are ignored, so a prefetch container always exits 0.
+//! share. `noop --version` prints the release and the git revision it was built from. Any
+//! other arguments are ignored, so a prefetch container always exits 0.
 
 #![no_std]
 #![no_main]
@@ -23,6 +24,16 @@ mod code {
     pub const CLOSE: i32 = 15;
     pub const USAGE: i32 = 2;
 }
+
+/// What `--version` prints: the same form as the other binaries' (`prefetch_common::version`).
+const VERSION_LINE: &str = concat!(
+    "noop ",
+    env!("CARGO_PKG_VERSION"),
+    " (revision ",
+    env!("PREFETCH_REVISION"),
+    ")\n"
+);
+const STDOUT: usize = 1;
 
 #[cfg(target_arch = "x86_64")]
 mod nr {
@@ -83,6 +94,28 @@ const O_TRUNC: usize = 0o1000;
 const O_CLOEXEC: usize = 0o2000000;
 const EINTR: isize = -4;
 
+/// Writes all of `bytes` to `fd`; false if the kernel refused.
+fn write_all(fd: usize, bytes: &[u8]) -> bool {
+    let mut written = 0usize;
+    while written < bytes.len() {
+        let n = syscall4(
+            nr::WRITE,
+            fd,
+            bytes[written..].as_ptr() as usize,
+            bytes.len() - written,
+            0,
+        );
+        if n == EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return false;
+        }
+        written += n as usize;
+    }
+    true
+}
+
 /// `path` must be NUL-terminated.
 fn open(path: *const u8, flags: usize, mode: usize) -> isize {
     syscall4(nr::OPENAT, AT_FDCWD as usize, path as usize, flags, mode)
@@ -116,22 +149,8 @@ fn install(target: *const u8) -> i32 {
         if read == 0 {
             break;
         }
-        let mut written = 0usize;
-        while written < read as usize {
-            let n = syscall4(
-                nr::WRITE,
-                dest as usize,
-                buffer[written..].as_ptr() as usize,
-                read as usize - written,
-                0,
-            );
-            if n == EINTR {
-                continue;
-            }
-            if n <= 0 {
-                return code::WRITE;
-            }
-            written += n as usize;
+        if !write_all(dest as usize, &buffer[..read as usize]) {
+            return code::WRITE;
         }
     }
     // The umask may have narrowed the mode given to open: the containers that run the copy
@@ -172,7 +191,13 @@ unsafe extern "C" fn main(stack: *const usize) -> ! {
     let code = unsafe {
         let argc = *stack;
         let argv = stack.add(1) as *const *const u8;
-        if argc >= 2 && arg_is(*argv.add(1), b"--install-to") {
+        if argc == 2 && arg_is(*argv.add(1), b"--version") {
+            if write_all(STDOUT, VERSION_LINE.as_bytes()) {
+                0
+            } else {
+                code::WRITE
+            }
+        } else if argc >= 2 && arg_is(*argv.add(1), b"--install-to") {
             if argc == 3 {
                 install(*argv.add(2))
             } else {

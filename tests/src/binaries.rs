@@ -1,6 +1,7 @@
 //! Runs the real binaries of the workspace as child processes.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -59,7 +60,32 @@ impl ChildProcess {
         started_message: &str,
         echo_logs: bool,
     ) -> anyhow::Result<(Self, serde_json::Value)> {
-        let mut child = Command::new(binary(binary_name)?)
+        let command = vec![binary(binary_name)?.into_os_string()];
+        Self::start_command(
+            &command,
+            label,
+            args,
+            kubeconfig,
+            started_message,
+            echo_logs,
+        )
+        .await
+    }
+
+    /// As [`Self::start`], running `command` (a program and its leading arguments, such as an
+    /// image's ELF loader and the binary taken out of the image) followed by `args`.
+    pub async fn start_command(
+        command: &[OsString],
+        label: &'static str,
+        args: &[String],
+        kubeconfig: &Path,
+        started_message: &str,
+        echo_logs: bool,
+    ) -> anyhow::Result<(Self, serde_json::Value)> {
+        let (program, leading) = command.split_first().context("empty command")?;
+        let binary_name = Path::new(program).display().to_string();
+        let mut child = Command::new(program)
+            .args(leading)
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             // The harness reads an info event: never filter it out.
@@ -165,7 +191,14 @@ pub struct WebhookOptions {
     pub extra_args: Vec<String>,
     /// Copy the webhook's log lines to stderr (captured by the test harness, shown on failure).
     pub echo_logs: bool,
+    /// Runs something else than the workspace's `prefetch-webhook`: given the webhook's
+    /// arguments, the whole command line (the image tests run the binary taken out of the
+    /// webhook image, or the image as a container).
+    pub launcher: Option<Launcher>,
 }
+
+/// Turns the webhook's arguments into the command line that runs it.
+pub type Launcher = Box<dyn FnOnce(&[String]) -> Vec<OsString> + Send>;
 
 impl WebhookOptions {
     /// Serving `tls.crt`/`tls.key` from `cert_dir` (as written by `prefetch-certs`).
@@ -176,6 +209,7 @@ impl WebhookOptions {
             key_file: cert_dir.join("tls.key"),
             extra_args: Vec::new(),
             echo_logs: false,
+            launcher: None,
         }
     }
 }
@@ -210,10 +244,16 @@ impl WebhookProcess {
             options.key_file.display().to_string(),
         ]);
         args.extend(options.extra_args);
-        let (process, entry) = ChildProcess::start(
-            "prefetch-webhook",
+        let command = match options.launcher {
+            Some(launch) => launch(&args),
+            None => std::iter::once(binary("prefetch-webhook")?.into_os_string())
+                .chain(args.into_iter().map(OsString::from))
+                .collect(),
+        };
+        let (process, entry) = ChildProcess::start_command(
+            &command,
             "webhook",
-            &args,
+            &[],
             &options.kubeconfig,
             "prefetch-webhook listening",
             options.echo_logs,

@@ -16,7 +16,7 @@ use crate::core::taint::{DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WarmupCon
 /// kube-prefetch reconciler: runs short-lived prefetch pods so matching nodes pull the images
 /// of the Deployments each Prefetch selects.
 #[derive(Parser, Debug)]
-#[command(name = "prefetch-controller", version, about)]
+#[command(name = "prefetch-controller", version = prefetch_common::version::LONG, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -34,7 +34,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "PREFETCH_NOOP_IMAGE",
-        default_value = "kube-prefetch/noop:dev"
+        default_value = concat!("ghcr.io/kainlite/kube-prefetch-noop:", env!("CARGO_PKG_VERSION"))
     )]
     pub noop_image: String,
     /// Elect a leader on a Lease, so only one replica acts.

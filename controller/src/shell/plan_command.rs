@@ -363,10 +363,10 @@ mod tests {
         let text = render(&objects, None, 50, Timestamp::now());
         for line in [
             "Prefetch default/prefetch-sample",
-            "docker.io/library/nginx:1.7.9",
-            "kind-worker         pod prefetch-prefetch-sample-kind-worker pulls docker.io/library/nginx:1.7.9",
-            "kind-worker2        pod prefetch-prefetch-sample-kind-worker2 pulls docker.io/library/nginx:1.7.9",
-            "kind-worker3        pod prefetch-prefetch-sample-kind-worker3 pulls docker.io/library/nginx:1.7.9",
+            "docker.io/library/nginx:1.27",
+            "kind-worker         pod prefetch-prefetch-sample-kind-worker pulls docker.io/library/nginx:1.27",
+            "kind-worker2        pod prefetch-prefetch-sample-kind-worker2 pulls docker.io/library/nginx:1.27",
+            "kind-worker3        pod prefetch-prefetch-sample-kind-worker3 pulls docker.io/library/nginx:1.27",
             "kind-control-plane  skipped: name does not contain node_filter \"worker\"",
             "=> 3 prefetch pod(s), at most 20 in flight; 0 of 3 node x image pairs already done",
         ] {
@@ -428,11 +428,11 @@ mod tests {
         );
         let text = render(&objects, warmup.as_ref(), 50, Timestamp::now());
         for line in [
-            "kind-worker4        pod prefetch-prefetch-sample-kind-worker4 pulls docker.io/library/nginx:1.7.9 (warming: ahead of the other nodes)",
+            "kind-worker4        pod prefetch-prefetch-sample-kind-worker4 pulls docker.io/library/nginx:1.27 (warming: ahead of the other nodes)",
             "kind-worker5        skipped: not Ready",
             "Warming nodes (taint cache.techsquad.rocks/warming:NoSchedule;",
-            "  kind-worker4  still needs docker.io/library/nginx:1.7.9: keeps the taint",
-            "                  default/prefetch-sample needs docker.io/library/nginx:1.7.9",
+            "  kind-worker4  still needs docker.io/library/nginx:1.27: keeps the taint",
+            "                  default/prefetch-sample needs docker.io/library/nginx:1.27",
             "  kind-gpu      warm: no Prefetch targets it: taint lifted now",
             "  kind-worker5  held back (not Ready): keeps the taint",
             "=> 4 prefetch pod(s)",
@@ -482,7 +482,7 @@ mod tests {
         let out = render(&objects, None, 50, Timestamp::now());
         for line in [
             "kind-worker6        skipped: DiskPressure: the node is low on disk, a pull would only trigger image garbage collection",
-            "kind-worker7        pod prefetch-prefetch-sample-kind-worker7 pulls docker.io/library/nginx:1.7.9",
+            "kind-worker7        pod prefetch-prefetch-sample-kind-worker7 pulls docker.io/library/nginx:1.27",
             "                      (image list full: 50 listed, cap 50; the controller counts an image its pod pulled here in an earlier round as present)",
         ] {
             assert!(out.contains(line), "missing {line:?} in\n{out}");

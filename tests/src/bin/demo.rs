@@ -205,20 +205,15 @@ async fn main() -> anyhow::Result<()> {
 
     heading(
         5,
-        "the sample Prefetch is created; the nginx Deployment rolls out nginx:1.7.9 -> nginx:1.25",
+        "the sample Prefetch is created; the nginx Deployment rolls out nginx:1.27 -> nginx:1.28",
     );
     let prefetches: Api<Prefetch> = Api::namespaced(client_api, "default");
     prefetches
         .create(&PostParams::default(), &serde_json::from_value(sample)?)
         .await?;
-    let old = nginx_deployment(
-        "default",
-        "nginx",
-        json!({"app": "nginx"}),
-        &["nginx:1.7.9"],
-    );
-    let new = nginx_deployment("default", "nginx", json!({"app": "nginx"}), &["nginx:1.25"]);
-    println!("   sent     Deployment default/nginx UPDATE, image nginx:1.7.9 -> nginx:1.25");
+    let old = nginx_deployment("default", "nginx", json!({"app": "nginx"}), &["nginx:1.27"]);
+    let new = nginx_deployment("default", "nginx", json!({"app": "nginx"}), &["nginx:1.28"]);
+    println!("   sent     Deployment default/nginx UPDATE, image nginx:1.27 -> nginx:1.28");
     // The webhook learns about the Prefetch from its watch: give the event a moment to land.
     let mut response = Value::Null;
     for _ in 0..100 {

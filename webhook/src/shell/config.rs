@@ -13,7 +13,7 @@ pub use prefetch_common::telemetry::LogFormat;
 /// Admission webhook for kube-prefetch: defaults and validates Prefetches, and marks
 /// Deployments whose rollout brings new images so the reconciler prefetches them at once.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "prefetch-webhook", version, about)]
+#[command(name = "prefetch-webhook", version = prefetch_common::version::LONG, about)]
 pub struct Args {
     /// HTTPS address for the admission endpoints.
     #[arg(long, env = "PREFETCH_LISTEN_ADDR", default_value = "0.0.0.0:8443")]
