@@ -60,32 +60,24 @@ impl ChildProcess {
         started_message: &str,
         echo_logs: bool,
     ) -> anyhow::Result<(Self, serde_json::Value)> {
-        let command = vec![binary(binary_name)?.into_os_string()];
-        Self::start_command(
-            &command,
-            label,
-            args,
-            kubeconfig,
-            started_message,
-            echo_logs,
-        )
-        .await
+        let command: Vec<OsString> = std::iter::once(binary(binary_name)?.into_os_string())
+            .chain(args.iter().map(OsString::from))
+            .collect();
+        Self::start_command(&command, label, kubeconfig, started_message, echo_logs).await
     }
 
-    /// As [`Self::start`], running `command` (a program and its leading arguments, such as an
-    /// image's ELF loader and the binary taken out of the image) followed by `args`.
+    /// As [`Self::start`], running `command`: a program and its arguments, such as an image's
+    /// ELF loader, the binary taken out of the image and the binary's arguments.
     pub async fn start_command(
         command: &[OsString],
         label: &'static str,
-        args: &[String],
         kubeconfig: &Path,
         started_message: &str,
         echo_logs: bool,
     ) -> anyhow::Result<(Self, serde_json::Value)> {
-        let (program, leading) = command.split_first().context("empty command")?;
+        let (program, args) = command.split_first().context("empty command")?;
         let binary_name = Path::new(program).display().to_string();
         let mut child = Command::new(program)
-            .args(leading)
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             // The harness reads an info event: never filter it out.
@@ -253,7 +245,6 @@ impl WebhookProcess {
         let (process, entry) = ChildProcess::start_command(
             &command,
             "webhook",
-            &[],
             &options.kubeconfig,
             "prefetch-webhook listening",
             options.echo_logs,
