@@ -64,12 +64,14 @@ clean:
 	$(CARGO) clean
 
 ## docker-build: the same three images with a Docker engine (same files and config as `make
-## images`; for other platforms use `docker buildx build --platform linux/arm64 ...`)
+## images`, and the same names; other platforms: `docker buildx build --platform linux/arm64 ...`)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+VERSION := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+IMAGE_REGISTRY ?= ghcr.io/kainlite
 docker-build:
-	docker build --build-arg REVISION=$(REVISION) -f Dockerfile.controller -t kube-prefetch/controller:dev .
-	docker build --build-arg REVISION=$(REVISION) -f Dockerfile.webhook -t kube-prefetch/webhook:dev .
-	docker build --build-arg REVISION=$(REVISION) -f Dockerfile.noop -t kube-prefetch/noop:dev .
+	docker build --build-arg REVISION=$(REVISION) -f Dockerfile.controller -t $(IMAGE_REGISTRY)/kube-prefetch-controller:$(VERSION) .
+	docker build --build-arg REVISION=$(REVISION) -f Dockerfile.webhook -t $(IMAGE_REGISTRY)/kube-prefetch-webhook:$(VERSION) .
+	docker build --build-arg REVISION=$(REVISION) -f Dockerfile.noop -t $(IMAGE_REGISTRY)/kube-prefetch-noop:$(VERSION) .
 
 ## deploy: certificates if absent, then the kustomize base (needs kubectl and a cluster)
 deploy: certs

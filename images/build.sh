@@ -8,7 +8,9 @@
 # root in CI as on a laptop.
 #
 # Out: target/images/<name>/ (OCI layout, tag = the version) and target/images/<name>.tar
-# (docker-archive tagged kube-prefetch/<name>:dev and the release's name, for kind).
+# (docker-archive for kind, tagged with the name the manifests use: the release's,
+# ghcr.io/kainlite/kube-prefetch-<name>:<version>; one name only, as the kubelet reports any
+# one of an image's names in a pod's status).
 #
 #   images/build.sh            (after `cargo build --profile image` and the noop build)
 set -euo pipefail
@@ -61,10 +63,9 @@ build_image() {
         --config.label "org.opencontainers.image.source=$source_url" \
         --config.label "org.opencontainers.image.licenses=$licenses"
     umoci gc --layout "$layout"
-    skopeo copy --quiet "oci:$layout:$version" \
-        "docker-archive:$layout.tar:kube-prefetch/$name:dev" \
-        --additional-tag "$registry/kube-prefetch-$name:$version"
-    echo "images: $layout ($version) and $layout.tar (kube-prefetch/$name:dev)"
+    local reference="$registry/kube-prefetch-$name:$version"
+    skopeo copy --quiet "oci:$layout:$version" "docker-archive:$layout.tar:$reference"
+    echo "images: $layout ($version) and $layout.tar ($reference)"
 }
 
 mkdir -p "$out"

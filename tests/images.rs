@@ -298,6 +298,33 @@ fn images_fit_their_size_budgets() {
     }
 }
 
+/// The archive `kind load image-archive` takes names the image as the install does, and only so:
+/// the kubelet reports any one of an image's names in a pod's status.
+#[test]
+fn each_archive_for_kind_carries_the_name_the_install_uses() {
+    let Some(images) = built_images() else { return };
+    for image in &images {
+        let name = image.expected.name;
+        let path = images_dir().join(format!("{name}.tar"));
+        let mut archive = tar::Archive::new(std::fs::File::open(&path).unwrap());
+        let mut manifest = None;
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            if entry.path().unwrap().as_os_str() == "manifest.json" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+                manifest = Some(serde_json::from_str::<Value>(&text).unwrap());
+            }
+        }
+        let manifest = manifest.unwrap_or_else(|| panic!("{}: no manifest.json", path.display()));
+        assert_eq!(
+            manifest[0]["RepoTags"],
+            json!([format!("ghcr.io/kainlite/kube-prefetch-{name}:{VERSION}")]),
+            "{name}"
+        );
+    }
+}
+
 /// How to run `binary` (inside `root`) with the libraries of `root`, not the machine's: its
 /// ELF loader from the image, told to ignore the machine's cache and search only the image's
 /// library directories. A static binary (noop) runs as it is.
