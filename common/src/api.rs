@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits;
 
-/// Desired state: which Deployments' images to keep pre-pulled on which nodes, and how often.
+/// Desired state: which workloads' images (Deployments, StatefulSets, DaemonSets, Jobs,
+/// CronJobs) to keep pre-pulled on which nodes, and how often.
 // Each printcolumn(...) repeats the same keys; clippy reads them as duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -24,8 +25,9 @@ use crate::limits;
     shortname = "pf",
     namespaced,
     status = "PrefetchStatus",
-    doc = "Prefetch keeps the images of selected Deployments pulled on matching nodes, so \
-           rollouts and scale-ups start without waiting on registry pulls.",
+    doc = "Prefetch keeps the images of selected workloads (Deployments, StatefulSets, \
+           DaemonSets, Jobs, CronJobs) pulled on matching nodes, so rollouts and scale-ups \
+           start without waiting on registry pulls.",
     printcolumn(
         name = "Phase",
         type_ = "string",
@@ -57,8 +59,10 @@ use crate::limits;
     )
 )]
 pub struct PrefetchSpec {
-    /// Labels that select Deployments in this Prefetch's namespace (all must match). Their
-    /// containers' and initContainers' images are prefetched. At least one entry.
+    /// Labels that select workloads in this Prefetch's namespace (all must match), of the
+    /// kinds in `kinds` (Deployment, StatefulSet, DaemonSet, Job, CronJob). Their pod
+    /// templates' containers', initContainers' and image volumes' images are prefetched. At
+    /// least one entry.
     #[schemars(extend("minProperties" = 1))]
     pub filter_by_labels: BTreeMap<String, String>,
 
@@ -99,9 +103,10 @@ pub struct PrefetchSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
 
-    /// Hold the new pods of a selected Deployment's rollout (with a scheduling gate) until
-    /// the rollout's new images are on the targeted nodes, so no new pod starts on a node
-    /// that still has to pull. Needs the pod webhook and a running controller; a pod is
+    /// Hold the new pods of a selected workload's rollout (a Deployment, StatefulSet,
+    /// DaemonSet or CronJob; a Job never rolls out) with a scheduling gate until the
+    /// rollout's new images are on the targeted nodes, so no new pod starts on a node that
+    /// still has to pull. Needs the pod webhook and a running controller; a pod is
     /// released at the latest after gate_timeout. Delays rollouts by up to the pull time.
     /// Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,7 +120,7 @@ pub struct PrefetchSpec {
     pub gate_timeout: Option<i64>,
 
     /// Which workload kinds filter_by_labels selects: Deployment, StatefulSet, DaemonSet,
-    /// Job, CronJob. Unset selects all five.
+    /// Job, CronJob. Unset selects all five; an empty list selects none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kinds: Option<Vec<WorkloadKind>>,
 

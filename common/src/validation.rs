@@ -166,13 +166,10 @@ fn field<'a>(spec: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
 fn validate_filter_by_labels(spec: &Map<String, Value>, verdict: &mut Verdict) {
     const FIELD: &str = "spec.filter_by_labels";
     match field(spec, "filter_by_labels") {
-        None => verdict.error(
-            FIELD,
-            "required: at least one label that selects Deployments",
-        ),
+        None => verdict.error(FIELD, "required: at least one label that selects workloads"),
         Some(Value::Object(map)) if map.is_empty() => verdict.error(
             FIELD,
-            "must have at least one entry (an empty selector would select every Deployment)",
+            "must have at least one entry (an empty selector would select every workload)",
         ),
         Some(_) => validate_label_map(spec, "filter_by_labels", verdict),
     }
@@ -577,17 +574,17 @@ mod tests {
     fn missing_or_empty_selector_is_denied() {
         assert_eq!(
             messages(json!({"retry_after": 60})),
-            ["spec.filter_by_labels: required: at least one label that selects Deployments"]
+            ["spec.filter_by_labels: required: at least one label that selects workloads"]
         );
         assert_eq!(
             messages(json!({"filter_by_labels": {}})),
             [
-                "spec.filter_by_labels: must have at least one entry (an empty selector would select every Deployment)"
+                "spec.filter_by_labels: must have at least one entry (an empty selector would select every workload)"
             ]
         );
         assert_eq!(
             messages(json!({"filter_by_labels": null})),
-            ["spec.filter_by_labels: required: at least one label that selects Deployments"]
+            ["spec.filter_by_labels: required: at least one label that selects workloads"]
         );
         assert_eq!(
             messages(json!({"filter_by_labels": ["app"]})),

@@ -14,7 +14,8 @@ use crate::core::fulllist::DEFAULT_NODE_STATUS_MAX_IMAGES;
 use crate::core::taint::{DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WarmupConfig};
 
 /// kube-prefetch reconciler: runs short-lived prefetch pods so matching nodes pull the images
-/// of the Deployments each Prefetch selects.
+/// of the workloads (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs) each Prefetch
+/// selects.
 #[derive(Parser, Debug)]
 #[command(name = "prefetch-controller", version = prefetch_common::version::LONG, about)]
 pub struct Cli {
@@ -102,7 +103,8 @@ fn parse_taint_key(s: &str) -> Result<String, String> {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Print which prefetch pods the reconciler would create on which nodes, for the
-    /// Prefetches, workloads (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs) and Nodes in YAML files (no cluster needed).
+    /// Prefetches, workloads (Deployments, StatefulSets, DaemonSets, Jobs, CronJobs),
+    /// ServiceAccounts and Nodes in YAML files (no cluster needed).
     Plan {
         /// A YAML file (multi-document and List kinds are fine); repeatable.
         #[arg(short = 'f', long = "filename", required = true)]

@@ -10,8 +10,10 @@ use clap::Parser;
 use prefetch_common::limits::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
 pub use prefetch_common::telemetry::LogFormat;
 
-/// Admission webhook for kube-prefetch: defaults and validates Prefetches, and marks
-/// Deployments whose rollout brings new images so the reconciler prefetches them at once.
+/// Admission webhook for kube-prefetch: defaults and validates Prefetches, marks workloads
+/// (Deployments, StatefulSets, DaemonSets, CronJobs; Jobs never roll out) whose rollout brings
+/// new images so the reconciler prefetches them at once, and gates their new pods for
+/// Prefetches with gate_rollouts.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "prefetch-webhook", version = prefetch_common::version::LONG, about)]
 pub struct Args {
@@ -51,8 +53,8 @@ pub struct Args {
         default_value = prefetch_common::annotations::DEFAULT_LEASE_NAME
     )]
     pub lease_name: String,
-    /// Bound of the pod gate's one live read of a Deployment its cache is behind on (the
-    /// hook's timeoutSeconds is 2 s).
+    /// Bound of the pod gate's one live read of a workload (Deployment, StatefulSet,
+    /// DaemonSet, CronJob) its cache is behind on (the hook's timeoutSeconds is 2 s).
     #[arg(long, env = "PREFETCH_LIVE_READ_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     pub live_read_timeout: Duration,
     /// At most this many client connections at once. At the limit, a new connection closes
@@ -90,7 +92,8 @@ pub struct Args {
     #[arg(long, env = "PREFETCH_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
     /// A watch cache down longer than this is named in /readyz's body, which stays 200 once
-    /// the caches synced (see the README). The staleness metric reports every watch always.
+    /// the caches synced (see the book's webhook chapter, Readiness and stale caches). The
+    /// staleness metric reports every watch always.
     #[arg(long, env = "PREFETCH_CACHE_STALE_AFTER", default_value = "30s", value_parser = parse_duration)]
     pub cache_stale_after: Duration,
     /// Log format.

@@ -2,7 +2,7 @@
 //!
 //! Each admission handler hands the body to a decision of [`crate::core`] with the watch
 //! caches and the time, and turns the [`Answer`] into a response, a log line and metrics. The
-//! pod gate's one live read of a Deployment happens here. A panic in a decision costs that
+//! pod gate's one live read of a workload happens here. A panic in a decision costs that
 //! request a 500, never the process.
 
 use std::convert::Infallible;

@@ -154,13 +154,13 @@ impl Default for Metrics {
         let rollout_signals = Counter::default();
         registry.register(
             "rollout_signals",
-            "Deployment changes annotated with new images for the reconciler",
+            "Workload changes (Deployments, StatefulSets, DaemonSets, CronJobs) annotated with new images for the reconciler",
             rollout_signals.clone(),
         );
         let deployment_errors = Family::<ReasonLabel, Counter>::default();
         registry.register(
             "deployment_errors",
-            "Deployment reviews allowed without a signal because of an internal error",
+            "Workload reviews (every kind, both signal endpoints) allowed without a signal because of an internal error",
             deployment_errors.clone(),
         );
         let cert_reloads = Family::<ReasonLabel, Counter>::default();
@@ -215,7 +215,7 @@ impl Default for Metrics {
         let deployment_live_reads = Family::<ResultLabel, Counter>::default();
         registry.register(
             "deployment_live_reads",
-            "Live GETs of a Deployment the watch cache was behind on, by result",
+            "Live GETs of a workload (Deployment, StatefulSet, DaemonSet, CronJob) the watch cache was behind on, by result",
             deployment_live_reads.clone(),
         );
         let endpoints = Endpoint::ALL
