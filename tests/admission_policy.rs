@@ -1,8 +1,8 @@
-//! The ValidatingAdmissionPolicy that limits the controller's Node writes (DESIGN.md section
-//! 8), evaluated with a CEL interpreter as the API server would: match constraints, match
-//! conditions, variables, validations. The controller's own taint-removal patch must pass;
-//! every other change to a Node by the controller must be denied, and nobody else's request is
-//! matched at all.
+//! The ValidatingAdmissionPolicy that limits the controller's Node writes (design:
+//! docs/src/design.md#warm-nodes), evaluated with a CEL interpreter as the API server would: match
+//! constraints, match conditions, variables, validations. The controller's own taint-removal patch
+//! must pass; every other change to a Node by the controller must be denied, and nobody else's
+//! request is matched at all.
 
 use std::collections::HashMap;
 
@@ -511,8 +511,9 @@ fn the_policy_names_the_controllers_account_and_taint() {
     assert_eq!(binding.value["spec"]["validationActions"], json!(["Deny"]));
 }
 
-// Warm rollouts (DESIGN.md section 9): on a Pod, the controller may only remove the rollout
-// scheduling gate; its own prefetch pods' creation and deletion are not this policy's.
+// Warm rollouts (design: docs/src/design.md#warm-rollouts): on a Pod, the controller may only
+// remove the rollout scheduling gate; its own prefetch pods' creation and deletion are not this
+// policy's.
 
 /// A gated workload pod as stored.
 fn gated_pod() -> Value {

@@ -625,8 +625,8 @@ async fn status_fields_that_must_empty_do() {
     s.cluster.cleanup().await;
 }
 
-/// A declared image (`spec.images`) is prefetched before any workload uses it: added to a
-/// running Prefetch, it starts a round at once (DESIGN.md section 12).
+/// A declared image (`spec.images`) is prefetched before any workload uses it: added to a running
+/// Prefetch, it starts a round at once (design: docs/src/design.md#every-workload-and-every-image).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_image_is_prefetched_before_any_workload_uses_it() {
     let Some(s) = scenario("declared", json!({"retry_after": 3600})).await else {
@@ -665,10 +665,10 @@ async fn a_declared_image_is_prefetched_before_any_workload_uses_it() {
     s.cluster.cleanup().await;
 }
 
-/// Every workload kind a Prefetch selects brings its images (DESIGN.md section 12):
-/// StatefulSets, DaemonSets, Jobs and CronJobs beside the Deployment, init containers and
-/// image volumes included; a node that joins afterwards gets them all (a CronJob's next run
-/// lands warm on it); `kinds` narrows the selection.
+/// Every workload kind a Prefetch selects brings its images (design:
+/// docs/src/design.md#every-workload-and-every-image): StatefulSets, DaemonSets, Jobs and CronJobs
+/// beside the Deployment, init containers and image volumes included; a node that joins afterwards
+/// gets them all (a CronJob's next run lands warm on it); `kinds` narrows the selection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_workload_kind_brings_its_images() {
     let Some(s) = scenario("kinds", json!({"retry_after": 3600})).await else {
@@ -809,9 +809,10 @@ async fn every_workload_kind_brings_its_images() {
     s.cluster.cleanup().await;
 }
 
-/// While a rollout is in progress the Deployment's older ReplicaSet still runs pods: its image
-/// is wanted too, so a node that joins mid-rollout is warm for the old pods it may get; once
-/// that ReplicaSet is scaled to zero its image leaves the plan (DESIGN.md section 12).
+/// While a rollout is in progress the Deployment's older ReplicaSet still runs pods: its image is
+/// wanted too, so a node that joins mid-rollout is warm for the old pods it may get; once that
+/// ReplicaSet is scaled to zero its image leaves the plan (design:
+/// docs/src/design.md#every-workload-and-every-image).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_revision_with_pods_is_warmed_on_a_node_that_joins_mid_rollout() {
     let Some(s) = scenario("revisions", json!({"retry_after": 3600})).await else {
@@ -1028,10 +1029,11 @@ async fn pull_secrets_of_pod_on(pods: &Api<Pod>, node: &str) -> Vec<String> {
     }
 }
 
-/// A prefetch pod carries the pull secrets the selected workloads' pods get (DESIGN.md section
-/// 12): a template's own and, for a template that lists none, its ServiceAccount's (the
-/// ServiceAccount admission plugin adds an account's secrets only then). A change to the
-/// account reaches the next pod. `status.sources` names each image's workloads.
+/// A prefetch pod carries the pull secrets the selected workloads' pods get (design:
+/// docs/src/design.md#every-workload-and-every-image): a template's own and, for a template that
+/// lists none, its ServiceAccount's (the ServiceAccount admission plugin adds an account's secrets
+/// only then). A change to the account reaches the next pod. `status.sources` names each image's
+/// workloads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_pods_carry_the_service_accounts_pull_secrets() {
     let Some(s) = scenario("accounts", json!({"retry_after": 3600})).await else {

@@ -7,6 +7,13 @@
 //! Reads files only: no network, no mdbook binary. Links to http(s) and mailto are not checked.
 //! Links are found with a line-based scanner (`[text](target)`, `![alt](target)`,
 //! `[label]: target`), outside fenced code blocks and inline code spans.
+//!
+//! Source comments cite the book the same way: a `docs/src/<file>.md` or
+//! `docs/src/<file>.md#<anchor>` in a `//`, `///` or `//!` comment of any `.rs` file of the
+//! workspace (and of `noop/`; `target/` skipped) must name a file that exists and, with an
+//! anchor, a heading of that file under the same slug rule. A comment that still cites the
+//! design file that used to live outside the repository (by its old upper-case name) fails
+//! too: the design is docs/src/design.md.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -255,6 +262,218 @@ fn broken_links(root: &Path, files: &[PathBuf]) -> Vec<String> {
         }
     }
     broken
+}
+
+/// The crates whose sources may cite the book.
+const SOURCE_DIRS: [&str; 7] = [
+    "common",
+    "webhook",
+    "controller",
+    "certs",
+    "tests",
+    "bench",
+    "noop",
+];
+
+/// The old citation of the design file that lived outside the repository.
+const OUT_OF_REPO_DESIGN: &str = "DESIGN.md";
+
+/// Every `.rs` file under the source directories, `target/` directories skipped.
+fn rust_sources(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs: Vec<PathBuf> = SOURCE_DIRS.iter().map(|d| root.join(d)).collect();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("target") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The comment of one line of Rust: the text after `//` (`///` and `//!` included), either
+/// the whole line or a trailing comment after code (a `//` inside a string literal is not one).
+fn comment_of(line: &str) -> Option<&str> {
+    let mut in_string = false;
+    let mut escaped = false;
+    let bytes = line.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            return Some(&line[i..]);
+        }
+    }
+    None
+}
+
+/// The book references of a comment: `docs/src/<file>.md`, with `#<anchor>` when present,
+/// as (file under docs/src, anchor).
+fn book_references(comment: &str) -> Vec<(String, Option<String>)> {
+    const PREFIX: &str = "docs/src/";
+    let mut found = Vec::new();
+    let mut rest = comment;
+    while let Some(at) = rest.find(PREFIX) {
+        let after = &rest[at + PREFIX.len()..];
+        let path_len = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "-_./".contains(c)))
+            .unwrap_or(after.len());
+        let path = &after[..path_len];
+        let Some(md) = path.find(".md") else {
+            rest = after;
+            continue;
+        };
+        let file = &path[..md + 3];
+        let tail = &after[md + 3..];
+        let (anchor, consumed) = match tail.strip_prefix('#') {
+            Some(anchor_text) => {
+                let len = anchor_text
+                    .find(|c: char| !(c.is_alphanumeric() || c == '-' || c == '_'))
+                    .unwrap_or(anchor_text.len());
+                (Some(anchor_text[..len].to_string()), md + 4 + len)
+            }
+            None => (None, md + 3),
+        };
+        found.push((file.to_string(), anchor));
+        rest = &after[consumed..];
+    }
+    found
+}
+
+/// Every unresolved book reference and every out-of-repository design citation in the
+/// comments of `text` (shown as `shown`), as `file:line: reference: why`.
+fn broken_source_references(
+    root: &Path,
+    shown: &str,
+    text: &str,
+    anchor_cache: &mut HashMap<PathBuf, Option<BTreeSet<String>>>,
+) -> Vec<String> {
+    let mut broken = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let Some(comment) = comment_of(line) else {
+            continue;
+        };
+        let number = i + 1;
+        if comment.contains(OUT_OF_REPO_DESIGN) {
+            broken.push(format!(
+                "{shown}:{number}: cites {OUT_OF_REPO_DESIGN}, which is not in the repository: \
+                 cite docs/src/design.md#<anchor>"
+            ));
+        }
+        for (file, anchor) in book_references(comment) {
+            let target = root.join("docs/src").join(&file);
+            let shown_ref = match &anchor {
+                Some(a) => format!("docs/src/{file}#{a}"),
+                None => format!("docs/src/{file}"),
+            };
+            let known = anchor_cache
+                .entry(target.clone())
+                .or_insert_with(|| std::fs::read_to_string(&target).ok().map(|t| anchors(&t)));
+            match (known, anchor) {
+                (None, _) => broken.push(format!(
+                    "{shown}:{number}: {shown_ref}: {} does not exist",
+                    target.display()
+                )),
+                (Some(known), Some(anchor)) if !known.contains(&anchor) => broken.push(format!(
+                    "{shown}:{number}: {shown_ref}: no heading with anchor #{anchor} in docs/src/{file}"
+                )),
+                _ => {}
+            }
+        }
+    }
+    broken
+}
+
+#[test]
+fn every_book_reference_in_a_source_comment_resolves() {
+    let root = repo_root();
+    let files = rust_sources(&root);
+    assert!(
+        files.iter().any(|f| f.ends_with("tests/doc_links.rs")),
+        "the source scan found no tests/doc_links.rs"
+    );
+    let mut cache = HashMap::new();
+    let mut broken = Vec::new();
+    let mut references = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let shown = file
+            .strip_prefix(&root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        references += text
+            .lines()
+            .filter_map(comment_of)
+            .map(|c| book_references(c).len())
+            .sum::<usize>();
+        broken.extend(broken_source_references(&root, &shown, &text, &mut cache));
+    }
+    assert!(
+        references > 0,
+        "no source comment cites docs/src/: the scan is looking in the wrong place"
+    );
+    assert!(
+        broken.is_empty(),
+        "{} broken reference(s) in source comments:\n{}",
+        broken.len(),
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn the_source_checker_reports_a_bad_reference() {
+    let root = repo_root();
+    let mut cache = HashMap::new();
+    let text = concat!(
+        "//! Fine (design: docs/src/design.md#warm-rollouts), and docs/src/api.md too.\n",
+        "/// A wrong anchor: docs/src/design.md#no-such-heading.\n",
+        "let s = \"// docs/src/design.md#in-a-string-literal is not a comment\";\n",
+        "fn f() {} // a missing file: docs/src/nowhere.md#x\n",
+    );
+    let broken = broken_source_references(&root, "example.rs", text, &mut cache);
+    assert_eq!(
+        broken,
+        vec![
+            "example.rs:2: docs/src/design.md#no-such-heading: no heading with anchor \
+             #no-such-heading in docs/src/design.md"
+                .to_string(),
+            format!(
+                "example.rs:4: docs/src/nowhere.md#x: {} does not exist",
+                root.join("docs/src/nowhere.md").display()
+            ),
+        ]
+    );
+    let old = format!("// see {OUT_OF_REPO_DESIGN} section 9\n");
+    let broken = broken_source_references(&root, "old.rs", &old, &mut cache);
+    assert_eq!(broken.len(), 1);
+    assert!(broken[0].starts_with("old.rs:1: cites "), "{broken:?}");
+    assert_eq!(
+        book_references("see docs/src/design.md#warm-nodes, docs/src/api.md."),
+        vec![
+            ("design.md".to_string(), Some("warm-nodes".to_string())),
+            ("api.md".to_string(), None)
+        ]
+    );
+    assert_eq!(comment_of("let url = \"https://example.com\";"), None);
+    assert_eq!(comment_of("x(); // note"), Some("// note"));
 }
 
 #[test]

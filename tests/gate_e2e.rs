@@ -1,6 +1,7 @@
-//! Warm rollouts end to end (DESIGN.md section 9): the real webhook registered as the test API
-//! server's mutating admission, the real controller, and the test playing the Deployment
-//! controller, the scheduler and the kubelets with a pull-time model (`prefetch_tests::rollout`).
+//! Warm rollouts end to end (design: docs/src/design.md#warm-rollouts): the real webhook registered
+//! as the test API server's mutating admission, the real controller, and the test playing the
+//! Deployment controller, the scheduler and the kubelets with a pull-time model
+//! (`prefetch_tests::rollout`).
 
 use std::time::Duration;
 
@@ -352,12 +353,12 @@ async fn start_of_a_second() {
     tokio::time::sleep(Duration::from_nanos(left as u64 + 20_000_000)).await;
 }
 
-/// A Deployment gated four times over (DESIGN.md section 9; the bug this guards against let
-/// only a Deployment's first rollout wait: the earlier rollout's `prefetched_at` stayed in the
-/// status and released every later rollout's pods at once): its CREATE, `set image`, `set
-/// image` twice within one second (the second change must be a signal of its own), and
-/// `rollout undo` back to the first template. Every rollout starts no pod cold, and every
-/// pod is released, with reason prefetched, only once its image is on every worker.
+/// A Deployment gated four times over (design: docs/src/design.md#warm-rollouts; the bug this
+/// guards against let only a Deployment's first rollout wait: the earlier rollout's `prefetched_at`
+/// stayed in the status and released every later rollout's pods at once): its CREATE, `set image`,
+/// `set image` twice within one second (the second change must be a signal of its own), and
+/// `rollout undo` back to the first template. Every rollout starts no pod cold, and every pod is
+/// released, with reason prefetched, only once its image is on every worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rollout_of_a_deployment_starts_no_pod_cold() {
     let Some(rig) = GateRig::start("gate-every-rollout", RigOptions::default())

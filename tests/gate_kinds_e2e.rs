@@ -1,8 +1,8 @@
-//! Warm rollouts of StatefulSets, DaemonSets and CronJobs end to end (DESIGN.md section 12):
-//! the real webhook signals the workload's change and gates its new pods, the real controller
-//! prefetches and lifts the gate; the test plays the StatefulSet, DaemonSet and CronJob
-//! controllers (pods made through admission, owned and labelled as theirs are), the scheduler
-//! and the kubelets (`prefetch_tests::rollout`).
+//! Warm rollouts of StatefulSets, DaemonSets and CronJobs end to end (design:
+//! docs/src/design.md#every-workload-and-every-image): the real webhook signals the workload's
+//! change and gates its new pods, the real controller prefetches and lifts the gate; the test plays
+//! the StatefulSet, DaemonSet and CronJob controllers (pods made through admission, owned and
+//! labelled as theirs are), the scheduler and the kubelets (`prefetch_tests::rollout`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -1,6 +1,6 @@
-//! The real prefetch-webhook over TLS against clients that stall at every stage of a
-//! connection (DESIGN.md section 10), while a well-behaved client playing the API server keeps
-//! sending reviews. Bounds are set short by flags so each test runs in seconds.
+//! The real prefetch-webhook over TLS against clients that stall at every stage of a connection
+//! (design: docs/src/design.md#hostile-clients), while a well-behaved client playing the API server
+//! keeps sending reviews. Bounds are set short by flags so each test runs in seconds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,7 @@
-//! Every manifest parses into its typed k8s-openapi object, the kustomization lists exactly
-//! the files there are, and the pieces refer to each other correctly (names, ports, paths,
-//! namespace, the TLS Secret), with the webhook settings DESIGN.md fixes.
+//! Every manifest parses into its typed k8s-openapi object, the kustomization lists exactly the
+//! files there are, and the pieces refer to each other correctly (names, ports, paths, namespace,
+//! the TLS Secret), with the webhook settings the design fixes
+//! (docs/src/design.md#the-admission-webhook).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,7 +1,8 @@
-//! What a node's status says about its disk and its images (DESIGN.md section 11), end to end:
-//! nodes under DiskPressure are skipped until the pressure clears, and a node whose image list
-//! is full (the kubelet lists at most 50) gets no pod in later rounds for an image our pod
-//! already pulled there. The test plays the kubelet, including its 50-image cap.
+//! What a node's status says about its disk and its images (design:
+//! docs/src/design.md#lean-prefetch-pods), end to end: nodes under DiskPressure are skipped until
+//! the pressure clears, and a node whose image list is full (the kubelet lists at most 50) gets no
+//! pod in later rounds for an image our pod already pulled there. The test plays the kubelet,
+//! including its 50-image cap.
 
 use std::time::Duration;
 

@@ -1,10 +1,10 @@
-//! The controller's status writes against the API server (DESIGN.md section 1): for any
-//! sequence of statuses the controller writes, the object's status after each write is exactly
-//! the status just written: no field of an earlier write survives (a merge patch would keep
-//! `last_rollout.prefetched_at`, a digest or the sources of an image no longer wanted, any
-//! optional field), and fields another field manager wrote in between are removed too. Runs on
-//! the test API server, or on the real cluster named by `PREFETCH_E2E_KUBECONFIG` (with the CRD
-//! installed).
+//! The controller's status writes against the API server (design:
+//! docs/src/design.md#status-ownership): for any sequence of statuses the controller writes, the
+//! object's status after each write is exactly the status just written: no field of an earlier
+//! write survives (a merge patch would keep `last_rollout.prefetched_at`, a digest or the sources
+//! of an image no longer wanted, any optional field), and fields another field manager wrote in
+//! between are removed too. Runs on the test API server, or on the real cluster named by
+//! `PREFETCH_E2E_KUBECONFIG` (with the CRD installed).
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,6 @@
-//! Warm nodes end to end (DESIGN.md section 8): the real prefetch-controller against the test
-//! API server, the test playing the node provisioner (nodes join with the warmup taint) and the
-//! kubelet. Each scenario takes seconds: timeouts are short flags.
+//! Warm nodes end to end (design: docs/src/design.md#warm-nodes): the real prefetch-controller
+//! against the test API server, the test playing the node provisioner (nodes join with the warmup
+//! taint) and the kubelet. Each scenario takes seconds: timeouts are short flags.
 
 use std::time::Duration;
 

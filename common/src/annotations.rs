@@ -21,7 +21,8 @@ pub const API_GROUP: &str = "cache.techsquad.rocks";
 pub const API_VERSION: &str = "v1";
 pub const KIND: &str = "Prefetch";
 
-/// The scheduling gate the pod webhook adds to a rollout's new pods (DESIGN.md section 9).
+/// The scheduling gate the pod webhook adds to a rollout's new pods (design:
+/// docs/src/design.md#warm-rollouts).
 pub const SCHEDULING_GATE: &str = "cache.techsquad.rocks/prefetch";
 /// Label on a gated pod naming the Prefetch whose round releases it.
 pub const GATED_BY_LABEL: &str = "cache.techsquad.rocks/gated-by";

@@ -1,6 +1,7 @@
-//! prefetch-controller: keeps the images of selected workloads pulled on matching nodes, lifts
-//! the warmup taint of joining nodes once they hold them, and releases gated rollout pods once
-//! their images are everywhere (DESIGN.md sections 3, 8, 9).
+//! prefetch-controller: keeps the images of selected workloads pulled on matching nodes, lifts the
+//! warmup taint of joining nodes once they hold them, and releases gated rollout pods once their
+//! images are everywhere (design: docs/src/design.md#the-reconciler, docs/src/design.md#warm-nodes,
+//! docs/src/design.md#warm-rollouts).
 //!
 //! Two halves, and the layout shows which is which: [`core`] decides (pure functions of what
 //! the caches hold and the time; exhaustively unit-tested) and [`shell`] does (watches,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-/// The original operator's sample Prefetch (DESIGN.md section 1).
+/// The original operator's sample Prefetch (design: docs/src/design.md#the-prefetch-api).
 pub fn sample_prefetch(namespace: &str) -> Value {
     json!({
         "apiVersion": "cache.techsquad.rocks/v1",

@@ -1,4 +1,5 @@
-//! prefetch-webhook: admission for kube-prefetch (DESIGN.md sections 2, 9 and 10).
+//! prefetch-webhook: admission for kube-prefetch (design: docs/src/design.md#the-admission-webhook,
+//! docs/src/design.md#warm-rollouts, docs/src/design.md#hostile-clients).
 //!
 //! - `/mutate/prefetch` fills absent spec defaults (JSON patch).
 //! - `/validate/prefetch` denies invalid specs with every violation named by field.

@@ -1,4 +1,4 @@
-//! The full-list rule (DESIGN.md section 11), the pure part.
+//! The full-list rule (design: docs/src/design.md#lean-prefetch-pods), the pure part.
 //!
 //! The kubelet lists at most `--node-status-max-images` images in `node.status.images`
 //! (default 50): it sorts the node's images by size, largest first, and reports the first 50

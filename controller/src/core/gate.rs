@@ -1,5 +1,6 @@
-//! Warm rollouts (DESIGN.md section 9): when a pod the webhook held with the scheduling gate
-//! `cache.techsquad.rocks/prefetch` is released. Pure; `gate_loop.rs` applies the verdicts.
+//! Warm rollouts (design: docs/src/design.md#warm-rollouts): when a pod the webhook held with the
+//! scheduling gate `cache.techsquad.rocks/prefetch` is released. Pure; `gate_loop.rs` applies the
+//! verdicts.
 //!
 //! A gated pod carries the label `cache.techsquad.rocks/gated-by: <prefetch>` and the
 //! annotation `cache.techsquad.rocks/gated-until: <RFC 3339>` (signal time + gate_timeout). It

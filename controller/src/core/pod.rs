@@ -1,5 +1,5 @@
-//! The prefetch pod for one node (DESIGN.md, "Prefetch pod shape"): one container per image,
-//! each running the static `noop` binary, so the kubelet pulls the images and the pod exits.
+//! The prefetch pod for one node (design: docs/src/design.md#the-prefetch-pod): one container per
+//! image, each running the static `noop` binary, so the kubelet pulls the images and the pod exits.
 //! An image that may have nothing to run (an artifact, see `image_volume.rs`) is mounted as an
 //! image volume instead, in a container running `noop` from the noop image.
 

@@ -1,7 +1,8 @@
-//! A workload's older revisions that still run pods while a rollout is in progress (DESIGN.md
-//! section 12): a node that joins mid-rollout gets the old revision's pods too, and they would
-//! start cold. Each is read as a workload of its owner (the owner's kind and metadata, so
-//! selection and the image's source are the owner's; the revision's pod template):
+//! A workload's older revisions that still run pods while a rollout is in progress (design:
+//! docs/src/design.md#every-workload-and-every-image): a node that joins mid-rollout gets the old
+//! revision's pods too, and they would start cold. Each is read as a workload of its owner (the
+//! owner's kind and metadata, so selection and the image's source are the owner's; the revision's
+//! pod template):
 //! - a Deployment's ReplicaSets that want or have pods;
 //! - a StatefulSet's `status.currentRevision` while it differs from `updateRevision` and still
 //!   has pods;

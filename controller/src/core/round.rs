@@ -296,9 +296,10 @@ fn is_new_signal(signal: &RolloutSignal, status: &PrefetchStatus) -> bool {
     seen.is_none_or(|seen| signal.requested_at > seen)
 }
 
-/// The rollout the round now owes `prefetched_at` to: the new signal, still owing the images of
-/// an unfinished earlier one. A pod gated for the earlier signal is released when the later
-/// one is prefetched (DESIGN.md section 9), so that must mean its images are done too.
+/// The rollout the round now owes `prefetched_at` to: the new signal, still owing the images of an
+/// unfinished earlier one. A pod gated for the earlier signal is released when the later one is
+/// prefetched (design: docs/src/design.md#warm-rollouts), so that must mean its images are done
+/// too.
 fn supersede(
     unfinished: Option<OwedRollout>,
     (requested_at, mut images): OwedRollout,
@@ -647,8 +648,9 @@ fn plan_creations(
     creations
 }
 
-/// The order in which targets get pods: warming nodes first (DESIGN.md section 8), so they take
-/// the free `max_parallel` slots ahead of the others; each group in plan order.
+/// The order in which targets get pods: warming nodes first (design:
+/// docs/src/design.md#warm-nodes), so they take the free `max_parallel` slots ahead of the others;
+/// each group in plan order.
 fn creation_order(targets: &[NodePlan]) -> impl Iterator<Item = &NodePlan> {
     let (warming, others): (Vec<&NodePlan>, Vec<&NodePlan>) =
         targets.iter().partition(|t| t.warming);
@@ -715,8 +717,8 @@ fn write_counters(status: &mut PrefetchStatus, plan: &ImagePlan, tally: &Tally) 
 // --- Phase: mark the rollout prefetched ---
 
 /// Once every target has an outcome for each image of the rollout the round owes, records
-/// `prefetched_at` (what releases the pods held for it, DESIGN.md section 9), forgets the
-/// rollout, and returns the time from its signal.
+/// `prefetched_at` (what releases the pods held for it; design: docs/src/design.md#warm-rollouts),
+/// forgets the rollout, and returns the time from its signal.
 fn mark_rollout_prefetched(
     plan: &ImagePlan,
     memory: &mut RoundMemory,

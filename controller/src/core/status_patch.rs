@@ -1,5 +1,6 @@
 //! How the controller writes a Prefetch's status so that the server holds exactly the status it
-//! computed (DESIGN.md section 1). Pure: the request bodies; `reconciler.rs` sends them.
+//! computed (design: docs/src/design.md#status-ownership). Pure: the request bodies;
+//! `reconciler.rs` sends them.
 //!
 //! The write is a server-side apply of the whole status with our field manager, forced: a
 //! field we applied before and leave out now is removed (a JSON merge patch would keep it, and

@@ -1,6 +1,6 @@
-//! The warmup taint (DESIGN.md section 8) as the other decisions see it: its key, its effect,
-//! whether a node carries it, and the one toleration prefetch pods add for it. A leaf: the
-//! planner, the pod shape and the ledger read it; `warmup.rs` builds on them all.
+//! The warmup taint (design: docs/src/design.md#warm-nodes) as the other decisions see it: its key,
+//! its effect, whether a node carries it, and the one toleration prefetch pods add for it. A leaf:
+//! the planner, the pod shape and the ledger read it; `warmup.rs` builds on them all.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! Warm nodes (DESIGN.md section 8), the pure part: which nodes are warming, what every
-//! Prefetch still wants on each, when the warmup taint comes off, and the patch that takes it
+//! Warm nodes (design: docs/src/design.md#warm-nodes), the pure part: which nodes are warming, what
+//! every Prefetch still wants on each, when the warmup taint comes off, and the patch that takes it
 //! off. `warmer.rs` reads the caches, calls these, and acts.
 //!
 //! A node that joins with the startup taint `cache.techsquad.rocks/warming:NoSchedule` is

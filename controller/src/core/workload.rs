@@ -1,6 +1,6 @@
-//! The workloads a Prefetch selects (DESIGN.md section 12): Deployments, StatefulSets,
-//! DaemonSets, Jobs and CronJobs, each seen as a [`Workload`] (`prefetch_common::workload`):
-//! which of them a Prefetch selects, and which Jobs are finished.
+//! The workloads a Prefetch selects (design: docs/src/design.md#every-workload-and-every-image):
+//! Deployments, StatefulSets, DaemonSets, Jobs and CronJobs, each seen as a [`Workload`]
+//! (`prefetch_common::workload`): which of them a Prefetch selects, and which Jobs are finished.
 
 use k8s_openapi::api::batch::v1::Job;
 use prefetch_common::Prefetch;

@@ -1,7 +1,7 @@
-//! Leader election on a `coordination.k8s.io/v1` Lease (DESIGN.md: 15 s lease, 10 s renew
-//! deadline, 2 s retry), as client-go does it: the holder renews; anyone may take a lease whose
-//! renewTime + leaseDurationSeconds has passed; writes carry the resourceVersion they read, so
-//! two candidates can never both win (the loser gets 409 Conflict).
+//! Leader election on a `coordination.k8s.io/v1` Lease (15 s lease, 10 s renew deadline, 2 s retry;
+//! design: docs/src/design.md#the-reconciler), as client-go does it: the holder renews; anyone may
+//! take a lease whose renewTime + leaseDurationSeconds has passed; writes carry the resourceVersion
+//! they read, so two candidates can never both win (the loser gets 409 Conflict).
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The three admission decisions, from request body to [`Answer`]: Prefetch defaulting
 //! (`/mutate/prefetch`), Prefetch validation (`/validate/prefetch`) and the Deployment rollout
-//! signal (`/mutate/deployment`, DESIGN.md section 2). No I/O: the caches are read through
-//! [`Caches`], and time is passed in, so every path is unit-tested.
+//! signal (`/mutate/deployment`; design: docs/src/design.md#the-admission-webhook). No I/O: the
+//! caches are read through [`Caches`], and time is passed in, so every path is unit-tested.
 //!
 //! Requests are read with [`crate::core::review`]: only the fields a decision uses, borrowed
 //! from the body. The validating hook never allows what it could not judge (no object, not an

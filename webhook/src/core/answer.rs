@@ -8,8 +8,9 @@ use serde::Serialize;
 
 use crate::core::review::{REVIEW_API_VERSION, REVIEW_KIND};
 
-/// Path of the pod gate (DESIGN.md section 9); decided by [`crate::core::gate`], not by
-/// [`Endpoint`], whose reviews [`crate::core::admission::review`] answers.
+/// Path of the pod gate (design: docs/src/design.md#warm-rollouts); decided by
+/// [`crate::core::gate`], not by [`Endpoint`], whose reviews [`crate::core::admission::review`]
+/// answers.
 pub const MUTATE_POD: &str = "/mutate/pod";
 
 /// The admission endpoints of Prefetches and Deployments.

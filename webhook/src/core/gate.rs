@@ -1,8 +1,9 @@
-//! The pod gate (`POST /mutate/pod`, DESIGN.md sections 9 and 12): whether a new pod of a
-//! rollout is held with the scheduling gate `cache.techsquad.rocks/prefetch` until the
-//! controller has its images on the nodes. Pure: the caches are read through [`Inputs`] and
-//! time is passed in. The shell reads the review ([`read`]), looks the pod's workload up, asks
-//! [`decide`], makes the one live read a [`Decision::ReadLive`] asks for, and sends [`answer`].
+//! The pod gate (`POST /mutate/pod`; design: docs/src/design.md#warm-rollouts,
+//! docs/src/design.md#every-workload-and-every-image): whether a new pod of a rollout is held with
+//! the scheduling gate `cache.techsquad.rocks/prefetch` until the controller has its images on the
+//! nodes. Pure: the caches are read through [`Inputs`] and time is passed in. The shell reads the
+//! review ([`read`]), looks the pod's workload up, asks [`decide`], makes the one live read a
+//! [`Decision::ReadLive`] asks for, and sends [`answer`].
 //!
 //! The hook is fail-open and sees every pod a ReplicaSet, StatefulSet, DaemonSet or Job
 //! controls: a pod is gated only when everything says so (its owner leads to a workload that

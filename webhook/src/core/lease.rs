@@ -1,5 +1,6 @@
-//! The controller's leader Lease as the webhook reads it (DESIGN.md section 9): pods are gated
-//! only while a controller renews it, since nobody else would lift the gate.
+//! The controller's leader Lease as the webhook reads it (design:
+//! docs/src/design.md#warm-rollouts): pods are gated only while a controller renews it, since
+//! nobody else would lift the gate.
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
