@@ -6,7 +6,7 @@
 //! borrowed from the body); [`answer`] is what is answered, its response body, and the
 //! endpoint paths; [`facts`] is the data the decisions read besides the request, and the cache
 //! views that hold it; [`lease`] says whether the controller leads. Then the decisions:
-//! [`admission`] (Prefetch defaulting and validation, the Deployment rollout signal) and
+//! [`admission`] (Prefetch defaulting and validation, the workloads' rollout signal) and
 //! [`gate`] (whether a rollout's pod is held with the scheduling gate). Beside them,
 //! [`limits`] bounds client connections (stages, deadlines, which connection to shed).
 
