@@ -705,6 +705,8 @@ async fn send_one(
 }
 
 /// Sets the CPU affinity of every thread of process `pid`.
+// libc's affinity calls are unsafe; the benchmark pins load and server to separate cores.
+#[allow(unsafe_code)]
 fn pin_process(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
     // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET only write within it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };

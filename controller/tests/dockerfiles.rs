@@ -5,6 +5,9 @@
 //! container runs it, the others' stripped `image`-profile builds), copies nothing else into
 //! a `scratch` stage, runs as a numeric non-root user and names no architecture.
 
+// Helpers of a test: a panic here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use prefetch_controller::core::pod::{INSTALL_NOOP_COMMAND, NOOP_IMAGE_BINARY};

@@ -2,6 +2,9 @@
 //! uid. Build the real artifact, prove it has no ELF interpreter (so no dynamic loader is
 //! needed), run it, and have it install itself as the prefetch pods' init container does.
 
+// Helpers of a test: a panic here is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -17,6 +17,8 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator, counting the bytes it hands out and takes back.
+// Counting allocations needs a global allocator, which only unsafe code can be.
+#[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         LIVE.fetch_add(layout.size(), Ordering::Relaxed);
