@@ -2,8 +2,8 @@
 # Lays out an image's root filesystem: one binary, and if it is dynamically linked, exactly the
 # shared libraries it loads (as `ldd` resolves them on the build machine, Debian 12 here and in
 # the Dockerfiles' rust:bookworm stage), the few /etc files glibc reads and the CA bundle. No
-# shell, no package manager, nothing else. `make images` (images/build.sh) and the Dockerfiles both call
-# it, so the two ways of building give the same files.
+# shell, no package manager, nothing else. `make images` (images/build.sh) and the Dockerfiles
+# both call it, so the two ways of building give the same files.
 #
 #   images/rootfs.sh BINARY PATH_IN_IMAGE ROOTFS_DIR
 set -euo pipefail

@@ -18,29 +18,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
+use prefetch_tests::repo;
 
 /// README.md and every Markdown file under docs/.
 fn documents(root: &Path) -> Vec<PathBuf> {
     let mut files = vec![root.join("README.md")];
-    let mut dirs = vec![root.join("docs")];
-    while let Some(dir) = dirs.pop() {
-        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "md") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
+    files.extend(repo::files_under(&[root.join("docs")], &["md"]));
     files
 }
 
@@ -280,25 +263,8 @@ const OUT_OF_REPO_DESIGN: &str = "DESIGN.md";
 
 /// Every `.rs` file under the source directories, `target/` directories skipped.
 fn rust_sources(root: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut dirs: Vec<PathBuf> = SOURCE_DIRS.iter().map(|d| root.join(d)).collect();
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                if !path.ends_with("target") {
-                    dirs.push(path);
-                }
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
+    let dirs: Vec<PathBuf> = SOURCE_DIRS.iter().map(|d| root.join(d)).collect();
+    repo::files_under(&dirs, &["rs"])
 }
 
 /// The comment of one line of Rust: the text after `//` (`///` and `//!` included), either
@@ -403,7 +369,7 @@ fn broken_source_references(
 
 #[test]
 fn every_book_reference_in_a_source_comment_resolves() {
-    let root = repo_root();
+    let root = repo::root();
     let files = rust_sources(&root);
     assert!(
         files.iter().any(|f| f.ends_with("tests/doc_links.rs")),
@@ -440,7 +406,7 @@ fn every_book_reference_in_a_source_comment_resolves() {
 
 #[test]
 fn the_source_checker_reports_a_bad_reference() {
-    let root = repo_root();
+    let root = repo::root();
     let mut cache = HashMap::new();
     let text = concat!(
         "//! Fine (design: docs/src/design.md#warm-rollouts), and docs/src/api.md too.\n",
@@ -478,7 +444,7 @@ fn the_source_checker_reports_a_bad_reference() {
 
 #[test]
 fn every_relative_link_in_the_readme_and_the_book_resolves() {
-    let root = repo_root();
+    let root = repo::root();
     let files = documents(&root);
     assert!(
         files.iter().any(|f| f.ends_with("docs/src/SUMMARY.md")),
@@ -495,14 +461,14 @@ fn every_relative_link_in_the_readme_and_the_book_resolves() {
 
 #[test]
 fn every_chapter_is_in_the_summary() {
-    let src = repo_root().join("docs/src");
+    let src = repo::root().join("docs/src");
     let summary = std::fs::read_to_string(src.join("SUMMARY.md")).unwrap();
     let listed: BTreeSet<PathBuf> = prose_lines(&summary)
         .into_iter()
         .flat_map(|(_, line)| link_targets(line))
         .map(|t| src.join(t.split('#').next().unwrap()))
         .collect();
-    let missing: Vec<String> = documents(&repo_root())
+    let missing: Vec<String> = documents(&repo::root())
         .into_iter()
         .filter(|f| f.starts_with(&src) && !f.ends_with("SUMMARY.md") && !listed.contains(f))
         .map(|f| f.display().to_string())
@@ -515,7 +481,7 @@ fn every_chapter_is_in_the_summary() {
 
 #[test]
 fn the_readme_starts_with_its_two_commands() {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo::root().join("README.md")).unwrap();
     let fence = readme.find("```sh\n").expect("a sh block");
     let block = &readme[fence..];
     let demo = block

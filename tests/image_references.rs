@@ -7,7 +7,7 @@
 //! walkthrough is likely to reach for: releases that were out of support, and so never pushed
 //! again, by 2016.
 
-use std::path::{Path, PathBuf};
+use prefetch_tests::repo;
 
 /// Official images and their tags that exist only as schema 1 manifests. A version names its
 /// whole line: `1.7` is 1.7, 1.7.9 and 1.7-alpine, not 1.70.
@@ -77,36 +77,17 @@ fn schema1_references(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The text files under `dir`, recursively.
-fn text_files(dir: &Path, found: &mut Vec<PathBuf>) {
-    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    for entry in entries {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            text_files(&path, found);
-        } else if path.extension().is_some_and(|ext| {
-            ["md", "yaml", "yml", "json", "txt", "tpl", "toml"]
-                .iter()
-                .any(|e| ext == *e)
-        }) {
-            found.push(path);
-        }
-    }
-}
-
 #[test]
 fn no_manifest_example_or_doc_names_a_schema1_image() {
-    let root = repo_root();
+    let root = repo::root();
     // What a user copies from: the README, the book, the examples and every install file.
     // The CHANGELOG is left out: it records which image the walkthrough stopped using.
+    let dirs = ["docs", "examples", "manifests"].map(|dir| root.join(dir));
     let mut files = vec![root.join("README.md")];
-    for dir in ["docs", "examples", "manifests"] {
-        text_files(&root.join(dir), &mut files);
-    }
+    files.extend(repo::files_under(
+        &dirs,
+        &["md", "yaml", "yml", "json", "txt", "tpl", "toml"],
+    ));
     assert!(files.len() > 20, "found only {} files", files.len());
     let offenders: Vec<String> = files
         .iter()

@@ -13,11 +13,12 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use prefetch_common::version::{REVISION, VERSION};
+use prefetch_common::version::{LONG, REVISION, VERSION};
 use prefetch_controller::core::pod::{INSTALL_NOOP_COMMAND, NOOP_IMAGE_BINARY};
 use prefetch_tests::binaries::{WebhookOptions, WebhookProcess};
 use prefetch_tests::cluster::TestCluster;
 use prefetch_tests::fixtures::{TempDir, issue_test_certs, prefetch_review, sample_prefetch};
+use prefetch_tests::repo;
 use prefetch_tests::tls_client::{PinnedClient, Protocol};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -60,10 +61,6 @@ const IMAGES: [Expected; 3] = [
 ];
 
 const LABEL: &str = "org.opencontainers.image.";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// `target/images/` of this build (the test executable lives in `target/<profile>/deps/`).
 fn images_dir() -> PathBuf {
@@ -180,6 +177,13 @@ fn load(expected: &'static Expected) -> Option<Image> {
     })
 }
 
+fn named<'a>(images: &'a [Image], name: &str) -> &'a Image {
+    images
+        .iter()
+        .find(|image| image.expected.name == name)
+        .unwrap_or_else(|| panic!("no {name} image"))
+}
+
 /// The three images, or `None` (having said why) where `make images` did not run.
 fn built_images() -> Option<Vec<Image>> {
     let images: Option<Vec<Image>> = IMAGES.iter().map(load).collect();
@@ -201,7 +205,7 @@ fn built_images() -> Option<Vec<Image>> {
 #[test]
 fn each_image_runs_as_a_numeric_non_root_user_and_says_what_it_is() {
     let Some(images) = built_images() else { return };
-    let workspace = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    let workspace = std::fs::read_to_string(repo::root().join("Cargo.toml")).unwrap();
     for image in &images {
         let name = image.expected.name;
         assert_eq!(image.config["os"], "linux", "{name}");
@@ -369,7 +373,7 @@ fn run(command: &[OsString], args: &[&str]) -> Output {
 }
 
 fn version_line(program: &str) -> String {
-    format!("{program} {VERSION} (revision {REVISION})")
+    format!("{program} {LONG}")
 }
 
 #[test]
@@ -392,8 +396,12 @@ fn the_entrypoint_taken_out_of_each_image_reports_its_version_and_revision() {
     }
 }
 
-/// The webhook answers an AdmissionReview: the sample Prefetch is allowed and defaulted.
-async fn assert_answers_admission(client: &PinnedClient) {
+/// The webhook answers an AdmissionReview over TLS, trusting only the CA in `certs`: the
+/// sample Prefetch is allowed and defaulted.
+async fn assert_answers_admission(webhook: &WebhookProcess, certs: &Path) {
+    let ca = std::fs::read(certs.join("ca.crt")).unwrap();
+    let client =
+        PinnedClient::new(&ca, webhook.admission_addr, "127.0.0.1", Protocol::Http1).unwrap();
     let review = prefetch_review("u1", "CREATE", sample_prefetch("default"), Value::Null);
     let reply = client
         .post(
@@ -413,10 +421,7 @@ async fn assert_answers_admission(client: &PinnedClient) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_from_its_image_answers_an_admission_review_over_tls() {
     let Some(images) = built_images() else { return };
-    let image = images
-        .iter()
-        .find(|i| i.expected.name == "webhook")
-        .unwrap();
+    let image = named(&images, "webhook");
     let cluster = TestCluster::start("image-webhook").await.unwrap();
     let root = cluster.dir.path().join("rootfs");
     image.unpack(&root);
@@ -433,10 +438,7 @@ async fn the_webhook_from_its_image_answers_an_admission_review_over_tls() {
     })
     .await
     .expect("the webhook from the image starts and gets ready");
-    let ca = std::fs::read(certs.join("ca.crt")).unwrap();
-    let client =
-        PinnedClient::new(&ca, webhook.admission_addr, "127.0.0.1", Protocol::Http1).unwrap();
-    assert_answers_admission(&client).await;
+    assert_answers_admission(&webhook, &certs).await;
 }
 
 #[test]
@@ -444,7 +446,7 @@ fn the_dockerfiles_give_the_images_the_same_config() {
     let Some(images) = built_images() else { return };
     for image in &images {
         let dockerfile =
-            std::fs::read_to_string(repo_root().join(image.expected.dockerfile)).unwrap();
+            std::fs::read_to_string(repo::root().join(image.expected.dockerfile)).unwrap();
         let joined = dockerfile.replace("\\\n", " ");
         let instruction = |name: &str| {
             joined
@@ -508,6 +510,14 @@ mod container {
         }
     }
 
+    /// Rewrites the runtime config (`config.json`) of the bundle in `dir`.
+    fn edit_config(dir: &Path, change: impl FnOnce(&mut Value)) {
+        let path = dir.join("config.json");
+        let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        change(&mut config);
+        std::fs::write(&path, config.to_string()).unwrap();
+    }
+
     /// A runc bundle of `image`: its files, and a runtime config with the restricted profile's
     /// settings and the image's user.
     struct Bundle {
@@ -525,22 +535,20 @@ mod container {
                 .output()
                 .unwrap();
             assert!(spec.status.success(), "runc spec: {spec:?}");
-            let config_path = dir.path().join("config.json");
-            let mut config: Value =
-                serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
             let user = image.config["config"]["User"].as_str().unwrap();
             let (uid, gid) = user.split_once(':').unwrap_or((user, user));
             let mut process_args = vec![image.entrypoint()];
             process_args.extend(args.iter().map(|a| a.to_string()));
-            let process = &mut config["process"];
-            process["terminal"] = json!(false);
-            process["args"] = json!(process_args);
-            process["user"] =
-                json!({"uid": uid.parse::<u32>().unwrap(), "gid": gid.parse::<u32>().unwrap()});
-            process["noNewPrivileges"] = json!(true);
-            process["capabilities"] = json!({"bounding": [], "effective": [], "permitted": [], "inheritable": [], "ambient": []});
-            config["root"]["readonly"] = json!(true);
-            std::fs::write(&config_path, config.to_string()).unwrap();
+            edit_config(dir.path(), |config| {
+                let process = &mut config["process"];
+                process["terminal"] = json!(false);
+                process["args"] = json!(process_args);
+                process["user"] =
+                    json!({"uid": uid.parse::<u32>().unwrap(), "gid": gid.parse::<u32>().unwrap()});
+                process["noNewPrivileges"] = json!(true);
+                process["capabilities"] = json!({"bounding": [], "effective": [], "permitted": [], "inheritable": [], "ambient": []});
+                config["root"]["readonly"] = json!(true);
+            });
             let id = format!(
                 "prefetch-test-{}-{}",
                 image.expected.name,
@@ -549,55 +557,41 @@ mod container {
             Self { dir, id }
         }
 
-        fn config(&self) -> Value {
-            serde_json::from_slice(&std::fs::read(self.dir.path().join("config.json")).unwrap())
-                .unwrap()
-        }
-
-        fn set_config(&self, config: &Value) {
-            std::fs::write(self.dir.path().join("config.json"), config.to_string()).unwrap();
+        fn edit(&self, change: impl FnOnce(&mut Value)) {
+            edit_config(self.dir.path(), change);
         }
 
         /// Mounts `host` at `path` in the container.
         fn mount(&self, host: &Path, path: &str, read_only: bool) {
-            let mut config = self.config();
             let options = if read_only {
                 json!(["bind", "ro"])
             } else {
                 json!(["bind", "rw"])
             };
-            config["mounts"].as_array_mut().unwrap().push(json!({
-                "destination": path, "type": "bind", "source": host, "options": options
-            }));
-            self.set_config(&config);
+            self.edit(|config| {
+                config["mounts"].as_array_mut().unwrap().push(json!({
+                    "destination": path, "type": "bind", "source": host, "options": options
+                }));
+            });
         }
 
         /// Runs in the machine's network namespace, so it can reach 127.0.0.1.
         fn share_host_network(&self) {
-            let mut config = self.config();
-            config["linux"]["namespaces"]
-                .as_array_mut()
-                .unwrap()
-                .retain(|ns| ns["type"] != "network");
-            self.set_config(&config);
+            self.edit(|config| {
+                config["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|ns| ns["type"] != "network");
+            });
         }
 
         fn set_env(&self, name: &str, value: &str) {
-            let mut config = self.config();
-            config["process"]["env"]
-                .as_array_mut()
-                .unwrap()
-                .push(json!(format!("{name}={value}")));
-            self.set_config(&config);
-        }
-
-        /// Appends `args` to the container's entrypoint.
-        fn set_process_args(dir: &Path, args: &[String]) {
-            let path = dir.join("config.json");
-            let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            let process_args = config["process"]["args"].as_array_mut().unwrap();
-            process_args.extend(args.iter().map(|a| json!(a)));
-            std::fs::write(&path, config.to_string()).unwrap();
+            self.edit(|config| {
+                config["process"]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!(format!("{name}={value}")));
+            });
         }
 
         fn run_command_of(dir: &Path, id: &str) -> Vec<OsString> {
@@ -656,7 +650,7 @@ mod container {
         let Some(images) = images_or_skip() else {
             return;
         };
-        let noop = images.iter().find(|i| i.expected.name == "noop").unwrap();
+        let noop = named(&images, "noop");
         let empty_dir = TempDir::new("prefetch-empty-dir").unwrap();
         let chmod = Command::new("chmod")
             .arg("1777")
@@ -674,9 +668,9 @@ mod container {
 
         let container = Bundle::new(noop, &[]);
         container.mount(empty_dir.path(), "/prefetch", true);
-        let mut config = container.config();
-        config["process"]["args"] = json!(["/prefetch/noop", "any", "arguments"]);
-        container.set_config(&config);
+        container.edit(|config| {
+            config["process"]["args"] = json!(["/prefetch/noop", "any", "arguments"]);
+        });
         let output = container.run();
         assert!(output.status.success(), "prefetch container: {output:?}");
     }
@@ -686,10 +680,7 @@ mod container {
         let Some(images) = images_or_skip() else {
             return;
         };
-        let image = images
-            .iter()
-            .find(|i| i.expected.name == "webhook")
-            .unwrap();
+        let image = named(&images, "webhook");
         let cluster = TestCluster::start("image-webhook-container").await.unwrap();
         let certs = issue_test_certs(&cluster.dir.path().join("certs")).unwrap();
         let config_dir = cluster.dir.path().join("config");
@@ -716,17 +707,17 @@ mod container {
             echo_logs: true,
             // The webhook's arguments go into the container's process, not runc's.
             launcher: Some(Box::new(move |args: &[String]| {
-                Bundle::set_process_args(&launch_in, args);
+                edit_config(&launch_in, |config| {
+                    let process_args = config["process"]["args"].as_array_mut().unwrap();
+                    process_args.extend(args.iter().map(|a| json!(a)));
+                });
                 Bundle::run_command_of(&launch_in, &id)
             })),
             ..WebhookOptions::with_cert_dir(&cluster.kubeconfig, Path::new("/config"))
         })
         .await
         .expect("the webhook container starts and gets ready");
-        let ca = std::fs::read(certs.join("ca.crt")).unwrap();
-        let client =
-            PinnedClient::new(&ca, webhook.admission_addr, "127.0.0.1", Protocol::Http1).unwrap();
-        assert_answers_admission(&client).await;
+        assert_answers_admission(&webhook, &certs).await;
         drop(webhook);
         drop(bundle);
     }

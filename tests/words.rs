@@ -12,23 +12,16 @@
 //! Reads files and builds clap commands and metric registries: no cluster, no network.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 use prefetch_common::WorkloadKind;
 use prefetch_controller::core::gate::Release;
+use prefetch_tests::repo;
 use prefetch_webhook::core::limits::Stage;
 use serde_json::Value;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
 fn read(relative: &str) -> String {
-    let path = repo_root().join(relative);
+    let path = repo::root().join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -857,9 +850,9 @@ fn metric_names_anywhere_in_the_docs_are_registered() {
             names.insert(name);
         }
     }
-    let mut files = vec![repo_root().join("README.md")];
+    let mut files = vec![repo::root().join("README.md")];
     for dir in ["docs/src", "examples"] {
-        for entry in std::fs::read_dir(repo_root().join(dir)).unwrap() {
+        for entry in std::fs::read_dir(repo::root().join(dir)).unwrap() {
             files.push(entry.unwrap().path());
         }
     }

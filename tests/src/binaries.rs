@@ -39,6 +39,13 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The workspace binary `name` ([`binary`]) followed by `args`.
+fn command_line(name: &str, args: &[String]) -> anyhow::Result<Vec<OsString>> {
+    Ok(std::iter::once(binary(name)?.into_os_string())
+        .chain(args.iter().map(OsString::from))
+        .collect())
+}
+
 /// Log lines kept per child process; older ones are dropped.
 pub const MAX_KEPT_LOG_LINES: usize = 10_000;
 
@@ -60,9 +67,7 @@ impl ChildProcess {
         started_message: &str,
         echo_logs: bool,
     ) -> anyhow::Result<(Self, serde_json::Value)> {
-        let command: Vec<OsString> = std::iter::once(binary(binary_name)?.into_os_string())
-            .chain(args.iter().map(OsString::from))
-            .collect();
+        let command = command_line(binary_name, args)?;
         Self::start_command(&command, label, kubeconfig, started_message, echo_logs).await
     }
 
@@ -238,9 +243,7 @@ impl WebhookProcess {
         args.extend(options.extra_args);
         let command = match options.launcher {
             Some(launch) => launch(&args),
-            None => std::iter::once(binary("prefetch-webhook")?.into_os_string())
-                .chain(args.into_iter().map(OsString::from))
-                .collect(),
+            None => command_line("prefetch-webhook", &args)?,
         };
         let (process, entry) = ChildProcess::start_command(
             &command,

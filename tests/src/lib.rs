@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod kubelet;
 pub mod manifests;
 pub mod rbac;
+pub mod repo;
 pub mod rollout;
 pub mod scenario;
 pub mod stall;
