@@ -248,8 +248,9 @@ fn broken_links(root: &Path, files: &[PathBuf]) -> Vec<String> {
 }
 
 /// The crates whose sources may cite the book.
-const SOURCE_DIRS: [&str; 7] = [
+const SOURCE_DIRS: [&str; 8] = [
     "common",
+    "shell",
     "webhook",
     "controller",
     "certs",

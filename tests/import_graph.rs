@@ -1,38 +1,65 @@
-//! The workspace's layout, checked: no crate's modules import each other in a circle, and each
-//! crate's pure core (`core/`) reaches neither into its shell nor to a client, a clock or a
-//! lock. Read from the sources as text: a `crate::a::b` or `super::b` path is an import of the
-//! module file it names, wherever it stands (a `use`, a type, a test).
+//! The workspace's layout, checked: no crate's modules import each other in a circle, and the
+//! pure crates (`common`, `controller/core`, `webhook/core`) reach neither a client, a clock, a
+//! lock nor the runtime. The compiler enforces most of it: a pure crate's manifest lists no
+//! kube client, no tokio and no shell crate, which is checked here too. What a manifest cannot
+//! say (a clock read through jiff or std, a lock from std) is read from the sources as text: a
+//! `crate::a::b` or `super::b` path is an import of the module file it names, wherever it
+//! stands (a `use`, a type, a test).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const CRATES: [&str; 7] = [
+const CRATES: [&str; 10] = [
     "common",
+    "shell",
     "controller",
+    "controller/core",
     "webhook",
+    "webhook/core",
     "certs",
     "bench",
     "tests",
     "noop",
 ];
 
-/// What a pure core may not use: the API client, the clock, locks, the runtime.
-const IMPURE: [&str; 7] = [
+/// The crates that decide: pure functions of their inputs and of the time passed in as a value.
+const PURE: [&str; 3] = ["common", "controller/core", "webhook/core"];
+
+/// Dependencies a pure crate may not have: the API client, the runtime, the shells.
+const IMPURE_DEPENDENCIES: [&str; 8] = [
+    "kube",
+    "kube-client",
+    "kube-runtime",
+    "tokio",
+    "prefetch-shell",
+    "prefetch-controller",
+    "prefetch-webhook",
+    "prometheus-client",
+];
+
+/// What a pure crate's code may not use: the API client, the clock, locks, the runtime.
+const IMPURE: [&str; 13] = [
     "kube::Client",
     "kube::Api",
+    "kube::{",
     "Api<",
     "Timestamp::now",
-    "Mutex",
-    "tokio::",
+    "Zoned::now",
     "SystemTime::now",
+    "Instant::now",
+    "Mutex",
+    "RwLock",
+    "tokio::",
+    "std::thread",
+    "std::net",
 ];
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Every `.rs` file under `dir`, as (module path, text): `core/plan.rs` is `core::plan`,
-/// `core/mod.rs` is `core`, `lib.rs` and `main.rs` are the crate root `""`; `bin/x.rs` and
+/// Every `.rs` file under `dir`, as (module path, text): `shell/reconciler.rs` is
+/// `shell::reconciler`, `shell/mod.rs` is `shell`, `lib.rs` and `main.rs` are the crate root `""`; `bin/x.rs` and
 /// files outside `src/` are crate roots of their own, left out.
 fn modules(src: &Path) -> BTreeMap<String, String> {
     let mut found = BTreeMap::new();
@@ -183,22 +210,38 @@ fn no_crate_has_an_import_circle() {
     }
 }
 
+/// The package names in a Cargo.toml's `[dependencies]` table (one `name = ...` a line, as
+/// every manifest here writes it).
+fn dependencies(manifest: &str) -> BTreeSet<String> {
+    manifest
+        .lines()
+        .skip_while(|line| line.trim() != "[dependencies]")
+        .skip(1)
+        .take_while(|line| !line.trim_start().starts_with('['))
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, _)| name.trim().to_string())
+        .filter(|name| !name.is_empty() && !name.starts_with('#'))
+        .collect()
+}
+
 #[test]
-fn a_core_never_reaches_its_shell_nor_a_client_a_clock_or_a_lock() {
-    let mut cores = 0;
-    for krate in CRATES {
+fn a_pure_crate_depends_on_no_client_runtime_or_shell() {
+    for krate in PURE {
+        let manifest = std::fs::read_to_string(workspace().join(krate).join("Cargo.toml")).unwrap();
+        let found: Vec<String> = dependencies(&manifest)
+            .into_iter()
+            .filter(|d| IMPURE_DEPENDENCIES.contains(&d.as_str()))
+            .collect();
+        assert!(found.is_empty(), "{krate} depends on {found:?}");
+    }
+}
+
+#[test]
+fn a_pure_crate_reads_no_clock_and_takes_no_lock() {
+    for krate in PURE {
         let modules = modules(&workspace().join(krate).join("src"));
-        let edges = graph(&modules);
-        for (module, text) in modules.iter().filter(|(m, _)| m.starts_with("core")) {
-            cores += 1;
-            let into_shell: Vec<&String> = edges[module]
-                .iter()
-                .filter(|t| t.starts_with("shell"))
-                .collect();
-            assert!(
-                into_shell.is_empty(),
-                "{krate}::{module} imports {into_shell:?}"
-            );
+        assert!(!modules.is_empty(), "{krate}/src has no modules");
+        for (module, text) in &modules {
             // Tests may build their inputs however they like.
             let decisions = code(text.split("#[cfg(test)]").next().unwrap_or(""));
             for word in IMPURE {
@@ -209,7 +252,19 @@ fn a_core_never_reaches_its_shell_nor_a_client_a_clock_or_a_lock() {
             }
         }
     }
-    assert!(cores > 0, "no core module found");
+}
+
+#[test]
+fn a_shell_crate_has_no_core_module_of_its_own() {
+    // Decisions live in the core crates, where the compiler keeps them pure.
+    for krate in ["controller", "webhook"] {
+        let modules = modules(&workspace().join(krate).join("src"));
+        let inside: Vec<&String> = modules
+            .keys()
+            .filter(|m| *m == "core" || m.starts_with("core::"))
+            .collect();
+        assert!(inside.is_empty(), "{krate}/src holds {inside:?}");
+    }
 }
 
 #[test]
@@ -230,4 +285,14 @@ fn the_checks_see_a_circle_and_an_impure_core() {
             .map(|(m, t)| (m.to_string(), t.to_string()))
             .collect();
     assert_eq!(circle(&graph(&commented)), None, "comments are not imports");
+    let manifest = "[package]\nname = \"x\"\n[dependencies]\nserde = \"1\"\nkube = { workspace = true }\n[dev-dependencies]\ntokio = \"1\"\n";
+    let found = dependencies(manifest);
+    assert!(
+        found.contains("kube") && found.contains("serde"),
+        "{found:?}"
+    );
+    assert!(
+        !found.contains("tokio"),
+        "dev-dependencies are not dependencies"
+    );
 }

@@ -29,7 +29,7 @@ fn read(relative: &str) -> String {
 // Kinds
 
 /// The kinds that roll out: every kind but Job, whose template cannot change (the controller
-/// never signals a Job, `controller/src/core/signal.rs`; the webhook caches no Job).
+/// never signals a Job, `controller/core/src/signal.rs`; the webhook caches no Job).
 fn kinds_that_roll_out() -> Vec<WorkloadKind> {
     WorkloadKind::ALL
         .into_iter()
@@ -617,7 +617,7 @@ fn controller_metrics() -> BTreeMap<String, Registered> {
         .unwrap();
     binary_metrics(
         &exposition,
-        &["controller/src/shell/metrics.rs", "common/src/watch.rs"],
+        &["controller/src/shell/metrics.rs", "shell/src/watch.rs"],
         "prefetch_controller_",
     )
 }
@@ -628,7 +628,7 @@ fn webhook_metrics() -> BTreeMap<String, Registered> {
         .unwrap();
     binary_metrics(
         &exposition,
-        &["webhook/src/shell/metrics.rs", "common/src/watch.rs"],
+        &["webhook/src/shell/metrics.rs", "shell/src/watch.rs"],
         "prefetch_webhook_",
     )
 }

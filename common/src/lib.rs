@@ -1,6 +1,8 @@
 //! Shared core of kube-prefetch: the `Prefetch` API types, validation and defaulting, image
-//! reference normalization and the pod-template logic. Pure functions, plus the small shells
-//! both binaries share (signals, telemetry, the watch runner in `watch`).
+//! reference normalization, labels, annotations and the pod-template logic. Pure: this crate
+//! has no kube client, no runtime and no clock (its dependencies say so), so the compiler keeps
+//! it that way. The shell both binaries share (watch runner, telemetry, signals) is
+//! `prefetch-shell`.
 
 #![forbid(unsafe_code)]
 
@@ -13,11 +15,8 @@ pub mod images;
 pub mod labels;
 pub mod limits;
 pub mod owner;
-pub mod signals;
-pub mod telemetry;
 pub mod validation;
 pub mod version;
-pub mod watch;
 pub mod workload;
 
 pub use api::{

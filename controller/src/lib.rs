@@ -5,11 +5,11 @@
 //!
 //! Two halves, and the layout shows which is which: [`core`] decides (pure functions of what
 //! the caches hold and the time; exhaustively unit-tested) and [`shell`] does (watches,
-//! writes, loops, leader election, metrics). The shell calls the core; the core never calls
-//! the shell (`tests/import_graph.rs` fails on an import circle or a core module reaching
-//! into the shell).
+//! writes, loops, leader election, metrics). The core is the crate `prefetch-controller-core`
+//! (controller/core), which has no kube client, no runtime and no way to reach this one, so
+//! the compiler keeps it pure; `tests/import_graph.rs` also rejects a clock or a lock in it.
 
 #![forbid(unsafe_code)]
 
-pub mod core;
+pub use prefetch_controller_core as core;
 pub mod shell;

@@ -15,12 +15,12 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
-use prefetch_common::watch::WatchSet;
 use prefetch_controller::core::taint::WarmupConfig;
 use prefetch_controller::shell::config::{Cli, Command, RunArgs};
 use prefetch_controller::shell::metrics::Metrics;
 use prefetch_controller::shell::plan_command::{Objects, render};
 use prefetch_controller::shell::{leader, reconciler};
+use prefetch_shell::watch::WatchSet;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let _log = prefetch_common::telemetry::init(args.log_format);
+    let _log = prefetch_shell::telemetry::init(args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The root of every wait in the process: cancelled on SIGTERM/SIGINT, whatever state the
     // process is in, and from then on the process exits within --shutdown-timeout.
@@ -207,13 +207,13 @@ fn readyz(watches: &WatchSet, shutdown: &CancellationToken) -> axum::response::R
 /// SIGTERM or Ctrl-C: stop taking work, let reconciles in progress finish, release the lease;
 /// past `timeout`, exit anyway (whatever is still waiting has had its chance).
 async fn signal_shutdown(shutdown: CancellationToken, timeout: std::time::Duration) {
-    prefetch_common::signals::shutdown_signal().await;
+    prefetch_shell::signals::shutdown_signal().await;
     shutdown.cancel();
     tokio::time::sleep(timeout).await;
     tracing::warn!(
         timeout_s = timeout.as_secs_f64(),
         "shutdown timeout reached; exiting with work still in flight"
     );
-    prefetch_common::telemetry::finish();
+    prefetch_shell::telemetry::finish();
     std::process::exit(0);
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Parser;
-use prefetch_common::watch::WatchSet;
+use prefetch_shell::watch::WatchSet;
 use prefetch_webhook::shell::config::Args;
 use prefetch_webhook::shell::http::{AppState, admission_router, ops_router};
 use prefetch_webhook::shell::index::{
@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let _log = prefetch_common::telemetry::init(args.log_format);
+    let _log = prefetch_shell::telemetry::init(args.log_format);
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // One process-wide backend, chosen explicitly (kube's client uses it too).
@@ -176,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// SIGTERM or Ctrl-C: report not-ready, stop accepting, let in-flight requests finish.
 async fn signal_shutdown(shutdown: CancellationToken, serving: Arc<AtomicBool>) {
-    prefetch_common::signals::shutdown_signal().await;
+    prefetch_shell::signals::shutdown_signal().await;
     serving.store(false, Ordering::Release);
     shutdown.cancel();
 }

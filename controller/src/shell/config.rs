@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use prefetch_common::duration::parse_duration;
 use prefetch_common::labels::label_key_error;
-use prefetch_common::telemetry::LogFormat;
+use prefetch_shell::telemetry::LogFormat;
 
 use crate::core::fulllist::DEFAULT_NODE_STATUS_MAX_IMAGES;
 use crate::core::taint::{DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WarmupConfig};

@@ -1,6 +1,6 @@
 //! Prometheus metrics on the metrics address (`/metrics`).
 
-use prefetch_common::watch::WatchMetrics;
+use prefetch_shell::watch::WatchMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -40,7 +40,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("prefetch_controller");
-        registry.register_collector(Box::new(prefetch_common::telemetry::DroppedLogLines));
+        registry.register_collector(Box::new(prefetch_shell::telemetry::DroppedLogLines));
         let reconciles = Family::<ResultLabel, Counter>::default();
         registry.register(
             "reconciles",

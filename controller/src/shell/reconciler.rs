@@ -23,7 +23,7 @@ use prefetch_common::Prefetch;
 use prefetch_common::annotations::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREFETCH_IMAGES, PREFETCH_LABEL, PREFETCH_REQUESTED_AT,
 };
-use prefetch_common::watch::{WatchHealth, WatchSet, spawn_watch};
+use prefetch_shell::watch::{WatchHealth, WatchSet, spawn_watch};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -308,7 +308,7 @@ fn slim_deployment(deployment: &mut Deployment) {
 }
 
 /// A watch cache for one term of leadership: the shared watch runner (see
-/// `prefetch_common::watch`) feeding a store, objects slimmed first; `on_event` sees each event
+/// `prefetch_shell::watch`) feeding a store, objects slimmed first; `on_event` sees each event
 /// after the store applied it.
 fn cache<K>(
     health: Arc<WatchHealth>,

@@ -8,7 +8,7 @@ use crate::core::limits::Bounds;
 use crate::shell::serve::ServeLimits;
 use clap::Parser;
 use prefetch_common::limits::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
-pub use prefetch_common::telemetry::LogFormat;
+pub use prefetch_shell::telemetry::LogFormat;
 
 /// Admission webhook for kube-prefetch: defaults and validates Prefetches, marks workloads
 /// (Deployments, StatefulSets, DaemonSets, CronJobs; Jobs never roll out) whose rollout brings

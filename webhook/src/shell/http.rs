@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use prefetch_common::WorkloadKind;
 use prefetch_common::owner::WorkloadRef;
-use prefetch_common::watch::WatchSet;
 use prefetch_common::workload::Workload;
+use prefetch_shell::watch::WatchSet;
 
 use axum::Router;
 use axum::body::Bytes;

@@ -3,7 +3,7 @@
 //! node names, and the
 //! controller's leader Lease. [`PrefetchIndex`] and [`NodeNames`] implement the core's views
 //! of them ([`Prefetches`], [`NodeNamesView`]). Fed by kube-runtime watchers run by
-//! `prefetch_common::watch` (the one runner of every watch: resetting backoff, relist after a
+//! `prefetch_shell::watch` (the one runner of every watch: resetting backoff, relist after a
 //! failure, health for `/readyz` and the staleness metric); never an API call per request.
 //!
 //! A relist (`Init` .. `InitDone`) builds a fresh map and swaps it in whole, so objects deleted
@@ -23,9 +23,9 @@ use kube::runtime::watcher::Event;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use prefetch_common::owner::WorkloadRef;
-use prefetch_common::watch::{WatchHealth, run_watch};
 use prefetch_common::workload::Workload;
 use prefetch_common::{Prefetch, WorkloadKind};
+use prefetch_shell::watch::{WatchHealth, run_watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::facts::{GatingPrefetch, NodeNamesView, PrefetchFacts, Prefetches, WorkloadFacts};

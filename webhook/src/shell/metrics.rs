@@ -2,7 +2,7 @@
 
 use std::hash::Hash;
 
-use prefetch_common::watch::WatchMetrics;
+use prefetch_shell::watch::WatchMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -134,7 +134,7 @@ fn count<L: Clone + Hash + Eq>(
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("prefetch_webhook");
-        registry.register_collector(Box::new(prefetch_common::telemetry::DroppedLogLines));
+        registry.register_collector(Box::new(prefetch_shell::telemetry::DroppedLogLines));
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 use prefetch_common::PrefetchSpec;
 use prefetch_common::labels::selects;
 
-use crate::core::taint::is_warmup_taint;
+use crate::taint::is_warmup_taint;
 
 /// Why a node is not targeted. The order of the variants is the order of the checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -407,7 +407,7 @@ mod tests {
 
     #[test]
     fn the_warmup_taint_is_tolerated_only_when_warm_nodes_are_on() {
-        let key = crate::core::taint::DEFAULT_WARMUP_TAINT;
+        let key = crate::taint::DEFAULT_WARMUP_TAINT;
         let warming = ready(
             "kind-worker4",
             json!({"spec": {"taints": [{"key": key, "effect": "NoSchedule"}]}}),

@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec};
 
-use crate::core::pod::container_name;
+use crate::pod::container_name;
 
 /// Waiting reasons that mean the kubelet could not pull the image.
 pub const PULL_FAILURE_REASONS: [&str; 5] = [

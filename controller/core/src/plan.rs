@@ -13,10 +13,10 @@ use prefetch_common::images::{
     collect_images, normalize, pod_spec_container_images, pod_spec_volume_images,
 };
 
-use crate::core::eligibility::{SkipReason, skip_reason};
-use crate::core::image_volume::{artifacts, pulls_through_image_volumes};
-use crate::core::taint::is_warming;
-use crate::core::workload::{Workload, selects_workload};
+use crate::eligibility::{SkipReason, skip_reason};
+use crate::image_volume::{artifacts, pulls_through_image_volumes};
+use crate::taint::is_warming;
+use crate::workload::{Workload, selects_workload};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodePlan {
@@ -767,7 +767,7 @@ mod tests {
 
     #[test]
     fn warming_nodes_are_targeted_and_marked() {
-        let key = crate::core::taint::DEFAULT_WARMUP_TAINT;
+        let key = crate::taint::DEFAULT_WARMUP_TAINT;
         let p = prefetch(
             "default",
             json!({"filter_by_labels": {"app": "nginx"}, "node_filter": "worker"}),
@@ -844,7 +844,7 @@ mod tests {
     fn disk_pressure_nodes_are_skipped_with_that_reason() {
         let p = prefetch("default", json!({"filter_by_labels": {"app": "nginx"}}));
         let pressed =
-            crate::core::eligibility::under_disk_pressure(node("pressed", json!([]), json!([])));
+            crate::eligibility::under_disk_pressure(node("pressed", json!([]), json!([])));
         let mut not_ready = node("not-ready", json!([]), json!([]));
         not_ready.status.as_mut().unwrap().conditions = None;
         let plan = plan_images(

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use prefetch_common::WorkloadKind;
 
-use crate::core::workload::Workload;
+use crate::workload::Workload;
 
 /// The older revisions of Deployments that still run pods, as workloads of their Deployment
 /// (its kind, metadata and so selection, the ReplicaSet's pod template): while a rollout is in
@@ -207,7 +207,7 @@ pub fn for_pulls(spec: PodSpec) -> PodSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::workload::selects_workload;
+    use crate::workload::selects_workload;
     use prefetch_common::Prefetch;
     use prefetch_common::images::pod_spec_images;
     use serde_json::{Value, json};

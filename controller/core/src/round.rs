@@ -19,10 +19,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time}
 use prefetch_common::limits::MAX_STATUS_FAILURES;
 use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord, WorkloadKind};
 
-use crate::core::outcome::{Outcome, PodReport, read_pod};
-use crate::core::plan::{ImagePlan, NodePlan, all_status_sources};
-use crate::core::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
-pub use crate::core::signal::RolloutSignal;
+use crate::outcome::{Outcome, PodReport, read_pod};
+use crate::plan::{ImagePlan, NodePlan, all_status_sources};
+use crate::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
+pub use crate::signal::RolloutSignal;
 
 /// No image to pull through an image volume (a node that has none).
 static NONE: BTreeSet<String> = BTreeSet::new();
@@ -943,13 +943,13 @@ fn degraded_state(status: &PrefetchStatus) -> ConditionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::plan::{AccountSecrets, plan_images};
+    use crate::plan::{AccountSecrets, plan_images};
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::Node;
     use serde_json::{Value, json};
 
     const NGINX: &str = "docker.io/library/nginx:1.7.9";
-    const WARMING: &str = crate::core::taint::DEFAULT_WARMUP_TAINT;
+    const WARMING: &str = crate::taint::DEFAULT_WARMUP_TAINT;
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()

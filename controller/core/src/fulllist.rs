@@ -14,10 +14,10 @@
 //! and full nodes get a pod every round, as without the rule. 0 turns the rule off (for
 //! kubelets running with -1, no cap).
 //!
-//! The records live in the [`PullLedger`](crate::core::ledger::PullLedger); which outcomes go in and
+//! The records live in the [`PullLedger`](crate::ledger::PullLedger); which outcomes go in and
 //! which stay is decided there (`NodeUse`).
 
-use crate::core::ledger::Recorded;
+use crate::ledger::Recorded;
 
 /// `--node-status-max-images`' default: the kubelet's own default.
 pub const DEFAULT_NODE_STATUS_MAX_IMAGES: u32 = 50;

@@ -8,7 +8,7 @@ use prefetch_common::annotations::{Signal, rollout_signal};
 use prefetch_common::owner::WorkloadRef;
 use prefetch_common::{Prefetch, WorkloadKind};
 
-use crate::core::workload::{Workload, selects_workload};
+use crate::workload::{Workload, selects_workload};
 
 /// The newest rollout signal among the selected workloads (webhook annotations).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! signal (`/mutate/deployment`; design: docs/src/design.md#the-admission-webhook). No I/O: the
 //! caches are read through [`Caches`], and time is passed in, so every path is unit-tested.
 //!
-//! Requests are read with [`crate::core::review`]: only the fields a decision uses, borrowed
+//! Requests are read with [`crate::review`]: only the fields a decision uses, borrowed
 //! from the body. The validating hook never allows what it could not judge (no object, not an
 //! object, not a Prefetch, an unknown operation); the mutating hooks stay fail-open.
 
@@ -22,10 +22,10 @@ use prefetch_common::validation::{ValidationContext, validate_prefetch_spec};
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
-use crate::core::answer::{Answer, Endpoint};
-use crate::core::facts::{NodeNamesView, Prefetches};
-use crate::core::lease;
-use crate::core::review::{
+use crate::answer::{Answer, Endpoint};
+use crate::facts::{NodeNamesView, Prefetches};
+use crate::lease;
+use crate::review::{
     self, BadReview, ObjectOr, Operation, PodSpecImages, PrefetchView, Request, RetryAfterView,
     WorkloadView,
 };
@@ -351,9 +351,9 @@ fn workload_signal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::answer::Denial;
-    use crate::core::facts::fakes::{FakeNodes, FakePrefetches};
-    use crate::core::review::REVIEW_API_VERSION;
+    use crate::answer::Denial;
+    use crate::facts::fakes::{FakeNodes, FakePrefetches};
+    use crate::review::REVIEW_API_VERSION;
     use prefetch_common::validation::validate_prefetch;
     use proptest::prelude::*;
 

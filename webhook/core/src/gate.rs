@@ -29,10 +29,10 @@ use prefetch_common::owner::{ControllerOwner, WorkloadRef, rollout_workload};
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
-use crate::core::answer::Answer;
-use crate::core::facts::{Prefetches, WorkloadFacts};
-use crate::core::lease;
-use crate::core::review::{self, BadReview, MetaView, Operation, PodView, Request};
+use crate::answer::Answer;
+use crate::facts::{Prefetches, WorkloadFacts};
+use crate::lease;
+use crate::review::{self, BadReview, MetaView, Operation, PodView, Request};
 
 /// What the gate reads of a pod review, owned, so that a live read of the workload may happen
 /// between reading the review and deciding.
@@ -267,7 +267,7 @@ fn first_gate(
     pod: &PodFacts,
     workload: &WorkloadRef,
     signal: Timestamp,
-    gating: Vec<crate::core::facts::GatingPrefetch>,
+    gating: Vec<crate::facts::GatingPrefetch>,
     now: Timestamp,
 ) -> Decision {
     let mut why_not = Vec::new();
@@ -368,8 +368,8 @@ static GATE_POINTERS: LazyLock<GatePointers> = LazyLock::new(|| GatePointers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::facts::PrefetchFacts;
-    use crate::core::facts::fakes::FakePrefetches;
+    use crate::facts::PrefetchFacts;
+    use crate::facts::fakes::FakePrefetches;
     use prefetch_common::WorkloadKind;
     use prefetch_common::annotations::Signal;
 

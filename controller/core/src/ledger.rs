@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 
-use crate::core::outcome::Outcome;
-use crate::core::taint::is_warming;
+use crate::outcome::Outcome;
+use crate::taint::is_warming;
 
 /// What is kept of one (node, image) outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,7 +275,7 @@ mod tests {
     #[test]
     fn how_a_node_is_used() {
         let node = |v: serde_json::Value| -> Node { serde_json::from_value(v).unwrap() };
-        let key = crate::core::taint::DEFAULT_WARMUP_TAINT;
+        let key = crate::taint::DEFAULT_WARMUP_TAINT;
         let plain = node(serde_json::json!({"metadata": {"name": "n", "uid": "u"}}));
         let warming = node(serde_json::json!({"metadata": {"name": "n", "uid": "u"},
             "spec": {"taints": [{"key": key, "effect": "NoSchedule"}]}}));

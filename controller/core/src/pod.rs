@@ -13,13 +13,13 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::Resource;
+use kube_core::Resource;
 use prefetch_common::Prefetch;
 use prefetch_common::annotations::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, PREFETCH_LABEL};
 use prefetch_common::images::ImageRef;
 
-use crate::core::naming::pod_name;
-use crate::core::taint::toleration;
+use crate::naming::pod_name;
+use crate::taint::toleration;
 
 /// Annotation on a prefetch pod naming its node (node names can be longer than a label value).
 pub const NODE_ANNOTATION: &str = "cache.techsquad.rocks/node";
@@ -438,7 +438,7 @@ mod tests {
 
     #[test]
     fn tolerates_the_warmup_taint_and_nothing_more() {
-        let key = crate::core::taint::DEFAULT_WARMUP_TAINT;
+        let key = crate::taint::DEFAULT_WARMUP_TAINT;
         let build = |p: &Prefetch| {
             let images = vec!["docker.io/library/nginx:1.25".to_string()];
             let pod = prefetch_pod(&PodRequest {

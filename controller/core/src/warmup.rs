@@ -18,15 +18,15 @@ use k8s_openapi::api::core::v1::Node;
 use prefetch_common::{Prefetch, PrefetchStatus};
 use serde_json::json;
 
-use crate::core::eligibility::{has_disk_pressure, is_ready};
-use crate::core::ledger::PullLedger;
-use crate::core::plan::{AccountSecrets, ImagePlan, plan_images_with};
-pub use crate::core::taint::{
+use crate::eligibility::{has_disk_pressure, is_ready};
+use crate::ledger::PullLedger;
+use crate::plan::{AccountSecrets, ImagePlan, plan_images_with};
+pub use crate::taint::{
     DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WARMUP_EFFECT, WarmupConfig, is_warming,
     is_warmup_taint, toleration,
 };
-use crate::core::taint::{name, taints};
-use crate::core::workload::Workload;
+use crate::taint::{name, taints};
+use crate::workload::Workload;
 
 /// Taints that say a node is not set up for pods yet, removed by whoever set them: while a
 /// warming node carries one, it is not judged warm or untargeted (only the timeout lifts the
@@ -385,7 +385,7 @@ mod tests {
     use prefetch_common::PullFailure;
     use serde_json::Value;
 
-    use crate::core::outcome::Outcome;
+    use crate::outcome::Outcome;
 
     const KEY: &str = DEFAULT_WARMUP_TAINT;
 
@@ -444,8 +444,7 @@ mod tests {
         let mut cordoned = node("n", json!([warming_taint()]));
         cordoned.spec.as_mut().unwrap().unschedulable = Some(true);
         assert_eq!(held_back(&cordoned, KEY).as_deref(), Some("cordoned"));
-        let pressure =
-            crate::core::eligibility::under_disk_pressure(node("n", json!([warming_taint()])));
+        let pressure = crate::eligibility::under_disk_pressure(node("n", json!([warming_taint()])));
         assert_eq!(held_back(&pressure, KEY).as_deref(), Some("DiskPressure"));
         // Held, a node no Prefetch targets (the planner skips it) keeps its taint until the
         // timeout, instead of being lifted as untargeted.
@@ -735,7 +734,7 @@ mod tests {
     }
 
     fn images_on(node: &Node) -> Cow<'_, [String]> {
-        Cow::Owned(crate::core::plan::node_images(node).into_iter().collect())
+        Cow::Owned(crate::plan::node_images(node).into_iter().collect())
     }
 
     #[test]
@@ -827,28 +826,28 @@ mod tests {
         let plan = ImagePlan {
             images: vec!["nginx".into()],
             targets: vec![
-                crate::core::plan::NodePlan {
+                crate::plan::NodePlan {
                     node: "a".into(),
                     pull: vec!["nginx".into()],
                     present: vec![],
                     warming: true,
                     ..Default::default()
                 },
-                crate::core::plan::NodePlan {
+                crate::plan::NodePlan {
                     node: "b".into(),
                     pull: vec!["nginx".into()],
                     present: vec![],
                     warming: false,
                     ..Default::default()
                 },
-                crate::core::plan::NodePlan {
+                crate::plan::NodePlan {
                     node: "c".into(),
                     pull: vec![],
                     present: vec!["nginx".into()],
                     warming: true,
                     ..Default::default()
                 },
-                crate::core::plan::NodePlan {
+                crate::plan::NodePlan {
                     node: "d".into(),
                     pull: vec!["nginx".into()],
                     present: vec![],

@@ -6,10 +6,10 @@ use base64::Engine;
 use json_patch::Patch;
 use serde::Serialize;
 
-use crate::core::review::{REVIEW_API_VERSION, REVIEW_KIND};
+use crate::review::{REVIEW_API_VERSION, REVIEW_KIND};
 
 /// Path of the pod gate (design: docs/src/design.md#warm-rollouts); decided by
-/// [`crate::core::gate`], not by [`Endpoint`], whose reviews [`crate::core::admission::review`]
+/// [`crate::gate`], not by [`Endpoint`], whose reviews [`crate::admission::review`]
 /// answers.
 pub const MUTATE_POD: &str = "/mutate/pod";
 
