@@ -258,7 +258,7 @@ impl WatchHealth {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locks::lock(&self.state)
     }
 
     pub fn name(&self) -> &str {

@@ -68,11 +68,7 @@ pub struct Context {
     pub reconcile_all: mpsc::Sender<()>,
 }
 
-/// A poisoned lock still holds consistent data here (every critical section is a plain map
-/// update), so a panic elsewhere must not take the controller down with it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use prefetch_shell::locks::lock;
 
 /// A cached node's images as planning reads them: normalized and sorted by [`slim_node`].
 pub(crate) fn cached_images(node: &Node) -> std::borrow::Cow<'_, [String]> {

@@ -49,7 +49,7 @@ impl EventPublisher {
         );
         let recorder = {
             // A poisoned map still holds whole entries: take it.
-            let mut recorders = self.recorders.lock().unwrap_or_else(|p| p.into_inner());
+            let mut recorders = prefetch_shell::locks::lock(&self.recorders);
             // Bounded by the messages of the last six minutes.
             recorders.retain(|_, (_, last)| now.duration_since(*last) < SERIES_WINDOW);
             let (recorder, last) = recorders.entry(key).or_insert_with(|| {

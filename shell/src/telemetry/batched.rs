@@ -41,7 +41,7 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Pending> {
         // A panic while holding the lock leaves whole lines behind it: keep using them.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::locks::lock(&self.pending)
     }
 }
 

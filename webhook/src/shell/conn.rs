@@ -32,6 +32,7 @@ use tower::ServiceExt;
 
 use crate::core::limits::{Bounds, Progress, RequestId, ShedRank, Stage, pick_victim};
 use crate::shell::metrics::Metrics;
+use prefetch_shell::locks;
 
 /// One connection as its instrumentation, its watchdog and the shedding policy share it.
 pub struct Tracked {
@@ -59,9 +60,7 @@ impl Tracked {
     }
 
     fn lock(&self) -> MutexGuard<'_, Progress> {
-        self.progress
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locks::lock(&self.progress)
     }
 
     /// Applies an event; wakes the watchdog when that moved the deadline earlier.
@@ -142,9 +141,7 @@ impl Drop for Registration {
 
 impl Registry {
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<Tracked>>> {
-        self.connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locks::lock(&self.connections)
     }
 
     pub fn register(

@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::facts::{GatingPrefetch, NodeNamesView, PrefetchFacts, Prefetches, WorkloadFacts};
 use crate::core::lease;
-use crate::shell::locks;
 use crate::shell::metrics::Metrics;
+use prefetch_shell::locks;
 
 type ByNamespace = HashMap<String, BTreeMap<String, PrefetchFacts>>;
 

@@ -5,13 +5,12 @@
 //! to the decisions and serves health and metrics; [`index`] keeps the watch caches the
 //! decisions read (Prefetches, Deployments, node names, the controller's Lease) and
 //! implements the core's views of them. [`metrics`] is the Prometheus registry, [`config`]
-//! reads flags, and `locks` takes locks that survive poisoning.
+//! reads flags.
 
 pub mod config;
 pub mod conn;
 pub mod http;
 pub mod index;
-mod locks;
 pub mod metrics;
 pub mod serve;
 pub mod tls;

@@ -19,8 +19,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
-use crate::shell::locks;
 use crate::shell::metrics::{Metrics, ReasonLabel};
+use prefetch_shell::locks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
