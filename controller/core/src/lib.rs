@@ -9,12 +9,13 @@
 //! [`fulllist`] (outcomes remembered beyond a round); [`round`] (one reconcile: pods to create
 //! and delete, the status); [`warmup`] (when a warming node's taint comes off); [`gate`] (when
 //! a gated pod is released); [`status_patch`] (how a status is written so the server holds
-//! exactly it).
+//! exactly it). [`kubelet_events`] reads what the kubelet's `Pulled` Events say of a start.
 
 pub mod eligibility;
 pub mod fulllist;
 pub mod gate;
 pub mod image_volume;
+pub mod kubelet_events;
 pub mod ledger;
 pub mod naming;
 pub mod outcome;
