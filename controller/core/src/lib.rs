@@ -9,7 +9,8 @@
 //! [`fulllist`] (outcomes remembered beyond a round); [`round`] (one reconcile: pods to create
 //! and delete, the status); [`warmup`] (when a warming node's taint comes off); [`gate`] (when
 //! a gated pod is released); [`status_patch`] (how a status is written so the server holds
-//! exactly it). [`kubelet_events`] reads what the kubelet's `Pulled` Events say of a start.
+//! exactly it). [`kubelet_events`] reads what the kubelet's `Pulled` Events say of a start, and
+//! [`starts`] attributes starts to workloads and keeps the warm share and pull times.
 
 pub mod eligibility;
 pub mod fulllist;
@@ -24,6 +25,7 @@ pub mod pod;
 pub mod revisions;
 pub mod round;
 pub mod signal;
+pub mod starts;
 pub mod status_patch;
 pub mod taint;
 pub mod warmup;

@@ -1,0 +1,193 @@
+//! Warm and cold starts, and what the pulls cost: which workload a started pod belongs to, the
+//! share of warm starts over the last hour, and each image's pull times across nodes.
+//!
+//! A kubelet Event names only the pod, so the workload is found from the pod's name, the way
+//! the workload controllers name what they make (as `prefetch_common::owner` reads a
+//! ReplicaSet's and a Job's names): a StatefulSet's pod is `<statefulset>-<ordinal>`; the
+//! pods of a ReplicaSet, DaemonSet or Job are the owner's name, `-`, and five random characters,
+//! the owner's part cut to 58 characters when longer. A ReplicaSet is `<deployment>-<hash>`, a
+//! CronJob's Job `<cronjob>-<minute>`. Only owners the caches hold count, and a name that leads
+//! to more than one is not attributed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use prefetch_common::WorkloadKind;
+use prefetch_common::owner::WorkloadRef;
+
+/// The random suffix the API server appends to a `generateName`.
+const GENERATED_SUFFIX: usize = 5;
+/// A `generateName` longer than this is cut to it before the suffix is appended.
+const GENERATED_BASE_MAX: usize = 58;
+
+/// The kinds that own pods directly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodOwnerKind {
+    ReplicaSet,
+    StatefulSet,
+    DaemonSet,
+    Job,
+}
+
+/// What the shell's caches hold of the pod's namespace.
+pub trait OwnerCaches {
+    /// The names of cached `kind` objects that start with `prefix` (`prefix` itself included).
+    fn names_starting_with(&self, kind: PodOwnerKind, prefix: &str) -> Vec<String>;
+    /// The controller owner of a cached ReplicaSet (its Deployment) or Job (its CronJob), if it
+    /// has one of that kind.
+    fn owner_of(&self, kind: PodOwnerKind, name: &str) -> Option<String>;
+}
+
+/// The workload that made the pod named `pod`, if exactly one cached owner leads to one.
+pub fn workload_of_pod(pod: &str, caches: &impl OwnerCaches) -> Option<WorkloadRef> {
+    let mut found: Vec<WorkloadRef> = stateful_set_of(pod, caches)
+        .into_iter()
+        .chain(generated_owner_of(pod, caches))
+        .collect();
+    found.dedup();
+    match found.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+fn stateful_set_of(pod: &str, caches: &impl OwnerCaches) -> Option<WorkloadRef> {
+    let (name, ordinal) = pod.rsplit_once('-')?;
+    let is_ordinal = !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit());
+    let cached = caches
+        .names_starting_with(PodOwnerKind::StatefulSet, name)
+        .contains(&name.to_string());
+    (is_ordinal && !name.is_empty() && cached).then(|| WorkloadRef {
+        kind: WorkloadKind::StatefulSet,
+        name: name.to_string(),
+    })
+}
+
+/// The workload behind a pod named by `generateName`: its ReplicaSet's Deployment, its
+/// DaemonSet, or its Job's CronJob (or the Job itself).
+fn generated_owner_of(pod: &str, caches: &impl OwnerCaches) -> Vec<WorkloadRef> {
+    let Some(base) = pod
+        .len()
+        .checked_sub(GENERATED_SUFFIX)
+        .and_then(|at| pod.get(..at))
+    else {
+        return Vec::new();
+    };
+    let kinds = [
+        PodOwnerKind::ReplicaSet,
+        PodOwnerKind::DaemonSet,
+        PodOwnerKind::Job,
+    ];
+    kinds
+        .into_iter()
+        .flat_map(|kind| {
+            owners_named_by(base, kind, caches)
+                .into_iter()
+                .filter_map(move |owner| workload_of_owner(kind, owner, caches))
+        })
+        .collect()
+}
+
+/// The cached `kind` objects whose `generateName` (`<name>-`, cut to 58 characters) is `base`.
+fn owners_named_by(base: &str, kind: PodOwnerKind, caches: &impl OwnerCaches) -> Vec<String> {
+    if let Some(name) = base.strip_suffix('-') {
+        return caches
+            .names_starting_with(kind, name)
+            .into_iter()
+            .filter(|n| n == name)
+            .collect();
+    }
+    if base.len() < GENERATED_BASE_MAX {
+        return Vec::new();
+    }
+    caches
+        .names_starting_with(kind, base)
+        .into_iter()
+        .filter(|n| format!("{n}-").get(..GENERATED_BASE_MAX) == Some(base))
+        .collect()
+}
+
+fn workload_of_owner(
+    kind: PodOwnerKind,
+    owner: String,
+    caches: &impl OwnerCaches,
+) -> Option<WorkloadRef> {
+    let (kind, name) = match kind {
+        PodOwnerKind::ReplicaSet => (WorkloadKind::Deployment, caches.owner_of(kind, &owner)?),
+        PodOwnerKind::DaemonSet => (WorkloadKind::DaemonSet, owner),
+        PodOwnerKind::StatefulSet => (WorkloadKind::StatefulSet, owner),
+        PodOwnerKind::Job => match caches.owner_of(kind, &owner) {
+            Some(cron_job) => (WorkloadKind::CronJob, cron_job),
+            None => (WorkloadKind::Job, owner),
+        },
+    };
+    Some(WorkloadRef { kind, name })
+}
+
+/// Warm and cold starts per minute over the last hour, for the share of warm starts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HourWindow {
+    /// Minute (seconds since the epoch / 60) -> (warm, cold).
+    minutes: BTreeMap<i64, (u64, u64)>,
+}
+
+impl HourWindow {
+    pub fn record(&mut self, at_seconds: i64, warm: bool) {
+        let counts = self.minutes.entry(at_seconds.div_euclid(60)).or_default();
+        if warm {
+            counts.0 += 1;
+        } else {
+            counts.1 += 1;
+        }
+    }
+
+    /// The share of warm starts among the starts of the 60 minutes before `now_seconds`
+    /// (forgetting older ones); `None` without a start in that hour.
+    pub fn warm_share(&mut self, now_seconds: i64) -> Option<f64> {
+        let first = now_seconds.div_euclid(60) - 59;
+        self.minutes = self.minutes.split_off(&first);
+        let (warm, cold) = self
+            .minutes
+            .values()
+            .fold((0, 0), |(w, c), (mw, mc)| (w + mw, c + mc));
+        let all = warm + cold;
+        (all > 0).then(|| warm as f64 / all as f64)
+    }
+}
+
+/// One image's pulls, the last per node, as prefetch pods' Events reported them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImagePulls {
+    by_node: BTreeMap<String, Duration>,
+    /// The size the last pull reported.
+    pub size_bytes: u64,
+}
+
+impl ImagePulls {
+    pub fn record(&mut self, node: &str, pull: Duration, size_bytes: u64) {
+        self.by_node.insert(node.to_string(), pull);
+        if size_bytes > 0 {
+            self.size_bytes = size_bytes;
+        }
+    }
+
+    /// Forgets a node (it left the cluster), so the figures describe the nodes there are.
+    pub fn forget(&mut self, node: &str) {
+        self.by_node.remove(node);
+    }
+
+    /// The median pull time across nodes (the lower middle of an even count, so it is always
+    /// a time some node measured); `None` before any pull.
+    pub fn median(&self) -> Option<Duration> {
+        let mut times: Vec<Duration> = self.by_node.values().copied().collect();
+        times.sort();
+        times.get(times.len().checked_sub(1)? / 2).copied()
+    }
+
+    pub fn slowest(&self) -> Option<Duration> {
+        self.by_node.values().max().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests;
