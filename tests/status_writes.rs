@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
-use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord};
+use prefetch_common::{
+    ColdStart, ImagePullStatus, Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord,
+    StartsStatus,
+};
 use prefetch_controller::shell::reconciler::write_status;
 use prefetch_tests::cluster::TestCluster;
 use prefetch_tests::fixtures::sample_prefetch;
@@ -97,13 +100,13 @@ fn status() -> impl Strategy<Value = PrefetchStatus> {
             prop::option::of(rollout()),
             prop::collection::vec(condition, 0..2),
         ),
-        (sources, prop::option::of(microsecond())),
+        (sources, prop::option::of(microsecond()), starts(), pulls()),
     )
         .prop_map(
             |(
                 (phase, observed_generation, images, nodes, (total, ready, failed)),
                 (failures, digests, (start, end, next), last_rollout, conditions),
-                (sources, prefetched_through),
+                (sources, prefetched_through, starts, pulls),
             )| PrefetchStatus {
                 phase,
                 observed_generation,
@@ -121,8 +124,60 @@ fn status() -> impl Strategy<Value = PrefetchStatus> {
                 last_rollout,
                 prefetched_through,
                 conditions,
+                starts,
+                pulls,
             },
         )
+}
+
+/// Seconds as the status holds them: whole milliseconds, some with a fraction a float cannot
+/// hold exactly (0.1), so a write that changed a number would show.
+fn seconds() -> impl Strategy<Value = f64> {
+    (0u32..100_000).prop_map(|ms| f64::from(ms) / 1000.0)
+}
+
+fn starts() -> impl Strategy<Value = Option<StartsStatus>> {
+    let cold = (
+        "web-[a-c]",
+        "node-[1-2]",
+        "img-[a-c]",
+        seconds(),
+        prop::option::of(whole_second()),
+    )
+        .prop_map(|(pod, node, image, seconds, at)| ColdStart {
+            pod,
+            node,
+            image,
+            seconds,
+            at,
+        });
+    let starts = (
+        0i64..1000,
+        0i64..1000,
+        prop::option::of(0i64..=100),
+        prop::option::of(cold),
+        prop::option::of(whole_second()),
+    )
+        .prop_map(|(warm, cold, percent, last_cold, through)| StartsStatus {
+            warm,
+            cold,
+            warm_percent_last_hour: percent,
+            last_cold,
+            counted_through: through,
+        });
+    prop::option::of(starts)
+}
+
+fn pulls() -> impl Strategy<Value = BTreeMap<String, ImagePullStatus>> {
+    let figures = (0i64..1 << 40, seconds(), seconds(), 1i64..50).prop_map(
+        |(size_bytes, median_seconds, slowest_seconds, nodes)| ImagePullStatus {
+            size_bytes,
+            median_seconds,
+            slowest_seconds,
+            nodes,
+        },
+    );
+    prop::collection::btree_map("img-[a-c]", figures, 0..3)
 }
 
 /// Another writer of the status: a person's `kubectl edit --subresource=status`.

@@ -49,6 +49,18 @@ use crate::limits;
         description = "Node x image pairs targeted in the last round"
     ),
     printcolumn(
+        name = "Warm",
+        type_ = "integer",
+        json_path = ".status.starts.warm",
+        description = "Container starts of the selected workloads whose images were on the node"
+    ),
+    printcolumn(
+        name = "Cold",
+        type_ = "integer",
+        json_path = ".status.starts.cold",
+        description = "Container starts of the selected workloads that waited on a pull"
+    ),
+    printcolumn(
         name = "Nodes",
         type_ = "string",
         json_path = ".status.nodes",
@@ -308,4 +320,60 @@ pub struct PrefetchStatus {
     /// Ready, Progressing and Degraded conditions.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// Warm and cold starts of the selected workloads' containers, as the kubelet reported
+    /// them in its `Pulled` Events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts: Option<StartsStatus>,
+    /// Image -> what this Prefetch's pulls of it measured across nodes, from the kubelet's
+    /// `Pulled` Events of the prefetch pods. Only images pulled since the controller started.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pulls: BTreeMap<String, ImagePullStatus>,
+}
+
+/// Warm and cold starts of the selected workloads' containers (init containers and image
+/// volumes included), counted from the kubelet's `Pulled` Events.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct StartsStatus {
+    /// Starts whose image was already on the node, since the Prefetch was created.
+    #[serde(default)]
+    pub warm: i64,
+    /// Starts that waited on a pull, since the Prefetch was created.
+    #[serde(default)]
+    pub cold: i64,
+    /// Percent of warm starts among the starts of the last hour; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_percent_last_hour: Option<i64>,
+    /// The last cold start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cold: Option<ColdStart>,
+    /// The time of the newest Event counted: a restarted controller counts only later ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counted_through: Option<Time>,
+}
+
+/// A container start that waited on its image's pull.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ColdStart {
+    pub pod: String,
+    pub node: String,
+    pub image: String,
+    /// How long the container waited on the pull, queueing in the kubelet included.
+    pub seconds: f64,
+    /// When the kubelet reported the pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
+}
+
+/// What the pulls of one image measured across nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ImagePullStatus {
+    /// The image's size, as the node's container runtime reported it.
+    #[serde(default)]
+    pub size_bytes: i64,
+    /// The median pull time across the nodes that pulled it.
+    pub median_seconds: f64,
+    /// The slowest node's pull time.
+    pub slowest_seconds: f64,
+    /// How many nodes' pulls these figures cover.
+    pub nodes: i64,
 }

@@ -20,5 +20,6 @@ pub mod version;
 pub mod workload;
 
 pub use api::{
-    Phase, Prefetch, PrefetchSpec, PrefetchStatus, PullFailure, RolloutRecord, WorkloadKind,
+    ColdStart, ImagePullStatus, Phase, Prefetch, PrefetchSpec, PrefetchStatus, PullFailure,
+    RolloutRecord, StartsStatus, WorkloadKind,
 };

@@ -17,6 +17,60 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+/// How long the fake kubelet says each pull took, in its `Pulled` Events.
+pub const PULL_SECONDS: f64 = 1.5;
+
+/// A `Pulled` Event for a pod, as the kubelet's legacy event recorder writes it (core/v1, named
+/// `<pod>.<hex>`, with its source, times and a count of 1). `field_path` names the container
+/// (`spec.containers{web}`); an image volume's pull names the pod alone (`None`).
+pub async fn emit_pulled(
+    client: &Client,
+    pod: &Pod,
+    field_path: Option<&str>,
+    node: &str,
+    message: &str,
+) -> anyhow::Result<()> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let now = jiff::Timestamp::now().to_string();
+    let serial = EVENT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut involved = json!({"kind": "Pod", "apiVersion": "v1", "namespace": namespace,
+                              "name": pod.name_any(), "uid": pod.uid()});
+    if let Some(path) = field_path {
+        involved["fieldPath"] = json!(path);
+    }
+    let event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
+        "metadata": {"name": format!("{}.{serial:016x}", pod.name_any()), "namespace": namespace},
+        "involvedObject": involved,
+        "reason": "Pulled",
+        "message": message,
+        "source": {"component": "kubelet", "host": node},
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "type": "Normal",
+        "reportingComponent": "kubelet",
+        "reportingInstance": node,
+    }))?;
+    Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &namespace)
+        .create(&kube::api::PostParams::default(), &event)
+        .await?;
+    Ok(())
+}
+
+/// The kubelet's message for a pull it made (`Successfully pulled image ...`).
+pub fn pulled_message(image: &str, seconds: f64, size_bytes: i64) -> String {
+    format!(
+        "Successfully pulled image \"{image}\" in {seconds}s ({seconds}s including waiting). Image size: {size_bytes} bytes."
+    )
+}
+
+/// The kubelet's message for an image it found on the node.
+pub fn present_message(image: &str) -> String {
+    format!("Container image \"{image}\" already present on machine")
+}
+
+static EVENT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// What the fake kubelet does with one image on one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pull {
@@ -104,6 +158,8 @@ impl FakeKubelet {
             let mut reported: std::collections::HashMap<String, usize> =
                 std::collections::HashMap::new();
             let mut added: BTreeSet<(String, String)> = BTreeSet::new();
+            // (pod uid, container) whose pull was reported in an Event.
+            let mut announced: BTreeSet<(String, String)> = BTreeSet::new();
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
@@ -184,6 +240,23 @@ impl FakeKubelet {
                             &Patch::Merge(status),
                         )
                         .await;
+                    // Each pull made now, reported as the kubelet reports it: an Event naming
+                    // the container, or the pod alone for an image volume's pull.
+                    for (name, image, _) in verdicts.iter().filter(|(_, _, v)| *v == Pull::Succeed)
+                    {
+                        if !announced.insert((uid.clone(), name.clone())) {
+                            continue;
+                        }
+                        let own = containers
+                            .iter()
+                            .find(|c| &c.name == name)
+                            .and_then(|c| c.image.clone());
+                        let field_path = format!("spec.containers{{{name}}}");
+                        let path =
+                            (own.as_deref() == Some(image.as_str())).then_some(field_path.as_str());
+                        let message = pulled_message(image, PULL_SECONDS, PULLED_SIZE);
+                        let _ = emit_pulled(&client, &pod, path, &node, &message).await;
+                    }
                     // Pulled images show up in the node's status, as the kubelet reports them.
                     let pulled: Vec<String> = verdicts
                         .iter()

@@ -12,8 +12,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use prefetch_common::WorkloadKind;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use prefetch_common::owner::WorkloadRef;
+use prefetch_common::{ColdStart, ImagePullStatus, StartsStatus, WorkloadKind};
+
+use crate::kubelet_events::Pulled;
 
 /// The random suffix the API server appends to a `generateName`.
 const GENERATED_SUFFIX: usize = 5;
@@ -31,7 +35,10 @@ pub enum PodOwnerKind {
 
 /// What the shell's caches hold of the pod's namespace.
 pub trait OwnerCaches {
-    /// The names of cached `kind` objects that start with `prefix` (`prefix` itself included).
+    /// Whether a `kind` object of that name is cached.
+    fn holds(&self, kind: PodOwnerKind, name: &str) -> bool;
+    /// The names of cached `kind` objects that start with `prefix` (for an owner whose name
+    /// was cut in its pods' names; rare, so this may scan).
     fn names_starting_with(&self, kind: PodOwnerKind, prefix: &str) -> Vec<String>;
     /// The controller owner of a cached ReplicaSet (its Deployment) or Job (its CronJob), if it
     /// has one of that kind.
@@ -54,12 +61,11 @@ pub fn workload_of_pod(pod: &str, caches: &impl OwnerCaches) -> Option<WorkloadR
 fn stateful_set_of(pod: &str, caches: &impl OwnerCaches) -> Option<WorkloadRef> {
     let (name, ordinal) = pod.rsplit_once('-')?;
     let is_ordinal = !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit());
-    let cached = caches
-        .names_starting_with(PodOwnerKind::StatefulSet, name)
-        .contains(&name.to_string());
-    (is_ordinal && !name.is_empty() && cached).then(|| WorkloadRef {
-        kind: WorkloadKind::StatefulSet,
-        name: name.to_string(),
+    (is_ordinal && !name.is_empty() && caches.holds(PodOwnerKind::StatefulSet, name)).then(|| {
+        WorkloadRef {
+            kind: WorkloadKind::StatefulSet,
+            name: name.to_string(),
+        }
     })
 }
 
@@ -91,11 +97,11 @@ fn generated_owner_of(pod: &str, caches: &impl OwnerCaches) -> Vec<WorkloadRef> 
 /// The cached `kind` objects whose `generateName` (`<name>-`, cut to 58 characters) is `base`.
 fn owners_named_by(base: &str, kind: PodOwnerKind, caches: &impl OwnerCaches) -> Vec<String> {
     if let Some(name) = base.strip_suffix('-') {
-        return caches
-            .names_starting_with(kind, name)
-            .into_iter()
-            .filter(|n| n == name)
-            .collect();
+        return if caches.holds(kind, name) {
+            vec![name.to_string()]
+        } else {
+            Vec::new()
+        };
     }
     if base.len() < GENERATED_BASE_MAX {
         return Vec::new();
@@ -171,9 +177,10 @@ impl ImagePulls {
         }
     }
 
-    /// Forgets a node (it left the cluster), so the figures describe the nodes there are.
-    pub fn forget(&mut self, node: &str) {
-        self.by_node.remove(node);
+    /// Keeps the pulls of `nodes` only (the others left the cluster), so the figures describe
+    /// the nodes there are.
+    pub fn retain_nodes(&mut self, nodes: &std::collections::BTreeSet<String>) {
+        self.by_node.retain(|node, _| nodes.contains(node));
     }
 
     /// The median pull time across nodes (the lower middle of an even count, so it is always
@@ -187,6 +194,112 @@ impl ImagePulls {
     pub fn slowest(&self) -> Option<Duration> {
         self.by_node.values().max().copied()
     }
+}
+
+/// A start of a selected workload's container, as its kubelet Event reported it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Start<'a> {
+    pub pod: &'a str,
+    pub node: &'a str,
+    pub pulled: &'a Pulled,
+    /// When the kubelet reported it (the Event's first time).
+    pub at: Timestamp,
+}
+
+/// One Prefetch's starts: the counts its status carries, and the last hour's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StartsTally {
+    warm: i64,
+    cold: i64,
+    last_cold: Option<ColdStart>,
+    counted_through: Option<Timestamp>,
+    /// What the status counted through when this process took the counts over: Events up to
+    /// then were counted by an earlier process (or leader), and the kubelet keeps them for an
+    /// hour, so a relist shows them again.
+    resumed_through: Option<Timestamp>,
+    window: HourWindow,
+}
+
+impl StartsTally {
+    /// Takes the counts over from a status.
+    pub fn resumed(status: Option<&StartsStatus>) -> StartsTally {
+        let Some(status) = status else {
+            return StartsTally::default();
+        };
+        let through = status.counted_through.as_ref().map(|t| t.0);
+        StartsTally {
+            warm: status.warm,
+            cold: status.cold,
+            last_cold: status.last_cold.clone(),
+            counted_through: through,
+            resumed_through: through,
+            window: HourWindow::default(),
+        }
+    }
+
+    /// Counts a start; false when an earlier process counted it (reported no later than the
+    /// status it resumed from said: an Event of that very second is taken as counted). Such
+    /// a start still enters the last hour's share, which no status keeps.
+    pub fn count(&mut self, start: &Start<'_>) -> bool {
+        let warm = matches!(start.pulled, Pulled::AlreadyPresent { .. });
+        self.window.record(start.at.as_second(), warm);
+        if self
+            .resumed_through
+            .is_some_and(|through| start.at <= through)
+        {
+            return false;
+        }
+        self.counted_through = self.counted_through.max(Some(start.at));
+        match start.pulled {
+            Pulled::AlreadyPresent { .. } => self.warm += 1,
+            Pulled::Pulled { image, waited, .. } => {
+                self.cold += 1;
+                self.last_cold = Some(ColdStart {
+                    pod: start.pod.to_string(),
+                    node: start.node.to_string(),
+                    image: image.clone(),
+                    seconds: waited.as_secs_f64(),
+                    at: Some(Time(start.at)),
+                });
+            }
+        }
+        true
+    }
+
+    /// The status of the counts at `now`.
+    pub fn status(&mut self, now: Timestamp) -> StartsStatus {
+        let share = self.window.warm_share(now.as_second());
+        StartsStatus {
+            warm: self.warm,
+            cold: self.cold,
+            // Rounded down, so 100 means every start of the hour was warm.
+            warm_percent_last_hour: share.map(|s| (s * 100.0).floor() as i64),
+            last_cold: self.last_cold.clone(),
+            counted_through: self.counted_through.map(Time),
+        }
+    }
+}
+
+/// What a Prefetch's status says of its images' pulls: each image some node pulled.
+pub fn pull_figures(
+    images: &[String],
+    pulls: &BTreeMap<String, ImagePulls>,
+) -> BTreeMap<String, ImagePullStatus> {
+    images
+        .iter()
+        .filter_map(|image| {
+            let measured = pulls.get(image)?;
+            Some((
+                image.clone(),
+                ImagePullStatus {
+                    size_bytes: i64::try_from(measured.size_bytes).unwrap_or(i64::MAX),
+                    median_seconds: measured.median()?.as_secs_f64(),
+                    slowest_seconds: measured.slowest()?.as_secs_f64(),
+                    nodes: i64::try_from(measured.by_node.len()).unwrap_or(i64::MAX),
+                },
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

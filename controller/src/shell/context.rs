@@ -66,6 +66,8 @@ pub struct Context {
     pub warm_wake: Arc<Notify>,
     /// Reconciles every Prefetch (as a node change does).
     pub reconcile_all: mpsc::Sender<()>,
+    /// Warm and cold starts and pull figures, from the kubelet's Events (`starts.rs`).
+    pub starts: crate::shell::starts::StartsBook,
 }
 
 pub(crate) use prefetch_shell::locks::lock;

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub warming_nodes: Gauge,
     pub ledger_pairs: Gauge,
     pub watches: WatchMetrics,
+    pub starts: crate::shell::starts::StartsMetrics,
     pub gated_pods: Gauge,
     pub rollout_gate: Histogram,
     pub gate_releases: Family<ResultLabel, Counter>,
@@ -111,6 +112,7 @@ impl Default for Metrics {
             ledger_pairs.clone(),
         );
         let watches = WatchMetrics::register(&mut registry);
+        let starts = crate::shell::starts::StartsMetrics::register(&mut registry);
         let gated_pods = Gauge::default();
         registry.register(
             "gated_pods",
@@ -137,6 +139,7 @@ impl Default for Metrics {
             gate_releases,
             registry,
             watches,
+            starts,
             reconciles,
             pods_created,
             images_prefetched,

@@ -2,7 +2,8 @@
 //!
 //! [`reconciler`] runs the kube-runtime Controller over Prefetches (reconcile, error policy)
 //! and starts the loops beside it: [`warmer`] (lifts warmup taints), [`gate_loop`] (lifts
-//! scheduling gates) and [`records`] (ledger upkeep). They share a [`context::Context`].
+//! scheduling gates), [`records`] (ledger upkeep) and [`starts`] (warm and cold starts
+//! counted from the kubelet's Events). They share a [`context::Context`].
 //! [`events`] records Events, [`leader`] holds the Lease, [`metrics`] serves Prometheus, [`ratelimit`] paces pod
 //! creation, [`config`] reads flags, and [`plan_command`] is `prefetch-controller plan`.
 
@@ -16,4 +17,5 @@ pub mod plan_command;
 pub mod ratelimit;
 pub mod reconciler;
 pub mod records;
+pub mod starts;
 pub mod warmer;

@@ -484,6 +484,12 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
         Some(m) => lock(&ctx.rounds).insert(uid.clone(), m.clone()),
         None => lock(&ctx.rounds).remove(&uid),
     };
+    let mut decision = decision;
+    decision.status.starts = ctx
+        .starts
+        .status_of(&prefetch, now)
+        .or_else(|| prefetch.status.as_ref().and_then(|s| s.starts.clone()));
+    decision.status.pulls = ctx.starts.pull_figures(&decision.status.images);
     if prefetch.status.as_ref() != Some(&decision.status) {
         let api: Api<Prefetch> = Api::namespaced(ctx.client.clone(), &namespace);
         write_status(&api, &name, &decision.status).await?;
@@ -748,6 +754,20 @@ pub async fn run(
         node_status_max_images: settings.node_status_max_images,
         warm_wake,
         reconcile_all,
+        starts: crate::shell::starts::StartsBook::default(),
+    });
+    // Starts are counted once the caches that attribute them have synced; their counts reach
+    // the status through rounds the loop asks for.
+    let (starts_tx, starts_rx) = mpsc::unbounded_channel();
+    crate::shell::starts::spawn(
+        ctx.clone(),
+        prefetch_store.clone(),
+        watches.register("events"),
+        starts_tx,
+        stop.clone(),
+    );
+    let starts_rounds = futures::stream::unfold(starts_rx, |mut rx| async move {
+        rx.recv().await.map(|prefetch| (prefetch, rx))
     });
     // The warm loop runs beside the reconciles, for as long as this term of leadership.
     let warm_loop = settings.warmup.map(|config| {
@@ -799,6 +819,7 @@ pub async fn run(
         )
         .watches_stream(trigger_stream(account_rx), in_namespace_of(&prefetch_store))
         .reconcile_all_on(node_triggers)
+        .reconcile_on(starts_rounds)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings_concurrency))
         .graceful_shutdown_on(term.cancelled_owned())
         .run(reconcile, error_policy, ctx.clone())

@@ -23,6 +23,10 @@ impl Caches {
 }
 
 impl OwnerCaches for Caches {
+    fn holds(&self, kind: PodOwnerKind, name: &str) -> bool {
+        self.names.iter().any(|(k, n)| *k == kind && n == name)
+    }
+
     fn names_starting_with(&self, kind: PodOwnerKind, prefix: &str) -> Vec<String> {
         self.names
             .iter()
@@ -162,7 +166,138 @@ fn pull_figures_are_across_nodes_and_follow_the_last_pull() {
     pulls.record("d", s(8), 0);
     assert_eq!(pulls.median(), Some(s(6)), "the lower middle of four");
     pulls.record("b", s(2), 0);
-    pulls.forget("d");
+    pulls.retain_nodes(&["a", "b", "c"].map(String::from).into());
     assert_eq!(pulls.median(), Some(s(4)));
     assert_eq!(pulls.slowest(), Some(s(6)));
+}
+
+fn ts(text: &str) -> Timestamp {
+    text.parse().unwrap()
+}
+
+fn warm(image: &str) -> Pulled {
+    Pulled::AlreadyPresent {
+        image: image.into(),
+    }
+}
+
+fn cold(image: &str, waited_ms: u64) -> Pulled {
+    Pulled::Pulled {
+        image: image.into(),
+        pull: Duration::from_millis(waited_ms / 2),
+        waited: Duration::from_millis(waited_ms),
+        size_bytes: 1_000,
+    }
+}
+
+fn start<'a>(pulled: &'a Pulled, at: &str) -> Start<'a> {
+    Start {
+        pod: "web-7d9f8c6b5-x2k4q",
+        node: "node-a",
+        pulled,
+        at: ts(at),
+    }
+}
+
+#[test]
+fn starts_are_counted_warm_or_cold_with_the_last_cold_one_named() {
+    let mut tally = StartsTally::resumed(None);
+    let (w, c) = (warm("nginx:1.28"), cold("nginx:1.28", 12_300));
+    assert!(tally.count(&start(&w, "2026-12-07T10:00:00Z")));
+    assert!(tally.count(&start(&c, "2026-12-07T10:00:05Z")));
+    assert!(
+        tally.count(&start(&w, "2026-12-07T10:00:05Z")),
+        "same second, new Event"
+    );
+    let status = tally.status(ts("2026-12-07T10:01:00Z"));
+    assert_eq!((status.warm, status.cold), (2, 1));
+    assert_eq!(status.warm_percent_last_hour, Some(66));
+    let last = status.last_cold.expect("one cold start");
+    assert_eq!(
+        (
+            last.pod.as_str(),
+            last.node.as_str(),
+            last.image.as_str(),
+            last.seconds
+        ),
+        ("web-7d9f8c6b5-x2k4q", "node-a", "nginx:1.28", 12.3)
+    );
+    assert_eq!(
+        status.counted_through.map(|t| t.0),
+        Some(ts("2026-12-07T10:00:05Z"))
+    );
+    assert_eq!(
+        tally
+            .status(ts("2026-12-07T11:30:00Z"))
+            .warm_percent_last_hour,
+        None,
+        "no start in the last hour"
+    );
+}
+
+#[test]
+fn a_resumed_tally_skips_what_the_status_counted() {
+    let before = StartsStatus {
+        warm: 5,
+        cold: 1,
+        counted_through: Some(Time(ts("2026-12-07T10:00:05Z"))),
+        ..StartsStatus::default()
+    };
+    let mut tally = StartsTally::resumed(Some(&before));
+    let w = warm("nginx:1.28");
+    assert!(!tally.count(&start(&w, "2026-12-07T10:00:00Z")), "relisted");
+    assert!(
+        !tally.count(&start(&w, "2026-12-07T10:00:05Z")),
+        "that very second"
+    );
+    assert!(tally.count(&start(&w, "2026-12-07T10:00:06Z")));
+    assert!(
+        tally.count(&start(&w, "2026-12-07T10:00:06Z")),
+        "later ones all count"
+    );
+    let status = tally.status(ts("2026-12-07T10:01:00Z"));
+    assert_eq!((status.warm, status.cold), (7, 1));
+    assert_eq!(
+        status.warm_percent_last_hour,
+        Some(100),
+        "the relisted starts are in the hour's share"
+    );
+    assert_eq!(
+        StartsTally::resumed(None).status(ts("2026-12-07T10:00:00Z")),
+        StartsStatus::default()
+    );
+}
+
+#[test]
+fn pull_figures_cover_the_prefetchs_pulled_images_only() {
+    let mut pulls = BTreeMap::new();
+    let mut nginx = ImagePulls::default();
+    nginx.record("a", Duration::from_millis(4_000), 70_000_000);
+    nginx.record("b", Duration::from_millis(9_500), 70_000_000);
+    nginx.record("c", Duration::from_millis(6_000), 0);
+    pulls.insert("docker.io/library/nginx:1.28".to_string(), nginx);
+    pulls.insert(
+        "docker.io/library/redis:8".to_string(),
+        ImagePulls::default(),
+    );
+    let images = [
+        "docker.io/library/nginx:1.28".to_string(),
+        "docker.io/library/redis:8".to_string(),
+        "docker.io/library/busybox:1.36".to_string(),
+    ];
+    let figures = pull_figures(&images, &pulls);
+    assert_eq!(
+        figures.len(),
+        1,
+        "redis measured nothing, busybox is not pulled"
+    );
+    assert_eq!(
+        figures["docker.io/library/nginx:1.28"],
+        ImagePullStatus {
+            size_bytes: 70_000_000,
+            median_seconds: 6.0,
+            slowest_seconds: 9.5,
+            nodes: 3,
+        }
+    );
 }
