@@ -1,4 +1,5 @@
-//! HTTP surface: the admission router (served over TLS) and the ops router (health, metrics).
+//! HTTP surface: the admission router (served over TLS) and the webhook's readiness and scrape
+//! for the shared ops server (`prefetch_shell::ops`).
 //!
 //! Each admission handler hands the body to a decision of [`crate::core`] with the watch
 //! caches and the time, and turns the [`Answer`] into a response, a log line and metrics. The
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use prefetch_common::WorkloadKind;
 use prefetch_common::owner::WorkloadRef;
 use prefetch_common::workload::Workload;
+use prefetch_shell::ops::{self, Readiness};
 use prefetch_shell::watch::WatchSet;
 
 use axum::Router;
@@ -22,7 +24,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 
 use crate::core::admission::{self, Caches};
 use crate::core::answer::{Answer, Endpoint, MUTATE_POD};
@@ -81,12 +83,17 @@ pub fn admission_router(state: AppState) -> Router {
         .with_state(Arc::new(state))
 }
 
+/// Health, readiness ([`readyz`]) and metrics, as the shared ops server serves them.
 pub fn ops_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(Arc::new(state))
+    let state = Arc::new(state);
+    let scraped = state.clone();
+    ops::router(ops::Checks {
+        ready: move || readyz(&state),
+        scrape: move || {
+            scraped.metrics.watches.refresh(&scraped.watches);
+            scraped.metrics.encode()
+        },
+    })
 }
 
 async fn mutate_prefetch(State(state): Shared, json: JsonBody, body: Bytes) -> Response {
@@ -475,9 +482,9 @@ fn respond(endpoint: Endpoint, state: &AppState, answer: Answer) -> (&'static st
 /// an API outage, and an unready webhook would fail every Prefetch write (failurePolicy Fail)
 /// and drop every rollout signal, not just the few the stale cache misses. The node cache
 /// (warnings only) never holds readiness.
-async fn readyz(State(state): Shared) -> Response {
+fn readyz(state: &AppState) -> Readiness {
     if !state.serving.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+        return Readiness::shutting_down();
     }
     let problems: Vec<String> = state
         .watches
@@ -486,29 +493,10 @@ async fn readyz(State(state): Shared) -> Response {
         .filter_map(|s| s.problem(Some(state.stale_after)))
         .collect();
     if !state.watches.unready_reasons().is_empty() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n", problems.join("\n")),
-        )
-            .into_response()
+        Readiness::Unready(format!("{}\n", problems.join("\n")))
     } else if problems.is_empty() {
-        "ok".into_response()
+        Readiness::Ready("ok".into())
     } else {
-        format!("ok, but:\n{}\n", problems.join("\n")).into_response()
-    }
-}
-
-async fn metrics(State(state): Shared) -> Response {
-    state.metrics.watches.refresh(&state.watches);
-    match state.metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Readiness::Ready(format!("ok, but:\n{}\n", problems.join("\n")))
     }
 }
