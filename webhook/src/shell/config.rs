@@ -143,6 +143,27 @@ mod tests {
         assert!(Args::try_parse_from(["prefetch-webhook", "--idle-timeout", "0s"]).is_err());
     }
 
+    /// The Lease flags are shared with the controller; their help here says the webhook reads
+    /// the controller's Lease.
+    #[test]
+    fn the_lease_flags_speak_of_the_controllers_lease() {
+        use clap::CommandFactory;
+        let command = Args::command();
+        let help = |long: &str| {
+            command
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(long))
+                .and_then(|arg| arg.get_help())
+                .map(ToString::to_string)
+                .unwrap()
+        };
+        assert_eq!(
+            help("lease-namespace"),
+            "Namespace of the controller's leader Lease: pods are gated only while it is fresh"
+        );
+        assert_eq!(help("lease-name"), "Name of the controller's leader Lease");
+    }
+
     #[test]
     fn connection_bounds_default_to_what_the_api_server_needs() {
         let limits = Args::try_parse_from(["prefetch-webhook"])
