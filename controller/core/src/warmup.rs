@@ -377,5 +377,14 @@ pub fn lift_patch(node: &Node, key: &str) -> Result<Option<json_patch::Patch>, P
         .map_err(|e| PatchError::Build(e.to_string()))
 }
 
+/// How long the warm loop waits after the `failures`th failed removal of a node's taint in a
+/// row: doubling from `first` (the first failure waits `first`), never beyond `max`; the
+/// doubling stops at the sixth failure, so the multiplication cannot overflow.
+pub fn retry_backoff(failures: u32, first: Duration, max: Duration) -> Duration {
+    first
+        .saturating_mul(1 << failures.min(6).saturating_sub(1))
+        .min(max)
+}
+
 #[cfg(test)]
 mod tests;

@@ -477,3 +477,20 @@ fn open_warming_targets_are_the_warming_ones_with_open_pairs() {
     let open = open_warming_targets(&plan, |node, _| node == "d");
     assert_eq!(open, ["a".to_string()].into());
 }
+
+#[test]
+fn a_failed_removal_backs_off_doubling_up_to_the_cap() {
+    let (first, max) = (Duration::from_secs(2), Duration::from_secs(60));
+    let waits: Vec<u64> = (0..=8)
+        .map(|failures| retry_backoff(failures, first, max).as_secs())
+        .collect();
+    // No failure yet waits as one does.
+    assert_eq!(waits, [2, 2, 4, 8, 16, 32, 60, 60, 60]);
+    assert_eq!(retry_backoff(u32::MAX, first, max), max);
+    assert_eq!(
+        retry_backoff(6, first, Duration::from_secs(3600)).as_secs(),
+        64,
+        "the doubling stops at the sixth failure"
+    );
+    assert_eq!(retry_backoff(u32::MAX, first, Duration::MAX).as_secs(), 64);
+}
