@@ -261,54 +261,8 @@ pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
     assumed: impl Fn(&'a Node, &str) -> bool,
 ) -> ImagePlan {
     let mut plan = ImagePlan::default();
-    let mut secrets = BTreeSet::new();
-    let (mut run, mut mounted) = (BTreeSet::new(), BTreeSet::new());
-    for workload in workloads.into_iter().map(Into::into) {
-        if !selects_workload(prefetch, &workload) {
-            continue;
-        }
-        let source = workload.source();
-        let Some(pod_spec) = workload.pod_spec else {
-            continue;
-        };
-        // Each reference normalized once: run as a container's image, or only mounted.
-        let containers = pod_spec_container_images(pod_spec);
-        let volumes = pod_spec_volume_images(pod_spec);
-        for image in containers.images.iter().chain(&volumes.images) {
-            plan.sources
-                .entry(image.clone())
-                .or_default()
-                .insert(source.clone());
-        }
-        let invalid = containers.invalid.iter().chain(&volumes.invalid);
-        plan.invalid_images
-            .extend(invalid.map(|e| format!("{source}: {e}")));
-        run.extend(containers.images);
-        mounted.extend(volumes.images);
-        match pods_pull_secrets(pod_spec, accounts) {
-            Ok(names) => secrets.extend(names.into_iter().map(String::from)),
-            Err(account) => {
-                plan.missing_accounts.insert(account.to_string());
-            }
-        }
-        plan.workloads.push(source);
-    }
-    plan.workloads.sort();
-    // Declared images are wanted whether or not a workload uses them yet.
-    let declared = collect_images(prefetch.spec.declared_images().iter().map(String::as_str));
-    run.extend(declared.images.iter().cloned());
-    plan.artifacts = artifacts(&mounted, &run);
-    for image in declared.images {
-        plan.sources
-            .entry(image)
-            .or_default()
-            .insert(DECLARED.into());
-    }
-    plan.invalid_images
-        .extend(declared.invalid.iter().map(|e| format!("{DECLARED}: {e}")));
-    plan.images = plan.sources.keys().cloned().collect();
-    plan.pull_secrets = secrets.into_iter().collect();
-
+    let pulls = add_workloads(&mut plan, prefetch, workloads, accounts);
+    add_images(&mut plan, prefetch, pulls);
     let mut nodes: Vec<&'a Node> = nodes.into_iter().collect();
     nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for node in nodes {
@@ -334,6 +288,82 @@ pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
         }
     }
     plan
+}
+
+/// What the selected workloads pull: images run as containers, images only mounted as
+/// volumes, and the pull secrets of their pods.
+#[derive(Default)]
+struct WorkloadPulls {
+    run: BTreeSet<String>,
+    mounted: BTreeSet<String>,
+    secrets: BTreeSet<String>,
+}
+
+/// Adds to `plan` the workloads `prefetch` selects, where each of their images comes from,
+/// their invalid references and missing ServiceAccounts; returns what they pull.
+fn add_workloads<'a, W: Into<Workload<'a>>>(
+    plan: &mut ImagePlan,
+    prefetch: &Prefetch,
+    workloads: impl IntoIterator<Item = W>,
+    accounts: &AccountSecrets,
+) -> WorkloadPulls {
+    let mut pulls = WorkloadPulls::default();
+    for workload in workloads.into_iter().map(Into::into) {
+        if !selects_workload(prefetch, &workload) {
+            continue;
+        }
+        let source = workload.source();
+        let Some(pod_spec) = workload.pod_spec else {
+            continue;
+        };
+        // Each reference normalized once: run as a container's image, or only mounted.
+        let containers = pod_spec_container_images(pod_spec);
+        let volumes = pod_spec_volume_images(pod_spec);
+        for image in containers.images.iter().chain(&volumes.images) {
+            plan.sources
+                .entry(image.clone())
+                .or_default()
+                .insert(source.clone());
+        }
+        let invalid = containers.invalid.iter().chain(&volumes.invalid);
+        plan.invalid_images
+            .extend(invalid.map(|e| format!("{source}: {e}")));
+        pulls.run.extend(containers.images);
+        pulls.mounted.extend(volumes.images);
+        match pods_pull_secrets(pod_spec, accounts) {
+            Ok(names) => pulls.secrets.extend(names.into_iter().map(String::from)),
+            Err(account) => {
+                plan.missing_accounts.insert(account.to_string());
+            }
+        }
+        plan.workloads.push(source);
+    }
+    plan.workloads.sort();
+    pulls
+}
+
+/// Completes `plan`'s images with the ones `prefetch` declares, and its artifacts and pull
+/// secrets with what the workloads pull.
+fn add_images(plan: &mut ImagePlan, prefetch: &Prefetch, pulls: WorkloadPulls) {
+    let WorkloadPulls {
+        mut run,
+        mounted,
+        secrets,
+    } = pulls;
+    // Declared images are wanted whether or not a workload uses them yet.
+    let declared = collect_images(prefetch.spec.declared_images().iter().map(String::as_str));
+    run.extend(declared.images.iter().cloned());
+    plan.artifacts = artifacts(&mounted, &run);
+    for image in declared.images {
+        plan.sources
+            .entry(image)
+            .or_default()
+            .insert(DECLARED.into());
+    }
+    plan.invalid_images
+        .extend(declared.invalid.iter().map(|e| format!("{DECLARED}: {e}")));
+    plan.images = plan.sources.keys().cloned().collect();
+    plan.pull_secrets = secrets.into_iter().collect();
 }
 
 /// One targeted node's plan: each image is present (`has(image)` is `Some(false)`), assumed
