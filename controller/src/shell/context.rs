@@ -70,7 +70,7 @@ pub struct Context {
 
 pub(crate) use prefetch_shell::locks::lock;
 
-/// A cached node's images as planning reads them: normalized and sorted by [`slim_node`].
+/// A cached node's images as planning reads them: normalized and sorted by `caches::slim_node`.
 pub(crate) fn cached_images(node: &Node) -> std::borrow::Cow<'_, [String]> {
     let names = node
         .status

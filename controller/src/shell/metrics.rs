@@ -1,18 +1,60 @@
-//! Prometheus metrics on the metrics address (`/metrics`).
+//! Prometheus metrics on the metrics address (`/metrics`), registered per concern: the
+//! reconciles ([`RoundMetrics`]), the lease, warm nodes ([`WarmupMetrics`]), the watches, and
+//! warm rollouts ([`GateMetrics`]).
 
 use prefetch_shell::watch::WatchMetrics;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::LabelValueEncoder;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: &'static str,
+use crate::core::gate::Release;
+
+/// How a reconcile ended: `reconciles_total{result}`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReconcileResult {
+    Ok,
+    Error,
 }
 
+impl ReconcileResult {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl EncodeLabelValue for ReconcileResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: ReconcileResult,
+}
+
+/// Why a gated pod was released: `gate_releases_total{result}`, labelled by
+/// [`Release::as_str`] (the core's enum, so the label set is encoded here).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ReleaseLabel {
+    pub result: Release,
+}
+
+impl EncodeLabelSet for ReleaseLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelSet::encode(&[("result", self.result.as_str())], encoder)
+    }
+}
+
+/// A failed pull's reason: the kubelet's (ErrImagePull, ImagePullBackOff, ...) or the
+/// controller's, open-ended, so a string.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
@@ -20,27 +62,65 @@ pub struct ReasonLabel {
 
 pub struct Metrics {
     pub registry: Registry,
+    pub rounds: RoundMetrics,
+    pub leader: Gauge,
+    pub warmup: WarmupMetrics,
+    pub watches: WatchMetrics,
+    pub gate: GateMetrics,
+}
+
+/// What the reconciles do.
+pub struct RoundMetrics {
     pub reconciles: Family<ResultLabel, Counter>,
     pub pods_created: Counter,
     pub images_prefetched: Counter,
     pub pull_failures: Family<ReasonLabel, Counter>,
     pub inflight_pods: Gauge,
     pub rollout_latency: Histogram,
-    pub leader: Gauge,
+}
+
+/// Warm nodes (the warm loop) and the ledger that outlives rounds for them.
+pub struct WarmupMetrics {
     pub node_warmup: Histogram,
     pub node_warmup_timeouts: Counter,
     pub warming_nodes: Gauge,
     pub ledger_pairs: Gauge,
-    pub watches: WatchMetrics,
+}
+
+/// Warm rollouts (the gate loop).
+pub struct GateMetrics {
     pub gated_pods: Gauge,
     pub rollout_gate: Histogram,
-    pub gate_releases: Family<ResultLabel, Counter>,
+    pub gate_releases: Family<ReleaseLabel, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("prefetch_controller");
         registry.register_collector(Box::new(prefetch_shell::telemetry::DroppedLogLines));
+        let rounds = RoundMetrics::register(&mut registry);
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "Whether this replica holds the lease (1) or not (0)",
+            leader.clone(),
+        );
+        let warmup = WarmupMetrics::register(&mut registry);
+        let watches = WatchMetrics::register(&mut registry);
+        let gate = GateMetrics::register(&mut registry);
+        Self {
+            registry,
+            rounds,
+            leader,
+            warmup,
+            watches,
+            gate,
+        }
+    }
+}
+
+impl RoundMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let reconciles = Family::<ResultLabel, Counter>::default();
         registry.register(
             "reconciles",
@@ -78,12 +158,19 @@ impl Default for Metrics {
             "From a rollout signal to its images prefetched on every targeted node",
             rollout_latency.clone(),
         );
-        let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "Whether this replica holds the lease (1) or not (0)",
-            leader.clone(),
-        );
+        Self {
+            reconciles,
+            pods_created,
+            images_prefetched,
+            pull_failures,
+            inflight_pods,
+            rollout_latency,
+        }
+    }
+}
+
+impl WarmupMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let node_warmup = Histogram::new([
             5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
         ]);
@@ -110,7 +197,17 @@ impl Default for Metrics {
             "Node x image outcomes kept beyond their round (warming nodes, full image lists)",
             ledger_pairs.clone(),
         );
-        let watches = WatchMetrics::register(&mut registry);
+        Self {
+            node_warmup,
+            node_warmup_timeouts,
+            warming_nodes,
+            ledger_pairs,
+        }
+    }
+}
+
+impl GateMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let gated_pods = Gauge::default();
         registry.register(
             "gated_pods",
@@ -125,7 +222,7 @@ impl Default for Metrics {
             "Time a gated pod was held, from its creation to its release",
             rollout_gate.clone(),
         );
-        let gate_releases = Family::<ResultLabel, Counter>::default();
+        let gate_releases = Family::<ReleaseLabel, Counter>::default();
         registry.register(
             "gate_releases",
             "Gated pods released, by reason (prefetched, node_prefetched, timed_out, prefetch_removed, gate_disabled)",
@@ -135,19 +232,6 @@ impl Default for Metrics {
             gated_pods,
             rollout_gate,
             gate_releases,
-            registry,
-            watches,
-            reconciles,
-            pods_created,
-            images_prefetched,
-            pull_failures,
-            inflight_pods,
-            rollout_latency,
-            leader,
-            node_warmup,
-            node_warmup_timeouts,
-            warming_nodes,
-            ledger_pairs,
         }
     }
 }
@@ -157,5 +241,42 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_the_ones_the_docs_name() {
+        let metrics = Metrics::default();
+        for result in [ReconcileResult::Ok, ReconcileResult::Error] {
+            metrics
+                .rounds
+                .reconciles
+                .get_or_create(&ResultLabel { result })
+                .inc();
+        }
+        metrics
+            .gate
+            .gate_releases
+            .get_or_create(&ReleaseLabel {
+                result: Release::TimedOut,
+            })
+            .inc();
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("prefetch_controller_reconciles_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("prefetch_controller_reconciles_total{result=\"error\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("prefetch_controller_gate_releases_total{result=\"timed_out\"} 1"),
+            "{text}"
+        );
     }
 }
