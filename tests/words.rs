@@ -617,11 +617,7 @@ fn controller_metrics() -> BTreeMap<String, Registered> {
         .unwrap();
     binary_metrics(
         &exposition,
-        &[
-            "controller/src/shell/metrics.rs",
-            "controller/src/shell/starts.rs",
-            "shell/src/watch.rs",
-        ],
+        &["controller/src/shell/metrics.rs", "shell/src/watch.rs"],
         "prefetch_controller_",
     )
 }

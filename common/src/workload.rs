@@ -29,58 +29,29 @@ impl Workload<'_> {
     }
 }
 
-impl<'a> From<&'a Deployment> for Workload<'a> {
-    fn from(d: &'a Deployment) -> Self {
-        Workload {
-            kind: WorkloadKind::Deployment,
-            meta: &d.metadata,
-            pod_spec: d.spec.as_ref().and_then(|s| s.template.spec.as_ref()),
+/// `From<&K>` for each kind `K`, from the kind (its `WorkloadKind` variant has the type's name)
+/// and the path from the object's spec to its pod template's spec: the one place each path is
+/// written.
+macro_rules! workload_from {
+    ($($kind:ident => |$spec:ident| $pod_spec:expr;)*) => {$(
+        impl<'a> From<&'a $kind> for Workload<'a> {
+            fn from(object: &'a $kind) -> Self {
+                Workload {
+                    kind: WorkloadKind::$kind,
+                    meta: &object.metadata,
+                    pod_spec: object.spec.as_ref().and_then(|$spec| $pod_spec),
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl<'a> From<&'a StatefulSet> for Workload<'a> {
-    fn from(s: &'a StatefulSet) -> Self {
-        Workload {
-            kind: WorkloadKind::StatefulSet,
-            meta: &s.metadata,
-            pod_spec: s.spec.as_ref().and_then(|s| s.template.spec.as_ref()),
-        }
-    }
-}
-
-impl<'a> From<&'a DaemonSet> for Workload<'a> {
-    fn from(d: &'a DaemonSet) -> Self {
-        Workload {
-            kind: WorkloadKind::DaemonSet,
-            meta: &d.metadata,
-            pod_spec: d.spec.as_ref().and_then(|s| s.template.spec.as_ref()),
-        }
-    }
-}
-
-impl<'a> From<&'a Job> for Workload<'a> {
-    fn from(j: &'a Job) -> Self {
-        Workload {
-            kind: WorkloadKind::Job,
-            meta: &j.metadata,
-            pod_spec: j.spec.as_ref().and_then(|s| s.template.spec.as_ref()),
-        }
-    }
-}
-
-impl<'a> From<&'a CronJob> for Workload<'a> {
-    fn from(c: &'a CronJob) -> Self {
-        Workload {
-            kind: WorkloadKind::CronJob,
-            meta: &c.metadata,
-            pod_spec: c
-                .spec
-                .as_ref()
-                .and_then(|s| s.job_template.spec.as_ref())
-                .and_then(|s| s.template.spec.as_ref()),
-        }
-    }
+workload_from! {
+    Deployment => |spec| spec.template.spec.as_ref();
+    StatefulSet => |spec| spec.template.spec.as_ref();
+    DaemonSet => |spec| spec.template.spec.as_ref();
+    Job => |spec| spec.template.spec.as_ref();
+    CronJob => |spec| spec.job_template.spec.as_ref().and_then(|job| job.template.spec.as_ref());
 }
 
 #[cfg(test)]

@@ -8,20 +8,21 @@
 
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use clap::Parser;
 use prefetch_controller::core::taint::WarmupConfig;
 use prefetch_controller::shell::config::{Cli, Command, RunArgs};
 use prefetch_controller::shell::metrics::Metrics;
 use prefetch_controller::shell::plan_command::{Objects, render};
 use prefetch_controller::shell::{leader, reconciler};
+use prefetch_shell::ops::{self, Readiness};
 use prefetch_shell::watch::WatchSet;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
@@ -32,25 +33,11 @@ fn main() -> anyhow::Result<()> {
             warmup_taint,
             warmup_timeout,
             node_status_max_images,
-        }) => {
-            let mut objects = Objects::default();
-            for file in &files {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("reading {}", file.display()))?;
-                objects.load(&file.display().to_string(), &text)?;
-            }
-            let warmup = WarmupConfig::new(&warmup_taint, warmup_timeout);
-            print!(
-                "{}",
-                render(
-                    &objects,
-                    warmup.as_ref(),
-                    node_status_max_images,
-                    jiff::Timestamp::now()
-                )
-            );
-            Ok(())
-        }
+        }) => plan(
+            &files,
+            WarmupConfig::new(&warmup_taint, warmup_timeout),
+            node_status_max_images,
+        ),
         None => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
@@ -58,155 +45,175 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// `plan -f`: prints what the reconciler would do for the objects in `files`.
+fn plan(
+    files: &[PathBuf],
+    warmup: Option<WarmupConfig>,
+    node_status_max_images: u32,
+) -> anyhow::Result<()> {
+    let mut objects = Objects::default();
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        objects.load(&file.display().to_string(), &text)?;
+    }
+    print!(
+        "{}",
+        render(
+            &objects,
+            warmup.as_ref(),
+            node_status_max_images,
+            jiff::Timestamp::now()
+        )
+    );
+    Ok(())
+}
+
+/// What every part of a running controller shares.
+struct Process {
+    args: RunArgs,
+    client: kube::Client,
+    identity: String,
+    metrics: Arc<Metrics>,
+    watches: Arc<WatchSet>,
+    /// The root of every wait in the process: cancelled on SIGTERM/SIGINT, whatever state the
+    /// process is in, and from then on the process exits within --shutdown-timeout.
+    shutdown: CancellationToken,
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _log = prefetch_shell::telemetry::init(args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // The root of every wait in the process: cancelled on SIGTERM/SIGINT, whatever state the
-    // process is in, and from then on the process exits within --shutdown-timeout.
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone(), args.shutdown_timeout));
     let client = kube::Client::try_default()
         .await
         .context("connecting to the cluster (KUBECONFIG or in-cluster)")?;
-    let identity = args.identity();
-    let metrics = Arc::new(Metrics::default());
-    let watches = Arc::new(WatchSet::default());
-
-    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("binding {}", args.metrics_addr))?;
-    tracing::info!(metrics = %listener.local_addr()?, identity = %identity, leader_elect = args.leader_elect, warmup_taint = %args.warmup_taint, shutdown_timeout_s = args.shutdown_timeout.as_secs_f64(), "prefetch-controller starting");
-    let ops = {
-        let (metrics, scraped) = (metrics.clone(), watches.clone());
-        let ready = (watches.clone(), shutdown.clone());
-        let app = axum::Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route(
-                "/readyz",
-                get(move || {
-                    let (watches, shutdown) = ready.clone();
-                    async move { readyz(&watches, &shutdown) }
-                }),
-            )
-            .route(
-                "/metrics",
-                get(move || {
-                    let metrics = metrics.clone();
-                    metrics.watches.refresh(&scraped);
-                    async move {
-                        match metrics.encode() {
-                            Ok(text) => (
-                                [(
-                                    header::CONTENT_TYPE,
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )],
-                                text,
-                            )
-                                .into_response(),
-                            Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-                        }
-                    }
-                }),
-            );
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        })
+    let process = Process {
+        identity: args.identity(),
+        args,
+        client,
+        metrics: Arc::new(Metrics::default()),
+        watches: Arc::new(WatchSet::default()),
+        shutdown,
     };
-
-    let settings = || reconciler::Settings {
-        noop_image: args.noop_image.clone(),
-        warmup: args.warmup(),
-        max_pod_creates_per_second: args.max_pod_creates_per_second,
-        identity: identity.clone(),
-        concurrency: args.concurrency,
-        node_status_max_images: args.node_status_max_images,
-    };
-    if args.leader_elect {
-        let (leading_tx, mut leading) = watch::channel(false);
-        let campaign = tokio::spawn(leader::run(
-            client.clone(),
-            args.lease_namespace.clone(),
-            args.lease_name.clone(),
-            identity.clone(),
-            leading_tx,
-            shutdown.clone(),
-        ));
-        // Follow until elected; lead until the lease is lost or we are told to stop.
-        while !shutdown.is_cancelled() {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
-            }
-            metrics.leader.set(1);
-            // This term ends on shutdown (a child token) or when the lease is lost.
-            let term = shutdown.child_token();
-            let lost = {
-                let (term, mut leading) = (term.clone(), leading.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = term.cancelled() => {}
-                        _ = leading.wait_for(|l| !*l) => term.cancel(),
-                    }
-                })
-            };
-            reconciler::run(
-                client.clone(),
-                settings(),
-                metrics.clone(),
-                &watches,
-                term.clone(),
-            )
-            .await;
-            term.cancel();
-            let _ = lost.await;
-            metrics.leader.set(0);
-            if !shutdown.is_cancelled() {
-                tracing::warn!("leadership lost; stopped acting and rejoining the election");
-            }
-        }
-        // Ends the campaign, releasing the lease if we hold it.
-        shutdown.cancel();
-        let _ = campaign.await;
+    let ops = serve_ops(&process).await?;
+    if process.args.leader_elect {
+        campaign(&process).await;
     } else {
-        metrics.leader.set(1);
-        reconciler::run(
-            client.clone(),
-            settings(),
-            metrics.clone(),
-            &watches,
-            shutdown.child_token(),
-        )
-        .await;
+        process.metrics.leader.set(1);
+        reconcile(&process, process.shutdown.child_token()).await;
     }
-    let _ = ops.await;
+    ops::stopped(ops).await;
     tracing::info!("prefetch-controller stopped");
     Ok(())
 }
 
+/// Binds `--metrics-addr` and serves health, readiness and metrics on it until shutdown.
+async fn serve_ops(process: &Process) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let args = &process.args;
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
+    tracing::info!(metrics = %listener.local_addr()?, identity = %process.identity, leader_elect = args.leader_elect, warmup_taint = %args.warmup_taint, shutdown_timeout_s = args.shutdown_timeout.as_secs_f64(), "prefetch-controller starting");
+    let (watches, shutdown) = (process.watches.clone(), process.shutdown.clone());
+    let (metrics, scraped) = (process.metrics.clone(), process.watches.clone());
+    let app = ops::router(ops::Checks {
+        ready: move || readyz(&watches, &shutdown),
+        scrape: move || {
+            metrics.watches.refresh(&scraped);
+            metrics.encode()
+        },
+    });
+    Ok(ops::spawn(listener, app, process.shutdown.clone()))
+}
+
+/// Campaigns for the Lease until shutdown: follows until elected, leads until the Lease is
+/// lost or we are told to stop, and rejoins the election after a lost term.
+async fn campaign(process: &Process) {
+    let shutdown = &process.shutdown;
+    let (leading_tx, mut leading) = watch::channel(false);
+    let campaign = tokio::spawn(leader::run(
+        process.client.clone(),
+        process.args.lease.lease_namespace.clone(),
+        process.args.lease.lease_name.clone(),
+        process.identity.clone(),
+        leading_tx,
+        shutdown.clone(),
+    ));
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
+        }
+        lead(process, &leading).await;
+    }
+    // Ends the campaign, releasing the lease if we hold it.
+    shutdown.cancel();
+    let _ = campaign.await;
+}
+
+/// One term of leadership: reconciles until shutdown or until `leading` turns false.
+async fn lead(process: &Process, leading: &watch::Receiver<bool>) {
+    process.metrics.leader.set(1);
+    // This term ends on shutdown (a child token) or when the lease is lost.
+    let term = process.shutdown.child_token();
+    let lost = {
+        let (term, mut leading) = (term.clone(), leading.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.cancelled() => {}
+                _ = leading.wait_for(|l| !*l) => term.cancel(),
+            }
+        })
+    };
+    reconcile(process, term.clone()).await;
+    term.cancel();
+    let _ = lost.await;
+    process.metrics.leader.set(0);
+    if !process.shutdown.is_cancelled() {
+        tracing::warn!("leadership lost; stopped acting and rejoining the election");
+    }
+}
+
+/// The reconciler and its loops, until `term` ends.
+async fn reconcile(process: &Process, term: CancellationToken) {
+    let args = &process.args;
+    let settings = reconciler::Settings {
+        noop_image: args.noop_image.clone(),
+        warmup: args.warmup(),
+        max_pod_creates_per_second: args.max_pod_creates_per_second,
+        identity: process.identity.clone(),
+        concurrency: args.concurrency,
+        node_status_max_images: args.node_status_max_images,
+    };
+    reconciler::run(
+        process.client.clone(),
+        settings,
+        process.metrics.clone(),
+        &process.watches,
+        term,
+    )
+    .await;
+}
+
 /// 503 while shutting down or while a watch cache of this term has not synced, saying which
 /// and why. A standby replica (no term, no watches) is ready.
-fn readyz(watches: &WatchSet, shutdown: &CancellationToken) -> axum::response::Response {
+fn readyz(watches: &WatchSet, shutdown: &CancellationToken) -> Readiness {
     if shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+        return Readiness::shutting_down();
     }
     let reasons = watches.unready_reasons();
     if reasons.is_empty() {
-        "ok".into_response()
+        Readiness::Ready("ok".into())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n", reasons.join("\n")),
-        )
-            .into_response()
+        Readiness::Unready(format!("{}\n", reasons.join("\n")))
     }
 }
 
 /// SIGTERM or Ctrl-C: stop taking work, let reconciles in progress finish, release the lease;
 /// past `timeout`, exit anyway (whatever is still waiting has had its chance).
-async fn signal_shutdown(shutdown: CancellationToken, timeout: std::time::Duration) {
+async fn signal_shutdown(shutdown: CancellationToken, timeout: Duration) {
     prefetch_shell::signals::shutdown_signal().await;
     shutdown.cancel();
     tokio::time::sleep(timeout).await;

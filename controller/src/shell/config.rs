@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use prefetch_common::duration::parse_duration;
 use prefetch_common::labels::label_key_error;
+use prefetch_shell::lease::LeaseArgs;
 use prefetch_shell::telemetry::LogFormat;
 
 use crate::core::fulllist::DEFAULT_NODE_STATUS_MAX_IMAGES;
@@ -41,20 +42,9 @@ pub struct RunArgs {
     /// Elect a leader on a Lease, so only one replica acts.
     #[arg(long, env = "PREFETCH_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
-    /// Namespace of the leader election Lease.
-    #[arg(
-        long,
-        env = "PREFETCH_LEASE_NAMESPACE",
-        default_value = prefetch_common::annotations::DEFAULT_LEASE_NAMESPACE
-    )]
-    pub lease_namespace: String,
-    /// Name of the leader election Lease.
-    #[arg(
-        long,
-        env = "PREFETCH_LEASE_NAME",
-        default_value = prefetch_common::annotations::DEFAULT_LEASE_NAME
-    )]
-    pub lease_name: String,
+    /// The Lease this replica campaigns for (shared with the webhook, which reads it).
+    #[command(flatten)]
+    pub lease: LeaseArgs,
     /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
     #[arg(long, env = "PREFETCH_IDENTITY")]
     pub identity: Option<String>,

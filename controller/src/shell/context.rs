@@ -67,12 +67,12 @@ pub struct Context {
     /// Reconciles every Prefetch (as a node change does).
     pub reconcile_all: mpsc::Sender<()>,
     /// Warm and cold starts and pull figures, from the kubelet's Events (`starts.rs`).
-    pub starts: crate::shell::starts::StartsBook,
+    pub starts: Mutex<crate::core::starts_book::StartsBook>,
 }
 
 pub(crate) use prefetch_shell::locks::lock;
 
-/// A cached node's images as planning reads them: normalized and sorted by [`slim_node`].
+/// A cached node's images as planning reads them: normalized and sorted by `caches::slim_node`.
 pub(crate) fn cached_images(node: &Node) -> std::borrow::Cow<'_, [String]> {
     let names = node
         .status

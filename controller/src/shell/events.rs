@@ -13,7 +13,9 @@ use std::sync::Mutex;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::runtime::events::{Event, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use crate::core::severity::Severity;
 
 /// As long as the Recorder folds repeats into a series.
 const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
@@ -62,5 +64,13 @@ impl EventPublisher {
             recorder.clone()
         };
         recorder.publish(event, reference).await
+    }
+}
+
+/// The Event type of an event the core typed `type_` (see [`Severity::of`]).
+pub fn event_type(type_: &str) -> EventType {
+    match Severity::of(type_) {
+        Severity::Warning => EventType::Warning,
+        Severity::Normal => EventType::Normal,
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, PodSpec};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::Event;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use prefetch_common::Prefetch;
@@ -17,12 +17,14 @@ use prefetch_common::annotations::{
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::core::gate::{Progress, Release, Verdict, pinned_node, release_patch, verdict};
 use crate::core::plan::node_images;
 use crate::core::revisions::for_pulls;
 use crate::shell::context::{Context, lock};
-use crate::shell::metrics::ResultLabel;
+use crate::shell::events::event_type;
+use crate::shell::metrics::ReleaseLabel;
 
 /// Longest wait between two passes: a pod is released at most this long after its
 /// `gated-until`, or after its Prefetch's status shows the rollout prefetched.
@@ -90,7 +92,7 @@ pub async fn run(
             _ = tokio::time::sleep(GATE_POLL) => {}
         }
     }
-    ctx.metrics.gated_pods.set(0);
+    ctx.metrics.gate.gated_pods.set(0);
 }
 
 /// The verdict on one gated pod, with what the pulls of its Prefetch have done so far.
@@ -138,6 +140,12 @@ fn pinned_node_images(
         .collect()
 }
 
+/// Pods released, per (namespace, Prefetch, reason): one Event each per pass.
+type Releases = BTreeMap<(String, String, Release), usize>;
+
+/// One look at every gated pod: release those whose verdict says so, count those held, and
+/// record the releases on their Prefetches.
+#[tracing::instrument(name = "gate_pass", skip_all)]
 async fn pass(
     ctx: &Context,
     prefetches: &Store<Prefetch>,
@@ -147,8 +155,7 @@ async fn pass(
     let now = jiff::Timestamp::now();
     released.retain(|_, at| at.elapsed() < RELEASED_MEMORY);
     let mut held = 0i64;
-    // (namespace, prefetch, reason) -> pods released
-    let mut events: BTreeMap<(String, String, Release), usize> = BTreeMap::new();
+    let mut releases = Releases::new();
     let gated = pods.state();
     let node_lists = pinned_node_images(&ctx.nodes, &gated);
     for pod in gated {
@@ -170,41 +177,83 @@ async fn pass(
             }
             Verdict::Release(reason) => reason,
         };
-        let Some(patch) = release_patch(&pod) else {
-            continue;
-        };
-        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-        let name = pod.name_any();
-        match api
-            .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        let span = tracing::info_span!(
+            "gate",
+            pod = %format!("{namespace}/{}", pod.name_any()),
+            prefetch = %gated_by
+        );
+        match release(ctx, &pod, &namespace, reason, now)
+            .instrument(span)
             .await
         {
-            Ok(_) => {
+            Released::Yes => {
                 released.insert(uid, Instant::now());
-                let waited = pod
-                    .creation_timestamp()
-                    .map(|t| now.duration_since(t.0).as_secs_f64().max(0.0))
-                    .unwrap_or(0.0);
-                ctx.metrics.rollout_gate.observe(waited);
-                ctx.metrics
-                    .gate_releases
-                    .get_or_create(&ResultLabel {
-                        result: reason.as_str(),
-                    })
-                    .inc();
-                tracing::info!(pod = %format!("{namespace}/{name}"), prefetch = %gated_by, reason = reason.as_str(), waited_seconds = waited, "released a gated pod");
-                *events.entry((namespace, gated_by, reason)).or_default() += 1;
+                *releases.entry((namespace, gated_by, reason)).or_default() += 1;
             }
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(err) => {
-                // 422: the gate list changed since the cache read it; the next pass sees it.
-                held += 1;
-                tracing::warn!(pod = %format!("{namespace}/{name}"), error = %err, "could not release a gated pod; retrying");
-            }
+            Released::Gone => {}
+            Released::Failed => held += 1,
         }
     }
-    ctx.metrics.gated_pods.set(held);
-    for ((namespace, name, reason), count) in events {
+    ctx.metrics.gate.gated_pods.set(held);
+    publish_releases(ctx, prefetches, releases).await;
+}
+
+/// What became of a release.
+enum Released {
+    Yes,
+    /// The pod is gone, or has no gate of ours left to remove.
+    Gone,
+    /// Still gated: the next pass tries again.
+    Failed,
+}
+
+/// Removes our scheduling gate from `pod` for `reason`, and counts the release.
+async fn release(
+    ctx: &Context,
+    pod: &Pod,
+    namespace: &str,
+    reason: Release,
+    now: jiff::Timestamp,
+) -> Released {
+    let Some(patch) = release_patch(pod) else {
+        return Released::Gone;
+    };
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = pod.name_any();
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await
+    {
+        Ok(_) => {
+            let waited = pod
+                .creation_timestamp()
+                .map(|t| now.duration_since(t.0).as_secs_f64().max(0.0))
+                .unwrap_or(0.0);
+            ctx.metrics.gate.rollout_gate.observe(waited);
+            ctx.metrics
+                .gate
+                .gate_releases
+                .get_or_create(&ReleaseLabel { result: reason })
+                .inc();
+            tracing::info!(
+                reason = reason.as_str(),
+                waited_seconds = waited,
+                "released a gated pod"
+            );
+            Released::Yes
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Released::Gone,
+        Err(err) => {
+            // 422: the gate list changed since the cache read it; the next pass sees it.
+            tracing::warn!(error = %err, "could not release a gated pod; retrying");
+            Released::Failed
+        }
+    }
+}
+
+/// One Event per Prefetch and reason for the pods this pass released.
+async fn publish_releases(ctx: &Context, prefetches: &Store<Prefetch>, releases: Releases) {
+    for ((namespace, name, reason), count) in releases {
         let (type_, why, note) = reason.event(count);
         let uid = prefetches
             .get(&ObjectRef::new(&name).within(&namespace))
@@ -222,11 +271,7 @@ async fn pass(
             ..Default::default()
         };
         let event = Event {
-            type_: if type_ == "Warning" {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
+            type_: event_type(type_),
             reason: why.into(),
             note: Some(note),
             action: "ReleaseGate".into(),

@@ -1,18 +1,60 @@
-//! Prometheus metrics on the metrics address (`/metrics`).
+//! Prometheus metrics on the metrics address (`/metrics`), registered per concern: the
+//! reconciles ([`RoundMetrics`]), the lease, warm nodes ([`WarmupMetrics`]), the watches, and
+//! warm rollouts ([`GateMetrics`]), and what it saved ([`StartsMetrics`]).
 
 use prefetch_shell::watch::WatchMetrics;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::LabelValueEncoder;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabel {
-    pub result: &'static str,
+use crate::core::gate::Release;
+
+/// How a reconcile ended: `reconciles_total{result}`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReconcileResult {
+    Ok,
+    Error,
 }
 
+impl ReconcileResult {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl EncodeLabelValue for ReconcileResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: ReconcileResult,
+}
+
+/// Why a gated pod was released: `gate_releases_total{result}`, labelled by
+/// [`Release::as_str`] (the core's enum, so the label set is encoded here).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct ReleaseLabel {
+    pub result: Release,
+}
+
+impl EncodeLabelSet for ReleaseLabel {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelSet::encode(&[("result", self.result.as_str())], encoder)
+    }
+}
+
+/// A failed pull's reason: the kubelet's (ErrImagePull, ImagePullBackOff, ...) or the
+/// controller's, open-ended, so a string.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
@@ -20,28 +62,68 @@ pub struct ReasonLabel {
 
 pub struct Metrics {
     pub registry: Registry,
+    pub rounds: RoundMetrics,
+    pub leader: Gauge,
+    pub warmup: WarmupMetrics,
+    pub watches: WatchMetrics,
+    pub gate: GateMetrics,
+    pub starts: StartsMetrics,
+}
+
+/// What the reconciles do.
+pub struct RoundMetrics {
     pub reconciles: Family<ResultLabel, Counter>,
     pub pods_created: Counter,
     pub images_prefetched: Counter,
     pub pull_failures: Family<ReasonLabel, Counter>,
     pub inflight_pods: Gauge,
     pub rollout_latency: Histogram,
-    pub leader: Gauge,
+}
+
+/// Warm nodes (the warm loop) and the ledger that outlives rounds for them.
+pub struct WarmupMetrics {
     pub node_warmup: Histogram,
     pub node_warmup_timeouts: Counter,
     pub warming_nodes: Gauge,
     pub ledger_pairs: Gauge,
-    pub watches: WatchMetrics,
-    pub starts: crate::shell::starts::StartsMetrics,
+}
+
+/// Warm rollouts (the gate loop).
+pub struct GateMetrics {
     pub gated_pods: Gauge,
     pub rollout_gate: Histogram,
-    pub gate_releases: Family<ResultLabel, Counter>,
+    pub gate_releases: Family<ReleaseLabel, Counter>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("prefetch_controller");
         registry.register_collector(Box::new(prefetch_shell::telemetry::DroppedLogLines));
+        let rounds = RoundMetrics::register(&mut registry);
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "Whether this replica holds the lease (1) or not (0)",
+            leader.clone(),
+        );
+        let warmup = WarmupMetrics::register(&mut registry);
+        let watches = WatchMetrics::register(&mut registry);
+        let gate = GateMetrics::register(&mut registry);
+        let starts = StartsMetrics::register(&mut registry);
+        Self {
+            registry,
+            rounds,
+            leader,
+            warmup,
+            watches,
+            gate,
+            starts,
+        }
+    }
+}
+
+impl RoundMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let reconciles = Family::<ResultLabel, Counter>::default();
         registry.register(
             "reconciles",
@@ -79,12 +161,19 @@ impl Default for Metrics {
             "From a rollout signal to its images prefetched on every targeted node",
             rollout_latency.clone(),
         );
-        let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "Whether this replica holds the lease (1) or not (0)",
-            leader.clone(),
-        );
+        Self {
+            reconciles,
+            pods_created,
+            images_prefetched,
+            pull_failures,
+            inflight_pods,
+            rollout_latency,
+        }
+    }
+}
+
+impl WarmupMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let node_warmup = Histogram::new([
             5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0,
         ]);
@@ -111,8 +200,17 @@ impl Default for Metrics {
             "Node x image outcomes kept beyond their round (warming nodes, full image lists)",
             ledger_pairs.clone(),
         );
-        let watches = WatchMetrics::register(&mut registry);
-        let starts = crate::shell::starts::StartsMetrics::register(&mut registry);
+        Self {
+            node_warmup,
+            node_warmup_timeouts,
+            warming_nodes,
+            ledger_pairs,
+        }
+    }
+}
+
+impl GateMetrics {
+    fn register(registry: &mut Registry) -> Self {
         let gated_pods = Gauge::default();
         registry.register(
             "gated_pods",
@@ -127,7 +225,7 @@ impl Default for Metrics {
             "Time a gated pod was held, from its creation to its release",
             rollout_gate.clone(),
         );
-        let gate_releases = Family::<ResultLabel, Counter>::default();
+        let gate_releases = Family::<ReleaseLabel, Counter>::default();
         registry.register(
             "gate_releases",
             "Gated pods released, by reason (prefetched, node_prefetched, timed_out, prefetch_removed, gate_disabled)",
@@ -137,20 +235,6 @@ impl Default for Metrics {
             gated_pods,
             rollout_gate,
             gate_releases,
-            registry,
-            watches,
-            starts,
-            reconciles,
-            pods_created,
-            images_prefetched,
-            pull_failures,
-            inflight_pods,
-            rollout_latency,
-            leader,
-            node_warmup,
-            node_warmup_timeouts,
-            warming_nodes,
-            ledger_pairs,
         }
     }
 }
@@ -160,5 +244,160 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StartLabels {
+    pub prefetch: String,
+    pub namespace: String,
+    pub result: StartResult,
+}
+
+impl StartLabels {
+    pub fn of(prefetch: &PrefetchLabels, result: StartResult) -> StartLabels {
+        StartLabels {
+            prefetch: prefetch.prefetch.clone(),
+            namespace: prefetch.namespace.clone(),
+            result,
+        }
+    }
+}
+
+/// Whether a start found its image on the node.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StartResult {
+    Warm,
+    Cold,
+}
+
+impl StartResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartResult::Warm => "warm",
+            StartResult::Cold => "cold",
+        }
+    }
+}
+
+impl EncodeLabelValue for StartResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PrefetchLabels {
+    pub prefetch: String,
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabel {
+    pub registry: String,
+}
+
+/// Warm and cold starts, and the prefetch pods' pulls (`starts.rs`).
+pub struct StartsMetrics {
+    pub starts: Family<StartLabels, Counter>,
+    pub cold_wait: Family<PrefetchLabels, Histogram>,
+    pub seconds_saved: Family<PrefetchLabels, Counter<f64>>,
+    pub pull_duration: Family<RegistryLabel, Histogram>,
+    pub pulled_bytes: Family<RegistryLabel, Counter>,
+}
+
+/// Buckets for pull times, from a cached layer's fraction of a second to a large image's
+/// minutes.
+fn pull_buckets() -> Histogram {
+    Histogram::new([
+        0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ])
+}
+
+impl StartsMetrics {
+    pub fn register(registry: &mut Registry) -> StartsMetrics {
+        let metrics = StartsMetrics {
+            starts: Family::default(),
+            cold_wait: Family::new_with_constructor(pull_buckets),
+            seconds_saved: Family::default(),
+            pull_duration: Family::new_with_constructor(pull_buckets),
+            pulled_bytes: Family::default(),
+        };
+        registry.register(
+            "workload_starts",
+            "Container starts of the selected workloads, by result (warm: image on the node; cold: pulled)",
+            metrics.starts.clone(),
+        );
+        registry.register(
+            "cold_start_wait_seconds",
+            "Time cold starts of the selected workloads waited on their pull, queueing included",
+            metrics.cold_wait.clone(),
+        );
+        registry.register(
+            "pull_seconds_saved",
+            "Pull time warm starts did not wait: per warm start, the median pull time prefetch pods measured for its image",
+            metrics.seconds_saved.clone(),
+        );
+        registry.register(
+            "pull_duration_seconds",
+            "Pull times of prefetch pods, by registry host",
+            metrics.pull_duration.clone(),
+        );
+        registry.register(
+            "pulled_bytes",
+            "Bytes of the images prefetch pods pulled, by registry host (the sizes the runtimes reported)",
+            metrics.pulled_bytes.clone(),
+        );
+        metrics
+    }
+
+    /// Drops the series of a Prefetch that is gone.
+    pub fn forget(&self, prefetch: &PrefetchLabels) {
+        for result in [StartResult::Warm, StartResult::Cold] {
+            self.starts.remove(&StartLabels {
+                prefetch: prefetch.prefetch.clone(),
+                namespace: prefetch.namespace.clone(),
+                result,
+            });
+        }
+        self.cold_wait.remove(prefetch);
+        self.seconds_saved.remove(prefetch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_the_ones_the_docs_name() {
+        let metrics = Metrics::default();
+        for result in [ReconcileResult::Ok, ReconcileResult::Error] {
+            metrics
+                .rounds
+                .reconciles
+                .get_or_create(&ResultLabel { result })
+                .inc();
+        }
+        metrics
+            .gate
+            .gate_releases
+            .get_or_create(&ReleaseLabel {
+                result: Release::TimedOut,
+            })
+            .inc();
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("prefetch_controller_reconciles_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("prefetch_controller_reconciles_total{result=\"error\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("prefetch_controller_gate_releases_total{result=\"timed_out\"} 1"),
+            "{text}"
+        );
     }
 }

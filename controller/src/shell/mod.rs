@@ -7,6 +7,7 @@
 //! [`events`] records Events, [`leader`] holds the Lease, [`metrics`] serves Prometheus, [`ratelimit`] paces pod
 //! creation, [`config`] reads flags, and [`plan_command`] is `prefetch-controller plan`.
 
+pub mod caches;
 pub mod config;
 pub mod context;
 pub mod events;

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::core::fulllist::is_full;
 use crate::core::ledger::PullLedger;
 use crate::core::naming::pod_name;
-use crate::core::plan::{account_secrets, node_images, plan_images};
+use crate::core::plan::{ImagePlan, NodePlan, account_secrets, node_images, plan_images};
 use crate::core::warmup::{self, Verdict, WarmupConfig};
 use crate::core::workload::{Workload, job_finished};
 
@@ -153,116 +153,7 @@ pub fn render(
         out.push_str("no Prefetch in the given files: nothing to plan\n");
     }
     for prefetch in &objects.prefetches {
-        let ns = prefetch.metadata.namespace.as_deref().unwrap_or("default");
-        let name = prefetch.metadata.name.as_deref().unwrap_or("");
-        let accounts = account_secrets(&objects.service_accounts, ns);
-        let plan = plan_images(
-            prefetch,
-            objects.workloads(),
-            &accounts,
-            &objects.nodes,
-            warmup_taint,
-        );
-        let _ = writeln!(out, "Prefetch {ns}/{name}");
-        let _ = writeln!(
-            out,
-            "  selects {} workload(s) by {:?}: {}",
-            plan.workloads.len(),
-            prefetch.spec.filter_by_labels,
-            if plan.workloads.is_empty() {
-                "(none)".to_string()
-            } else {
-                plan.workloads.join(", ")
-            }
-        );
-        let _ = writeln!(out, "  images ({}):", plan.images.len());
-        for (image, sources) in &plan.sources {
-            let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
-            let _ = writeln!(out, "    {image}  ({})", sources.join(", "));
-        }
-        for invalid in &plan.invalid_images {
-            let _ = writeln!(out, "    skipped, not a valid reference: {invalid}");
-        }
-        if !plan.pull_secrets.is_empty() {
-            let _ = writeln!(out, "  pull secrets: {}", plan.pull_secrets.join(", "));
-        }
-        for account in &plan.missing_accounts {
-            let _ = writeln!(
-                out,
-                "  ServiceAccount {account} not in the given files: its pull secrets are unknown"
-            );
-        }
-        let pods = plan.targets.iter().filter(|t| !t.pull.is_empty()).count();
-        let width = objects
-            .nodes
-            .iter()
-            .filter_map(|n| n.metadata.name.as_deref())
-            .map(str::len)
-            .max()
-            .unwrap_or(4)
-            .max(4);
-        let _ = writeln!(out, "  {:<width$}  PLAN", "NODE");
-        for target in &plan.targets {
-            let warming = if target.warming { " (warming)" } else { "" };
-            if target.pull.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "  {:<width$}  nothing to pull: already has {}{warming}",
-                    target.node,
-                    target.present.join(", ")
-                );
-            } else {
-                let _ = writeln!(
-                    out,
-                    "  {:<width$}  pod {} pulls {}{}",
-                    target.node,
-                    pod_name(name, &target.node),
-                    target.pull.join(", "),
-                    if target.warming {
-                        " (warming: ahead of the other nodes)"
-                    } else {
-                        ""
-                    }
-                );
-                if !target.present.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "  {:<width$}    (already has {})",
-                        "",
-                        target.present.join(", ")
-                    );
-                }
-            }
-            let listed = objects
-                .nodes
-                .iter()
-                .find(|n| n.metadata.name.as_deref() == Some(target.node.as_str()))
-                .and_then(|n| n.status.as_ref()?.images.as_ref())
-                .map_or(0, Vec::len);
-            if is_full(listed, max_images) {
-                let _ = writeln!(
-                    out,
-                    "  {:<width$}    (image list full: {listed} listed, cap {max_images}; the controller \
-                     counts an image its pod pulled here in an earlier round as present)",
-                    ""
-                );
-            }
-        }
-        for skipped in &plan.skipped {
-            let _ = writeln!(
-                out,
-                "  {:<width$}  skipped: {}",
-                skipped.node, skipped.reason
-            );
-        }
-        let parallel = prefetch.spec.max_parallel();
-        let _ = writeln!(
-            out,
-            "  => {pods} prefetch pod(s), at most {parallel} in flight; {} of {} node x image pairs already done; next round after {} s\n",
-            plan.targets.iter().map(|t| t.present.len()).sum::<usize>(),
-            plan.total_pairs(),
-            prefetch.spec.retry_after_seconds()
-        );
+        render_prefetch(&mut out, objects, prefetch, warmup_taint, max_images);
     }
     if let Some(warmup) = warmup {
         render_warming(&mut out, objects, warmup, now);
@@ -271,6 +162,145 @@ pub fn render(
         let _ = writeln!(out, "ignored: {ignored}");
     }
     out
+}
+
+/// One Prefetch's plan: what it selects and pulls, then each node's part, then the totals.
+fn render_prefetch(
+    out: &mut String,
+    objects: &Objects,
+    prefetch: &Prefetch,
+    warmup_taint: Option<&str>,
+    max_images: u32,
+) {
+    let ns = prefetch.metadata.namespace.as_deref().unwrap_or("default");
+    let name = prefetch.metadata.name.as_deref().unwrap_or("");
+    let accounts = account_secrets(&objects.service_accounts, ns);
+    let plan = plan_images(
+        prefetch,
+        objects.workloads(),
+        &accounts,
+        &objects.nodes,
+        warmup_taint,
+    );
+    let _ = writeln!(out, "Prefetch {ns}/{name}");
+    render_selection(out, prefetch, &plan);
+    let pods = plan.targets.iter().filter(|t| !t.pull.is_empty()).count();
+    let width = objects
+        .nodes
+        .iter()
+        .filter_map(|n| n.metadata.name.as_deref())
+        .map(str::len)
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let _ = writeln!(out, "  {:<width$}  PLAN", "NODE");
+    for target in &plan.targets {
+        render_target(out, objects, name, target, width, max_images);
+    }
+    for skipped in &plan.skipped {
+        let _ = writeln!(
+            out,
+            "  {:<width$}  skipped: {}",
+            skipped.node, skipped.reason
+        );
+    }
+    let parallel = prefetch.spec.max_parallel();
+    let _ = writeln!(
+        out,
+        "  => {pods} prefetch pod(s), at most {parallel} in flight; {} of {} node x image pairs already done; next round after {} s\n",
+        plan.targets.iter().map(|t| t.present.len()).sum::<usize>(),
+        plan.total_pairs(),
+        prefetch.spec.retry_after_seconds()
+    );
+}
+
+/// The workloads a Prefetch selects, their images and where each comes from, and the pull
+/// secrets its pods carry.
+fn render_selection(out: &mut String, prefetch: &Prefetch, plan: &ImagePlan) {
+    let _ = writeln!(
+        out,
+        "  selects {} workload(s) by {:?}: {}",
+        plan.workloads.len(),
+        prefetch.spec.filter_by_labels,
+        if plan.workloads.is_empty() {
+            "(none)".to_string()
+        } else {
+            plan.workloads.join(", ")
+        }
+    );
+    let _ = writeln!(out, "  images ({}):", plan.images.len());
+    for (image, sources) in &plan.sources {
+        let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+        let _ = writeln!(out, "    {image}  ({})", sources.join(", "));
+    }
+    for invalid in &plan.invalid_images {
+        let _ = writeln!(out, "    skipped, not a valid reference: {invalid}");
+    }
+    if !plan.pull_secrets.is_empty() {
+        let _ = writeln!(out, "  pull secrets: {}", plan.pull_secrets.join(", "));
+    }
+    for account in &plan.missing_accounts {
+        let _ = writeln!(
+            out,
+            "  ServiceAccount {account} not in the given files: its pull secrets are unknown"
+        );
+    }
+}
+
+/// One targeted node's line: the pod and what it pulls, or that the node has everything, and
+/// whether its image list is full.
+fn render_target(
+    out: &mut String,
+    objects: &Objects,
+    prefetch_name: &str,
+    target: &NodePlan,
+    width: usize,
+    max_images: u32,
+) {
+    let warming = if target.warming { " (warming)" } else { "" };
+    if target.pull.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {:<width$}  nothing to pull: already has {}{warming}",
+            target.node,
+            target.present.join(", ")
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  {:<width$}  pod {} pulls {}{}",
+            target.node,
+            pod_name(prefetch_name, &target.node),
+            target.pull.join(", "),
+            if target.warming {
+                " (warming: ahead of the other nodes)"
+            } else {
+                ""
+            }
+        );
+        if !target.present.is_empty() {
+            let _ = writeln!(
+                out,
+                "  {:<width$}    (already has {})",
+                "",
+                target.present.join(", ")
+            );
+        }
+    }
+    let listed = objects
+        .nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(target.node.as_str()))
+        .and_then(|n| n.status.as_ref()?.images.as_ref())
+        .map_or(0, Vec::len);
+    if is_full(listed, max_images) {
+        let _ = writeln!(
+            out,
+            "  {:<width$}    (image list full: {listed} listed, cap {max_images}; the controller \
+             counts an image its pod pulled here in an earlier round as present)",
+            ""
+        );
+    }
 }
 
 /// The warming nodes, and what the controller would do about each now (with no prefetch pod

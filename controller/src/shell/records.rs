@@ -81,7 +81,7 @@ pub fn record_outcomes(ctx: &Context, observed: &[Observed]) {
                 warming |= node_use == NodeUse::Warming;
             }
         }
-        ctx.metrics.ledger_pairs.set(ledger.len() as i64);
+        ctx.metrics.warmup.ledger_pairs.set(ledger.len() as i64);
     }
     if warming {
         ctx.warm_wake.notify_one();
@@ -112,7 +112,7 @@ pub fn prune(ctx: &Context, prefetches: &Store<Prefetch>) {
             "pruned the pull ledger"
         );
     }
-    ctx.metrics.ledger_pairs.set(ledger.len() as i64);
+    ctx.metrics.warmup.ledger_pairs.set(ledger.len() as i64);
 }
 
 /// Prunes every [`PRUNE_EVERY`] until `stop`, once the Prefetch cache has synced (on a

@@ -11,15 +11,20 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::Event;
 use kube::runtime::reflector::Store;
 use kube::{Api, Resource};
 use prefetch_common::Prefetch;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::warmup::{self, Verdict, WarmupConfig};
+use crate::core::severity::Severity;
+use crate::core::warmup::{self, Verdict, WarmupConfig, Wish};
 use crate::core::workload::Workload;
 use crate::shell::context::{Context, WorkloadSnapshot, cached_images, lock, until_ready};
+use crate::shell::events::event_type;
+
+/// What every Prefetch wants on each warming node, by node name.
+type Wishes = std::collections::BTreeMap<String, Vec<Wish>>;
 
 /// Longest sleep while nodes are warming (a Prefetch deleted meanwhile reconciles nothing).
 const BUSY_WAIT: Duration = Duration::from_secs(5);
@@ -87,10 +92,11 @@ pub async fn run(
             _ = tokio::time::sleep(COALESCE) => {}
         }
     }
-    ctx.metrics.warming_nodes.set(0);
+    ctx.metrics.warmup.warming_nodes.set(0);
 }
 
 /// One look at every warming node; returns how long to sleep at most.
+#[tracing::instrument(name = "warm_pass", skip_all)]
 async fn pass(
     ctx: &Arc<Context>,
     config: &WarmupConfig,
@@ -98,40 +104,78 @@ async fn pass(
     state: &mut LoopState,
 ) -> Duration {
     let now = Timestamp::now();
-    let warming: Vec<Arc<Node>> = ctx
-        .nodes
-        .state()
-        .into_iter()
-        .filter(|n| n.metadata.deletion_timestamp.is_none() && warmup::is_warming(n, &config.taint))
-        .collect();
-    ctx.metrics.warming_nodes.set(warming.len() as i64);
+    let warming = warming_nodes(ctx, config);
+    ctx.metrics.warmup.warming_nodes.set(warming.len() as i64);
     // The ledger is pruned by `records::upkeep`, for warm nodes and full lists alike.
     state.keep_only(&warming.iter().map(|n| uid(n)).collect());
     if warming.is_empty() {
         return IDLE_WAIT;
     }
+    let wishes = wishes(ctx, config, prefetches, &warming);
+    let (lifts, wait) = judge(config, &warming, &wishes, state, now);
+    let removals: Vec<(Arc<Node>, Verdict, Removal)> = futures::stream::iter(lifts)
+        .map(|(node, verdict)| async move {
+            let removal = remove_taint(ctx, &config.taint, &node).await;
+            (node, verdict, removal)
+        })
+        .buffer_unordered(PATCH_CONCURRENCY)
+        .collect()
+        .await;
+    let mut wait = wait;
+    for (node, verdict, removal) in removals {
+        if let Some(backoff) = settle(ctx, config, state, &node, &verdict, removal, now).await {
+            wait = wait.min(backoff);
+        }
+    }
+    wait
+}
 
+/// The cached nodes carrying the warmup taint, but those being deleted.
+fn warming_nodes(ctx: &Context, config: &WarmupConfig) -> Vec<Arc<Node>> {
+    ctx.nodes
+        .state()
+        .into_iter()
+        .filter(|n| n.metadata.deletion_timestamp.is_none() && warmup::is_warming(n, &config.taint))
+        .collect()
+}
+
+/// What every Prefetch wants on each warming node, by node name (see `warmup::wishes`).
+fn wishes(
+    ctx: &Context,
+    config: &WarmupConfig,
+    prefetches: &Store<Prefetch>,
+    warming: &[Arc<Node>],
+) -> Wishes {
     let prefetches = prefetches.state();
     let snapshot = WorkloadSnapshot::of(ctx);
     let prefetch_refs: Vec<&Prefetch> = prefetches.iter().map(AsRef::as_ref).collect();
     let workloads: Vec<Workload<'_>> = snapshot.workloads();
     let node_refs: Vec<&Node> = warming.iter().map(AsRef::as_ref).collect();
-    let wishes = {
-        let ledger = lock(&ctx.ledger);
-        warmup::wishes(
-            &prefetch_refs,
-            &workloads,
-            &node_refs,
-            &config.taint,
-            cached_images,
-            &ledger,
-        )
-    };
+    let ledger = lock(&ctx.ledger);
+    warmup::wishes(
+        &prefetch_refs,
+        &workloads,
+        &node_refs,
+        &config.taint,
+        cached_images,
+        &ledger,
+    )
+}
 
+/// The verdict on every warming node not waiting for our removal or a retry: the nodes whose
+/// taint comes off, and how long to sleep at most (until the next retry or deadline). A
+/// verdict that holds the node is logged when it changes.
+fn judge(
+    config: &WarmupConfig,
+    warming: &[Arc<Node>],
+    wishes: &Wishes,
+    state: &mut LoopState,
+    now: Timestamp,
+) -> (Vec<(Arc<Node>, Verdict)>, Duration) {
     let mut wait = BUSY_WAIT;
     let mut lifts = Vec::new();
     let clock = Instant::now();
-    for node in &warming {
+    for node in warming {
         let version = node.metadata.resource_version.clone().unwrap_or_default();
         if state
             .lifted
@@ -168,46 +212,47 @@ async fn pass(
             wait = wait.min(left.max(COALESCE));
         }
     }
+    (lifts, wait)
+}
 
-    let results: Vec<(Arc<Node>, Verdict, Removal)> = futures::stream::iter(lifts)
-        .map(|(node, verdict)| async move {
-            let removal = remove_taint(ctx, &config.taint, &node).await;
-            (node, verdict, removal)
-        })
-        .buffer_unordered(PATCH_CONCURRENCY)
-        .collect()
-        .await;
-    for (node, verdict, removal) in results {
-        let uid = uid(&node).to_string();
-        match removal {
-            Removal::Removed { patched_at } => {
-                state.retry.remove(&uid);
-                let mut versions = vec![node.metadata.resource_version.clone().unwrap_or_default()];
-                versions.push(patched_at);
-                state.lifted.insert(uid, versions);
-                lifted(ctx, config, &node, &verdict, now).await;
-            }
-            Removal::AlreadyGone => {
-                tracing::info!(node = %name(&node), "warmup taint already removed by someone else");
-                state.retry.remove(&uid);
-            }
-            Removal::NodeGone => {
-                tracing::info!(node = %name(&node), "node deleted while warming; nothing to lift");
-            }
-            Removal::Failed(why) => {
-                let failures = state.retry.get(&uid).map_or(0, |(_, n)| *n) + 1;
-                let backoff = RETRY_FIRST
-                    .saturating_mul(1 << failures.min(6).saturating_sub(1))
-                    .min(RETRY_MAX);
-                tracing::warn!(node = %name(&node), error = %why, retry_in_seconds = backoff.as_secs(), "could not remove the warmup taint");
-                state
-                    .retry
-                    .insert(uid, (Instant::now() + backoff, failures));
-                wait = wait.min(backoff);
-            }
+/// Acts on one taint removal's result; returns the backoff before trying again after a
+/// failure.
+async fn settle(
+    ctx: &Context,
+    config: &WarmupConfig,
+    state: &mut LoopState,
+    node: &Node,
+    verdict: &Verdict,
+    removal: Removal,
+    now: Timestamp,
+) -> Option<Duration> {
+    let uid = uid(node).to_string();
+    match removal {
+        Removal::Removed { patched_at } => {
+            state.retry.remove(&uid);
+            let mut versions = vec![node.metadata.resource_version.clone().unwrap_or_default()];
+            versions.push(patched_at);
+            state.lifted.insert(uid, versions);
+            lifted(ctx, config, node, verdict, now).await;
+        }
+        Removal::AlreadyGone => {
+            tracing::info!(node = %name(node), "warmup taint already removed by someone else");
+            state.retry.remove(&uid);
+        }
+        Removal::NodeGone => {
+            tracing::info!(node = %name(node), "node deleted while warming; nothing to lift");
+        }
+        Removal::Failed(why) => {
+            let failures = state.retry.get(&uid).map_or(0, |(_, n)| *n) + 1;
+            let backoff = warmup::retry_backoff(failures, RETRY_FIRST, RETRY_MAX);
+            tracing::warn!(node = %name(node), error = %why, retry_in_seconds = backoff.as_secs(), "could not remove the warmup taint");
+            state
+                .retry
+                .insert(uid, (Instant::now() + backoff, failures));
+            return Some(backoff);
         }
     }
-    wait
+    None
 }
 
 enum Removal {
@@ -279,26 +324,24 @@ async fn lifted(
         .as_ref()
         .and_then(|t| Duration::try_from(now.duration_since(t.0)).ok())
         .unwrap_or(Duration::ZERO);
-    ctx.metrics.node_warmup.observe(held_for.as_secs_f64());
+    ctx.metrics
+        .warmup
+        .node_warmup
+        .observe(held_for.as_secs_f64());
     if matches!(verdict, Verdict::TimedOut { .. }) {
-        ctx.metrics.node_warmup_timeouts.inc();
+        ctx.metrics.warmup.node_warmup_timeouts.inc();
     }
     // The node's ledger entries stay while the cache shows it warming (`ledger::node_use`): a
     // reconcile reading the cache before the change must still see its pairs done.
     let Some((type_, reason, note)) = warmup::event(verdict, &config.taint, held_for) else {
         return;
     };
-    if type_ == "Warning" {
-        tracing::warn!(node = %name(node), reason, "{note}");
-    } else {
-        tracing::info!(node = %name(node), reason, "{note}");
+    match Severity::of(type_) {
+        Severity::Warning => tracing::warn!(node = %name(node), reason, "{note}"),
+        Severity::Normal => tracing::info!(node = %name(node), reason, "{note}"),
     }
     let event = Event {
-        type_: if type_ == "Warning" {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
+        type_: event_type(type_),
         reason: reason.into(),
         note: Some(note),
         action: "Warmup".into(),

@@ -8,6 +8,7 @@ use crate::core::limits::Bounds;
 use crate::shell::serve::ServeLimits;
 use clap::Parser;
 use prefetch_common::limits::{MAX_RETRY_AFTER, MIN_RETRY_AFTER};
+use prefetch_shell::lease::LeaseArgs;
 pub use prefetch_shell::telemetry::LogFormat;
 
 /// Admission webhook for kube-prefetch: defaults and validates Prefetches, marks workloads
@@ -16,6 +17,11 @@ pub use prefetch_shell::telemetry::LogFormat;
 /// Prefetches with gate_rollouts.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "prefetch-webhook", version = prefetch_common::version::LONG, about)]
+// The shared Lease flags' help speaks for the controller, which holds the Lease; here it is read.
+#[command(mut_arg("lease_namespace", |arg| arg.help(
+    "Namespace of the controller's leader Lease: pods are gated only while it is fresh"
+)))]
+#[command(mut_arg("lease_name", |arg| arg.help("Name of the controller's leader Lease")))]
 pub struct Args {
     /// HTTPS address for the admission endpoints.
     #[arg(long, env = "PREFETCH_LISTEN_ADDR", default_value = "0.0.0.0:8443")]
@@ -39,20 +45,9 @@ pub struct Args {
     /// Warn when a Prefetch's node_filter matches no node (watches Node names).
     #[arg(long, env = "PREFETCH_WARN_UNMATCHED_NODE_FILTER", default_value_t = true, action = clap::ArgAction::Set)]
     pub warn_unmatched_node_filter: bool,
-    /// Namespace of the controller's leader Lease: pods are gated only while it is fresh.
-    #[arg(
-        long,
-        env = "PREFETCH_LEASE_NAMESPACE",
-        default_value = prefetch_common::annotations::DEFAULT_LEASE_NAMESPACE
-    )]
-    pub lease_namespace: String,
-    /// Name of the controller's leader Lease.
-    #[arg(
-        long,
-        env = "PREFETCH_LEASE_NAME",
-        default_value = prefetch_common::annotations::DEFAULT_LEASE_NAME
-    )]
-    pub lease_name: String,
+    /// The controller's leader Lease, which the pod gate reads.
+    #[command(flatten)]
+    pub lease: LeaseArgs,
     /// Bound of the pod gate's one live read of a workload (Deployment, StatefulSet,
     /// DaemonSet, CronJob) its cache is behind on (the hook's timeoutSeconds is 2 s).
     #[arg(long, env = "PREFETCH_LIVE_READ_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
@@ -133,7 +128,10 @@ mod tests {
         assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(args.min_retry_after, 30);
         assert_eq!(
-            (args.lease_namespace.as_str(), args.lease_name.as_str()),
+            (
+                args.lease.lease_namespace.as_str(),
+                args.lease.lease_name.as_str()
+            ),
             ("prefetch-system", "prefetch-controller")
         );
         assert_eq!(args.live_read_timeout, Duration::from_millis(500));
@@ -143,6 +141,27 @@ mod tests {
         assert!(Args::try_parse_from(["prefetch-webhook", "--log-format", "xml"]).is_err());
         assert!(Args::try_parse_from(["prefetch-webhook", "--max-connections", "0"]).is_err());
         assert!(Args::try_parse_from(["prefetch-webhook", "--idle-timeout", "0s"]).is_err());
+    }
+
+    /// The Lease flags are shared with the controller; their help here says the webhook reads
+    /// the controller's Lease.
+    #[test]
+    fn the_lease_flags_speak_of_the_controllers_lease() {
+        use clap::CommandFactory;
+        let command = Args::command();
+        let help = |long: &str| {
+            command
+                .get_arguments()
+                .find(|arg| arg.get_long() == Some(long))
+                .and_then(|arg| arg.get_help())
+                .map(ToString::to_string)
+                .unwrap()
+        };
+        assert_eq!(
+            help("lease-namespace"),
+            "Namespace of the controller's leader Lease: pods are gated only while it is fresh"
+        );
+        assert_eq!(help("lease-name"), "Name of the controller's leader Lease");
     }
 
     #[test]

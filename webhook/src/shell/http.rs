@@ -1,4 +1,5 @@
-//! HTTP surface: the admission router (served over TLS) and the ops router (health, metrics).
+//! HTTP surface: the admission router (served over TLS) and the webhook's readiness and scrape
+//! for the shared ops server (`prefetch_shell::ops`).
 //!
 //! Each admission handler hands the body to a decision of [`crate::core`] with the watch
 //! caches and the time, and turns the [`Answer`] into a response, a log line and metrics. The
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use prefetch_common::WorkloadKind;
 use prefetch_common::owner::WorkloadRef;
 use prefetch_common::workload::Workload;
+use prefetch_shell::ops::{self, Readiness};
 use prefetch_shell::watch::WatchSet;
 
 use axum::Router;
@@ -22,7 +24,9 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::core::admission::{self, Caches};
 use crate::core::answer::{Answer, Endpoint, MUTATE_POD};
@@ -30,7 +34,7 @@ use crate::core::facts::WorkloadFacts;
 use crate::core::gate::{self, Decision, PodFacts, Read};
 use crate::core::review::BadReview;
 use crate::shell::index::{LeaderLease, NodeNames, PrefetchIndex, Workloads};
-use crate::shell::metrics::{Metrics, ReasonLabel, ResultLabel};
+use crate::shell::metrics::{LiveRead, Metrics, PodGate, ReasonLabel};
 
 /// Bodies above this get 413. The API server caps objects near 3 MiB; an AdmissionReview holds
 /// two of them plus envelope, so 7 MiB admits every legitimate review.
@@ -81,12 +85,17 @@ pub fn admission_router(state: AppState) -> Router {
         .with_state(Arc::new(state))
 }
 
+/// Health, readiness ([`readyz`]) and metrics, as the shared ops server serves them.
 pub fn ops_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(Arc::new(state))
+    let state = Arc::new(state);
+    let scraped = state.clone();
+    ops::router(ops::Checks {
+        ready: move || readyz(&state),
+        scrape: move || {
+            scraped.metrics.watches.refresh(&scraped.watches);
+            scraped.metrics.encode()
+        },
+    })
 }
 
 async fn mutate_prefetch(State(state): Shared, json: JsonBody, body: Bytes) -> Response {
@@ -194,14 +203,27 @@ async fn mutate_pod(State(state): Shared, JsonBody(json): JsonBody, body: Bytes)
         pod_error(&state, "unreadable");
         not_json(MUTATE_POD)
     } else {
-        pod_review(&state, &body).await
+        pod_review(&state, &body).instrument(pod_span()).await
     };
     record(&state, MUTATE_POD, started, result);
     response
 }
 
+/// The span of one pod-gate decision: the lines logged while deciding carry the pod (its
+/// review's uid and namespace), its workload and, once gated, the Prefetch, named here once.
+fn pod_span() -> tracing::Span {
+    tracing::info_span!(
+        "pod_gate",
+        endpoint = MUTATE_POD,
+        uid = Empty,
+        namespace = Empty,
+        workload = Empty,
+        prefetch = Empty,
+    )
+}
+
 fn pod_error(state: &AppState, reason: &'static str) {
-    state.metrics.count_pod_gate("errored");
+    state.metrics.count_pod_gate(PodGate::Errored);
     state
         .metrics
         .pod_gate_errors
@@ -218,9 +240,11 @@ async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
         let pod = match gate::read(body)? {
             Read::Pod(pod) => pod,
             Read::NotForUs(uid, why) => {
+                Span::current().record("uid", uid.as_str());
                 return Ok(Err(Answer::allow_pod(&uid, why)));
             }
         };
+        name_in_span(&pod);
         let workload_synced = pod
             .workload
             .as_ref()
@@ -244,7 +268,7 @@ async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
         Ok(Ok(Err(answer))) => return pod_answer(state, answer, "caches_not_synced"),
         Ok(Err(bad)) => {
             pod_error(state, "unreadable");
-            tracing::info!(endpoint = MUTATE_POD, error = %bad, "rejected a malformed review");
+            tracing::info!(error = %bad, "rejected a malformed review");
             return (
                 "bad_request",
                 (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response(),
@@ -274,8 +298,21 @@ async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
         }
         decision => decision,
     };
+    if let Decision::Gate { prefetch, .. } = &decision {
+        Span::current().record("prefetch", prefetch.as_str());
+    }
     let answer = gate::answer(&pod.uid, decision);
     pod_answer(state, answer, "internal")
+}
+
+/// Names the pod and its workload in the current decision's span.
+fn name_in_span(pod: &PodFacts) {
+    let span = Span::current();
+    span.record("uid", pod.uid.as_str());
+    span.record("namespace", pod.namespace.as_str());
+    if let Ok(workload) = &pod.workload {
+        span.record("workload", tracing::field::display(workload));
+    }
 }
 
 fn decide(
@@ -324,15 +361,9 @@ async fn read_workload(
 ) -> Result<Option<WorkloadFacts>, String> {
     use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
     use k8s_openapi::api::batch::v1::CronJob;
-    let count = |result| {
-        state
-            .metrics
-            .deployment_live_reads
-            .get_or_create(&ResultLabel { result })
-            .inc();
-    };
+    let count = |result| state.metrics.count_live_read(result);
     let Some(client) = state.client.clone() else {
-        count("error");
+        count(LiveRead::Error);
         return Err("no API client".into());
     };
     let name = workload.name.as_str();
@@ -347,22 +378,22 @@ async fn read_workload(
     };
     match tokio::time::timeout(state.live_read_timeout, read).await {
         Ok(Ok(found)) => {
-            count("ok");
+            count(LiveRead::Ok);
             Ok(found)
         }
         Ok(Err(err)) => {
-            count("error");
+            count(LiveRead::Error);
             Err(err.to_string())
         }
         Err(_) => {
-            count("timeout");
+            count(LiveRead::Timeout);
             Err(format!("no answer within {:?}", state.live_read_timeout))
         }
     }
 }
 
 fn pod_panicked(state: &AppState) -> (&'static str, Response) {
-    tracing::error!(endpoint = MUTATE_POD, "pod gate panicked; answering 500");
+    tracing::error!("pod gate panicked; answering 500");
     pod_error(state, "panic");
     ("error", StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
@@ -375,31 +406,19 @@ fn pod_answer(
 ) -> (&'static str, Response) {
     match answer.result {
         "patched" => {
-            state.metrics.count_pod_gate("gated");
-            tracing::info!(
-                endpoint = MUTATE_POD,
-                uid = answer.uid.as_str(),
-                reason = answer.why.as_str(),
-                "pod gated"
-            );
+            state.metrics.count_pod_gate(PodGate::Gated);
+            tracing::info!(reason = answer.why.as_str(), "pod gated");
         }
         "error" => {
             pod_error(state, error_reason);
             tracing::warn!(
-                endpoint = MUTATE_POD,
-                uid = answer.uid.as_str(),
                 reason = answer.why.as_str(),
                 "pod allowed ungated after an error"
             );
         }
         _ => {
-            state.metrics.count_pod_gate("passed");
-            tracing::debug!(
-                endpoint = MUTATE_POD,
-                uid = answer.uid.as_str(),
-                reason = answer.why.as_str(),
-                "pod passed"
-            );
+            state.metrics.count_pod_gate(PodGate::Passed);
+            tracing::debug!(reason = answer.why.as_str(), "pod passed");
         }
     }
     match answer.to_review_json() {
@@ -408,7 +427,7 @@ fn pod_answer(
             ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         ),
         Err(err) => {
-            tracing::error!(endpoint = MUTATE_POD, error = %err, "could not encode the response");
+            tracing::error!(error = %err, "could not encode the response");
             ("error", StatusCode::INTERNAL_SERVER_ERROR.into_response())
         }
     }
@@ -475,9 +494,9 @@ fn respond(endpoint: Endpoint, state: &AppState, answer: Answer) -> (&'static st
 /// an API outage, and an unready webhook would fail every Prefetch write (failurePolicy Fail)
 /// and drop every rollout signal, not just the few the stale cache misses. The node cache
 /// (warnings only) never holds readiness.
-async fn readyz(State(state): Shared) -> Response {
+fn readyz(state: &AppState) -> Readiness {
     if !state.serving.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+        return Readiness::shutting_down();
     }
     let problems: Vec<String> = state
         .watches
@@ -486,29 +505,10 @@ async fn readyz(State(state): Shared) -> Response {
         .filter_map(|s| s.problem(Some(state.stale_after)))
         .collect();
     if !state.watches.unready_reasons().is_empty() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("{}\n", problems.join("\n")),
-        )
-            .into_response()
+        Readiness::Unready(format!("{}\n", problems.join("\n")))
     } else if problems.is_empty() {
-        "ok".into_response()
+        Readiness::Ready("ok".into())
     } else {
-        format!("ok, but:\n{}\n", problems.join("\n")).into_response()
-    }
-}
-
-async fn metrics(State(state): Shared) -> Response {
-    state.metrics.watches.refresh(&state.watches);
-    match state.metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Readiness::Ready(format!("ok, but:\n{}\n", problems.join("\n")))
     }
 }

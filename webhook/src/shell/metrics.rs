@@ -51,8 +51,8 @@ pub struct Metrics {
     pub open_connections: Gauge,
     pub inflight_requests: Gauge,
     pub pod_gate: Family<ResultLabel, Counter>,
-    /// `pod_gate` by result, resolved once.
-    pod_gate_results: Vec<(&'static str, Counter)>,
+    /// `pod_gate` by result, resolved once, indexed by [`PodGate`].
+    pod_gate_results: [Counter; 3],
     pub pod_gate_errors: Family<ReasonLabel, Counter>,
     pub deployment_live_reads: Family<ResultLabel, Counter>,
 }
@@ -65,7 +65,47 @@ pub struct ResultLabel {
 /// The results a request is counted under.
 const REQUEST_RESULTS: [&str; 5] = ["allowed", "patched", "denied", "bad_request", "error"];
 
-const POD_GATE_RESULTS: [&str; 3] = ["gated", "passed", "errored"];
+/// A pod review's result, as `pod_gate_total` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PodGate {
+    /// Allowed with the scheduling gate.
+    Gated,
+    /// Allowed unchanged.
+    Passed,
+    /// Allowed unchanged after an internal error.
+    Errored,
+}
+
+impl PodGate {
+    /// In the order of `Metrics::pod_gate_results`, which is indexed by the variant.
+    pub const ALL: [PodGate; 3] = [PodGate::Gated, PodGate::Passed, PodGate::Errored];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodGate::Gated => "gated",
+            PodGate::Passed => "passed",
+            PodGate::Errored => "errored",
+        }
+    }
+}
+
+/// How a live read of a workload ended, as `deployment_live_reads_total` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LiveRead {
+    Ok,
+    Error,
+    Timeout,
+}
+
+impl LiveRead {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveRead::Ok => "ok",
+            LiveRead::Error => "error",
+            LiveRead::Timeout => "timeout",
+        }
+    }
+}
 
 /// One endpoint's request counters and duration histogram, taken from their families once:
 /// counting a request is then an atomic add, not a label hash and a lock per metric. (Every
@@ -135,104 +175,27 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("prefetch_webhook");
         registry.register_collector(Box::new(prefetch_shell::telemetry::DroppedLogLines));
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Admission requests by endpoint and result",
-            requests.clone(),
-        );
-        let duration = Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
-            ])
-        });
-        registry.register(
-            "request_duration_seconds",
-            "Time to answer an admission request",
-            duration.clone(),
-        );
-        let rollout_signals = Counter::default();
-        registry.register(
-            "rollout_signals",
-            "Workload changes (Deployments, StatefulSets, DaemonSets, CronJobs) annotated with new images for the reconciler",
-            rollout_signals.clone(),
-        );
-        let deployment_errors = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "deployment_errors",
-            "Workload reviews (every kind, both signal endpoints) allowed without a signal because of an internal error",
-            deployment_errors.clone(),
-        );
-        let cert_reloads = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "cert_reloads",
-            "Serving certificate reloads by result",
-            cert_reloads.clone(),
-        );
+        let (requests, duration) = register_requests(&mut registry);
+        let (rollout_signals, deployment_errors) = register_rollout_signals(&mut registry);
+        let cert_reloads = register_cert_reloads(&mut registry);
         let watches = WatchMetrics::register(&mut registry);
-        let watched_prefetches = Gauge::default();
-        registry.register(
-            "watched_prefetches",
-            "Prefetches in the watch cache",
-            watched_prefetches.clone(),
-        );
-        let connection_timeouts = Family::<StageLabel, Counter>::default();
-        registry.register(
-            "connection_timeouts",
-            "Connections cut off because the client stalled, by the stage it stalled in",
-            connection_timeouts.clone(),
-        );
-        let connections_shed = Family::<StageLabel, Counter>::default();
-        registry.register(
-            "connections_shed",
-            "Connections waiting on their client that were closed to make room at the connection or request limit, by stage",
-            connections_shed.clone(),
-        );
-        let open_connections = Gauge::default();
-        registry.register(
-            "open_connections",
-            "Client connections open on the admission port",
-            open_connections.clone(),
-        );
-        let inflight_requests = Gauge::default();
-        registry.register(
-            "inflight_requests",
-            "Admission requests between their headers and their written response",
-            inflight_requests.clone(),
-        );
-        let pod_gate = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "pod_gate",
-            "Pod reviews of /mutate/pod by result: gated, passed (allowed unchanged), errored (allowed unchanged after an internal error)",
-            pod_gate.clone(),
-        );
-        let pod_gate_errors = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "pod_gate_errors",
-            "Pods allowed ungated because of an error, by reason",
-            pod_gate_errors.clone(),
-        );
-        let deployment_live_reads = Family::<ResultLabel, Counter>::default();
-        registry.register(
-            "deployment_live_reads",
-            "Live GETs of a workload (Deployment, StatefulSet, DaemonSet, CronJob) the watch cache was behind on, by result",
-            deployment_live_reads.clone(),
-        );
+        let watched_prefetches = register_watched_prefetches(&mut registry);
+        let (connection_timeouts, connections_shed, open_connections, inflight_requests) =
+            register_connections(&mut registry);
+        let (pod_gate, pod_gate_errors, deployment_live_reads) = register_pod_gate(&mut registry);
         let endpoints = Endpoint::ALL
             .map(Endpoint::path)
             .into_iter()
             .chain([MUTATE_POD])
             .map(|endpoint| EndpointMetrics::resolve(endpoint, &requests, &duration))
             .collect();
-        let pod_gate_results = POD_GATE_RESULTS
-            .iter()
-            .map(|&result| {
-                (
-                    result,
-                    pod_gate.get_or_create(&ResultLabel { result }).clone(),
-                )
-            })
-            .collect();
+        let pod_gate_results = PodGate::ALL.map(|result| {
+            pod_gate
+                .get_or_create(&ResultLabel {
+                    result: result.as_str(),
+                })
+                .clone()
+        });
         Self {
             endpoints,
             pod_gate_results,
@@ -255,6 +218,140 @@ impl Default for Metrics {
     }
 }
 
+/// Admission requests: counted by endpoint and result, timed by endpoint.
+fn register_requests(
+    registry: &mut Registry,
+) -> (
+    Family<RequestLabels, Counter>,
+    Family<EndpointLabel, Histogram>,
+) {
+    let requests = Family::<RequestLabels, Counter>::default();
+    registry.register(
+        "requests",
+        "Admission requests by endpoint and result",
+        requests.clone(),
+    );
+    let duration = Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
+        Histogram::new([
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+        ])
+    });
+    registry.register(
+        "request_duration_seconds",
+        "Time to answer an admission request",
+        duration.clone(),
+    );
+    (requests, duration)
+}
+
+/// The rollout signal: workloads annotated, and reviews allowed without one after an error.
+fn register_rollout_signals(registry: &mut Registry) -> (Counter, Family<ReasonLabel, Counter>) {
+    let rollout_signals = Counter::default();
+    registry.register(
+        "rollout_signals",
+        "Workload changes (Deployments, StatefulSets, DaemonSets, CronJobs) annotated with new images for the reconciler",
+        rollout_signals.clone(),
+    );
+    let deployment_errors = Family::<ReasonLabel, Counter>::default();
+    registry.register(
+        "deployment_errors",
+        "Workload reviews (every kind, both signal endpoints) allowed without a signal because of an internal error",
+        deployment_errors.clone(),
+    );
+    (rollout_signals, deployment_errors)
+}
+
+fn register_cert_reloads(registry: &mut Registry) -> Family<ReasonLabel, Counter> {
+    let cert_reloads = Family::<ReasonLabel, Counter>::default();
+    registry.register(
+        "cert_reloads",
+        "Serving certificate reloads by result",
+        cert_reloads.clone(),
+    );
+    cert_reloads
+}
+
+fn register_watched_prefetches(registry: &mut Registry) -> Gauge {
+    let watched_prefetches = Gauge::default();
+    registry.register(
+        "watched_prefetches",
+        "Prefetches in the watch cache",
+        watched_prefetches.clone(),
+    );
+    watched_prefetches
+}
+
+/// The admission port's connections and requests as the accept loop bounds them: timeouts
+/// and shedding by stage, connections and requests open.
+fn register_connections(
+    registry: &mut Registry,
+) -> (
+    Family<StageLabel, Counter>,
+    Family<StageLabel, Counter>,
+    Gauge,
+    Gauge,
+) {
+    let connection_timeouts = Family::<StageLabel, Counter>::default();
+    registry.register(
+        "connection_timeouts",
+        "Connections cut off because the client stalled, by the stage it stalled in",
+        connection_timeouts.clone(),
+    );
+    let connections_shed = Family::<StageLabel, Counter>::default();
+    registry.register(
+        "connections_shed",
+        "Connections waiting on their client that were closed to make room at the connection or request limit, by stage",
+        connections_shed.clone(),
+    );
+    let open_connections = Gauge::default();
+    registry.register(
+        "open_connections",
+        "Client connections open on the admission port",
+        open_connections.clone(),
+    );
+    let inflight_requests = Gauge::default();
+    registry.register(
+        "inflight_requests",
+        "Admission requests between their headers and their written response",
+        inflight_requests.clone(),
+    );
+    (
+        connection_timeouts,
+        connections_shed,
+        open_connections,
+        inflight_requests,
+    )
+}
+
+/// The pod gate: reviews by result, errors by reason, and its live reads of workloads.
+fn register_pod_gate(
+    registry: &mut Registry,
+) -> (
+    Family<ResultLabel, Counter>,
+    Family<ReasonLabel, Counter>,
+    Family<ResultLabel, Counter>,
+) {
+    let pod_gate = Family::<ResultLabel, Counter>::default();
+    registry.register(
+        "pod_gate",
+        "Pod reviews of /mutate/pod by result: gated, passed (allowed unchanged), errored (allowed unchanged after an internal error)",
+        pod_gate.clone(),
+    );
+    let pod_gate_errors = Family::<ReasonLabel, Counter>::default();
+    registry.register(
+        "pod_gate_errors",
+        "Pods allowed ungated because of an error, by reason",
+        pod_gate_errors.clone(),
+    );
+    let deployment_live_reads = Family::<ResultLabel, Counter>::default();
+    registry.register(
+        "deployment_live_reads",
+        "Live GETs of a workload (Deployment, StatefulSet, DaemonSet, CronJob) the watch cache was behind on, by result",
+        deployment_live_reads.clone(),
+    );
+    (pod_gate, pod_gate_errors, deployment_live_reads)
+}
+
 impl Metrics {
     /// Counts one answered request of `endpoint` (a path) and observes its duration.
     pub fn record_request(&self, endpoint: &'static str, result: &'static str, seconds: f64) {
@@ -271,11 +368,18 @@ impl Metrics {
         }
     }
 
-    /// Counts one pod review by its gate result (gated, passed, errored).
-    pub fn count_pod_gate(&self, result: &'static str) {
-        count(&self.pod_gate_results, result, &self.pod_gate, || {
-            ResultLabel { result }
-        });
+    /// Counts one pod review by its gate result.
+    pub fn count_pod_gate(&self, result: PodGate) {
+        self.pod_gate_results[result as usize].inc();
+    }
+
+    /// Counts one live read of a workload by how it ended.
+    pub fn count_live_read(&self, result: LiveRead) {
+        self.deployment_live_reads
+            .get_or_create(&ResultLabel {
+                result: result.as_str(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -299,6 +403,13 @@ mod tests {
         );
     }
 
+    #[test]
+    fn pod_gate_results_are_indexed_by_their_variant() {
+        for (at, result) in PodGate::ALL.into_iter().enumerate() {
+            assert_eq!(result as usize, at, "{result:?}");
+        }
+    }
+
     /// Resolved series and ones resolved on demand land in the same families.
     #[test]
     fn requests_are_counted_under_their_endpoint_and_result() {
@@ -307,8 +418,7 @@ mod tests {
         metrics.record_request("/mutate/deployment", "patched", 0.0002);
         metrics.record_request("/mutate/deployment", "unusual", 0.0002);
         metrics.record_request("/elsewhere", "allowed", 0.2);
-        metrics.count_pod_gate("gated");
-        metrics.count_pod_gate("other");
+        metrics.count_pod_gate(PodGate::Gated);
         let text = metrics.encode().unwrap();
         for line in [
             r#"prefetch_webhook_requests_total{endpoint="/mutate/deployment",result="patched"} 2"#,
@@ -318,7 +428,6 @@ mod tests {
             r#"prefetch_webhook_request_duration_seconds_count{endpoint="/mutate/deployment"} 3"#,
             r#"prefetch_webhook_request_duration_seconds_count{endpoint="/elsewhere"} 1"#,
             r#"prefetch_webhook_pod_gate_total{result="gated"} 1"#,
-            r#"prefetch_webhook_pod_gate_total{result="other"} 1"#,
             r#"prefetch_webhook_pod_gate_total{result="passed"} 0"#,
         ] {
             assert!(
