@@ -205,6 +205,7 @@ fn render_prefetch(
         );
     }
     let parallel = prefetch.spec.max_parallel();
+    render_savings(out, prefetch);
     let _ = writeln!(
         out,
         "  => {pods} prefetch pod(s), at most {parallel} in flight; {} of {} node x image pairs already done; next round after {} s\n",
@@ -212,6 +213,40 @@ fn render_prefetch(
         plan.total_pairs(),
         prefetch.spec.retry_after_seconds()
     );
+}
+
+/// What the status says the prefetches saved, when the file holds a status with starts or
+/// pulls (`kubectl get pf -o yaml` does): the starts counted from the kubelet's Events, and
+/// each image's pull times measured across nodes.
+fn render_savings(out: &mut String, prefetch: &Prefetch) {
+    let Some(status) = &prefetch.status else {
+        return;
+    };
+    if let Some(starts) = &status.starts {
+        let share = starts.warm_percent_last_hour.map_or_else(
+            || "no start in the last hour".into(),
+            |p| format!("{p}% warm in the last hour"),
+        );
+        let _ = writeln!(
+            out,
+            "  starts (kubelet Events): {} warm, {} cold; {share}",
+            starts.warm, starts.cold
+        );
+        if let Some(cold) = &starts.last_cold {
+            let _ = writeln!(
+                out,
+                "    last cold start: pod {} on {} waited {:.1} s pulling {}",
+                cold.pod, cold.node, cold.seconds, cold.image
+            );
+        }
+    }
+    for (image, pulls) in &status.pulls {
+        let _ = writeln!(
+            out,
+            "  pulls of {image}: median {:.1} s, slowest {:.1} s over {} node(s), {} bytes; each warm start counts the median as saved",
+            pulls.median_seconds, pulls.slowest_seconds, pulls.nodes, pulls.size_bytes
+        );
+    }
 }
 
 /// The workloads a Prefetch selects, their images and where each comes from, and the pull
@@ -402,6 +437,31 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_status_with_starts_and_pulls_says_what_was_saved() {
+        let mut objects = Objects::default();
+        objects.load("cluster.yaml", CLUSTER).unwrap();
+        let status = serde_json::json!({
+            "starts": {"warm": 12, "cold": 1, "warm_percent_last_hour": 92,
+                       "last_cold": {"pod": "web-5f6c7-x2k4q", "node": "kind-worker2",
+                                     "image": "nginx:1.27", "seconds": 62.5}},
+            "pulls": {"docker.io/library/nginx:1.27": {"size_bytes": 72187654,
+                      "median_seconds": 6.0, "slowest_seconds": 9.5, "nodes": 3}}
+        });
+        objects.prefetches[0].status = Some(serde_json::from_value(status).unwrap());
+        let text = render(&objects, None, 50, Timestamp::now());
+        for line in [
+            "starts (kubelet Events): 12 warm, 1 cold; 92% warm in the last hour",
+            "last cold start: pod web-5f6c7-x2k4q on kind-worker2 waited 62.5 s pulling nginx:1.27",
+            "pulls of docker.io/library/nginx:1.27: median 6.0 s, slowest 9.5 s over 3 node(s), 72187654 bytes",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        objects.prefetches[0].status = None;
+        let text = render(&objects, None, 50, Timestamp::now());
+        assert!(!text.contains("starts (kubelet Events)"), "{text}");
     }
 
     #[test]
