@@ -354,8 +354,11 @@ pub struct StartsStatus {
 /// A container start that waited on its image's pull.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct ColdStart {
+    /// The pod whose container waited.
     pub pod: String,
+    /// The node it started on.
     pub node: String,
+    /// The image it waited for, as the pod names it.
     pub image: String,
     /// How long the container waited on the pull, queueing in the kubelet included.
     pub seconds: f64,
