@@ -22,7 +22,7 @@ use prefetch_common::validation::{ValidationContext, validate_prefetch_spec};
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
-use crate::answer::{Answer, Endpoint};
+use crate::answer::{Answer, Endpoint, RequestResult};
 use crate::facts::{NodeNamesView, Prefetches};
 use crate::lease;
 use crate::review::{
@@ -303,7 +303,7 @@ fn workload_signal(
     }
     if !prefetches.is_synced() {
         let mut answer = Answer::allow(uid, "Prefetch cache not synced yet; no signal");
-        answer.result = "error";
+        answer.result = RequestResult::Error;
         return answer;
     }
     let metadata = object.metadata.as_ref();
@@ -321,7 +321,7 @@ fn workload_signal(
         Ok(json) => json,
         Err(err) => {
             let mut answer = Answer::allow(uid, format!("could not encode images: {err}"));
-            answer.result = "error";
+            answer.result = RequestResult::Error;
             return answer;
         }
     };

@@ -67,6 +67,40 @@ impl Denial {
 }
 
 /// What the webhook decided, before serialization.
+/// How a request ended, as `requests_total{result}` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestResult {
+    /// Allowed unchanged.
+    Allowed,
+    /// Allowed with a patch.
+    Patched,
+    Denied,
+    /// Not an AdmissionReview this endpoint reads (answered 400).
+    BadRequest,
+    /// An internal error: allowed unchanged (the pod gate), or answered 500.
+    Error,
+}
+
+impl RequestResult {
+    pub const ALL: [RequestResult; 5] = [
+        RequestResult::Allowed,
+        RequestResult::Patched,
+        RequestResult::Denied,
+        RequestResult::BadRequest,
+        RequestResult::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestResult::Allowed => "allowed",
+            RequestResult::Patched => "patched",
+            RequestResult::Denied => "denied",
+            RequestResult::BadRequest => "bad_request",
+            RequestResult::Error => "error",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
     pub uid: String,
@@ -74,8 +108,8 @@ pub struct Answer {
     pub denial: Option<Denial>,
     pub patch: Option<Patch>,
     pub warnings: Vec<String>,
-    /// Metrics label: allowed, patched, denied or error.
-    pub result: &'static str,
+    /// How it ended, for the metrics.
+    pub result: RequestResult,
     /// Why, for the decision log.
     pub why: String,
 }
@@ -89,7 +123,7 @@ impl Answer {
             denial: None,
             patch: None,
             warnings: Vec::new(),
-            result: "allowed",
+            result: RequestResult::Allowed,
             why: why.into(),
         }
     }
@@ -103,7 +137,7 @@ impl Answer {
             denial: Some(Denial { code, message }),
             patch: None,
             warnings: Vec::new(),
-            result: "denied",
+            result: RequestResult::Denied,
         }
     }
 
@@ -114,7 +148,7 @@ impl Answer {
 
     /// Allowed, counted as an error.
     pub fn errored(mut self) -> Self {
-        self.result = "error";
+        self.result = RequestResult::Error;
         self
     }
 
@@ -127,7 +161,7 @@ impl Answer {
     pub(crate) fn with_patch(mut self, patch: Patch) -> Self {
         if !patch.0.is_empty() {
             self.patch = Some(patch);
-            self.result = "patched";
+            self.result = RequestResult::Patched;
         }
         self
     }

@@ -29,7 +29,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use crate::core::admission::{self, Caches};
-use crate::core::answer::{Answer, Endpoint, MUTATE_POD};
+use crate::core::answer::{Answer, Endpoint, MUTATE_POD, RequestResult};
 use crate::core::facts::WorkloadFacts;
 use crate::core::gate::{self, Decision, PodFacts, Read};
 use crate::core::review::BadReview;
@@ -135,13 +135,13 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn not_json(path: &'static str) -> (&'static str, Response) {
+fn not_json(path: &'static str) -> (RequestResult, Response) {
     tracing::info!(
         endpoint = path,
         "rejected: Content-Type is not application/json"
     );
     (
-        "bad_request",
+        RequestResult::BadRequest,
         (
             StatusCode::BAD_REQUEST,
             "Content-Type must be application/json\n",
@@ -150,7 +150,7 @@ fn not_json(path: &'static str) -> (&'static str, Response) {
     )
 }
 
-fn record(state: &AppState, path: &'static str, started: Instant, result: &'static str) {
+fn record(state: &AppState, path: &'static str, started: Instant, result: RequestResult) {
     state
         .metrics
         .record_request(path, result, started.elapsed().as_secs_f64());
@@ -176,7 +176,7 @@ fn handle(endpoint: Endpoint, state: &AppState, JsonBody(json): JsonBody, body: 
             Ok(Err(bad)) => {
                 tracing::info!(endpoint = path, error = %bad, "rejected a malformed review");
                 (
-                    "bad_request",
+                    RequestResult::BadRequest,
                     (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response(),
                 )
             }
@@ -189,7 +189,10 @@ fn handle(endpoint: Endpoint, state: &AppState, JsonBody(json): JsonBody, body: 
                         .get_or_create(&ReasonLabel { reason: "panic" })
                         .inc();
                 }
-                ("error", StatusCode::INTERNAL_SERVER_ERROR.into_response())
+                (
+                    RequestResult::Error,
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                )
             }
         }
     };
@@ -234,7 +237,7 @@ fn pod_error(state: &AppState, reason: &'static str) {
 /// The pod gate, fail-open: whatever goes wrong, the pod is allowed unchanged (or, for a body
 /// that is no AdmissionReview, answered 400, which the API server's `failurePolicy: Ignore`
 /// admits), and counted.
-async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
+async fn pod_review(state: &AppState, body: &[u8]) -> (RequestResult, Response) {
     let now = jiff::Timestamp::now();
     let first = std::panic::catch_unwind(AssertUnwindSafe(|| -> Result<_, BadReview> {
         let pod = match gate::read(body)? {
@@ -270,7 +273,7 @@ async fn pod_review(state: &AppState, body: &[u8]) -> (&'static str, Response) {
             pod_error(state, "unreadable");
             tracing::info!(error = %bad, "rejected a malformed review");
             return (
-                "bad_request",
+                RequestResult::BadRequest,
                 (StatusCode::BAD_REQUEST, format!("{bad}\n")).into_response(),
             );
         }
@@ -392,10 +395,13 @@ async fn read_workload(
     }
 }
 
-fn pod_panicked(state: &AppState) -> (&'static str, Response) {
+fn pod_panicked(state: &AppState) -> (RequestResult, Response) {
     tracing::error!("pod gate panicked; answering 500");
     pod_error(state, "panic");
-    ("error", StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    (
+        RequestResult::Error,
+        StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    )
 }
 
 /// Counts and logs a pod answer; an `errored` answer under `error_reason`.
@@ -403,13 +409,13 @@ fn pod_answer(
     state: &AppState,
     answer: Answer,
     error_reason: &'static str,
-) -> (&'static str, Response) {
+) -> (RequestResult, Response) {
     match answer.result {
-        "patched" => {
+        RequestResult::Patched => {
             state.metrics.count_pod_gate(PodGate::Gated);
             tracing::info!(reason = answer.why.as_str(), "pod gated");
         }
-        "error" => {
+        RequestResult::Error => {
             pod_error(state, error_reason);
             tracing::warn!(
                 reason = answer.why.as_str(),
@@ -428,15 +434,18 @@ fn pod_answer(
         ),
         Err(err) => {
             tracing::error!(error = %err, "could not encode the response");
-            ("error", StatusCode::INTERNAL_SERVER_ERROR.into_response())
+            (
+                RequestResult::Error,
+                StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            )
         }
     }
 }
 
-fn respond(endpoint: Endpoint, state: &AppState, answer: Answer) -> (&'static str, Response) {
+fn respond(endpoint: Endpoint, state: &AppState, answer: Answer) -> (RequestResult, Response) {
     let path = endpoint.path();
     match answer.result {
-        "denied" => {
+        RequestResult::Denied => {
             tracing::info!(
                 endpoint = path,
                 uid = answer.uid.as_str(),
@@ -444,7 +453,7 @@ fn respond(endpoint: Endpoint, state: &AppState, answer: Answer) -> (&'static st
                 "denied"
             )
         }
-        "patched" if endpoint.signals_rollouts() => {
+        RequestResult::Patched if endpoint.signals_rollouts() => {
             state.metrics.rollout_signals.inc();
             tracing::info!(
                 endpoint = path,
@@ -453,7 +462,7 @@ fn respond(endpoint: Endpoint, state: &AppState, answer: Answer) -> (&'static st
                 "rollout signalled"
             );
         }
-        "error" => {
+        RequestResult::Error => {
             state
                 .metrics
                 .deployment_errors
@@ -470,7 +479,7 @@ fn respond(endpoint: Endpoint, state: &AppState, answer: Answer) -> (&'static st
             tracing::debug!(
                 endpoint = path,
                 uid = answer.uid.as_str(),
-                result = answer.result,
+                result = answer.result.as_str(),
                 reason = answer.why.as_str(),
                 "answered"
             )
@@ -483,7 +492,10 @@ fn respond(endpoint: Endpoint, state: &AppState, answer: Answer) -> (&'static st
         ),
         Err(err) => {
             tracing::error!(endpoint = path, error = %err, "could not encode the response");
-            ("error", StatusCode::INTERNAL_SERVER_ERROR.into_response())
+            (
+                RequestResult::Error,
+                StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            )
         }
     }
 }

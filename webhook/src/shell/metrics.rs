@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::core::answer::{Endpoint, MUTATE_POD};
+use crate::core::answer::{Endpoint, MUTATE_POD, RequestResult};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -61,9 +61,6 @@ pub struct Metrics {
 pub struct ResultLabel {
     pub result: &'static str,
 }
-
-/// The results a request is counted under.
-const REQUEST_RESULTS: [&str; 5] = ["allowed", "patched", "denied", "bad_request", "error"];
 
 /// A pod review's result, as `pod_gate_total` counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,16 +121,17 @@ impl EndpointMetrics {
     ) -> Self {
         Self {
             endpoint,
-            results: resolve(requests, &REQUEST_RESULTS, |result| RequestLabels {
-                endpoint,
-                result,
-            }),
+            results: resolve(
+                requests,
+                &RequestResult::ALL.map(RequestResult::as_str),
+                |result| RequestLabels { endpoint, result },
+            ),
             duration: duration.get_or_create(&EndpointLabel { endpoint }).clone(),
         }
     }
 
-    fn record(&self, result: &'static str, seconds: f64, family: &Family<RequestLabels, Counter>) {
-        let endpoint = self.endpoint;
+    fn record(&self, result: RequestResult, seconds: f64, family: &Family<RequestLabels, Counter>) {
+        let (endpoint, result) = (self.endpoint, result.as_str());
         count(&self.results, result, family, || RequestLabels {
             endpoint,
             result,
@@ -354,10 +352,11 @@ fn register_pod_gate(
 
 impl Metrics {
     /// Counts one answered request of `endpoint` (a path) and observes its duration.
-    pub fn record_request(&self, endpoint: &'static str, result: &'static str, seconds: f64) {
+    pub fn record_request(&self, endpoint: &'static str, result: RequestResult, seconds: f64) {
         match self.endpoints.iter().find(|e| e.endpoint == endpoint) {
             Some(resolved) => resolved.record(result, seconds, &self.requests),
             None => {
+                let result = result.as_str();
                 self.requests
                     .get_or_create(&RequestLabels { endpoint, result })
                     .inc();
@@ -414,15 +413,15 @@ mod tests {
     #[test]
     fn requests_are_counted_under_their_endpoint_and_result() {
         let metrics = Metrics::default();
-        metrics.record_request("/mutate/deployment", "patched", 0.0002);
-        metrics.record_request("/mutate/deployment", "patched", 0.0002);
-        metrics.record_request("/mutate/deployment", "unusual", 0.0002);
-        metrics.record_request("/elsewhere", "allowed", 0.2);
+        metrics.record_request("/mutate/deployment", RequestResult::Patched, 0.0002);
+        metrics.record_request("/mutate/deployment", RequestResult::Patched, 0.0002);
+        metrics.record_request("/mutate/deployment", RequestResult::Denied, 0.0002);
+        metrics.record_request("/elsewhere", RequestResult::Allowed, 0.2);
         metrics.count_pod_gate(PodGate::Gated);
         let text = metrics.encode().unwrap();
         for line in [
             r#"prefetch_webhook_requests_total{endpoint="/mutate/deployment",result="patched"} 2"#,
-            r#"prefetch_webhook_requests_total{endpoint="/mutate/deployment",result="unusual"} 1"#,
+            r#"prefetch_webhook_requests_total{endpoint="/mutate/deployment",result="denied"} 1"#,
             r#"prefetch_webhook_requests_total{endpoint="/mutate/deployment",result="allowed"} 0"#,
             r#"prefetch_webhook_requests_total{endpoint="/elsewhere",result="allowed"} 1"#,
             r#"prefetch_webhook_request_duration_seconds_count{endpoint="/mutate/deployment"} 3"#,

@@ -167,7 +167,7 @@ fn image_change_on_a_selected_deployment_adds_both_annotations() {
         &index,
     );
     assert!(answer.allowed);
-    assert_eq!(answer.result, "patched");
+    assert_eq!(answer.result, RequestResult::Patched);
     assert_eq!(
         patch_json(&answer),
         json!([{"op": "add", "path": "/metadata/annotations", "value": {
@@ -243,7 +243,7 @@ fn no_signal_without_a_new_image_or_a_selecting_prefetch() {
         &unsynced,
     );
     assert!(answer.allowed && answer.patch.is_none());
-    assert_eq!(answer.result, "error");
+    assert_eq!(answer.result, RequestResult::Error);
 }
 
 #[test]
@@ -262,7 +262,7 @@ fn escaped_labels_and_images_are_read_like_plain_ones() {
         .replace("\"nginx\"", "\"ngin\\u0078\"")
         .replace("nginx:1.25", "ngin\\u0078:1.25");
     let answer = decide(Endpoint::MutateDeployment, escaped.as_bytes(), &index);
-    assert_eq!(answer.result, "patched", "{answer:?}");
+    assert_eq!(answer.result, RequestResult::Patched, "{answer:?}");
     assert_eq!(
         patch_json(&answer)[0]["value"][PREFETCH_IMAGES],
         "[\"docker.io/library/nginx:1.25\"]"
@@ -302,7 +302,7 @@ fn defaulting_and_validation_of_the_sample() {
     let index = FakePrefetches::default();
     let body = review_body(API_GROUP, KIND, "CREATE", sample(), Value::Null);
     let mutated = decide(Endpoint::MutatePrefetch, &body, &index);
-    assert_eq!(mutated.result, "patched");
+    assert_eq!(mutated.result, RequestResult::Patched);
     assert_eq!(patch_json(&mutated).as_array().unwrap().len(), 4);
     let validated = decide(Endpoint::ValidatePrefetch, &body, &index);
     assert!(
