@@ -63,7 +63,10 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(columns, ["Phase", "Ready", "Total", "Warm", "Cold", "Nodes", "Age"]);
+        assert_eq!(
+            columns,
+            ["Phase", "Ready", "Total", "Warm", "Cold", "Nodes", "Age"]
+        );
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
         assert_eq!(spec["required"], serde_json::json!(["filter_by_labels"]));
         assert_eq!(spec["properties"]["filter_by_labels"]["minProperties"], 1);
