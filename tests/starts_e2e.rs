@@ -263,6 +263,21 @@ async fn starts_are_counted_warm_and_cold_and_pulls_measured() {
     .unwrap();
     let starts = wait_for_starts(&s, 2, 1).await;
     assert_eq!(starts.cold, 1, "nothing counted twice");
+    let status = s
+        .prefetches
+        .get("prefetch-sample")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(
+        status
+            .pulls
+            .get(NORMALIZED)
+            .map(|p| (p.median_seconds, p.nodes)),
+        Some((PULL_SECONDS, 3)),
+        "the new leader keeps the figures of pulls it could not measure again"
+    );
     assert!(
         metric_value(
             &second.metrics().await.unwrap(),

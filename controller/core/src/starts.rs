@@ -194,6 +194,16 @@ impl ImagePulls {
     pub fn slowest(&self) -> Option<Duration> {
         self.by_node.values().max().copied()
     }
+
+    /// The figures a status shows; `None` before any pull.
+    pub fn figures(&self) -> Option<ImagePullStatus> {
+        Some(ImagePullStatus {
+            size_bytes: i64::try_from(self.size_bytes).unwrap_or(i64::MAX),
+            median_seconds: self.median()?.as_secs_f64(),
+            slowest_seconds: self.slowest()?.as_secs_f64(),
+            nodes: i64::try_from(self.by_node.len()).unwrap_or(i64::MAX),
+        })
+    }
 }
 
 /// A start of a selected workload's container, as its kubelet Event reported it.
@@ -280,24 +290,23 @@ impl StartsTally {
     }
 }
 
-/// What a Prefetch's status says of its images' pulls: each image some node pulled.
+/// What a Prefetch's status says of its images' pulls: each image this process measured a
+/// pull of, else what `previous` (the cached status) said of it. A new leader cannot measure
+/// again the pulls of prefetch pods that are gone, and a warm cluster pulls nothing new, so
+/// the figures live on in the status.
 pub fn pull_figures(
     images: &[String],
     pulls: &BTreeMap<String, ImagePulls>,
+    previous: &BTreeMap<String, ImagePullStatus>,
 ) -> BTreeMap<String, ImagePullStatus> {
     images
         .iter()
         .filter_map(|image| {
-            let measured = pulls.get(image)?;
-            Some((
-                image.clone(),
-                ImagePullStatus {
-                    size_bytes: i64::try_from(measured.size_bytes).unwrap_or(i64::MAX),
-                    median_seconds: measured.median()?.as_secs_f64(),
-                    slowest_seconds: measured.slowest()?.as_secs_f64(),
-                    nodes: i64::try_from(measured.by_node.len()).unwrap_or(i64::MAX),
-                },
-            ))
+            let figures = pulls
+                .get(image)
+                .and_then(ImagePulls::figures)
+                .or_else(|| previous.get(image).cloned())?;
+            Some((image.clone(), figures))
         })
         .collect()
 }

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use prefetch_common::{ImagePullStatus, StartsStatus};
+use prefetch_common::{ImagePullStatus, PrefetchStatus, StartsStatus};
 
 use crate::kubelet_events::Pulled;
 use crate::starts::{ImagePulls, Start, StartsTally, pull_figures};
@@ -34,7 +34,9 @@ pub struct PrefetchKey {
 pub struct StartsBook {
     tallies: HashMap<String, (PrefetchKey, StartsTally)>,
     pulls: BTreeMap<String, ImagePulls>,
-    /// Event uid -> when it was reported.
+    /// Event uid -> when it was last seen. The kubelet keeps updating a folded Event (its
+    /// count) and each update renews its time to live, so an Event is forgotten only long
+    /// after it was last seen, never by when it was first reported.
     seen: HashMap<String, Timestamp>,
     /// Prefetches whose counts changed since their last round was asked for.
     changed: BTreeSet<PrefetchKey>,
@@ -51,9 +53,10 @@ pub struct Counted {
 }
 
 impl StartsBook {
-    /// Whether the Event `uid` is seen for the first time (and so is to be read).
-    pub fn first_sight(&mut self, uid: &str, at: Timestamp) -> bool {
-        self.seen.insert(uid.to_string(), at).is_none()
+    /// Whether the Event `uid`, seen at `now`, is seen for the first time (and so is to be
+    /// read).
+    pub fn first_sight(&mut self, uid: &str, now: Timestamp) -> bool {
+        self.seen.insert(uid.to_string(), now).is_none()
     }
 
     /// A prefetch pod's pull of `image` (normalized) on `node`.
@@ -64,16 +67,18 @@ impl StartsBook {
             .record(node, pull, size_bytes);
     }
 
-    /// Counts a start for `prefetch`, taking its counts over from `resumed` (its cached status)
-    /// the first time; `None` when an earlier process counted it. `image` is the start's image,
-    /// normalized.
+    /// Counts a start for `prefetch`, taking its counts over from `previous` (its cached
+    /// status) the first time; `None` when an earlier process counted it. `image` is the
+    /// start's image, normalized. A warm start saves the median pull this process measured for
+    /// the image, else the one the status kept.
     pub fn count(
         &mut self,
         prefetch: &PrefetchKey,
-        resumed: Option<&StartsStatus>,
+        previous: Option<&PrefetchStatus>,
         start: &Start<'_>,
         image: Option<&str>,
     ) -> Option<Counted> {
+        let resumed = previous.and_then(|s| s.starts.as_ref());
         let (_, tally) = self
             .tallies
             .entry(prefetch.uid.clone())
@@ -83,9 +88,14 @@ impl StartsBook {
         }
         self.changed.insert(prefetch.clone());
         let warm = matches!(start.pulled, Pulled::AlreadyPresent { .. });
-        let saved = image
-            .filter(|_| warm)
-            .and_then(|image| self.pulls.get(image)?.median());
+        let kept = |image: &str| {
+            let figures = previous?.pulls.get(image)?;
+            Duration::try_from_secs_f64(figures.median_seconds).ok()
+        };
+        let saved = image.filter(|_| warm).and_then(|image| {
+            let measured = self.pulls.get(image).and_then(ImagePulls::median);
+            measured.or_else(|| kept(image))
+        });
         Some(Counted { saved })
     }
 
@@ -99,15 +109,33 @@ impl StartsBook {
         true
     }
 
-    /// The starts a round of `prefetch_uid` writes, if this process counted any.
-    pub fn status_of(&mut self, prefetch_uid: &str, now: Timestamp) -> Option<StartsStatus> {
-        let (_, tally) = self.tallies.get_mut(prefetch_uid)?;
+    /// The starts a round of `prefetch` writes: its counts, taken over from `previous` (its
+    /// cached status) when this process counted none yet, so the share of the last hour is
+    /// this process's and not a figure an earlier leader left; `None` while nothing was
+    /// ever counted.
+    pub fn status_of(
+        &mut self,
+        prefetch: &PrefetchKey,
+        previous: Option<&StartsStatus>,
+        now: Timestamp,
+    ) -> Option<StartsStatus> {
+        if !self.tallies.contains_key(&prefetch.uid) {
+            let resumed = StartsTally::resumed(Some(previous?));
+            self.tallies
+                .insert(prefetch.uid.clone(), (prefetch.clone(), resumed));
+        }
+        let (_, tally) = self.tallies.get_mut(&prefetch.uid)?;
         Some(tally.status(now))
     }
 
-    /// The pull figures a round writes for `images`.
-    pub fn pull_figures(&self, images: &[String]) -> BTreeMap<String, ImagePullStatus> {
-        pull_figures(images, &self.pulls)
+    /// The pull figures a round writes for `images`: measured here, else kept from
+    /// `previous`.
+    pub fn pull_figures(
+        &self,
+        images: &[String],
+        previous: &BTreeMap<String, ImagePullStatus>,
+    ) -> BTreeMap<String, ImagePullStatus> {
+        pull_figures(images, &self.pulls, previous)
     }
 
     /// The Prefetches whose counts changed since this was last asked.

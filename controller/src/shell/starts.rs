@@ -47,12 +47,27 @@ pub const PULLED_EVENTS: &str = "reason=Pulled,involvedObject.kind=Pod";
 /// cached status's when this process counted none for the Prefetch (a round must not remove
 /// what an earlier leader counted).
 pub fn fill_status(ctx: &Context, prefetch: &Prefetch, status: &mut PrefetchStatus) {
+    let previous = prefetch.status.as_ref();
     let mut book = lock(&ctx.starts);
-    let counted = prefetch
-        .uid()
-        .and_then(|uid| book.status_of(&uid, Timestamp::now()));
-    status.starts = counted.or_else(|| prefetch.status.as_ref().and_then(|s| s.starts.clone()));
-    status.pulls = book.pull_figures(&status.images);
+    status.starts = match key_of(prefetch) {
+        Some(key) => book.status_of(
+            &key,
+            previous.and_then(|s| s.starts.as_ref()),
+            Timestamp::now(),
+        ),
+        None => previous.and_then(|s| s.starts.clone()),
+    };
+    let kept = previous.map(|s| &s.pulls);
+    status.pulls = book.pull_figures(&status.images, kept.unwrap_or(&Default::default()));
+}
+
+/// How the book knows a Prefetch.
+fn key_of(prefetch: &Prefetch) -> Option<PrefetchKey> {
+    Some(PrefetchKey {
+        uid: prefetch.uid()?,
+        namespace: prefetch.namespace()?,
+        name: prefetch.name_any(),
+    })
 }
 
 /// A `Pulled` Event, read.
@@ -253,7 +268,7 @@ async fn on_event(ctx: &Context, prefetches: &Store<Prefetch>, event: &KubeEvent
         tracing::debug!(message = ?event.message, "a Pulled Event in no form the kubelet writes");
         return;
     };
-    if !lock(&ctx.starts).first_sight(&report.uid, report.at) {
+    if !lock(&ctx.starts).first_sight(&report.uid, Timestamp::now()) {
         return;
     }
     let prefetch_pod = held(&ctx.pods, &report.pod, &report.namespace);
@@ -320,17 +335,12 @@ async fn count_start(ctx: &Context, prefetches: &Store<Prefetch>, report: &Repor
 }
 
 async fn count_for(ctx: &Context, prefetch: &Prefetch, report: &Report) {
-    let Some(uid) = prefetch.uid() else {
+    let Some(key) = key_of(prefetch) else {
         return;
     };
-    let key = PrefetchKey {
-        uid,
-        namespace: report.namespace.clone(),
-        name: prefetch.name_any(),
-    };
-    let resumed = prefetch.status.as_ref().and_then(|s| s.starts.as_ref());
+    let previous = prefetch.status.as_ref();
     let image = normalize(report.pulled.image()).ok();
-    let counted = lock(&ctx.starts).count(&key, resumed, &report.start(), image.as_deref());
+    let counted = lock(&ctx.starts).count(&key, previous, &report.start(), image.as_deref());
     let Some(counted) = counted else {
         return;
     };

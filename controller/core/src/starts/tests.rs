@@ -285,7 +285,16 @@ fn pull_figures_cover_the_prefetchs_pulled_images_only() {
         "docker.io/library/redis:8".to_string(),
         "docker.io/library/busybox:1.36".to_string(),
     ];
-    let figures = pull_figures(&images, &pulls);
+    let kept = BTreeMap::from([(
+        "docker.io/library/busybox:1.36".to_string(),
+        ImagePullStatus {
+            size_bytes: 5,
+            median_seconds: 1.0,
+            slowest_seconds: 2.0,
+            nodes: 2,
+        },
+    )]);
+    let figures = pull_figures(&images[..2], &pulls, &kept);
     assert_eq!(
         figures.len(),
         1,
@@ -299,5 +308,14 @@ fn pull_figures_cover_the_prefetchs_pulled_images_only() {
             slowest_seconds: 9.5,
             nodes: 3,
         }
+    );
+    let with_kept = pull_figures(&images, &pulls, &kept);
+    assert_eq!(
+        with_kept["docker.io/library/busybox:1.36"].nodes, 2,
+        "an image not measured here keeps the figures the status had"
+    );
+    assert_eq!(
+        with_kept["docker.io/library/nginx:1.28"].nodes, 3,
+        "measured wins"
     );
 }

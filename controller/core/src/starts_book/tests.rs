@@ -1,6 +1,7 @@
 //! Tests of `starts_book`, beside it so that the bookkeeping reads on its own.
 
 use super::*;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 fn ts(text: &str) -> Timestamp {
     text.parse().unwrap()
@@ -15,6 +16,13 @@ fn key(uid: &str) -> PrefetchKey {
 }
 
 const NGINX: &str = "docker.io/library/nginx:1.28";
+
+fn status_with(starts: StartsStatus) -> PrefetchStatus {
+    PrefetchStatus {
+        starts: Some(starts),
+        ..PrefetchStatus::default()
+    }
+}
 
 fn start<'a>(pulled: &'a Pulled, at: &str) -> Start<'a> {
     Start {
@@ -89,23 +97,26 @@ fn a_warm_start_saves_the_median_pull_of_its_image() {
         Some(Counted { saved: None }),
         "a cold start saved nothing"
     );
-    let status = book.status_of("u1", ts("2026-12-07T10:01:00Z")).unwrap();
+    let status = book
+        .status_of(&key("u1"), None, ts("2026-12-07T10:01:00Z"))
+        .unwrap();
     assert_eq!((status.warm, status.cold), (2, 1));
     assert_eq!(book.take_changed(), BTreeSet::from([key("u1")]));
     assert!(book.take_changed().is_empty(), "taken");
-    assert_eq!(book.pull_figures(&[NGINX.to_string()])[NGINX].nodes, 3);
+    assert_eq!(
+        book.pull_figures(&[NGINX.to_string()], &BTreeMap::new())[NGINX].nodes,
+        3
+    );
 }
 
 #[test]
 fn counts_resume_from_the_status_once() {
     let mut book = StartsBook::default();
-    let resumed = StartsStatus {
+    let resumed = status_with(StartsStatus {
         warm: 10,
-        counted_through: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ts(
-            "2026-12-07T10:00:00Z",
-        ))),
+        counted_through: Some(Time(ts("2026-12-07T10:00:00Z"))),
         ..StartsStatus::default()
-    };
+    });
     let warm = Pulled::AlreadyPresent {
         image: "nginx:1.28".into(),
     };
@@ -118,19 +129,15 @@ fn counts_resume_from_the_status_once() {
             .is_some()
     );
     // Taken over once: a later cached status (this process's own write) does not reset it.
-    let later = StartsStatus {
+    let later = status_with(StartsStatus {
         warm: 11,
-        ..resumed.clone()
-    };
+        ..resumed.starts.clone().unwrap()
+    });
     let again = start(&warm, "2026-12-07T10:00:02Z");
     assert!(book.count(&key("u1"), Some(&later), &again, None).is_some());
-    assert_eq!(
-        book.status_of("u1", ts("2026-12-07T10:01:00Z"))
-            .unwrap()
-            .warm,
-        12
-    );
-    assert_eq!(book.status_of("u2", ts("2026-12-07T10:01:00Z")), None);
+    let now = ts("2026-12-07T10:01:00Z");
+    assert_eq!(book.status_of(&key("u1"), None, now).unwrap().warm, 12);
+    assert_eq!(book.status_of(&key("u2"), None, now), None, "never counted");
 }
 
 #[test]
@@ -161,19 +168,102 @@ fn gone_prefetches_and_nodes_are_forgotten() {
         BTreeSet::from([key("u2")]),
         "no round for a gone one"
     );
-    assert_eq!(book.status_of("u1", ts("2026-12-07T10:01:00Z")), None);
+    assert_eq!(
+        book.status_of(&key("u1"), None, ts("2026-12-07T10:01:00Z")),
+        None
+    );
 
     book.record_pull(NGINX.into(), "a", Duration::from_secs(4), 100);
     book.record_pull(NGINX.into(), "b", Duration::from_secs(8), 100);
     let now = ts("2026-12-07T10:00:00Z");
     assert!(book.prune_due(now));
     book.prune(now, &BTreeSet::from(["b".to_string()]));
-    assert_eq!(book.pull_figures(&[NGINX.to_string()])[NGINX].nodes, 1);
+    assert_eq!(
+        book.pull_figures(&[NGINX.to_string()], &BTreeMap::new())[NGINX].nodes,
+        1
+    );
     assert!(!book.prune_due(ts("2026-12-07T10:04:59Z")));
     assert!(book.prune_due(ts("2026-12-07T10:05:00Z")));
     book.prune(now, &BTreeSet::new());
     assert!(
-        book.pull_figures(&[NGINX.to_string()]).is_empty(),
+        book.pull_figures(&[NGINX.to_string()], &BTreeMap::new())
+            .is_empty(),
         "no node left"
+    );
+}
+
+#[test]
+fn a_folded_event_updated_for_hours_is_read_once() {
+    // A container in a crash loop: the kubelet updates its one Event (the count) for hours,
+    // each update renewing the Event's time to live.
+    let mut book = StartsBook::default();
+    let first = ts("2026-12-07T08:00:00Z");
+    assert!(book.first_sight("e1", first));
+    let nodes = BTreeSet::new();
+    for minutes in (5..=300).step_by(5) {
+        let now = first + SignedDuration::from_mins(minutes);
+        book.prune(now, &nodes);
+        assert!(
+            !book.first_sight("e1", now),
+            "counted again after {minutes} min"
+        );
+    }
+    let gone = first + SignedDuration::from_mins(300) + REMEMBER_SEEN;
+    book.prune(gone, &nodes);
+    assert!(
+        book.first_sight("e1", gone),
+        "forgotten two hours after it was last seen"
+    );
+}
+
+#[test]
+fn a_new_leader_keeps_what_the_status_kept_and_drops_a_stale_share() {
+    let mut book = StartsBook::default();
+    let previous = PrefetchStatus {
+        starts: Some(StartsStatus {
+            warm: 4,
+            cold: 1,
+            warm_percent_last_hour: Some(80),
+            counted_through: Some(Time(ts("2026-12-07T10:00:00Z"))),
+            ..StartsStatus::default()
+        }),
+        pulls: BTreeMap::from([(
+            NGINX.to_string(),
+            ImagePullStatus {
+                size_bytes: 100,
+                median_seconds: 6.5,
+                slowest_seconds: 9.0,
+                nodes: 3,
+            },
+        )]),
+        ..PrefetchStatus::default()
+    };
+    // Hours later, with no Event of the last hour left to relist.
+    let now = ts("2026-12-07T13:00:00Z");
+    let status = book
+        .status_of(&key("u1"), previous.starts.as_ref(), now)
+        .unwrap();
+    assert_eq!((status.warm, status.cold), (4, 1), "the counts carry over");
+    assert_eq!(status.warm_percent_last_hour, None, "no start in this hour");
+    assert_eq!(
+        book.pull_figures(&[NGINX.to_string()], &previous.pulls)[NGINX].median_seconds,
+        6.5,
+        "the prefetch pods that measured them are gone: the status keeps them"
+    );
+    let warm = Pulled::AlreadyPresent {
+        image: "nginx:1.28".into(),
+    };
+    let counted = book.count(
+        &key("u1"),
+        Some(&previous),
+        &start(&warm, "2026-12-07T13:00:01Z"),
+        Some(NGINX),
+    );
+    assert_eq!(
+        counted,
+        Some(Counted {
+            saved: Some(Duration::from_millis(6_500))
+        }),
+        "a warm start saves the median the status kept"
     );
 }
