@@ -43,9 +43,12 @@ async fn create_replica_set_object(s: &Scenario, deployment: &str, pods: &[Pod])
         .unwrap();
 }
 
+async fn status_of(s: &Scenario) -> Option<PrefetchStatus> {
+    s.prefetches.get("prefetch-sample").await.ok()?.status
+}
+
 async fn starts_of(s: &Scenario) -> Option<StartsStatus> {
-    let prefetch = s.prefetches.get("prefetch-sample").await.ok()?;
-    prefetch.status?.starts
+    status_of(s).await?.starts
 }
 
 async fn wait_for_starts(s: &Scenario, warm: i64, cold: i64) -> StartsStatus {
@@ -79,23 +82,13 @@ async fn starts_are_counted_warm_and_cold_and_pulls_measured() {
         Duration::from_secs(20),
         "the three pulls measured",
         || async {
-            let status: Option<PrefetchStatus> = s
-                .prefetches
-                .get("prefetch-sample")
+            status_of(&s)
                 .await
-                .ok()
-                .and_then(|p| p.status);
-            status.is_some_and(|st| st.pulls.get(NORMALIZED).is_some_and(|p| p.nodes == 3))
+                .is_some_and(|st| st.pulls.get(NORMALIZED).is_some_and(|p| p.nodes == 3))
         },
     )
     .await;
-    let status = s
-        .prefetches
-        .get("prefetch-sample")
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let status = status_of(&s).await.unwrap();
     let figures = &status.pulls[NORMALIZED];
     assert_eq!(
         (
@@ -263,13 +256,7 @@ async fn starts_are_counted_warm_and_cold_and_pulls_measured() {
     .unwrap();
     let starts = wait_for_starts(&s, 2, 1).await;
     assert_eq!(starts.cold, 1, "nothing counted twice");
-    let status = s
-        .prefetches
-        .get("prefetch-sample")
-        .await
-        .unwrap()
-        .status
-        .unwrap();
+    let status = status_of(&s).await.unwrap();
     assert_eq!(
         status
             .pulls

@@ -32,6 +32,7 @@ use crate::core::eligibility::{PLANNING_CONDITIONS, has_disk_pressure, is_ready}
 use crate::core::plan::{node_images, selects_deployment};
 use crate::core::revisions::{for_pulls, revision_pod_spec};
 use crate::core::workload::{Workload, selects_workload};
+use crate::shell::context::controller_owner;
 use crate::shell::gate_loop::{gated_pods_selector, slim_gated_pod};
 use crate::shell::records::cached_listed;
 
@@ -446,11 +447,7 @@ fn owner_selecting(
 ) -> impl Fn(ReplicaSet) -> Vec<ObjectRef<Prefetch>> + use<> {
     let (deployments, prefetches) = (deployments.clone(), prefetches.clone());
     move |replica_set: ReplicaSet| {
-        let owner = replica_set
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true) && o.kind == "Deployment")
-            .map(|o| o.name.clone());
+        let owner = controller_owner(&replica_set, "Deployment");
         let Some(deployment) = owner.and_then(|name| {
             let namespace = replica_set.namespace().unwrap_or_default();
             deployments.get(&ObjectRef::new(&name).within(&namespace))

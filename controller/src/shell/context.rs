@@ -163,3 +163,15 @@ impl WorkloadSnapshot {
             .collect()
     }
 }
+
+/// The name of an object's controller owner of `kind` (a ReplicaSet's Deployment, a Job's
+/// CronJob).
+pub(crate) fn controller_owner<K: kube::Resource>(object: &K, kind: &str) -> Option<String> {
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true) && o.kind == kind)
+        .map(|o| o.name.clone())
+}

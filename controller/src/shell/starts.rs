@@ -34,7 +34,7 @@ use crate::core::kubelet_events::{PodPart, Pulled};
 use crate::core::starts::{OwnerCaches, PodOwnerKind, Start, workload_of_pod};
 use crate::core::starts_book::PrefetchKey;
 use crate::core::workload::{Workload, selects_workload};
-use crate::shell::context::{Context, lock};
+use crate::shell::context::{Context, controller_owner, lock};
 use crate::shell::metrics::{PrefetchLabels, RegistryLabel, StartLabels, StartResult};
 
 /// At most one status write per Prefetch for its starts in this interval.
@@ -147,17 +147,6 @@ fn names_in<K: Resource<DynamicType = ()> + Clone>(
         .collect()
 }
 
-/// The name of an object's controller owner of `kind`.
-fn controller_owner<K: Resource>(object: &K, kind: &str) -> Option<String> {
-    object
-        .meta()
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true) && o.kind == kind)
-        .map(|o| o.name.clone())
-}
-
 impl OwnerCaches for NamespaceCaches<'_> {
     fn holds(&self, kind: PodOwnerKind, name: &str) -> bool {
         let ns = self.namespace;
@@ -196,33 +185,46 @@ impl OwnerCaches for NamespaceCaches<'_> {
     }
 }
 
-/// Whether `prefetch` selects the cached workload `workload` of `namespace`.
-fn selects(ctx: &Context, prefetch: &Prefetch, namespace: &str, workload: &WorkloadRef) -> bool {
+/// The Prefetches that select the cached workload `workload` of `namespace` (none when the
+/// cache no longer holds it). The workload is looked up once, not once per Prefetch.
+fn selecting(
+    ctx: &Context,
+    prefetches: &Store<Prefetch>,
+    namespace: &str,
+    workload: &WorkloadRef,
+) -> Vec<Arc<Prefetch>> {
     let name = workload.name.as_str();
-    let chosen = |w: Workload<'_>| selects_workload(prefetch, &w);
     match workload.kind {
-        WorkloadKind::Deployment => cached(&ctx.deployments, name, namespace, chosen),
-        WorkloadKind::StatefulSet => cached(&ctx.stateful_sets, name, namespace, chosen),
-        WorkloadKind::DaemonSet => cached(&ctx.daemon_sets, name, namespace, chosen),
-        WorkloadKind::Job => cached(&ctx.jobs, name, namespace, chosen),
-        WorkloadKind::CronJob => cached(&ctx.cron_jobs, name, namespace, chosen),
+        WorkloadKind::Deployment => selecting_cached(&ctx.deployments, name, namespace, prefetches),
+        WorkloadKind::StatefulSet => {
+            selecting_cached(&ctx.stateful_sets, name, namespace, prefetches)
+        }
+        WorkloadKind::DaemonSet => selecting_cached(&ctx.daemon_sets, name, namespace, prefetches),
+        WorkloadKind::Job => selecting_cached(&ctx.jobs, name, namespace, prefetches),
+        WorkloadKind::CronJob => selecting_cached(&ctx.cron_jobs, name, namespace, prefetches),
     }
 }
 
-/// Whether the cached object `name` of `namespace` passes `test`, seen as a workload.
-fn cached<K>(
+fn selecting_cached<K>(
     store: &Store<K>,
     name: &str,
     namespace: &str,
-    test: impl Fn(Workload<'_>) -> bool,
-) -> bool
+    prefetches: &Store<Prefetch>,
+) -> Vec<Arc<Prefetch>>
 where
     K: Resource<DynamicType = ()> + Clone,
     for<'k> &'k K: Into<Workload<'k>>,
 {
-    store
-        .get(&at(name, namespace))
-        .is_some_and(|object| test(object.as_ref().into()))
+    let Some(object) = store.get(&at(name, namespace)) else {
+        return Vec::new();
+    };
+    let workload: Workload<'_> = object.as_ref().into();
+    // selects_workload compares namespaces too: only this namespace's Prefetches pass.
+    prefetches
+        .state()
+        .into_iter()
+        .filter(|p| selects_workload(p, &workload))
+        .collect()
 }
 
 /// Runs the watch of `Pulled` Events and its flushes, until `stop`; returns the Prefetches
@@ -323,13 +325,7 @@ async fn count_start(ctx: &Context, prefetches: &Store<Prefetch>, report: &Repor
     let Some(workload) = workload_of_pod(&report.pod, &caches) else {
         return;
     };
-    let selecting: Vec<Arc<Prefetch>> = prefetches
-        .state()
-        .into_iter()
-        .filter(|p| p.metadata.namespace.as_deref() == Some(report.namespace.as_str()))
-        .filter(|p| selects(ctx, p, &report.namespace, &workload))
-        .collect();
-    for prefetch in selecting {
+    for prefetch in selecting(ctx, prefetches, &report.namespace, &workload) {
         count_for(ctx, &prefetch, report).await;
     }
 }
