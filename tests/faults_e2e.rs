@@ -108,11 +108,16 @@ async fn controller_without_the_crd_says_so_stops_on_sigterm_and_converges_once_
     )
     .await;
     eprintln!("readyz: {body}");
-    let logs = first.process.logs().join("\n");
-    assert!(
-        logs.contains("\"level\":\"WARN\"") && logs.contains("is the CRD installed?"),
-        "the failing watch is logged at warn: {logs}"
-    );
+    // /readyz reports the failure before its log line has been read from the pipe.
+    eventually(
+        Duration::from_secs(10),
+        "the failing watch is logged at warn",
+        || async {
+            let logs = first.process.logs().join("\n");
+            logs.contains("\"level\":\"WARN\"") && logs.contains("is the CRD installed?")
+        },
+    )
+    .await;
     terminates(first).await;
 
     // The CRD is installed while a second controller waits for it: it converges within

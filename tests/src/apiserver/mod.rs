@@ -99,16 +99,24 @@ impl TestApiServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some((token, task)) = listening {
+        if let Some((token, mut task)) = listening {
             token.cancel();
-            self.shared.drop_watches();
-            // Graceful: requests in flight finish (watches just ended), idle connections close.
-            let abort = task.abort_handle();
-            if tokio::time::timeout(std::time::Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
-                abort.abort();
+            // Graceful: requests in flight finish and idle connections close. Watches are
+            // ended again and again until every connection has closed: a client that reissued
+            // its watch on a kept-alive connection before that connection saw the shutdown
+            // would otherwise be served by it for as long as the outage lasts.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                self.shared.drop_watches();
+                match tokio::time::timeout(std::time::Duration::from_millis(100), &mut task).await {
+                    Ok(_) => break,
+                    Err(_) if tokio::time::Instant::now() >= deadline => {
+                        eprintln!("test API server: connections still open 5 s into an outage");
+                        task.abort();
+                        break;
+                    }
+                    Err(_) => {}
+                }
             }
         }
     }
