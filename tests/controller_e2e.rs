@@ -785,10 +785,13 @@ async fn every_workload_kind_brings_its_images() {
         |st| st.phase == Phase::Succeeded && st.total == 28 && st.ready == 28,
     )
     .await;
-    assert!(
-        node_lists(&nodes, "kind-worker4", "docker.io/library/python:3.12").await,
-        "the CronJob's image is on the new node before its next run"
-    );
+    // The fake kubelet reports the pod before it lists the image on the node.
+    prefetch_tests::scenario::eventually(
+        Duration::from_secs(10),
+        "the CronJob's image is on the new node before its next run",
+        || node_lists(&nodes, "kind-worker4", "docker.io/library/python:3.12"),
+    )
+    .await;
 
     // kinds narrows what filter_by_labels selects.
     s.prefetches
@@ -1205,6 +1208,192 @@ async fn an_artifact_is_pulled_through_an_image_volume_where_nodes_support_it() 
             || status.digests[weights] == prefetch_tests::kubelet::digest_of(weights),
         "the noop container's imageID is never taken for the artifact's digest: {:?}",
         status.digests
+    );
+    s.cluster.cleanup().await;
+}
+
+const NGINX: &str = "docker.io/library/nginx:1.7.9";
+
+/// A rollout that supersedes one whose pulls still run: the pods pulling only what no workload
+/// wants any more are deleted, not waited for, and the new image is pulled at once. Here the
+/// old image's pull never ends, so waiting for it would never succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_pull_is_dropped_and_the_new_image_pulled_at_once() {
+    let Some(s) = scenario("superseded", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let workers = ["kind-worker", "kind-worker2", "kind-worker3"];
+    for worker in workers {
+        s.rules.set_image(worker, NGINX, Pull::Hang);
+    }
+    let _controller = controller(&s, &[], "controller").await;
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.phase == Phase::Running,
+    )
+    .await;
+    prefetch_tests::scenario::eventually(Duration::from_secs(30), "the old pulls run", || async {
+        s.pods
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            == workers.len()
+    })
+    .await;
+
+    let newer = json!({"spec": {"template": {"spec": {"containers": [{"name": "c0", "image": "nginx:1.27"}]}}}});
+    s.deployments
+        .patch(
+            "nginx",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(newer),
+        )
+        .await
+        .unwrap();
+    let status = until_phase(&s, Phase::Succeeded).await;
+    assert_eq!(status.images, ["docker.io/library/nginx:1.27"]);
+    assert_eq!((status.ready, status.total, status.failed), (3, 3, 0));
+    let nodes: Api<Node> = Api::all(s.cluster.client.clone());
+    for worker in workers {
+        assert!(node_lists(&nodes, worker, "docker.io/library/nginx:1.27").await);
+        assert!(!node_lists(&nodes, worker, NGINX).await, "{worker}");
+    }
+    let events =
+        Api::<k8s_openapi::api::events::v1::Event>::namespaced(s.cluster.client.clone(), &s.ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+    let superseded: Vec<String> = events
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("PullsSuperseded"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(
+        superseded.iter().any(|n| n.contains(NGINX)),
+        "{superseded:?}"
+    );
+    s.cluster.cleanup().await;
+}
+
+/// `seed: {per_zone: 1}`: one node per zone pulls first; the zone's other nodes start only
+/// once it holds the image (a mirror inside the zone could then serve them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_seed_one_node_per_zone_pulls_first() {
+    let spec = json!({"retry_after": 3600, "seed": {"per_zone": 1}});
+    let Some(s) = scenario("seed", spec).await else {
+        return;
+    };
+    let nodes: Api<Node> = Api::all(s.cluster.client.clone());
+    for (worker, zone) in [
+        ("kind-worker", "zone-a"),
+        ("kind-worker2", "zone-a"),
+        ("kind-worker3", "zone-b"),
+    ] {
+        let labels = json!({"metadata": {"labels": {"topology.kubernetes.io/zone": zone}}});
+        nodes
+            .patch(
+                worker,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(labels),
+            )
+            .await
+            .unwrap();
+    }
+    // Zone a's seed pulls until the test lets it finish.
+    s.rules.set("kind-worker", Pull::Hang);
+    let _controller = controller(&s, &[], "controller").await;
+    let on_nodes = || async {
+        let pods = s.pods.list(&ListParams::default()).await.unwrap().items;
+        let mut nodes: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p.annotations().get("cache.techsquad.rocks/node").cloned())
+            .collect();
+        nodes.sort();
+        nodes
+    };
+    prefetch_tests::scenario::eventually(
+        Duration::from_secs(30),
+        "zone b is done and zone a's seed pulls",
+        || async {
+            on_nodes().await == ["kind-worker"] && node_lists(&nodes, "kind-worker3", NGINX).await
+        },
+    )
+    .await;
+    // Zone b's pod ended and its status was written since: kind-worker2 was considered and
+    // held back, not merely not reached yet.
+    wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.ready == 1,
+    )
+    .await;
+    assert_eq!(
+        on_nodes().await,
+        ["kind-worker"],
+        "kind-worker2 waits for the seed"
+    );
+    assert!(!node_lists(&nodes, "kind-worker2", NGINX).await);
+
+    s.rules.set("kind-worker", Pull::Succeed);
+    let status = until_phase(&s, Phase::Succeeded).await;
+    assert_eq!((status.ready, status.total, status.failed), (3, 3, 0));
+    assert!(node_lists(&nodes, "kind-worker2", NGINX).await);
+    s.cluster.cleanup().await;
+}
+
+/// `--registry-budget docker.io=2/1h`: two of the three nodes pull the image; the third waits
+/// with the reason RegistryBudget, and the metrics say what is left and what waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_registry_budget_holds_the_pulls_past_it() {
+    let Some(s) = scenario("budget", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let controller = controller(&s, &["--registry-budget", "docker.io=2/1h"], "controller").await;
+    let status = wait_for_status(
+        &s.prefetches,
+        "prefetch-sample",
+        Duration::from_secs(30),
+        |st| st.ready == 2 && !st.waiting.is_empty(),
+    )
+    .await;
+    assert_eq!(
+        status.phase,
+        Phase::Running,
+        "the round waits for the budget"
+    );
+    assert_eq!(status.waiting.len(), 1);
+    let waiting = &status.waiting[0];
+    assert_eq!(
+        (waiting.image.as_str(), waiting.reason.as_str()),
+        (NGINX, "RegistryBudget")
+    );
+    let nodes: Api<Node> = Api::all(s.cluster.client.clone());
+    assert!(!node_lists(&nodes, &waiting.node, NGINX).await);
+    let progressing = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
+    assert!(
+        progressing.message.contains("RegistryBudget"),
+        "{}",
+        progressing.message
+    );
+    let metrics = controller.metrics().await.unwrap();
+    let value = |series: &str| prefetch_tests::binaries::metric_value(&metrics, series);
+    assert_eq!(
+        value("prefetch_controller_registry_budget_remaining{registry=\"docker.io\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("prefetch_controller_registry_budget_waiting_pairs{registry=\"docker.io\"}"),
+        1.0
     );
     s.cluster.cleanup().await;
 }

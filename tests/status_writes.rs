@@ -13,7 +13,7 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use prefetch_common::{
     ColdStart, ImagePullStatus, Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord,
-    StartsStatus,
+    StartsStatus, WaitingPull,
 };
 use prefetch_controller::shell::reconciler::write_status;
 use prefetch_tests::cluster::TestCluster;
@@ -70,6 +70,15 @@ fn status() -> impl Strategy<Value = PrefetchStatus> {
         reason: "ErrImagePull".into(),
         message: String::new(),
     });
+    let waiting =
+        ("node-[1-2]", "img-[a-c]", "RegistryBudget|ZoneSeed").prop_map(|(node, image, reason)| {
+            WaitingPull {
+                node,
+                image,
+                reason,
+                message: String::new(),
+            }
+        });
     let counts = (0i64..6, 0i64..6, 0i64..6);
     let digests = prop::collection::btree_map("img-[a-c]", "sha256:[0-9a-f]{4}", 0..3);
     let sources = prop::collection::btree_map(
@@ -100,13 +109,19 @@ fn status() -> impl Strategy<Value = PrefetchStatus> {
             prop::option::of(rollout()),
             prop::collection::vec(condition, 0..2),
         ),
-        (sources, prop::option::of(microsecond()), starts(), pulls()),
+        (
+            sources,
+            prop::option::of(microsecond()),
+            starts(),
+            pulls(),
+            prop::collection::vec(waiting, 0..3),
+        ),
     )
         .prop_map(
             |(
                 (phase, observed_generation, images, nodes, (total, ready, failed)),
                 (failures, digests, (start, end, next), last_rollout, conditions),
-                (sources, prefetched_through, starts, pulls),
+                (sources, prefetched_through, starts, pulls, waiting),
             )| PrefetchStatus {
                 phase,
                 observed_generation,
@@ -126,6 +141,7 @@ fn status() -> impl Strategy<Value = PrefetchStatus> {
                 conditions,
                 starts,
                 pulls,
+                waiting,
             },
         )
 }

@@ -144,6 +144,22 @@ pub struct PrefetchSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 100))]
     pub images: Option<Vec<String>>,
+
+    /// Pull each image on a few nodes per zone first (the zone is the node's
+    /// topology.kubernetes.io/zone label; nodes without it form one zone). The zone's other
+    /// nodes start once one of those holds the image, so a node-local mirror (Spegel,
+    /// Dragonfly) can serve them from inside the zone instead of the registry. Unset: every
+    /// node pulls at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<Seed>,
+}
+
+/// `spec.seed`: which nodes pull an image first.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Seed {
+    /// Nodes per zone that pull each image before the zone's others (1 to 100).
+    #[schemars(range(min = 1, max = 100))]
+    pub per_zone: i64,
 }
 
 impl PrefetchSpec {
@@ -170,6 +186,10 @@ impl PrefetchSpec {
         self.kinds
             .as_ref()
             .is_none_or(|kinds| kinds.contains(&kind))
+    }
+    /// `spec.seed.per_zone`: how many nodes per zone pull an image first; `None`: all of them.
+    pub fn seed_per_zone(&self) -> Option<usize> {
+        self.seed.and_then(|s| usize::try_from(s.per_zone).ok())
     }
     /// `spec.images` as written (empty when unset).
     pub fn declared_images(&self) -> &[String] {
@@ -328,6 +348,25 @@ pub struct PrefetchStatus {
     /// `Pulled` Events of the prefetch pods. Only images pulled since the controller started.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pulls: BTreeMap<String, ImagePullStatus>,
+    /// Pairs of the running round whose pull may not start yet, and why: RegistryBudget (the
+    /// image's registry has spent its pulls for the period, see --registry-budget) or
+    /// ZoneSeed (another node of the zone pulls it first, see spec.seed). At most 20 are
+    /// listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<WaitingPull>,
+}
+
+/// A (node, image) pair whose pull waits.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct WaitingPull {
+    pub node: String,
+    /// Normalized image reference.
+    pub image: String,
+    /// RegistryBudget or ZoneSeed.
+    pub reason: String,
+    /// What it waits for.
+    #[serde(default)]
+    pub message: String,
 }
 
 /// Warm and cold starts of the selected workloads' containers (init containers and image

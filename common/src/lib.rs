@@ -21,5 +21,5 @@ pub mod workload;
 
 pub use api::{
     ColdStart, ImagePullStatus, Phase, Prefetch, PrefetchSpec, PrefetchStatus, PullFailure,
-    RolloutRecord, StartsStatus, WorkloadKind,
+    RolloutRecord, Seed, StartsStatus, WaitingPull, WorkloadKind,
 };

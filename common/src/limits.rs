@@ -17,6 +17,10 @@ pub const DEFAULT_GATE_TIMEOUT: i64 = 900;
 pub const MIN_GATE_TIMEOUT: i64 = 60;
 pub const MAX_GATE_TIMEOUT: i64 = 3_600;
 
+/// `spec.seed.per_zone`: nodes per zone that pull an image first.
+pub const MIN_SEED_PER_ZONE: i64 = 1;
+pub const MAX_SEED_PER_ZONE: i64 = 100;
+
 pub const MAX_NODE_FILTER_LEN: usize = 253;
 
 /// `spec.images`: declared images, prefetched whether or not a workload uses them yet.

@@ -69,7 +69,7 @@ impl Default for ValidationContext<'_> {
 }
 
 /// The spec fields of `cache.techsquad.rocks/v1` Prefetch.
-pub const KNOWN_SPEC_FIELDS: [&str; 12] = [
+pub const KNOWN_SPEC_FIELDS: [&str; 13] = [
     "filter_by_labels",
     "node_filter",
     "retry_after",
@@ -82,6 +82,7 @@ pub const KNOWN_SPEC_FIELDS: [&str; 12] = [
     "gate_timeout",
     "kinds",
     "images",
+    "seed",
 ];
 
 /// Validates a whole Prefetch object (`{"apiVersion", "kind", "metadata", "spec"}`).
@@ -130,6 +131,7 @@ pub fn validate_prefetch_spec(spec: Option<&Value>, ctx: &ValidationContext<'_>)
     validate_priority_class_name(spec, &mut verdict);
     validate_declared_images(spec, &mut verdict);
     validate_kinds(spec, &mut verdict);
+    validate_seed(spec, &mut verdict);
     if let Some(value) = field(spec, "gate_rollouts")
         && !value.is_boolean()
     {
@@ -260,25 +262,78 @@ fn integer_in_range(
     max: i64,
     verdict: &mut Verdict,
 ) {
-    let Some(value) = field(spec, name) else {
+    let path = format!("spec.{name}");
+    Bounded {
+        path: &path,
+        min,
+        max,
+    }
+    .check(field(spec, name), verdict);
+}
+
+/// An integer field with bounds, at `path`.
+struct Bounded<'a> {
+    path: &'a str,
+    min: i64,
+    max: i64,
+}
+
+impl Bounded<'_> {
+    /// Reports `value` (absent: nothing to check) if it is no integer or out of bounds.
+    fn check(&self, value: Option<&Value>, verdict: &mut Verdict) {
+        let Some(value) = value else {
+            return;
+        };
+        let (path, min, max) = (self.path, self.min, self.max);
+        let Some(n) = value.as_i64() else {
+            let got = match value.as_u64() {
+                Some(big) => big.to_string(),
+                None => type_name(value).to_string(),
+            };
+            verdict.error(
+                path,
+                format!("must be an integer between {min} and {max}, got {got}"),
+            );
+            return;
+        };
+        if n < min {
+            verdict.error(path, format!("must be >= {min}, got {n}"));
+        } else if n > max {
+            verdict.error(path, format!("must be <= {max}, got {n}"));
+        }
+    }
+}
+
+fn validate_seed(spec: &Map<String, Value>, verdict: &mut Verdict) {
+    let Some(value) = field(spec, "seed") else {
         return;
     };
-    let path = format!("spec.{name}");
-    let Some(n) = value.as_i64() else {
-        let got = match value.as_u64() {
-            Some(big) => big.to_string(),
-            None => type_name(value).to_string(),
-        };
+    let Some(seed) = value.as_object() else {
         verdict.error(
-            path,
-            format!("must be an integer between {min} and {max}, got {got}"),
+            "spec.seed",
+            format!(
+                "must be an object such as {{per_zone: 1}}, got {}",
+                type_name(value)
+            ),
         );
         return;
     };
-    if n < min {
-        verdict.error(path, format!("must be >= {min}, got {n}"));
-    } else if n > max {
-        verdict.error(path, format!("must be <= {max}, got {n}"));
+    let per_zone = Bounded {
+        path: "spec.seed.per_zone",
+        min: MIN_SEED_PER_ZONE,
+        max: MAX_SEED_PER_ZONE,
+    };
+    match field(seed, "per_zone") {
+        None => verdict.error(
+            "spec.seed.per_zone",
+            "required: nodes per zone that pull first",
+        ),
+        value => per_zone.check(value, verdict),
+    }
+    for unknown in seed.keys().filter(|k| k.as_str() != "per_zone") {
+        verdict.warnings.push(format!(
+            "spec.seed.{unknown}: unknown field, ignored (known fields: per_zone)"
+        ));
     }
 }
 

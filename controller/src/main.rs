@@ -9,16 +9,17 @@
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use prefetch_controller::core::budget::BudgetLedger;
 use prefetch_controller::core::taint::WarmupConfig;
 use prefetch_controller::shell::config::{Cli, Command, RunArgs};
 use prefetch_controller::shell::metrics::Metrics;
 use prefetch_controller::shell::plan_command::{Objects, render};
-use prefetch_controller::shell::{leader, reconciler};
+use prefetch_controller::shell::{budgets, leader, reconciler};
 use prefetch_shell::ops::{self, Readiness};
 use prefetch_shell::watch::WatchSet;
 use tokio::sync::watch;
@@ -76,6 +77,8 @@ struct Process {
     identity: String,
     metrics: Arc<Metrics>,
     watches: Arc<WatchSet>,
+    /// `--registry-budget`'s pulls, kept across terms of leadership (`None`: no budget).
+    budgets: Option<Arc<Mutex<BudgetLedger>>>,
     /// The root of every wait in the process: cancelled on SIGTERM/SIGINT, whatever state the
     /// process is in, and from then on the process exits within --shutdown-timeout.
     shutdown: CancellationToken,
@@ -89,12 +92,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the cluster (KUBECONFIG or in-cluster)")?;
+    let budgets = budgets::ledger(&args.registry_budgets);
     let process = Process {
         identity: args.identity(),
         args,
         client,
         metrics: Arc::new(Metrics::default()),
         watches: Arc::new(WatchSet::default()),
+        budgets,
         shutdown,
     };
     let ops = serve_ops(&process).await?;
@@ -186,6 +191,7 @@ async fn reconcile(process: &Process, term: CancellationToken) {
         identity: process.identity.clone(),
         concurrency: args.concurrency,
         node_status_max_images: args.node_status_max_images,
+        budgets: process.budgets.clone(),
     };
     reconciler::run(
         process.client.clone(),

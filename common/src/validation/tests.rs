@@ -75,6 +75,45 @@ fn declared_images_are_references_at_most_a_hundred() {
 }
 
 #[test]
+fn seed_names_nodes_per_zone_between_one_and_a_hundred() {
+    let with = |seed: Value| {
+        let mut spec = sample();
+        spec["seed"] = seed;
+        check(spec)
+    };
+    assert_eq!(with(json!({"per_zone": 1})), Verdict::default());
+    assert_eq!(with(json!({"per_zone": 100})), Verdict::default());
+    assert_eq!(with(Value::Null), Verdict::default(), "null is unset");
+    let errors = |seed: Value| -> Vec<String> {
+        with(seed).errors.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(
+        errors(json!({"per_zone": 0})),
+        ["spec.seed.per_zone: must be >= 1, got 0"]
+    );
+    assert_eq!(
+        errors(json!({"per_zone": 101})),
+        ["spec.seed.per_zone: must be <= 100, got 101"]
+    );
+    assert_eq!(
+        errors(json!({"per_zone": "1"})),
+        ["spec.seed.per_zone: must be an integer between 1 and 100, got a string"]
+    );
+    assert_eq!(
+        errors(json!({})),
+        ["spec.seed.per_zone: required: nodes per zone that pull first"]
+    );
+    assert_eq!(
+        errors(json!(1)),
+        ["spec.seed: must be an object such as {per_zone: 1}, got a number"]
+    );
+    assert_eq!(
+        with(json!({"per_zone": 1, "per_region": 2})).warnings,
+        ["spec.seed.per_region: unknown field, ignored (known fields: per_zone)"]
+    );
+}
+
+#[test]
 fn kinds_are_workload_kinds_each_once() {
     let with = |kinds: Value| {
         let mut spec = sample();

@@ -8,12 +8,15 @@
 //! (their older revisions that still run pods); [`signal`] (the rollout a round acts on);
 //! [`plan`] (nodes x images still to pull); [`ledger`] and [`fulllist`] (outcomes remembered
 //! beyond a round); [`round`] (one reconcile: pods to create and delete, the status);
-//! [`warmup`] (when a warming node's taint comes off); [`gate`] (when a gated pod is
+//! [`seed`] (which nodes of a zone pull an image first); [`budget`] (pulls per registry host
+//! and period); [`warmup`] (when a warming node's
+//! taint comes off); [`gate`] (when a gated pod is
 //! released); [`status_patch`] (how a status is written so the server holds exactly it);
 //! [`severity`] (which events warn). [`kubelet_events`] reads what the kubelet's `Pulled`
 //! Events say of a start, and [`starts`] attributes starts to workloads and keeps the warm
 //! share and pull times.
 
+pub mod budget;
 pub mod eligibility;
 pub mod fulllist;
 pub mod gate;
@@ -27,6 +30,7 @@ pub mod plan;
 pub mod pod;
 pub mod revisions;
 pub mod round;
+pub mod seed;
 pub mod severity;
 pub mod signal;
 pub mod starts;

@@ -28,6 +28,8 @@ pub struct NodePlan {
     /// Those of `present` the node does not list but counts as having by the full-list rule
     /// (`fulllist.rs`): its list is full and our pod pulled them in an earlier round.
     pub assumed: Vec<String>,
+    /// Its `topology.kubernetes.io/zone` label (empty without one), for `spec.seed`.
+    pub zone: String,
     /// The node carries the warmup taint: its pods come first, and tolerate that taint.
     pub warming: bool,
     /// The node supports image volumes: its prefetch pod mounts `ImagePlan::artifacts` as
@@ -283,6 +285,7 @@ pub fn plan_images_with<'a, W: Into<Workload<'a>>>(
                     }
                 });
                 target.image_volumes = pulls_through_image_volumes(node);
+                target.zone = zone_of(node);
                 plan.targets.push(target);
             }
         }
@@ -368,6 +371,19 @@ fn add_images(plan: &mut ImagePlan, prefetch: &Prefetch, pulls: WorkloadPulls) {
 
 /// One targeted node's plan: each image is present (`has(image)` is `Some(false)`), assumed
 /// present by the full-list rule (`Some(true)`), or to pull (`None`).
+/// The well-known label a node's zone is read from (for `spec.seed`, see `seed.rs`).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A node's zone label, empty when it has none (those nodes form one zone).
+fn zone_of(node: &Node) -> String {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|labels| labels.get(ZONE_LABEL))
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn node_plan(
     node: String,
     warming: bool,

@@ -17,11 +17,15 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use prefetch_common::limits::MAX_STATUS_FAILURES;
-use prefetch_common::{Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord, WorkloadKind};
+use prefetch_common::{
+    Phase, Prefetch, PrefetchStatus, PullFailure, RolloutRecord, WaitingPull, WorkloadKind,
+};
 
+use crate::budget::Allowance;
 use crate::outcome::{Outcome, PodReport, read_pod};
 use crate::plan::{ImagePlan, NodePlan, all_status_sources};
 use crate::pod::{NODE_ANNOTATION, PodRequest, prefetch_pod};
+use crate::seed::ZoneSeeds;
 pub use crate::signal::RolloutSignal;
 
 /// No image to pull through an image volume (a node that has none).
@@ -74,6 +78,8 @@ pub struct RoundInput<'a> {
     /// Warming targets with a pair not done yet (`warmup::open_warming_targets`): a round runs
     /// for them at once, even when the last round covered the node.
     pub warming_open: &'a BTreeSet<String>,
+    /// The pulls each budgeted registry has left (`budget.rs`); the default holds no budget.
+    pub allowance: Allowance,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +113,10 @@ pub struct RoundDecision {
     /// The plan's images that every target is done with (present, or an outcome recorded):
     /// a gated pod using only these may start, whichever rollout the round still owes.
     pub done_everywhere: BTreeSet<String>,
+    /// The pulls this reconcile's pods take from the registries' budgets (`spent`).
+    pub allowance: Allowance,
+    /// Every pair whose pull waits, by reason (the status lists the first ones).
+    pub waiting: Vec<WaitingPull>,
 }
 
 fn time(t: Timestamp) -> Time {
@@ -198,8 +208,22 @@ fn work_round(
 ) -> RoundDecision {
     let pods = read_pods(input, &mut memory.outcomes);
     status.digests.extend(pods.recorded.digests);
-    let creations = plan_creations(input, &memory.outcomes, &pods.occupied, pods.in_flight);
+    events.extend(superseded_event(&pods.superseded));
+    let seeds = ZoneSeeds::new(
+        input.prefetch.spec.seed_per_zone(),
+        &input.plan.targets,
+        &memory.outcomes,
+        &pods.pulling,
+    );
+    let creations = plan_creations(
+        input,
+        &memory.outcomes,
+        &pods.occupied,
+        pods.in_flight,
+        seeds,
+    );
     events.extend(creations.not_built);
+    status.waiting = creations.waiting[..creations.waiting.len().min(MAX_STATUS_FAILURES)].to_vec();
     let tally = tally_round(input.plan, &memory.outcomes);
     write_counters(&mut status, input.plan, &tally);
     let rollout_latency = mark_rollout_prefetched(input.plan, &mut memory, &mut status, input.now);
@@ -232,6 +256,8 @@ fn work_round(
         newly_failed: pods.recorded.newly_failed,
         rollout_latency,
         done_everywhere,
+        allowance: creations.allowance,
+        waiting: creations.waiting,
     }
 }
 
@@ -479,6 +505,11 @@ struct PodsRead {
     in_flight: usize,
     /// The first deadline among those, when the controller gives up on a pod itself.
     earliest_deadline: Option<Timestamp>,
+    /// Pods deleted because every image they still had to pull is one the plan no longer
+    /// wants: (node, those images).
+    superseded: Vec<(String, Vec<String>)>,
+    /// (node, image) the pods in flight are still pulling, for `spec.seed`.
+    pulling: Vec<(String, String)>,
 }
 
 /// Pair outcomes first seen by this reconcile.
@@ -515,13 +546,55 @@ fn read_pods(input: &RoundInput<'_>, outcomes: &mut Outcomes) -> PodsRead {
         }
         if report.finished || !targets.contains(node.as_str()) {
             read.delete.push(name);
+        } else if let Some(unwanted) = superseded_pulls(&report, &input.plan.images) {
+            read.delete.push(name);
+            read.superseded.push((node, unwanted));
         } else {
             read.in_flight += 1;
+            let open = report
+                .images
+                .iter()
+                .filter(|(_, outcome)| outcome.is_none());
+            read.pulling
+                .extend(open.map(|(image, _)| (node.clone(), image.clone())));
             read.earliest_deadline =
                 Some(read.earliest_deadline.map_or(deadline, |d| d.min(deadline)));
         }
     }
     read
+}
+
+/// The images a pod still has to pull, when the plan wants none of them any more: a newer
+/// rollout superseded the one it pulls for (and the old revision's pods are gone), so the pod
+/// is deleted rather than waited for, and the node is free for the images now wanted (design:
+/// docs/src/design.md#the-reconciler). `None` while any of them is still wanted, by a
+/// workload, a live revision or `spec.images`: those pulls go on.
+fn superseded_pulls(report: &PodReport, plan_images: &[String]) -> Option<Vec<String>> {
+    let remaining: Vec<String> = report
+        .images
+        .iter()
+        .filter(|(_, outcome)| outcome.is_none())
+        .map(|(image, _)| image.clone())
+        .collect();
+    let wanted = |image: &String| plan_images.contains(image);
+    (!remaining.is_empty() && !remaining.iter().any(wanted)).then_some(remaining)
+}
+
+/// PullsSuperseded, naming the images dropped and on how many nodes.
+fn superseded_event(superseded: &[(String, Vec<String>)]) -> Option<EventNote> {
+    if superseded.is_empty() {
+        return None;
+    }
+    let images: BTreeSet<&String> = superseded.iter().flat_map(|(_, i)| i).collect();
+    Some(EventNote {
+        type_: "Normal",
+        reason: "PullsSuperseded",
+        message: format!(
+            "stopped pulling {} on {} node(s): no workload, revision or spec.images wants it any more",
+            images.into_iter().cloned().collect::<Vec<_>>().join(", "),
+            superseded.len()
+        ),
+    })
 }
 
 /// The node a prefetch pod was made for (its annotation; empty when missing).
@@ -597,21 +670,29 @@ struct Creations {
     /// A target that still needs images waits on a node busy with another Prefetch's pod: the
     /// round is not over, though nothing of ours is in flight.
     waiting_on_busy: bool,
+    /// Pairs held back: by a zone's seed, or by their registry's budget.
+    waiting: Vec<WaitingPull>,
+    /// What the pods created take from the registries' budgets.
+    allowance: Allowance,
 }
 
 /// A pod for each target that still needs images, warming nodes first, within `max_parallel`
 /// (counting the pods in flight), skipping nodes with a pod already (ours or another
-/// Prefetch's: one per node at a time).
+/// Prefetch's: one per node at a time), each pulling what its zone's seeds allow.
 fn plan_creations(
     input: &RoundInput<'_>,
     outcomes: &Outcomes,
     occupied: &BTreeSet<String>,
     in_flight: usize,
+    mut seeds: ZoneSeeds,
 ) -> Creations {
     let capacity = usize::try_from(input.prefetch.spec.max_parallel())
         .unwrap_or(1)
         .saturating_sub(in_flight);
-    let mut creations = Creations::default();
+    let mut creations = Creations {
+        allowance: input.allowance.clone(),
+        ..Creations::default()
+    };
     for target in creation_order(&input.plan.targets) {
         let needed = still_needed(target, outcomes);
         if needed.is_empty() || occupied.contains(&target.node) {
@@ -623,6 +704,11 @@ fn plan_creations(
         }
         if creations.pods.len() >= capacity {
             break;
+        }
+        let needed = creations.hold_back(target, needed, &mut seeds);
+        if needed.is_empty() {
+            // A seed's pod ending wakes the round; a budget freeing up, the round's poll.
+            continue;
         }
         match prefetch_pod(&PodRequest {
             prefetch: input.prefetch,
@@ -646,6 +732,49 @@ fn plan_creations(
         }
     }
     creations
+}
+
+impl Creations {
+    /// The images of `needed` that `target` may pull now: those its zone's seeds allow (see
+    /// `seed.rs`), then those whose registry has a pull left (see `budget.rs`). The others
+    /// are noted as waiting, with why.
+    fn hold_back(
+        &mut self,
+        target: &NodePlan,
+        needed: Vec<String>,
+        seeds: &mut ZoneSeeds,
+    ) -> Vec<String> {
+        let seeded = seeds.take(target, needed.clone());
+        let mut now = Vec::new();
+        for image in needed {
+            let (reason, message) = if !seeded.contains(&image) {
+                let zone = if target.zone.is_empty() {
+                    "nodes without a zone"
+                } else {
+                    &target.zone
+                };
+                (
+                    "ZoneSeed",
+                    format!("waiting for a node of {zone} to pull it first"),
+                )
+            } else if self.allowance.take(&image) {
+                now.push(image);
+                continue;
+            } else {
+                (
+                    crate::budget::REASON,
+                    "its registry's pull budget for the period is spent".to_string(),
+                )
+            };
+            self.waiting.push(WaitingPull {
+                node: target.node.clone(),
+                image,
+                reason: reason.into(),
+                message,
+            });
+        }
+        now
+    }
 }
 
 /// The order in which targets get pods: warming nodes first (design:
@@ -914,15 +1043,21 @@ fn ready_state(status: &PrefetchStatus, previous: &PrefetchStatus) -> ConditionS
 
 fn progressing_state(status: &PrefetchStatus) -> ConditionState {
     if status.phase == Phase::Running {
-        ConditionState::new(
-            "True",
-            "RoundRunning",
-            format!(
-                "{} of {} pairs done",
-                status.ready + status.failed,
-                status.total
-            ),
-        )
+        let done = status.ready + status.failed;
+        let mut message = format!("{done} of {} pairs done", status.total);
+        if let Some(first) = status.waiting.first() {
+            let listed = status.waiting.len();
+            let count = if listed >= MAX_STATUS_FAILURES {
+                format!("{listed} or more")
+            } else {
+                listed.to_string()
+            };
+            message.push_str(&format!(
+                "; {count} waiting, first {} on {}: {}",
+                first.image, first.node, first.reason
+            ));
+        }
+        ConditionState::new("True", "RoundRunning", message)
     } else {
         ConditionState::new("False", "RoundComplete", "waiting for the next round")
     }

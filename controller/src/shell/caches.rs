@@ -396,8 +396,10 @@ fn slim_node(node: &mut Node) {
     }
 }
 
-/// Prefetch pods as planning reads them: identity, owner, node, each container's image, and
-/// the status (phase, reason, container states).
+/// Prefetch pods as planning reads them: identity, owner, node, each container's image and
+/// mounts, the image volumes, and the status (phase, reason, container states). A container
+/// that mounts an image volume pulls the volume's image (`outcome::read_pod`): without its
+/// mounts and the volumes, the pod would read as pulling the noop image.
 fn slim_pod(pod: &mut Pod) {
     pod.metadata.managed_fields = None;
     if let Some(spec) = pod.spec.as_mut() {
@@ -406,11 +408,18 @@ fn slim_pod(pod: &mut Pod) {
             .map(|c| k8s_openapi::api::core::v1::Container {
                 name: c.name,
                 image: c.image,
+                volume_mounts: c.volume_mounts,
                 ..Default::default()
             })
             .collect();
+        let image_volumes: Vec<_> = std::mem::take(&mut spec.volumes)
+            .into_iter()
+            .flatten()
+            .filter(|v| v.image.is_some())
+            .collect();
         *spec = k8s_openapi::api::core::v1::PodSpec {
             containers,
+            volumes: (!image_volumes.is_empty()).then_some(image_volumes),
             ..Default::default()
         };
     }
@@ -667,5 +676,48 @@ mod tests {
                    "metadata": {"name": "builder", "namespace": "shop"},
                    "imagePullSecrets": [{"name": "sa-regcred"}]})
         );
+    }
+}
+
+#[cfg(test)]
+mod slim_pod_tests {
+    use super::*;
+    use crate::core::outcome::read_pod;
+
+    #[test]
+    fn a_slimmed_pod_still_reads_as_pulling_its_image_volume() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "prefetch-p-n", "namespace": "ns"},
+            "spec": {
+                "containers": [
+                    {"name": "pull-0", "image": "docker.io/library/nginx:1.27",
+                     "command": ["/prefetch/noop"], "resources": {"limits": {"cpu": "10m"}}},
+                    {"name": "pull-1", "image": "kube-prefetch/noop:dev",
+                     "volumeMounts": [{"name": "artifact-0", "mountPath": "/artifact"}]}
+                ],
+                "volumes": [
+                    {"name": "artifact-0", "image": {"reference": "ghcr.io/org/weights:1"}},
+                    {"name": "noop", "emptyDir": {}}
+                ]
+            }
+        }))
+        .unwrap();
+        slim_pod(&mut pod);
+        let images: Vec<String> = read_pod(&pod, false)
+            .images
+            .into_iter()
+            .map(|(image, _)| image)
+            .collect();
+        assert_eq!(
+            images,
+            ["docker.io/library/nginx:1.27", "ghcr.io/org/weights:1"]
+        );
+        let spec = pod.spec.unwrap();
+        assert_eq!(
+            spec.volumes.unwrap().len(),
+            1,
+            "only the image volume is kept"
+        );
+        assert_eq!(spec.containers[0].command, None);
     }
 }

@@ -11,6 +11,7 @@ use prefetch_common::labels::label_key_error;
 use prefetch_shell::lease::LeaseArgs;
 use prefetch_shell::telemetry::LogFormat;
 
+use crate::core::budget::RegistryBudget;
 use crate::core::fulllist::DEFAULT_NODE_STATUS_MAX_IMAGES;
 use crate::core::taint::{DEFAULT_WARMUP_TAINT, DEFAULT_WARMUP_TIMEOUT, WarmupConfig};
 
@@ -72,6 +73,12 @@ pub struct RunArgs {
     /// listed. 0 turns that off (for kubelets running with -1, no cap).
     #[arg(long, env = "PREFETCH_NODE_STATUS_MAX_IMAGES", default_value_t = DEFAULT_NODE_STATUS_MAX_IMAGES)]
     pub node_status_max_images: u32,
+    /// Pulls a registry host may take per period, across all Prefetches: host=pulls/period
+    /// with the period in s, m, h or d (docker.io=90/6h). Repeat the flag, or separate entries
+    /// with commas in the environment variable. Prefetch pods wait while their registry's
+    /// budget is spent. Unset: no limit.
+    #[arg(long = "registry-budget", env = "PREFETCH_REGISTRY_BUDGET", value_delimiter = ',', value_parser = parse_budget)]
+    pub registry_budgets: Vec<RegistryBudget>,
     /// On SIGTERM/SIGINT, how long writes in flight (pod creations, status and Lease writes)
     /// may take to finish before the process exits anyway. Below the pod's
     /// terminationGracePeriodSeconds (30 s by default), so the kubelet never has to kill it.
@@ -80,6 +87,11 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "PREFETCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+fn parse_budget(s: &str) -> Result<RegistryBudget, String> {
+    s.parse()
+        .map_err(|e: crate::core::budget::BudgetError| e.to_string())
 }
 
 /// A taint key (the syntax of a label key), or empty.

@@ -2,7 +2,7 @@
 //! progress and the ledger, behind one [`Context`] (as kube-rs's controller-rs passes it to
 //! `reconcile` and `error_policy`), and the small helpers every loop uses to read them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,6 +68,11 @@ pub struct Context {
     pub reconcile_all: mpsc::Sender<()>,
     /// Warm and cold starts and pull figures, from the kubelet's Events (`starts.rs`).
     pub starts: Mutex<crate::core::starts_book::StartsBook>,
+    /// `--registry-budget`: pulls each budgeted registry took, for every Prefetch and across
+    /// terms of leadership (`None`: no budget, and no lock taken).
+    pub budgets: Option<Arc<Mutex<crate::core::budget::BudgetLedger>>>,
+    /// Per Prefetch uid: its pairs waiting for a registry's budget, by host (for the metric).
+    pub budget_waits: Mutex<HashMap<String, BTreeMap<String, usize>>>,
 }
 
 pub(crate) use prefetch_shell::locks::lock;

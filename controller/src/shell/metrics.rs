@@ -68,6 +68,31 @@ pub struct Metrics {
     pub watches: WatchMetrics,
     pub gate: GateMetrics,
     pub starts: StartsMetrics,
+    pub budgets: BudgetMetrics,
+}
+
+/// `--registry-budget`: what each budgeted registry has left, and the pairs waiting for it.
+pub struct BudgetMetrics {
+    pub remaining: Family<RegistryLabel, Gauge>,
+    pub waiting: Family<RegistryLabel, Gauge>,
+}
+
+impl BudgetMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let remaining = Family::<RegistryLabel, Gauge>::default();
+        registry.register(
+            "registry_budget_remaining",
+            "Pulls a budgeted registry has left in its period (--registry-budget)",
+            remaining.clone(),
+        );
+        let waiting = Family::<RegistryLabel, Gauge>::default();
+        registry.register(
+            "registry_budget_waiting_pairs",
+            "Node x image pairs waiting for their registry's budget, over every Prefetch",
+            waiting.clone(),
+        );
+        Self { remaining, waiting }
+    }
 }
 
 /// What the reconciles do.
@@ -110,6 +135,7 @@ impl Default for Metrics {
         let watches = WatchMetrics::register(&mut registry);
         let gate = GateMetrics::register(&mut registry);
         let starts = StartsMetrics::register(&mut registry);
+        let budgets = BudgetMetrics::register(&mut registry);
         Self {
             registry,
             rounds,
@@ -118,6 +144,7 @@ impl Default for Metrics {
             watches,
             gate,
             starts,
+            budgets,
         }
     }
 }

@@ -4,9 +4,10 @@
 //! and starts the loops beside it: [`warmer`] (lifts warmup taints), [`gate_loop`] (lifts
 //! scheduling gates), [`records`] (ledger upkeep) and [`starts`] (warm and cold starts
 //! counted from the kubelet's Events). They share a [`context::Context`].
-//! [`events`] records Events, [`leader`] holds the Lease, [`metrics`] serves Prometheus, [`ratelimit`] paces pod
+//! [`budgets`] holds `--registry-budget`'s ledger. [`events`] records Events, [`leader`] holds the Lease, [`metrics`] serves Prometheus, [`ratelimit`] paces pod
 //! creation, [`config`] reads flags, and [`plan_command`] is `prefetch-controller plan`.
 
+pub mod budgets;
 pub mod caches;
 pub mod config;
 pub mod context;

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::budget::BudgetLedger;
 use crate::core::ledger::PullLedger;
 use crate::core::ownership::{Owner, RoundPods, sort_pods};
 use crate::core::plan::{ImagePlan, account_secrets, plan_images_with};
@@ -29,6 +30,7 @@ use crate::core::round::{
 use crate::core::signal::newest_rollout_signal;
 use crate::core::status_patch;
 use crate::core::warmup::{WarmupConfig, open_warming_targets, settled};
+use crate::shell::budgets;
 use crate::shell::caches::{self, Caches, Wakes};
 use crate::shell::context::{Context, WorkloadSnapshot, cached_images, lock};
 use crate::shell::events::{EventPublisher, event_type};
@@ -117,6 +119,7 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
         (None, Some(started)) => lock(&ctx.ended).insert(uid.clone(), started.0),
         _ => lock(&ctx.ended).remove(&uid),
     };
+    budgets::publish_waits(&ctx, &uid, Some(&decision));
     count_round(&ctx, uid, &decision);
     publish_round_events(&ctx, &prefetch, &decision.events).await;
     Ok(Action::requeue(decision.requeue_after))
@@ -124,6 +127,7 @@ pub async fn reconcile(prefetch: Arc<Prefetch>, ctx: Arc<Context>) -> Result<Act
 
 /// Drops what this process remembers of a Prefetch being deleted.
 fn forget(ctx: &Context, uid: &str) {
+    budgets::publish_waits(ctx, uid, None);
     lock(&ctx.rounds).remove(uid);
     lock(&ctx.done_everywhere).remove(uid);
     lock(&ctx.ended).remove(uid);
@@ -172,17 +176,20 @@ fn decide(
         .and_then(|r| r.requested_at.as_ref())
         .map(|t| t.0);
     let signal = newest_rollout_signal(prefetch, snapshot.workloads(), recorded);
-    reconcile_round(&RoundInput {
-        prefetch,
-        plan: &plan,
-        pods: &round_pods.own,
-        busy_nodes: &round_pods.busy_nodes,
-        rollout: signal.as_ref(),
-        memory,
-        now,
-        noop_image: &ctx.noop_image,
-        warmup_taint,
-        warming_open: &warming_open,
+    budgets::decide_within(ctx, now, |allowance| {
+        reconcile_round(&RoundInput {
+            prefetch,
+            plan: &plan,
+            pods: &round_pods.own,
+            busy_nodes: &round_pods.busy_nodes,
+            rollout: signal.as_ref(),
+            memory,
+            now,
+            noop_image: &ctx.noop_image,
+            warmup_taint,
+            warming_open: &warming_open,
+            allowance,
+        })
     })
 }
 
@@ -317,6 +324,7 @@ pub struct Settings {
     pub identity: String,
     pub concurrency: u16,
     pub node_status_max_images: u32,
+    pub budgets: Option<Arc<Mutex<BudgetLedger>>>,
 }
 
 /// Runs the controller until `term` is cancelled (shutdown, or leadership lost), whatever
@@ -426,6 +434,8 @@ fn context(
         warm_wake: wakes.warm,
         reconcile_all: wakes.reconcile_all,
         starts: Mutex::default(),
+        budgets: settings.budgets,
+        budget_waits: Mutex::default(),
     }
 }
 

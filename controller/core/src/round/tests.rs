@@ -97,6 +97,7 @@ struct World {
     busy: BTreeSet<String>,
     rollout: Option<RolloutSignal>,
     warming_open: BTreeSet<String>,
+    allowance: Allowance,
 }
 
 impl World {
@@ -121,6 +122,7 @@ impl World {
             busy: BTreeSet::new(),
             rollout: None,
             warming_open: BTreeSet::new(),
+            allowance: Allowance::default(),
         }
     }
 
@@ -152,6 +154,7 @@ impl World {
             noop_image: "kube-prefetch/controller:dev",
             warmup_taint: Some(WARMING),
             warming_open: &self.warming_open,
+            allowance: self.allowance.clone(),
         }
     }
 
@@ -477,6 +480,116 @@ fn every_rollout_of_a_deployment_clears_the_last_ones_prefetched_at() {
         second.events.first().map(|e| e.reason),
         Some("RolloutSignal")
     );
+}
+
+/// v1.25 is rolled out, and v1.26 follows while v1.25's pods still pull.
+fn superseding_rollouts(world: &mut World) -> (RoundDecision, Vec<Pod>) {
+    nginx_rollout(world, "nginx:1.25", "2026-11-22T10:00:00Z");
+    let first = world.step(&[], None, t("2026-11-22T10:00:00.5Z"));
+    assert_eq!(first.create.len(), 3);
+    world.prefetch.status = Some(first.status.clone());
+    let pulling = all_creating(&first.create, t("2026-11-22T10:00:00.5Z"));
+    nginx_rollout(world, "nginx:1.26", "2026-11-22T10:00:01Z");
+    (first, pulling)
+}
+
+#[test]
+fn pulls_no_workload_wants_any_more_are_dropped_and_the_new_images_start() {
+    let mut world = World::walkthrough();
+    let (first, pulling) = superseding_rollouts(&mut world);
+    let second = world.step(&pulling, first.memory.as_ref(), t("2026-11-22T10:00:01.5Z"));
+    assert_eq!(
+        second.delete,
+        names(&first.create),
+        "v1.25's pulls are not waited for"
+    );
+    let event = second
+        .events
+        .iter()
+        .find(|e| e.reason == "PullsSuperseded")
+        .expect("an event says why");
+    assert!(
+        event.message.contains("nginx:1.25 on 3 node(s)"),
+        "{}",
+        event.message
+    );
+    assert!(
+        second.create.is_empty(),
+        "a node is free only once its pod is gone (one pod per node, same name)"
+    );
+    assert_eq!(second.status.phase, Phase::Running);
+
+    // The pods gone: v1.26 starts on every node at once, and only v1.26.
+    world.prefetch.status = Some(second.status.clone());
+    let third = world.step(&[], second.memory.as_ref(), t("2026-11-22T10:00:02Z"));
+    assert_eq!(third.create.len(), 3);
+    for pod in &third.create {
+        let images: Vec<_> = pod
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .map(|c| c.image.clone().unwrap())
+            .collect();
+        assert_eq!(images, ["docker.io/library/nginx:1.26"]);
+    }
+    // Once v1.26 is pulled, the rollout (owing v1.25 too) is prefetched: v1.25 is wanted by no
+    // target, so it is done.
+    world.prefetch.status = Some(third.status.clone());
+    let pods = all_pulled(&third.create, t("2026-11-22T10:00:02Z"));
+    let done = world.step(&pods, third.memory.as_ref(), t("2026-11-22T10:00:14Z"));
+    let record = done.status.last_rollout.clone().unwrap();
+    assert!(record.prefetched_at.is_some());
+    assert_eq!(done.status.phase, Phase::Succeeded);
+    assert_eq!(counts(&done.status), (3, 3, 0));
+}
+
+#[test]
+fn pulls_still_wanted_go_on() {
+    // A live revision, another workload or spec.images still wants v1.25: here, spec.images.
+    let mut world = World::walkthrough();
+    world.prefetch = prefetch(json!({"images": ["nginx:1.25"]}), None, 1);
+    let (first, pulling) = superseding_rollouts(&mut world);
+    let second = world.step(&pulling, first.memory.as_ref(), t("2026-11-22T10:00:01.5Z"));
+    assert!(second.delete.is_empty(), "{:?}", second.delete);
+    assert!(second.events.iter().all(|e| e.reason != "PullsSuperseded"));
+    assert!(second.create.is_empty(), "the nodes are busy pulling");
+}
+
+#[test]
+fn a_pod_is_superseded_only_when_every_image_it_still_pulls_is_unwanted() {
+    let report = |images: &[(&str, bool)]| PodReport {
+        images: images
+            .iter()
+            .map(|(image, pulled)| {
+                let outcome = pulled.then_some(Outcome::Pulled { image_id: None });
+                (image.to_string(), outcome)
+            })
+            .collect(),
+        finished: false,
+    };
+    let plan = ["b:2".to_string(), "c:1".to_string()];
+    assert_eq!(
+        superseded_pulls(&report(&[("a:1", false)]), &plan),
+        Some(vec!["a:1".to_string()])
+    );
+    assert_eq!(
+        superseded_pulls(&report(&[("b:2", true), ("a:1", false)]), &plan),
+        Some(vec!["a:1".to_string()]),
+        "what it pulled already is not what it still pulls"
+    );
+    assert_eq!(
+        superseded_pulls(&report(&[("a:1", false), ("c:1", false)]), &plan),
+        None,
+        "c:1 is still wanted: the pod goes on"
+    );
+    assert_eq!(
+        superseded_pulls(&report(&[("a:1", true)]), &plan),
+        None,
+        "nothing left to pull"
+    );
+    assert_eq!(superseded_pulls(&report(&[]), &plan), None);
 }
 
 #[test]
@@ -1220,7 +1333,7 @@ fn creations_go_warming_first_within_capacity_past_occupied_and_busy_nodes() {
     let input = world.input(&plan, &[], None, t("2026-11-22T10:00:00Z"));
     let occupied: BTreeSet<String> = ["kind-worker".to_string()].into();
 
-    let first = plan_creations(&input, &Outcomes::new(), &occupied, 1);
+    let first = plan_creations(&input, &Outcomes::new(), &occupied, 1, ZoneSeeds::default());
     assert_eq!(
         names(&first.pods),
         ["prefetch-prefetch-sample-kind-worker9"],
@@ -1230,7 +1343,7 @@ fn creations_go_warming_first_within_capacity_past_occupied_and_busy_nodes() {
     assert!(first.not_built.is_empty());
 
     let warmed = outcomes_of(&[("kind-worker9", NGINX, pulled_pair())]);
-    let next = plan_creations(&input, &warmed, &occupied, 1);
+    let next = plan_creations(&input, &warmed, &occupied, 1, ZoneSeeds::default());
     assert_eq!(
         names(&next.pods),
         ["prefetch-prefetch-sample-kind-worker3"],
@@ -1244,7 +1357,13 @@ fn a_pod_that_cannot_be_built_is_reported() {
     let plan = world.plan();
     world.prefetch.metadata.namespace = None;
     let input = world.input(&plan, &[], None, t("2026-11-22T10:00:00Z"));
-    let creations = plan_creations(&input, &Outcomes::new(), &BTreeSet::new(), 0);
+    let creations = plan_creations(
+        &input,
+        &Outcomes::new(),
+        &BTreeSet::new(),
+        0,
+        ZoneSeeds::default(),
+    );
     assert!(creations.pods.is_empty());
     assert_eq!(
         creations
@@ -1531,4 +1650,163 @@ fn a_condition_keeps_its_transition_time_while_its_status_holds() {
         "complete both times"
     );
     assert_eq!(seen("Degraded"), ("False", t1, Some(2)));
+}
+
+/// The walkthrough with `seed: {per_zone: 1}`: kind-worker and kind-worker2 in zone a,
+/// kind-worker3 in zone b.
+fn zoned_world() -> World {
+    let mut world = World::walkthrough();
+    world.prefetch = prefetch(json!({"seed": {"per_zone": 1}}), None, 1);
+    for node in &mut world.nodes {
+        let zone = match node.metadata.name.as_deref() {
+            Some("kind-worker" | "kind-worker2") => "a",
+            _ => "b",
+        };
+        node.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(crate::plan::ZONE_LABEL.into(), zone.into());
+    }
+    world
+}
+
+fn nodes_of(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .map(|p| p.metadata.annotations.as_ref().unwrap()[NODE_ANNOTATION].clone())
+        .collect()
+}
+
+#[test]
+fn with_seed_one_node_per_zone_pulls_first_then_the_zone_follows() {
+    let world = zoned_world();
+    let t0 = t("2026-11-22T10:00:00Z");
+    let first = world.step(&[], None, t0);
+    assert_eq!(nodes_of(&first.create), ["kind-worker", "kind-worker3"]);
+    assert_eq!(first.status.phase, Phase::Running);
+    let waits: Vec<(&str, &str)> = first
+        .status
+        .waiting
+        .iter()
+        .map(|w| (w.node.as_str(), w.reason.as_str()))
+        .collect();
+    assert_eq!(waits, [("kind-worker2", "ZoneSeed")]);
+
+    // Zone a's seed still pulling: kind-worker2 waits, the round goes on.
+    let creating = all_creating(&first.create, t0);
+    let waiting = world.step(&creating, first.memory.as_ref(), t("2026-11-22T10:00:02Z"));
+    assert!(waiting.create.is_empty());
+    assert_eq!(waiting.status.phase, Phase::Running);
+
+    // The seed pulled it: the zone's other node starts.
+    let pulled = all_pulled(&first.create, t0);
+    let second = world.step(&pulled, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
+    assert_eq!(nodes_of(&second.create), ["kind-worker2"]);
+    let done = world.step(
+        &all_pulled(&second.create, t0),
+        second.memory.as_ref(),
+        t("2026-11-22T10:00:07Z"),
+    );
+    assert_eq!(done.status.phase, Phase::Succeeded);
+    assert_eq!(counts(&done.status), (3, 3, 0));
+}
+
+#[test]
+fn with_seed_a_failed_seed_hands_its_zone_to_another_node() {
+    let world = zoned_world();
+    let t0 = t("2026-11-22T10:00:00Z");
+    let first = world.step(&[], None, t0);
+    let failed = json!({"waiting": {"reason": "ErrImagePull", "message": "registry down"}});
+    let reports: Vec<Pod> = first
+        .create
+        .iter()
+        .map(|p| {
+            let on_worker = nodes_of(std::slice::from_ref(p)) == ["kind-worker"];
+            let state = if on_worker { failed.clone() } else { pulled() };
+            kubelet(p.clone(), t0, &[state])
+        })
+        .collect();
+    let second = world.step(&reports, first.memory.as_ref(), t("2026-11-22T10:00:05Z"));
+    assert_eq!(
+        nodes_of(&second.create),
+        ["kind-worker2"],
+        "kind-worker2 seeds zone a"
+    );
+    let done = world.step(
+        &all_pulled(&second.create, t0),
+        second.memory.as_ref(),
+        t("2026-11-22T10:00:07Z"),
+    );
+    assert_eq!(done.status.phase, Phase::Failed);
+    assert_eq!(counts(&done.status), (3, 2, 1));
+}
+
+#[test]
+fn a_spent_registry_budget_holds_its_pulls_and_says_why() {
+    let mut world = World::walkthrough();
+    world.deployments = vec![deployment(&["nginx:1.27", "ghcr.io/org/app:1"])];
+    let mut ledger = crate::budget::BudgetLedger::new(["docker.io=2/1h".parse().unwrap()]);
+    let t0 = t("2026-11-22T10:00:00Z");
+    world.allowance = ledger.allowance(t0);
+    let first = world.step(&[], None, t0);
+    let images_of = |pod: &Pod| -> Vec<String> {
+        let spec = pod.spec.as_ref().unwrap();
+        spec.containers
+            .iter()
+            .map(|c| c.image.clone().unwrap())
+            .collect()
+    };
+    let nginx = "docker.io/library/nginx:1.27";
+    let app = "ghcr.io/org/app:1";
+    assert_eq!(
+        first.create.iter().map(images_of).collect::<Vec<_>>(),
+        [vec![nginx, app], vec![nginx, app], vec![app]],
+        "two docker.io pulls; ghcr.io has no budget"
+    );
+    assert_eq!(
+        first.allowance.spent,
+        BTreeMap::from([("docker.io".to_string(), 2)])
+    );
+    assert_eq!(first.waiting.len(), 1);
+    assert_eq!(
+        (
+            first.waiting[0].node.as_str(),
+            first.waiting[0].image.as_str(),
+            first.waiting[0].reason.as_str()
+        ),
+        ("kind-worker3", nginx, "RegistryBudget")
+    );
+    assert_eq!(first.status.waiting, first.waiting);
+    assert!(
+        condition(&first.status, "Progressing").message.ends_with(
+            "1 waiting, first docker.io/library/nginx:1.27 on kind-worker3: RegistryBudget"
+        ),
+        "{}",
+        condition(&first.status, "Progressing").message
+    );
+    ledger.spend(&first.allowance, t0);
+
+    // Pulled, and still no budget: the round waits for it, running.
+    world.prefetch.status = Some(first.status.clone());
+    world.allowance = ledger.allowance(t("2026-11-22T10:00:10Z"));
+    let pulled: Vec<Pod> = first
+        .create
+        .iter()
+        .map(|p| {
+            let every = vec![pulled(); p.spec.as_ref().unwrap().containers.len()];
+            kubelet(p.clone(), t0, &every)
+        })
+        .collect();
+    let waiting = world.step(&pulled, first.memory.as_ref(), t("2026-11-22T10:00:10Z"));
+    assert!(waiting.create.is_empty());
+    assert_eq!(waiting.status.phase, Phase::Running);
+
+    // An hour on, a pull is free again: kind-worker3 gets its image.
+    world.prefetch.status = Some(waiting.status.clone());
+    world.allowance = ledger.allowance(t("2026-11-22T11:00:00Z"));
+    let later = world.step(&[], waiting.memory.as_ref(), t("2026-11-22T11:00:00Z"));
+    assert_eq!(
+        later.create.iter().map(images_of).collect::<Vec<_>>(),
+        [vec![nginx]]
+    );
+    assert!(later.waiting.is_empty() && later.status.waiting.is_empty());
 }
