@@ -359,6 +359,7 @@ pub struct PrefetchStatus {
 /// A (node, image) pair whose pull waits.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub struct WaitingPull {
+    /// Node that would pull it.
     pub node: String,
     /// Normalized image reference.
     pub image: String,
