@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use prefetch_tests::binaries::http_get;
+use prefetch_tests::binaries::{http_get, metric_value};
 use prefetch_tests::kubelet::{Pull, emit_pulled, present_message, pulled_message};
 use prefetch_tests::manifests::{
     chart_dir, kubectl_for, kubectl_kustomize, manifests_dir, observability_dir, parse_documents,
@@ -398,6 +398,12 @@ async fn queries_name_only_what_the_binaries_export() {
     .await;
     let controller_text = controller.metrics().await.unwrap();
     let webhook_text = http_get(rig.webhook.ops_addr, "/metrics").await.unwrap().1;
+    // The Prefetch gates rollouts: its one cold start is a gated cold start.
+    let gated = format!(
+        r#"prefetch_controller_gated_cold_starts_total{{prefetch="prefetch-sample",namespace="{}"}}"#,
+        rig.namespace()
+    );
+    assert_eq!(metric_value(&controller_text, &gated), 1.0, "{gated}");
     for result in ["warm", "cold"] {
         assert!(
             controller_text.contains(&format!("result=\"{result}\"")),

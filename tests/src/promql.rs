@@ -161,6 +161,7 @@ pub fn check(query: &str, exported: &Exported) -> Result<Vec<String>, String> {
     let mut checker = Checker {
         exported,
         problems: Vec::new(),
+        unknown_metric: false,
     };
     checker.value(&expr);
     Ok(checker.problems)
@@ -169,6 +170,8 @@ pub fn check(query: &str, exported: &Exported) -> Result<Vec<String>, String> {
 struct Checker<'a> {
     exported: &'a Exported,
     problems: Vec<String>,
+    /// A metric no binary exports was named: its labels are not reported too.
+    unknown_metric: bool,
 }
 
 impl Checker<'_> {
@@ -195,6 +198,7 @@ impl Checker<'_> {
             return Value::Vector(BTreeSet::new());
         };
         if !self.exported.knows(name) {
+            self.unknown_metric = true;
             self.problems
                 .push(format!("{name}: no binary exports this metric"));
             return Value::Vector(BTreeSet::new());
@@ -235,6 +239,9 @@ impl Checker<'_> {
 
     /// Each of `wanted` must be among `present`, for `what`.
     fn require(&mut self, wanted: &[String], present: &BTreeSet<String>, what: &str) {
+        if self.unknown_metric {
+            return;
+        }
         for label in wanted.iter().filter(|l| !present.contains(*l)) {
             self.problems.push(format!(
                 "{what}: label {label} is not on the series it applies to (they have {present:?})"
@@ -436,6 +443,11 @@ p_quoted{text="a \"b\", c"} 1
                 "{query}: {found:?}"
             );
         }
+        // An unknown metric is reported once, not again for each label it lacks.
+        assert_eq!(
+            problems("sum by (namespace) (rate(p_start_total[5m]))").len(),
+            1
+        );
         assert!(check("sum(rate(p_starts_total[5m])", &Exported::default()).is_err());
     }
 
