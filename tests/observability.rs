@@ -20,7 +20,7 @@ use prefetch_tests::binaries::{http_get, metric_value};
 use prefetch_tests::kubelet::{Pull, emit_pulled, present_message, pulled_message};
 use prefetch_tests::manifests::{
     chart_dir, kubectl_for, kubectl_kustomize, manifests_dir, observability_dir, parse_documents,
-    read_yaml,
+    promtool_for, read_yaml, run_tool,
 };
 use prefetch_tests::promql::{Exported, check, from_grafana};
 use prefetch_tests::rollout::{
@@ -247,6 +247,24 @@ fn the_chart_and_the_component_carry_the_files_as_they_are() {
         docs[0].value["spec"] == rules(),
         "the component's PrometheusRule is not manifests/observability/prometheus-rules.yaml: run `make observability`"
     );
+}
+
+/// Prometheus's own check of the rule file (where promtool is installed: Debian's
+/// `prometheus` package has it): the expressions, durations and annotation templates.
+#[test]
+fn promtool_accepts_the_rule_file() {
+    let Some(promtool) = promtool_for("promtool_accepts_the_rule_file") else {
+        return;
+    };
+    let args = [
+        "check",
+        "rules",
+        "manifests/observability/prometheus-rules.yaml",
+    ]
+    .map(String::from);
+    if let Err(stderr) = run_tool(&promtool, &args).unwrap() {
+        panic!("promtool check rules: {stderr}");
+    }
 }
 
 /// An install's kustomization that adds the component, rendered by kubectl.

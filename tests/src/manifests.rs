@@ -261,6 +261,12 @@ pub fn kubectl_for(test: &str) -> Option<PathBuf> {
     )
 }
 
+/// promtool (`PREFETCH_PROMTOOL`, else on PATH), for `test`; None (and a skip message) without
+/// it.
+pub fn promtool_for(test: &str) -> Option<PathBuf> {
+    optional_tool(test, "promtool", "PREFETCH_PROMTOOL", &["--version"])
+}
+
 /// Runs a tool in the workspace root; Ok(stdout) on success, Err(stderr) on failure.
 pub fn run_tool(tool: &Path, args: &[String]) -> anyhow::Result<Result<String, String>> {
     let output = Command::new(tool)
