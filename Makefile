@@ -3,8 +3,11 @@ CARGO ?= cargo
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 CRD := manifests/base/crd/prefetches.cache.techsquad.rocks.yaml
 CHART_CRD := manifests/chart/crds/prefetches.cache.techsquad.rocks.yaml
+OBSERVABILITY := manifests/observability
+# The values that render tests/golden/chart-observability.yaml (tests/src/manifests.rs).
+OBSERVABILITY_SETS := --set tls.source=cert-manager --set grafanaDashboard.enabled=true --set prometheusRule.enabled=true --set prometheusRule.labels.release=kube-prometheus-stack
 
-.PHONY: demo test build images crd chart-golden certs lint fmt bench clean docker-build deploy undeploy
+.PHONY: demo test build images crd chart-golden observability certs lint fmt bench clean docker-build deploy undeploy
 
 ## demo: start the webhook on 127.0.0.1 with throwaway certificates and show its decisions
 demo:
@@ -39,9 +42,23 @@ crd:
 	$(CARGO) run -q -p prefetch-common --bin prefetch-crdgen > $(CRD)
 	cp $(CRD) $(CHART_CRD)
 
-## chart-golden: re-render tests/golden/chart-cert-manager.yaml after a chart change (needs helm)
+## chart-golden: re-render tests/golden/ after a chart change (needs helm)
 chart-golden:
 	helm template kube-prefetch manifests/chart --namespace prefetch-system --set tls.source=cert-manager > tests/golden/chart-cert-manager.yaml
+	helm template kube-prefetch manifests/chart --namespace prefetch-system $(OBSERVABILITY_SETS) --show-only templates/grafana-dashboard.yaml --show-only templates/prometheus-rule.yaml > tests/golden/chart-observability.yaml
+
+## observability: copy the dashboard and the alerts of manifests/observability/ into the chart
+## (files/) and the kustomize component (components/prometheus-rule/); tests/observability.rs
+## fails while a copy differs
+observability:
+	cp $(OBSERVABILITY)/grafana-dashboard.json $(OBSERVABILITY)/prometheus-rules.yaml manifests/chart/files/
+	{ printf '%s\n' \
+		'# Written by `make observability` from manifests/observability/prometheus-rules.yaml.' \
+		'apiVersion: monitoring.coreos.com/v1' 'kind: PrometheusRule' 'metadata:' \
+		'  name: kube-prefetch' '  namespace: prefetch-system' '  labels:' \
+		'    app.kubernetes.io/part-of: kube-prefetch' 'spec:'; \
+	  sed -e '/^#/d' -e 's/^/  /' $(OBSERVABILITY)/prometheus-rules.yaml; \
+	} > manifests/components/prometheus-rule/prometheus-rule.yaml
 
 ## certs: CA and serving certificate into certs/, kustomize inputs into manifests/certs/
 certs:

@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use prefetch_tests::manifests::{
-    Doc, GOLDEN_CHART_SETS, NAMESPACE, RELEASE, by_key, chart_dir, differences,
-    golden_chart_render, helm_for, helm_template_args, kustomization_resources, manifests_dir,
-    parse_documents, read_yaml, run_tool, without_helm_labels,
+    Doc, GOLDEN_CHART_SETS, NAMESPACE, OBSERVABILITY_CHART_SETS, OBSERVABILITY_TEMPLATES, RELEASE,
+    by_key, chart_dir, differences, golden_chart_render, golden_observability_render, helm_for,
+    helm_template_args, kustomization_resources, manifests_dir, observability_dir, parse_documents,
+    read_yaml, run_tool, without_helm_labels,
 };
 use serde_json::{Value, json};
 
@@ -29,6 +30,15 @@ fn values() -> Value {
 
 fn golden() -> Vec<Doc> {
     parse_documents("golden chart render", &read(&golden_chart_render())).unwrap()
+}
+
+/// The golden render of the dashboard ConfigMap and the PrometheusRule, both enabled.
+fn golden_observability() -> Vec<Doc> {
+    parse_documents(
+        "golden observability render",
+        &read(&golden_observability_render()),
+    )
+    .unwrap()
 }
 
 /// What the cert-manager install defines, built from the kustomize sources by hand: the base
@@ -96,7 +106,7 @@ fn the_chart_renders_what_the_kustomize_install_defines() {
 
 #[test]
 fn the_chart_carries_every_object_with_the_helm_labels() {
-    for doc in golden() {
+    for doc in golden().into_iter().chain(golden_observability()) {
         let labels = &doc.value["metadata"]["labels"];
         assert_eq!(
             labels["app.kubernetes.io/managed-by"], "Helm",
@@ -118,6 +128,75 @@ fn the_chart_ships_the_generated_crd() {
         read(&chart_dir().join("crds/prefetches.cache.techsquad.rocks.yaml")),
         read(&manifests_dir().join("base/crd/prefetches.cache.techsquad.rocks.yaml"))
     );
+}
+
+/// The dashboard and the alerts are opt-in: a default install renders neither.
+#[test]
+fn the_chart_renders_no_dashboard_or_alerts_by_default() {
+    let values = values();
+    assert_eq!(values["grafanaDashboard"]["enabled"], false);
+    assert_eq!(values["prometheusRule"]["enabled"], false);
+    let kinds: BTreeSet<String> = golden().into_iter().map(|d| d.kind).collect();
+    assert!(!kinds.contains("ConfigMap"), "{kinds:?}");
+    assert!(!kinds.contains("PrometheusRule"), "{kinds:?}");
+}
+
+/// Enabled, the chart renders the dashboard in a ConfigMap the Grafana sidecar loads (its
+/// label, `grafana_dashboard: "1"` by default) and the alerts in a PrometheusRule carrying the
+/// labels asked for; both hold exactly the files under manifests/observability/.
+#[test]
+fn enabled_the_chart_renders_the_dashboard_and_the_alerts() {
+    let docs = golden_observability();
+    let keys: Vec<(String, String)> = docs.iter().map(Doc::key).collect();
+    assert_eq!(
+        keys,
+        [
+            (
+                "ConfigMap".to_string(),
+                "kube-prefetch-dashboard".to_string()
+            ),
+            ("PrometheusRule".to_string(), "kube-prefetch".to_string()),
+        ]
+    );
+    let values = values();
+    let (config_map, rule) = (&docs[0].value, &docs[1].value);
+    let sidecar_label = values["grafanaDashboard"]["label"].as_str().unwrap();
+    assert_eq!(sidecar_label, "grafana_dashboard");
+    assert_eq!(
+        config_map["metadata"]["labels"][sidecar_label],
+        values["grafanaDashboard"]["labelValue"]
+    );
+    assert_eq!(config_map["metadata"]["labels"][sidecar_label], "1");
+    let dashboard: Value = serde_json::from_str(
+        config_map["data"]["kube-prefetch.json"]
+            .as_str()
+            .expect("the dashboard as a string"),
+    )
+    .expect("the ConfigMap's dashboard is JSON");
+    let source: Value =
+        serde_json::from_str(&read(&observability_dir().join("grafana-dashboard.json"))).unwrap();
+    assert!(
+        dashboard == source,
+        "the ConfigMap's dashboard is not the file's"
+    );
+
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"], "kube-prometheus-stack",
+        "prometheusRule.labels reach the PrometheusRule"
+    );
+    let groups = read_yaml(&observability_dir().join("prometheus-rules.yaml")).unwrap();
+    assert!(
+        rule["spec"] == groups,
+        "the PrometheusRule's spec is not the rule file"
+    );
+    for doc in &docs {
+        assert_eq!(
+            doc.value["metadata"]["namespace"], NAMESPACE,
+            "{}",
+            doc.kind
+        );
+    }
 }
 
 /// values.yaml's defaults are the base's settings, so `helm install` with no values installs
@@ -230,6 +309,23 @@ fn the_golden_render_is_current() {
         rendered == read(&golden_chart_render()),
         "tests/golden/chart-cert-manager.yaml is not what the chart renders: run `make chart-golden`"
     );
+    let rendered = run_tool(&helm, &observability_template_args())
+        .unwrap()
+        .unwrap();
+    assert!(
+        rendered == read(&golden_observability_render()),
+        "tests/golden/chart-observability.yaml is not what the chart renders: run `make chart-golden`"
+    );
+}
+
+/// `helm template` of the golden observability render: [`OBSERVABILITY_CHART_SETS`], showing
+/// only [`OBSERVABILITY_TEMPLATES`].
+fn observability_template_args() -> Vec<String> {
+    let mut args = helm_template_args(NAMESPACE, &OBSERVABILITY_CHART_SETS, &[]);
+    for template in OBSERVABILITY_TEMPLATES {
+        args.extend(["--show-only".to_string(), template.to_string()]);
+    }
+    args
 }
 
 #[test]
@@ -237,8 +333,8 @@ fn the_chart_lints_strict() {
     let Some(helm) = helm_for("the_chart_lints_strict") else {
         return;
     };
-    for source in ["chart", "cert-manager"] {
-        let args = [
+    for (source, observability) in [("chart", false), ("cert-manager", true)] {
+        let mut args: Vec<String> = [
             "lint",
             "--strict",
             "manifests/chart",
@@ -247,9 +343,20 @@ fn the_chart_lints_strict() {
             "--set",
             &format!("tls.source={source}"),
         ]
-        .map(String::from);
+        .map(String::from)
+        .into();
+        if observability {
+            for set in [
+                "grafanaDashboard.enabled=true",
+                "prometheusRule.enabled=true",
+            ] {
+                args.extend(["--set".to_string(), set.to_string()]);
+            }
+        }
         if let Err(stderr) = run_tool(&helm, &args).unwrap() {
-            panic!("helm lint (tls.source={source}): {stderr}");
+            panic!(
+                "helm lint (tls.source={source}, dashboard and alerts {observability}): {stderr}"
+            );
         }
     }
 }
@@ -521,6 +628,57 @@ fn values_reach_the_objects() {
     }
 }
 
+/// The dashboard's and the alerts' values reach their objects: namespaces, the sidecar's
+/// label (a number given with --set too), labels and annotations.
+#[test]
+fn observability_values_reach_the_objects() {
+    let Some(helm) = helm_for("observability_values_reach_the_objects") else {
+        return;
+    };
+    let rendered = helm_template(
+        &helm,
+        NAMESPACE,
+        &[
+            "grafanaDashboard.enabled=true",
+            "grafanaDashboard.namespace=monitoring",
+            "grafanaDashboard.label=dashboards.example.com/load",
+            "grafanaDashboard.labelValue=1",
+            "grafanaDashboard.labels.team=platform",
+            "grafanaDashboard.annotations.grafana_folder=kube-prefetch",
+            "prometheusRule.enabled=true",
+            "prometheusRule.namespace=monitoring",
+            "prometheusRule.labels.release=prometheus",
+        ],
+        &[],
+    )
+    .unwrap();
+    let docs = by_key(&rendered).unwrap();
+    let get = |kind: &str, name: &str| &docs[&(kind.to_string(), name.to_string())].value;
+    let config_map = get("ConfigMap", "kube-prefetch-dashboard");
+    assert_eq!(config_map["metadata"]["namespace"], "monitoring");
+    let labels = &config_map["metadata"]["labels"];
+    assert_eq!(labels["dashboards.example.com/load"], "1");
+    assert_eq!(labels["team"], "platform");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm");
+    assert_eq!(
+        config_map["metadata"]["annotations"],
+        json!({"grafana_folder": "kube-prefetch"})
+    );
+    let rule = get("PrometheusRule", "kube-prefetch");
+    assert_eq!(rule["metadata"]["namespace"], "monitoring");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    // Everything else as without them.
+    let without = helm_template(&helm, NAMESPACE, &[], &[]).unwrap();
+    let extra: BTreeSet<_> = rendered
+        .iter()
+        .map(Doc::key)
+        .collect::<BTreeSet<_>>()
+        .difference(&without.iter().map(Doc::key).collect())
+        .cloned()
+        .collect();
+    assert_eq!(extra.len(), 2, "{extra:?}");
+}
+
 #[test]
 fn warm_nodes_off_drops_the_node_rbac_and_the_policys_node_rule() {
     let Some(helm) = helm_for("warm_nodes_off_drops_the_node_rbac_and_the_policys_node_rule")
@@ -595,6 +753,11 @@ fn bad_values_fail_naming_the_value() {
         (&["controller.warmup.taint=not a key"][..], "taint"),
         (&["controller.warmup.taint="][..], "taint"),
         (&["controller.warmup.timeout=soon"][..], "timeout"),
+        (&["grafanaDashboard.label=not a key"][..], "label"),
+        (
+            &["grafanaDashboard.labelValue=not a value"][..],
+            "labelValue",
+        ),
     ] {
         match helm_template(&helm, NAMESPACE, sets, &[]) {
             Ok(_) => panic!("{sets:?} rendered"),

@@ -6,8 +6,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -17,31 +16,12 @@ use prefetch_tests::fixtures::nginx_deployment;
 use prefetch_tests::kubelet::{
     PULL_SECONDS, PULLED_SIZE, emit_pulled, present_message, pulled_message,
 };
-use prefetch_tests::rollout::create_replica_set;
+use prefetch_tests::rollout::{create_replica_set, create_replica_set_object};
 use prefetch_tests::scenario::{Scenario, controller, eventually, scenario, until_phase};
 use serde_json::json;
 
 const IMAGE: &str = "nginx:1.7.9";
 const NORMALIZED: &str = "docker.io/library/nginx:1.7.9";
-
-/// The Deployment controller's ReplicaSet for `deployment`'s current pods (as
-/// `create_replica_set` names them), controlled by the Deployment.
-async fn create_replica_set_object(s: &Scenario, deployment: &str, pods: &[Pod]) {
-    let owner = pods[0].owner_references()[0].clone();
-    let d = s.deployments.get(deployment).await.unwrap();
-    let replica_set: ReplicaSet = serde_json::from_value(json!({
-        "metadata": {"name": owner.name, "namespace": s.ns, "uid": owner.uid,
-                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
-                         "name": deployment, "uid": d.uid(), "controller": true}]},
-        "spec": {"selector": {"matchLabels": {"app": deployment}},
-                 "template": d.spec.unwrap().template}
-    }))
-    .unwrap();
-    Api::<ReplicaSet>::namespaced(s.cluster.client.clone(), &s.ns)
-        .create(&PostParams::default(), &replica_set)
-        .await
-        .unwrap();
-}
 
 async fn status_of(s: &Scenario) -> Option<PrefetchStatus> {
     s.prefetches.get("prefetch-sample").await.ok()?.status
@@ -121,7 +101,9 @@ async fn starts_are_counted_warm_and_cold_and_pulls_measured() {
     let pods = create_replica_set(&client, &s.ns, "nginx", 2)
         .await
         .unwrap();
-    create_replica_set_object(&s, "nginx", &pods).await;
+    create_replica_set_object(&client, &s.ns, "nginx", &pods)
+        .await
+        .unwrap();
     let other: Deployment = serde_json::from_value(nginx_deployment(
         &s.ns,
         "other",
@@ -136,7 +118,9 @@ async fn starts_are_counted_warm_and_cold_and_pulls_measured() {
     let other_pods = create_replica_set(&client, &s.ns, "other", 1)
         .await
         .unwrap();
-    create_replica_set_object(&s, "other", &other_pods).await;
+    create_replica_set_object(&client, &s.ns, "other", &other_pods)
+        .await
+        .unwrap();
     let container = Some("spec.containers{nginx}");
     emit_pulled(
         &client,

@@ -356,6 +356,55 @@ async fn a_node_whose_pods_never_finish_is_released_at_the_timeout() {
     s.cluster.cleanup().await;
 }
 
+/// A taint the controller cannot remove past the timeout (its node patches denied) shows in
+/// `warming_nodes_past_timeout`, what the alert PrefetchNodeStuckWarming reads, until the
+/// removal goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_the_controller_cannot_release_is_counted_past_its_timeout() {
+    let Some(s) = scenario("warm-stuck", json!({"retry_after": 3600})).await else {
+        return;
+    };
+    let controller = controller(&s, &["--warmup-timeout", "3s"], "controller").await;
+    until_phase(&s, Phase::Succeeded).await;
+    let api = s.cluster.api.as_ref().unwrap();
+    api.inject(
+        Fault {
+            verb: Some("patch"),
+            resource: Some("nodes"),
+            client: Some(CONTROLLER_TOKEN),
+            code: 403,
+        },
+        u32::MAX,
+    );
+    s.rules.set("kind-worker4", Pull::Hang);
+    join(&s, "kind-worker4", json!([warming_taint()])).await;
+    let past_timeout = || async {
+        let text = controller.metrics().await.unwrap_or_default();
+        metric(&text, "prefetch_controller_warming_nodes_past_timeout ")
+    };
+    eventually(
+        Duration::from_secs(20),
+        "the node counted past its timeout",
+        || async { past_timeout().await == "prefetch_controller_warming_nodes_past_timeout 1" },
+    )
+    .await;
+    assert!(warming(&s, "kind-worker4").await, "the patch is denied");
+    api.clear_faults();
+    eventually(
+        Duration::from_secs(60),
+        "the taint lifted once the patch goes through",
+        || async { !warming(&s, "kind-worker4").await },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "no node counted past its timeout",
+        || async { past_timeout().await == "prefetch_controller_warming_nodes_past_timeout 0" },
+    )
+    .await;
+    s.cluster.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_mid_warmup_duplicates_nothing_and_still_releases() {
     let Some(s) = scenario("warm-restart", json!({"retry_after": 3600})).await else {

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod fixtures;
 pub mod kubelet;
 pub mod manifests;
+pub mod promql;
 pub mod rbac;
 pub mod repo;
 pub mod rollout;

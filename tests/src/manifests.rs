@@ -38,6 +38,33 @@ pub fn golden_chart_render() -> PathBuf {
 /// The `--set` that produces [`golden_chart_render`]; `make chart-golden` renders the same.
 pub const GOLDEN_CHART_SETS: [&str; 1] = ["tls.source=cert-manager"];
 
+/// The committed render of the chart's opt-in dashboard ConfigMap and PrometheusRule, enabled
+/// ([`OBSERVABILITY_CHART_SETS`], [`OBSERVABILITY_TEMPLATES`]).
+pub fn golden_observability_render() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/chart-observability.yaml")
+}
+
+/// The `--set` that produces [`golden_observability_render`] (the Makefile's
+/// `OBSERVABILITY_SETS`).
+pub const OBSERVABILITY_CHART_SETS: [&str; 4] = [
+    "tls.source=cert-manager",
+    "grafanaDashboard.enabled=true",
+    "prometheusRule.enabled=true",
+    "prometheusRule.labels.release=kube-prometheus-stack",
+];
+
+/// The templates [`golden_observability_render`] shows (`--show-only`), in its order.
+pub const OBSERVABILITY_TEMPLATES: [&str; 2] = [
+    "templates/grafana-dashboard.yaml",
+    "templates/prometheus-rule.yaml",
+];
+
+/// The observability files of the repository (manifests/observability/), the sources of the
+/// chart's copies (manifests/chart/files/) and of the kustomize component.
+pub fn observability_dir() -> PathBuf {
+    manifests_dir().join("observability")
+}
+
 /// `helm template` of the chart as release [`RELEASE`] into `namespace`, with `--set` values
 /// and `--set-file` files.
 pub fn helm_template_args(namespace: &str, sets: &[&str], set_files: &[String]) -> Vec<String> {
@@ -232,6 +259,12 @@ pub fn kubectl_for(test: &str) -> Option<PathBuf> {
         "PREFETCH_KUBECTL",
         &["version", "--client"],
     )
+}
+
+/// promtool (`PREFETCH_PROMTOOL`, else on PATH), for `test`; None (and a skip message) without
+/// it.
+pub fn promtool_for(test: &str) -> Option<PathBuf> {
+    optional_tool(test, "promtool", "PREFETCH_PROMTOOL", &["--version"])
 }
 
 /// Runs a tool in the workspace root; Ok(stdout) on success, Err(stderr) on failure.

@@ -67,6 +67,35 @@ pub async fn create_replica_set(
     Ok(created)
 }
 
+/// The Deployment controller's ReplicaSet object for `deployment`'s current pods (as
+/// [`create_replica_set`] names them), controlled by the Deployment: what the controller
+/// follows from a pod to its workload when it counts the pod's starts.
+pub async fn create_replica_set_object(
+    client: &Client,
+    namespace: &str,
+    deployment: &str,
+    pods: &[Pod],
+) -> anyhow::Result<()> {
+    let owner = pods
+        .first()
+        .and_then(|p| p.owner_references().first().cloned())
+        .ok_or_else(|| anyhow::anyhow!("no pod with an owner"))?;
+    let d = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get(deployment)
+        .await?;
+    let replica_set: k8s_openapi::api::apps::v1::ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": owner.name, "namespace": namespace, "uid": owner.uid,
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                         "name": deployment, "uid": d.uid(), "controller": true}]},
+        "spec": {"selector": {"matchLabels": {"app": deployment}},
+                 "template": d.spec.map(|s| s.template)}
+    }))?;
+    Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &replica_set)
+        .await?;
+    Ok(())
+}
+
 /// A workload controller object that owns pods: a StatefulSet, a DaemonSet or a Job.
 #[derive(Debug, Clone)]
 pub struct Owner {

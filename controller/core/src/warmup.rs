@@ -231,6 +231,12 @@ pub fn deadline(created: Option<Timestamp>, timeout: Duration) -> Option<Timesta
     created?.checked_add(timeout).ok()
 }
 
+/// Whether a node created at `created` still carries the taint past its deadline: the timeout
+/// should have lifted it, so the taint's removal is failing.
+pub fn past_deadline(created: Option<Timestamp>, timeout: Duration, now: Timestamp) -> bool {
+    deadline(created, timeout).is_some_and(|d| now >= d)
+}
+
 /// The verdict for one warming node: created at `created`, held back for `held`, wanted by
 /// `wishes`.
 pub fn decide(
@@ -253,7 +259,7 @@ pub fn decide(
         }
     }
     let open: Vec<String> = open.into_iter().cloned().collect();
-    if deadline(created, timeout).is_some_and(|d| now >= d) {
+    if past_deadline(created, timeout, now) {
         Verdict::TimedOut {
             missing: open,
             held,

@@ -110,6 +110,7 @@ pub struct WarmupMetrics {
     pub node_warmup: Histogram,
     pub node_warmup_timeouts: Counter,
     pub warming_nodes: Gauge,
+    pub warming_nodes_past_timeout: Gauge,
     pub ledger_pairs: Gauge,
 }
 
@@ -221,6 +222,12 @@ impl WarmupMetrics {
             "Nodes carrying the warmup taint",
             warming_nodes.clone(),
         );
+        let warming_nodes_past_timeout = Gauge::default();
+        registry.register(
+            "warming_nodes_past_timeout",
+            "Nodes still carrying the warmup taint after --warmup-timeout: the controller cannot remove it",
+            warming_nodes_past_timeout.clone(),
+        );
         let ledger_pairs = Gauge::default();
         registry.register(
             "ledger_pairs",
@@ -231,6 +238,7 @@ impl WarmupMetrics {
             node_warmup,
             node_warmup_timeouts,
             warming_nodes,
+            warming_nodes_past_timeout,
             ledger_pairs,
         }
     }
@@ -328,6 +336,7 @@ pub struct RegistryLabel {
 pub struct StartsMetrics {
     pub starts: Family<StartLabels, Counter>,
     pub cold_wait: Family<PrefetchLabels, Histogram>,
+    pub gated_cold: Family<PrefetchLabels, Counter>,
     pub seconds_saved: Family<PrefetchLabels, Counter<f64>>,
     pub pull_duration: Family<RegistryLabel, Histogram>,
     pub pulled_bytes: Family<RegistryLabel, Counter>,
@@ -346,6 +355,7 @@ impl StartsMetrics {
         let metrics = StartsMetrics {
             starts: Family::default(),
             cold_wait: Family::new_with_constructor(pull_buckets),
+            gated_cold: Family::default(),
             seconds_saved: Family::default(),
             pull_duration: Family::new_with_constructor(pull_buckets),
             pulled_bytes: Family::default(),
@@ -359,6 +369,11 @@ impl StartsMetrics {
             "cold_start_wait_seconds",
             "Time cold starts of the selected workloads waited on their pull, queueing included",
             metrics.cold_wait.clone(),
+        );
+        registry.register(
+            "gated_cold_starts",
+            "Cold starts of the selected workloads of Prefetches that gate rollouts (spec.gate_rollouts): pods the rollout gate did not keep from starting before their images",
+            metrics.gated_cold.clone(),
         );
         registry.register(
             "pull_seconds_saved",
@@ -388,7 +403,32 @@ impl StartsMetrics {
             });
         }
         self.cold_wait.remove(prefetch);
+        self.gated_cold.remove(prefetch);
         self.seconds_saved.remove(prefetch);
+    }
+
+    /// Counts a warm start, and the pull time it saved (if a pull of its image was measured).
+    pub fn count_warm(&self, prefetch: &PrefetchLabels, saved: Option<f64>) {
+        self.starts
+            .get_or_create(&StartLabels::of(prefetch, StartResult::Warm))
+            .inc();
+        if let Some(saved) = saved {
+            self.seconds_saved.get_or_create(prefetch).inc_by(saved);
+        }
+    }
+
+    /// Counts a cold start that waited `waited_seconds` on its pull; `gated`: its Prefetch
+    /// gates rollouts, so the gate should have held the pod until its images were on nodes.
+    pub fn count_cold(&self, prefetch: &PrefetchLabels, waited_seconds: f64, gated: bool) {
+        self.starts
+            .get_or_create(&StartLabels::of(prefetch, StartResult::Cold))
+            .inc();
+        self.cold_wait
+            .get_or_create(prefetch)
+            .observe(waited_seconds);
+        if gated {
+            self.gated_cold.get_or_create(prefetch).inc();
+        }
     }
 }
 
@@ -424,6 +464,53 @@ mod tests {
         );
         assert!(
             text.contains("prefetch_controller_gate_releases_total{result=\"timed_out\"} 1"),
+            "{text}"
+        );
+    }
+
+    /// Cold starts of a Prefetch that gates rollouts are counted apart; a Prefetch that is
+    /// gone leaves no series.
+    #[test]
+    fn gated_cold_starts_are_counted_apart_and_forgotten() {
+        let metrics = Metrics::default();
+        let label = |name: &str| PrefetchLabels {
+            prefetch: name.into(),
+            namespace: "shop".into(),
+        };
+        metrics.starts.count_cold(&label("gated"), 12.5, true);
+        metrics.starts.count_cold(&label("plain"), 3.0, false);
+        metrics.starts.count_warm(&label("plain"), Some(4.0));
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"prefetch_controller_gated_cold_starts_total{prefetch="gated",namespace="shop"} 1"#,
+            r#"prefetch_controller_workload_starts_total{prefetch="gated",namespace="shop",result="cold"} 1"#,
+            r#"prefetch_controller_workload_starts_total{prefetch="plain",namespace="shop",result="cold"} 1"#,
+            r#"prefetch_controller_workload_starts_total{prefetch="plain",namespace="shop",result="warm"} 1"#,
+            r#"prefetch_controller_pull_seconds_saved_total{prefetch="plain",namespace="shop"} 4.0"#,
+            r#"prefetch_controller_cold_start_wait_seconds_sum{prefetch="gated",namespace="shop"} 12.5"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        assert!(
+            !text.contains(r#"prefetch_controller_gated_cold_starts_total{prefetch="plain""#),
+            "{text}"
+        );
+        metrics.starts.forget(&label("gated"));
+        let text = metrics.encode().unwrap();
+        assert!(!text.contains(r#"prefetch="gated""#), "{text}");
+    }
+
+    #[test]
+    fn nodes_warming_past_their_timeout_are_exported() {
+        let metrics = Metrics::default();
+        metrics.warmup.warming_nodes_past_timeout.set(2);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l == "prefetch_controller_warming_nodes_past_timeout 2"),
             "{text}"
         );
     }

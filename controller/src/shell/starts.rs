@@ -35,7 +35,7 @@ use crate::core::starts::{OwnerCaches, PodOwnerKind, Start, workload_of_pod};
 use crate::core::starts_book::PrefetchKey;
 use crate::core::workload::{Workload, selects_workload};
 use crate::shell::context::{Context, controller_owner, lock};
-use crate::shell::metrics::{PrefetchLabels, RegistryLabel, StartLabels, StartResult};
+use crate::shell::metrics::{PrefetchLabels, RegistryLabel};
 
 /// At most one status write per Prefetch for its starts in this interval.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -348,27 +348,12 @@ async fn count_for(ctx: &Context, prefetch: &Prefetch, report: &Report) {
     let (pod, node) = (&report.pod, &report.node);
     match &report.pulled {
         Pulled::AlreadyPresent { image } => {
-            metrics
-                .starts
-                .get_or_create(&StartLabels::of(&labels, StartResult::Warm))
-                .inc();
-            if let Some(saved) = counted.saved {
-                metrics
-                    .seconds_saved
-                    .get_or_create(&labels)
-                    .inc_by(saved.as_secs_f64());
-            }
+            metrics.count_warm(&labels, counted.saved.map(|s| s.as_secs_f64()));
             tracing::debug!(prefetch = %key.name, %pod, %node, %image, "warm start");
         }
         Pulled::Pulled { image, waited, .. } => {
-            metrics
-                .starts
-                .get_or_create(&StartLabels::of(&labels, StartResult::Cold))
-                .inc();
-            metrics
-                .cold_wait
-                .get_or_create(&labels)
-                .observe(waited.as_secs_f64());
+            let gated = prefetch.spec.gate_rollouts();
+            metrics.count_cold(&labels, waited.as_secs_f64(), gated);
             tracing::info!(prefetch = %key.name, %pod, %node, %image, ?waited, "cold start: the container waited on a pull");
             if lock(&ctx.starts).cold_event_due(&key.uid, Timestamp::now()) {
                 publish_cold_start(ctx, prefetch, report, image, *waited).await;

@@ -93,6 +93,7 @@ pub async fn run(
         }
     }
     ctx.metrics.warmup.warming_nodes.set(0);
+    ctx.metrics.warmup.warming_nodes_past_timeout.set(0);
 }
 
 /// One look at every warming node; returns how long to sleep at most.
@@ -106,6 +107,17 @@ async fn pass(
     let now = Timestamp::now();
     let warming = warming_nodes(ctx, config);
     ctx.metrics.warmup.warming_nodes.set(warming.len() as i64);
+    let overdue = warming
+        .iter()
+        .filter(|n| {
+            let created = n.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            warmup::past_deadline(created, config.timeout, now)
+        })
+        .count();
+    ctx.metrics
+        .warmup
+        .warming_nodes_past_timeout
+        .set(overdue as i64);
     // The ledger is pruned by `records::upkeep`, for warm nodes and full lists alike.
     state.keep_only(&warming.iter().map(|n| uid(n)).collect());
     if warming.is_empty() {

@@ -211,6 +211,17 @@ fn the_verdicts() {
 }
 
 #[test]
+fn a_node_is_past_its_deadline_from_the_timeout_on() {
+    let created = Some(t("2026-01-01T00:00:00Z"));
+    let timeout = Duration::from_secs(900);
+    assert!(!past_deadline(created, timeout, t("2026-01-01T00:14:59Z")));
+    assert!(past_deadline(created, timeout, t("2026-01-01T00:15:00Z")));
+    assert!(past_deadline(created, timeout, t("2026-01-01T01:00:00Z")));
+    // No creation time: no deadline.
+    assert!(!past_deadline(None, timeout, t("2026-01-01T01:00:00Z")));
+}
+
+#[test]
 fn events_say_what_happened() {
     let warmed = event(&Verdict::Warmed { images: 3 }, KEY, Duration::from_secs(42)).unwrap();
     assert_eq!(
