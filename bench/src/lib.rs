@@ -47,6 +47,29 @@ pub fn pod_pulled(api: &TestApiServer, pod: &Value) -> (String, Vec<String>) {
     (node, images)
 }
 
+/// The workload the controller benchmarks prefetch: namespace `shop`, Deployment `web`
+/// (label `app: web`) running `images`, created in process (no request is counted).
+pub fn create_web(api: &TestApiServer, images: &[&str]) -> anyhow::Result<()> {
+    api.create_direct(
+        "",
+        "v1",
+        "namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+    )?;
+    let containers: Vec<Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+        .collect();
+    api.create_direct("apps", "v1", "deployments", json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": containers}}}
+    }))?;
+    Ok(())
+}
+
 /// The real controller, alone (no leader election), creating at most `creates_per_second`
 /// prefetch pods per second; `extra` flags are added.
 pub async fn start_controller(

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use prefetch_bench::{pod_pulled, start_controller};
+use prefetch_bench::{create_web, pod_pulled, start_controller};
 use prefetch_tests::apiserver::TestApiServer;
 use prefetch_tests::fixtures::TempDir;
 use serde_json::{Value, json};
@@ -116,23 +116,7 @@ async fn run(args: &Args, per_zone: usize) -> anyhow::Result<Run> {
             zone_of.insert(name, zone);
         }
     }
-    api.create_direct(
-        "",
-        "v1",
-        "namespaces",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
-    )?;
-    let containers: Vec<Value> = IMAGES
-        .iter()
-        .enumerate()
-        .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
-        .collect();
-    api.create_direct("apps", "v1", "deployments", json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
-        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": containers}}}
-    }))?;
+    create_web(&api, &IMAGES)?;
     let mut spec =
         json!({"filter_by_labels": {"app": "web"}, "retry_after": 3600, "max_parallel": 1000});
     if per_zone > 0 {

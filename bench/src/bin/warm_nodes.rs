@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use prefetch_bench::{metric, pod_pulled, print_counts, start_controller};
+use prefetch_bench::{create_web, metric, pod_pulled, print_counts, start_controller};
 use prefetch_tests::apiserver::TestApiServer;
 use prefetch_tests::fixtures::TempDir;
 use serde_json::{Value, json};
@@ -108,23 +108,7 @@ async fn run(args: &Args, joining: usize) -> anyhow::Result<()> {
             node(&format!("node-warm-{i:04}"), false, &IMAGES),
         )?;
     }
-    api.create_direct(
-        "",
-        "v1",
-        "namespaces",
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
-    )?;
-    let containers: Vec<Value> = IMAGES
-        .iter()
-        .enumerate()
-        .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
-        .collect();
-    api.create_direct("apps", "v1", "deployments", json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
-        "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
-                 "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": containers}}}
-    }))?;
+    create_web(&api, &IMAGES)?;
     api.create_direct("cache.techsquad.rocks", "v1", "prefetches", json!({
         "apiVersion": "cache.techsquad.rocks/v1", "kind": "Prefetch",
         "metadata": {"name": "web", "namespace": "shop"},
