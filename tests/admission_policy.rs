@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 use cel::{Context, Program, Value as Cel};
 use k8s_openapi::api::core::v1::Node;
+use prefetch_common::annotations::{GATED_NAMESPACE_LABEL, GATED_NAMESPACE_VALUE};
+use prefetch_controller::core::gated_namespaces::{apply_body, labelled_selector};
 use prefetch_controller::core::warmup::{DEFAULT_WARMUP_TAINT, lift_patch};
 use prefetch_tests::manifests::{NAMESPACE, kustomization_resources, manifests_dir};
 use serde_json::{Value, json};
@@ -908,4 +910,239 @@ fn the_pod_hook_admits_only_pods_a_workload_controller_made() {
             "{what}: mirror"
         );
     }
+}
+
+// Warm rollouts, admission that unselected pods never pay for (design:
+// docs/src/design.md#warm-rollouts): the controller keeps the gated-rollouts label on the
+// namespaces holding a gating Prefetch; on a Namespace it may set that label to "true" or remove
+// it, and nothing else.
+
+/// A namespace as stored: the server's own label, a team's labels and annotations, the
+/// kubernetes finalizer.
+fn stored_namespace() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {
+            "name": "team-a", "uid": "ns-1", "resourceVersion": "9",
+            "creationTimestamp": "2026-11-22T10:00:00Z",
+            "labels": {"kubernetes.io/metadata.name": "team-a", "team": "a",
+                       "pod-security.kubernetes.io/enforce": "restricted"},
+            "annotations": {"owner": "platform"},
+            "managedFields": [{"manager": "kubectl", "operation": "Update"}]
+        },
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"}
+    })
+}
+
+/// What the API server hands admission after the controller's server-side apply
+/// (`gated_namespaces::apply_body`): its labels merged in, or ours removed, and managedFields
+/// updated by the server.
+fn after_the_controllers_apply(namespace: &Value, label: bool) -> Value {
+    let name = namespace["metadata"]["name"].as_str().unwrap();
+    let uid = namespace["metadata"]["uid"].as_str().unwrap();
+    let body = apply_body(name, uid, label);
+    let mut new = namespace.clone();
+    let labels = new["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .entry("labels")
+        .or_insert_with(|| json!({}));
+    match body["metadata"]["labels"].as_object() {
+        Some(applied) => {
+            for (k, v) in applied {
+                labels[k] = v.clone();
+            }
+        }
+        None => {
+            labels
+                .as_object_mut()
+                .unwrap()
+                .remove(GATED_NAMESPACE_LABEL);
+        }
+    }
+    new["metadata"]["managedFields"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"manager": "prefetch-controller", "operation": "Apply"}));
+    new
+}
+
+fn namespace_update(policy: &Policy, old: &Value, new: &Value) -> Verdict {
+    policy.review_on("namespaces", CONTROLLER, "UPDATE", old, new)
+}
+
+#[test]
+fn the_controllers_namespace_label_is_allowed() {
+    let policy = load(&policy_document());
+    let old = stored_namespace();
+    let labelled = after_the_controllers_apply(&old, true);
+    assert_eq!(
+        labelled["metadata"]["labels"][GATED_NAMESPACE_LABEL],
+        "true"
+    );
+    assert_eq!(namespace_update(&policy, &old, &labelled), Verdict::Allowed);
+    let unlabelled = after_the_controllers_apply(&labelled, false);
+    assert!(unlabelled["metadata"]["labels"][GATED_NAMESPACE_LABEL].is_null());
+    assert_eq!(
+        namespace_update(&policy, &labelled, &unlabelled),
+        Verdict::Allowed
+    );
+    // A value another manager set is taken over (the apply is forced).
+    let other_value = edited(&old, |n| {
+        n["metadata"]["labels"][GATED_NAMESPACE_LABEL] = json!("false")
+    });
+    assert_eq!(
+        namespace_update(
+            &policy,
+            &other_value,
+            &after_the_controllers_apply(&other_value, true)
+        ),
+        Verdict::Allowed
+    );
+    // A namespace with no labels at all, and no spec.
+    let bare = json!({"metadata": {"name": "n", "uid": "u", "managedFields": []}});
+    assert_eq!(
+        namespace_update(&policy, &bare, &after_the_controllers_apply(&bare, true)),
+        Verdict::Allowed
+    );
+    // An apply that changes nothing is no harm either.
+    assert_eq!(namespace_update(&policy, &old, &old), Verdict::Allowed);
+}
+
+#[test]
+fn any_other_namespace_change_by_the_controller_is_denied() {
+    let policy = load(&policy_document());
+    let old = stored_namespace();
+    let labels = "only by setting cache.techsquad.rocks/gated-rollouts=true or removing it";
+    let rest = "may not change the annotations, finalizers, owners or spec of a Namespace";
+    type Edit = fn(&mut Value);
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "another label added",
+            |n| n["metadata"]["labels"]["gpu"] = json!("true"),
+            labels,
+        ),
+        (
+            "another label changed",
+            |n| n["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = json!("privileged"),
+            labels,
+        ),
+        (
+            "another label removed",
+            |n| {
+                n["metadata"]["labels"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("team");
+            },
+            labels,
+        ),
+        (
+            "our label set to false",
+            |n| n["metadata"]["labels"][GATED_NAMESPACE_LABEL] = json!("false"),
+            labels,
+        ),
+        (
+            "every label dropped",
+            |n| {
+                n["metadata"].as_object_mut().unwrap().remove("labels");
+            },
+            labels,
+        ),
+        (
+            "annotation added",
+            |n| n["metadata"]["annotations"]["a"] = json!("b"),
+            rest,
+        ),
+        (
+            "annotations dropped",
+            |n| {
+                n["metadata"].as_object_mut().unwrap().remove("annotations");
+            },
+            rest,
+        ),
+        (
+            "finalizer added",
+            |n| n["metadata"]["finalizers"] = json!(["example.com/hold"]),
+            rest,
+        ),
+        (
+            "owner added",
+            |n| {
+                n["metadata"]["ownerReferences"] =
+                    json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "y"}])
+            },
+            rest,
+        ),
+        (
+            "spec finalizers dropped",
+            |n| n["spec"]["finalizers"] = json!([]),
+            rest,
+        ),
+        (
+            "spec dropped",
+            |n| {
+                n.as_object_mut().unwrap().remove("spec");
+            },
+            rest,
+        ),
+    ];
+    for (what, edit, words) in cases {
+        // Each edit rides along with the legitimate label, so only the extra change is at fault.
+        let new = edited(&after_the_controllers_apply(&old, true), edit);
+        match namespace_update(&policy, &old, &new) {
+            Verdict::Denied(m) => assert!(m.iter().any(|m| m.contains(words)), "{what}: {m:?}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    let words = "may not create or delete Namespaces";
+    denied_with(
+        policy.review_on("namespaces", CONTROLLER, "CREATE", &Value::Null, &old),
+        words,
+    );
+    denied_with(
+        policy.review_on("namespaces", CONTROLLER, "DELETE", &old, &Value::Null),
+        words,
+    );
+}
+
+#[test]
+fn nobody_else_is_matched_on_namespaces() {
+    let policy = load(&policy_document());
+    let old = stored_namespace();
+    let relabelled = edited(&old, |n| n["metadata"]["labels"]["gpu"] = json!("true"));
+    for user in [
+        "system:serviceaccount:kube-system:namespace-controller",
+        "system:serviceaccount:prefetch-system:prefetch-webhook",
+        "kubernetes-admin",
+    ] {
+        assert_eq!(
+            policy.review_on("namespaces", user, "UPDATE", &old, &relabelled),
+            Verdict::NotMatched,
+            "{user}"
+        );
+    }
+}
+
+#[test]
+fn the_pod_hook_sees_only_the_namespaces_the_controller_labels() {
+    let hook = hook_at("/mutate/pod", "pods");
+    let selector = &hook["namespaceSelector"];
+    assert_eq!(
+        selector["matchLabels"],
+        json!({GATED_NAMESPACE_LABEL: GATED_NAMESPACE_VALUE}),
+        "the label the controller writes"
+    );
+    assert_eq!(
+        labelled_selector(),
+        format!("{GATED_NAMESPACE_LABEL}={GATED_NAMESPACE_VALUE}"),
+        "the controller watches what the hook selects"
+    );
+    // The excluded namespaces still are, as for the signal hooks.
+    let signal = hook_at("/mutate/deployment", "deployments");
+    assert_eq!(
+        selector["matchExpressions"],
+        signal["namespaceSelector"]["matchExpressions"]
+    );
 }

@@ -758,3 +758,83 @@ async fn merge_patch_and_server_side_apply_of_a_status() {
     }
     c.cleanup().await;
 }
+
+/// Server-side apply of a Namespace's label, as the controller keeps the gated-rollouts label
+/// (`controller/core/src/gated_namespaces.rs`): the label applied, then removed by an apply
+/// that leaves it out; labels of other managers kept; a uid in the apply configuration makes
+/// the apply of a namespace that does not exist a 409, never a create; and every namespace
+/// carries `kubernetes.io/metadata.name`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_of_a_namespace_label() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let c = TestCluster::start("ns-apply").await.unwrap();
+    let namespaces: Api<Namespace> = Api::all(c.client.clone());
+    let name = format!("{}-labelled", c.namespace);
+    let created = namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": name, "labels": {"team": "a", "gated": "true"}}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let uid = created.uid().unwrap();
+    let labels = |n: &Namespace| n.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels(&created)["kubernetes.io/metadata.name"], name);
+    let ours = "example.com/ours";
+    let apply = |with: bool, uid: &str| {
+        let mut metadata = json!({"name": name, "uid": uid});
+        if with {
+            metadata["labels"] = json!({ours: "true"});
+        }
+        Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}))
+    };
+    let ctl = PatchParams::apply("ctl").force();
+    let labelled = namespaces
+        .patch(&name, &ctl, &apply(true, &uid))
+        .await
+        .unwrap();
+    assert_eq!(labels(&labelled)[ours], "true");
+    assert_eq!(
+        labels(&labelled)["team"],
+        "a",
+        "another manager's label stays"
+    );
+    let unlabelled = namespaces
+        .patch(&name, &PatchParams::apply("ctl"), &apply(false, &uid))
+        .await
+        .unwrap();
+    assert!(!labels(&unlabelled).contains_key(ours), "left out: removed");
+    assert_eq!(labels(&unlabelled)["team"], "a");
+    assert_eq!(labels(&unlabelled)["kubernetes.io/metadata.name"], name);
+    // A label a manager never applied is not its to remove: an apply without it leaves it.
+    let kept = namespaces
+        .patch(&name, &PatchParams::apply("other"), &apply(false, &uid))
+        .await
+        .unwrap();
+    assert_eq!(labels(&kept)["gated"], "true");
+    // A uid that names no object: 409, and nothing created.
+    let gone = format!("{}-gone", c.namespace);
+    let body = Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": gone, "uid": "00000000-0000-4000-8000-00000000dead", "labels": {ours: "true"}}}));
+    let err = namespaces.patch(&gone, &ctl, &body).await.unwrap_err();
+    assert_eq!(api_code(err), (409, "Conflict".into()));
+    assert!(namespaces.get_opt(&gone).await.unwrap().is_none());
+    // Another object's uid: refused too, and the label not written.
+    let wrong = namespaces
+        .patch(
+            &name,
+            &ctl,
+            &apply(true, "00000000-0000-4000-8000-00000000beef"),
+        )
+        .await;
+    assert!(wrong.is_err(), "{wrong:?}");
+    let now = namespaces.get(&name).await.unwrap();
+    assert!(!labels(&now).contains_key(ours));
+    if c.is_real() {
+        let _ = namespaces.delete(&name, &Default::default()).await;
+    }
+    c.cleanup().await;
+}

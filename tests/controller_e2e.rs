@@ -527,6 +527,10 @@ async fn the_manifests_grant_exactly_what_the_controller_calls() {
             ("events.k8s.io", "events", "patch"),
             // Only when a gated pod is released (tests/gate_e2e.rs checks that call).
             ("", "pods", "patch"),
+            // Only with a Prefetch that gates rollouts (tests/gated_namespaces_e2e.rs checks
+            // these calls).
+            ("", "namespaces", "get"),
+            ("", "namespaces", "patch"),
         ],
     );
 }

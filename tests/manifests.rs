@@ -11,6 +11,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
+use prefetch_common::annotations::{GATED_NAMESPACE_LABEL, GATED_NAMESPACE_VALUE};
 use prefetch_tests::manifests::{
     NAMESPACE, kubectl_for, kubectl_kustomize, kustomization_resources, manifests_dir,
     parse_documents, read_yaml,
@@ -200,14 +201,29 @@ fn webhook_configurations_reach_the_webhook_as_designed() {
             .map(String::from)
             .into()
     );
-    // The rollout gate: fail-open, 2 s, the same exclusions, pod CREATE only, and only pods a
+    // The rollout gate: fail-open, 2 s, the same exclusions, only the namespaces the
+    // controller labels (those holding a gating Prefetch), pod CREATE only, and only pods a
     // workload controller made.
     let (policy, timeout, pod_hook) = &paths[MUTATE_POD];
     assert_eq!((policy.as_deref(), *timeout), (Some("Ignore"), Some(2)));
     assert_eq!(pod_hook.side_effects, "None");
+    let pod_selector = pod_hook.namespace_selector.clone().unwrap_or_default();
     assert_eq!(
-        pod_hook.namespace_selector,
-        deployment_hook.namespace_selector
+        pod_selector.match_expressions,
+        deployment_hook
+            .namespace_selector
+            .as_ref()
+            .and_then(|s| s.match_expressions.clone())
+    );
+    assert_eq!(
+        pod_selector.match_labels,
+        Some(
+            [(
+                GATED_NAMESPACE_LABEL.to_string(),
+                GATED_NAMESPACE_VALUE.to_string()
+            )]
+            .into()
+        )
     );
     let rules = pod_hook.rules.clone().unwrap_or_default();
     assert_eq!(rules.len(), 1);

@@ -32,6 +32,11 @@ pub const GATED_UNTIL_ANNOTATION: &str = "cache.techsquad.rocks/gated-until";
 /// release waits for that signal's round, not an earlier one (and not for a `gated-until`
 /// less `gate_timeout`, which a changed `gate_timeout` would move).
 pub const GATED_FOR_ANNOTATION: &str = "cache.techsquad.rocks/gated-for";
+/// Label the controller keeps on exactly the namespaces that hold a Prefetch with
+/// `gate_rollouts`, value `"true"`: the pod hook's namespaceSelector matches it, so the pods of
+/// every other namespace never reach the webhook (design: docs/src/design.md#warm-rollouts).
+pub const GATED_NAMESPACE_LABEL: &str = "cache.techsquad.rocks/gated-rollouts";
+pub const GATED_NAMESPACE_VALUE: &str = "true";
 /// Label the Deployment controller puts on a ReplicaSet's pods; the ReplicaSet is named
 /// `<deployment>-<this value>`.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";

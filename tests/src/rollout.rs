@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
@@ -559,6 +560,33 @@ pub fn owned_by_a_workload_controller(pod: &Value) -> bool {
         })
 }
 
+/// The `namespaceSelector` of the install's mutating hook at `path` for `resource` (the base
+/// manifests), for the test API server to evaluate as kube-apiserver does.
+pub fn install_namespace_selector(
+    path: &str,
+    resource: &str,
+) -> anyhow::Result<crate::apiserver::LabelSelector> {
+    let docs =
+        crate::manifests::kustomization_resources(&crate::manifests::manifests_dir().join("base"))?;
+    let hooks = docs
+        .iter()
+        .find(|d| d.kind == "MutatingWebhookConfiguration")
+        .context("no MutatingWebhookConfiguration in the base")?;
+    let hook = hooks.value["webhooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| {
+            h["clientConfig"]["service"]["path"] == path
+                && h["rules"][0]["resources"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&json!(resource)))
+        })
+        .with_context(|| format!("no hook at {path} for {resource}"))?;
+    crate::apiserver::LabelSelector::from_json(&hook["namespaceSelector"])
+        .map_err(|e| anyhow::anyhow!("{path}: {e}"))
+}
+
 impl GateRig {
     /// `None` (after saying why) against a real cluster: the rig plays scheduler and kubelets.
     pub async fn start(test: &str, options: RigOptions) -> anyhow::Result<Option<Self>> {
@@ -604,9 +632,6 @@ impl GateRig {
                 Protocol::Http1,
             )?))
         };
-        let excluded: Vec<String> = ["kube-system", "kube-node-lease", "prefetch-system"]
-            .map(String::from)
-            .to_vec();
         api.register_mutating_webhook(MutatingWebhook {
             name: "deployments.prefetch.cache.techsquad.rocks".into(),
             group: "apps",
@@ -616,7 +641,7 @@ impl GateRig {
             path: "/mutate/deployment".into(),
             timeout: Duration::from_secs(2),
             ignore_failures: true,
-            excluded_namespaces: excluded.clone(),
+            namespace_selector: install_namespace_selector("/mutate/deployment", "deployments")?,
             match_condition: None,
         });
         for (group, plural) in [
@@ -633,7 +658,7 @@ impl GateRig {
                 path: "/mutate/workload".into(),
                 timeout: Duration::from_secs(2),
                 ignore_failures: true,
-                excluded_namespaces: excluded.clone(),
+                namespace_selector: install_namespace_selector("/mutate/workload", plural)?,
                 match_condition: None,
             });
         }
@@ -653,7 +678,7 @@ impl GateRig {
             path: "/mutate/pod".into(),
             timeout: Duration::from_secs(2),
             ignore_failures: true,
-            excluded_namespaces: excluded,
+            namespace_selector: install_namespace_selector("/mutate/pod", "pods")?,
             match_condition: Some(Arc::new(owned_by_a_workload_controller)),
         });
 
@@ -732,6 +757,9 @@ impl GateRig {
         .await;
         // The webhook must see the Prefetch, and, to gate, a leading controller.
         rig.until_webhook(|w| w.contains("prefetch_webhook_watched_prefetches 1"))
+            .await?;
+        // The pod hook sees the namespace's pods once the controller has labelled it.
+        crate::scenario::until_namespace_labelled(&rig.client(), rig.namespace(), rig.options.gate)
             .await?;
         Ok(Some(rig))
     }

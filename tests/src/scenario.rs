@@ -72,6 +72,40 @@ pub async fn wait_for_status(
     }
 }
 
+/// Whether the namespace carries the gated-rollouts label the controller keeps on the
+/// namespaces holding a gating Prefetch (the pod hook's namespaceSelector matches it).
+pub async fn namespace_labelled(client: &kube::Client, namespace: &str) -> anyhow::Result<bool> {
+    let ns = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .get(namespace)
+        .await?;
+    Ok(ns
+        .metadata
+        .labels
+        .and_then(|l| {
+            l.get(prefetch_common::annotations::GATED_NAMESPACE_LABEL)
+                .cloned()
+        })
+        .is_some_and(|v| v == prefetch_common::annotations::GATED_NAMESPACE_VALUE))
+}
+
+/// Waits (up to 20 s) until the namespace carries the gated-rollouts label (`labelled`) or
+/// does not.
+pub async fn until_namespace_labelled(
+    client: &kube::Client,
+    namespace: &str,
+    labelled: bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while namespace_labelled(client, namespace).await? != labelled {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "namespace {namespace}: the gated-rollouts label never became {labelled}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 /// Whether `node` lists `image` (a reference as the kubelet reports it) in `status.images`.
 pub async fn node_lists(nodes: &Api<Node>, node: &str, image: &str) -> bool {
     let node = nodes.get(node).await.expect("the node");

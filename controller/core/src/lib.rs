@@ -9,9 +9,9 @@
 //! [`plan`] (nodes x images still to pull); [`ledger`] and [`fulllist`] (outcomes remembered
 //! beyond a round); [`round`] (one reconcile: pods to create and delete, the status);
 //! [`seed`] (which nodes of a zone pull an image first); [`budget`] (pulls per registry host
-//! and period); [`warmup`] (when a warming node's
-//! taint comes off); [`gate`] (when a gated pod is
-//! released); [`status_patch`] (how a status is written so the server holds exactly it);
+//! and period); [`warmup`] (when a warming node's taint comes off); [`gate`] (when a gated pod
+//! is released); [`gated_namespaces`] (which namespaces the pod hook sees); [`status_patch`]
+//! (how a status is written so the server holds exactly it);
 //! [`severity`] (which events warn). [`kubelet_events`] reads what the kubelet's `Pulled`
 //! Events say of a start, and [`starts`] attributes starts to workloads and keeps the warm
 //! share and pull times.
@@ -20,6 +20,7 @@ pub mod budget;
 pub mod eligibility;
 pub mod fulllist;
 pub mod gate;
+pub mod gated_namespaces;
 pub mod image_volume;
 pub mod kubelet_events;
 pub mod ledger;

@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::{
     ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::runtime::Controller;
 use kube::runtime::reflector::store::WriterDropped;
@@ -29,11 +29,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::eligibility::{PLANNING_CONDITIONS, has_disk_pressure, is_ready};
+use crate::core::gated_namespaces::labelled_selector;
 use crate::core::plan::{node_images, selects_deployment};
 use crate::core::revisions::{for_pulls, revision_pod_spec};
 use crate::core::workload::{Workload, selects_workload};
 use crate::shell::context::controller_owner;
 use crate::shell::gate_loop::{gated_pods_selector, slim_gated_pod};
+use crate::shell::namespaces::slim_namespace;
 use crate::shell::records::cached_listed;
 
 /// The stores the reconciles and the loops beside them read.
@@ -52,6 +54,8 @@ pub struct Caches {
     pub prefetches: Store<Prefetch>,
     /// Pods held by our scheduling gate (the gated-by label), for the gate loop.
     pub gated_pods: Store<Pod>,
+    /// Namespaces carrying the gated-rollouts label, for the namespace loop.
+    pub gated_namespaces: Store<Namespace>,
 }
 
 /// The changes that trigger reconciles, for [`controller`].
@@ -77,6 +81,8 @@ pub struct Wakes {
     pub gate: Arc<Notify>,
     /// Reconciles every Prefetch, as a node change does.
     pub reconcile_all: mpsc::Sender<()>,
+    /// A Prefetch or a labelled namespace changed (the namespace loop).
+    pub namespaces: Arc<Notify>,
 }
 
 /// Starts every watch of this term of leadership; they run until `stop`.
@@ -106,8 +112,20 @@ pub fn start(
         watch.triggering("serviceaccounts", all(), slim_service_account, true);
     let managed = all().labels(&managed_pods_selector());
     let (pods, pod_rx) = watch.triggering("pods", managed, slim_pod, true);
-    let (prefetches, prefetch_rx) = watch.triggering("prefetches", all(), |_| {}, false);
+    let namespaces_wake = Arc::new(Notify::new());
+    let (prefetch_tx, prefetch_rx) = mpsc::unbounded_channel();
+    let wake = namespaces_wake.clone();
+    let prefetches = watch.cache(
+        "prefetches",
+        all(),
+        |_| {},
+        move |event| {
+            forward(event, &prefetch_tx, false);
+            wake.notify_one();
+        },
+    );
     let (gated_pods, gate) = watch.gated_pods();
+    let gated_namespaces = watch.gated_namespaces(&namespaces_wake);
     let caches = Caches {
         nodes,
         deployments,
@@ -121,6 +139,7 @@ pub fn start(
         pods,
         prefetches,
         gated_pods,
+        gated_namespaces,
     };
     let triggers = Triggers {
         prefetches: prefetch_rx,
@@ -138,6 +157,7 @@ pub fn start(
         warm,
         gate,
         reconcile_all,
+        namespaces: namespaces_wake,
     };
     (caches, triggers, wakes)
 }
@@ -305,6 +325,20 @@ impl Watcher<'_> {
             },
         );
         (gated_pods, gate_wake)
+    }
+}
+
+impl Watcher<'_> {
+    /// The cache of namespaces carrying the gated-rollouts label; a change wakes the
+    /// namespace loop.
+    fn gated_namespaces(&self, wake: &Arc<Notify>) -> Store<Namespace> {
+        let wake = wake.clone();
+        self.cache(
+            "gated-namespaces",
+            watcher::Config::default().labels(&labelled_selector()),
+            slim_namespace,
+            move |_| wake.notify_one(),
+        )
     }
 }
 

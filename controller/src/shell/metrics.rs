@@ -119,6 +119,9 @@ pub struct GateMetrics {
     pub gated_pods: Gauge,
     pub rollout_gate: Histogram,
     pub gate_releases: Family<ReleaseLabel, Counter>,
+    /// Namespaces carrying the gated-rollouts label (the namespace loop).
+    pub gated_namespaces: Gauge,
+    pub namespace_label_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -266,10 +269,24 @@ impl GateMetrics {
             "Gated pods released, by reason (prefetched, node_prefetched, timed_out, prefetch_removed, gate_disabled)",
             gate_releases.clone(),
         );
+        let gated_namespaces = Gauge::default();
+        registry.register(
+            "gated_namespaces",
+            "Namespaces carrying the gated-rollouts label, whose workload pods reach the pod hook",
+            gated_namespaces.clone(),
+        );
+        let namespace_label_errors = Counter::default();
+        registry.register(
+            "namespace_label_errors",
+            "Failed writes of the gated-rollouts namespace label (retried)",
+            namespace_label_errors.clone(),
+        );
         Self {
             gated_pods,
             rollout_gate,
             gate_releases,
+            gated_namespaces,
+            namespace_label_errors,
         }
     }
 }

@@ -363,11 +363,14 @@ pub async fn run(
     let concurrency = settings.concurrency;
     let warmup = settings.warmup.clone();
     let gate_wake = wakes.gate.clone();
+    let labels = (caches.gated_namespaces.clone(), wakes.namespaces.clone());
     let ctx = Arc::new(context(client, caches, wakes, metrics.clone(), settings));
     // Starts are counted once the caches that attribute them have synced; their counts reach
     // the status through the rounds the count asks for.
     let starts_rounds = starts::spawn(ctx.clone(), prefetches.clone(), events, stop.clone());
-    let loops = Loops::spawn(&ctx, warmup, prefetches, gated_pods, gate_wake, &stop);
+    let loops = Loops::spawn(
+        &ctx, warmup, prefetches, gated_pods, gate_wake, labels, &stop,
+    );
     controller
         .reconcile_on(starts_rounds)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
@@ -443,6 +446,7 @@ fn context(
 struct Loops {
     warm: Option<JoinHandle<()>>,
     gate: JoinHandle<()>,
+    namespaces: JoinHandle<()>,
 }
 
 impl Loops {
@@ -452,6 +456,7 @@ impl Loops {
         prefetches: Store<Prefetch>,
         gated_pods: Store<Pod>,
         gate_wake: Arc<Notify>,
+        (namespaces, namespaces_wake): (Store<k8s_openapi::api::core::v1::Namespace>, Arc<Notify>),
         stop: &CancellationToken,
     ) -> Self {
         let warm = warmup.map(|config| {
@@ -467,6 +472,13 @@ impl Loops {
             prefetches.clone(),
             stop.clone(),
         ));
+        let labels = tokio::spawn(crate::shell::namespaces::run(
+            ctx.clone(),
+            prefetches.clone(),
+            namespaces,
+            namespaces_wake,
+            stop.clone(),
+        ));
         let gate = tokio::spawn(crate::shell::gate_loop::run(
             ctx.clone(),
             prefetches,
@@ -474,11 +486,21 @@ impl Loops {
             gate_wake,
             stop.clone(),
         ));
-        Self { warm, gate }
+        Self {
+            warm,
+            gate,
+            namespaces: labels,
+        }
     }
 
     /// Lets a taint removal or gate release in progress finish (bounded); `stop` was cancelled.
     async fn finish(self) {
+        if tokio::time::timeout(Duration::from_secs(5), self.namespaces)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the namespace loop did not stop within 5 s");
+        }
         if tokio::time::timeout(Duration::from_secs(5), self.gate)
             .await
             .is_err()

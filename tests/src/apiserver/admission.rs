@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
 use super::resources::ResourceType;
+use super::selector::LabelSelector;
 use crate::tls_client::PinnedClient;
 
 /// A `matchConditions` rule, as a predicate on the object (the install's CEL, mirrored).
@@ -33,33 +34,47 @@ pub struct MutatingWebhook {
     pub timeout: Duration,
     /// `failurePolicy: Ignore`.
     pub ignore_failures: bool,
-    /// Namespaces the namespaceSelector excludes.
-    pub excluded_namespaces: Vec<String>,
+    /// The `namespaceSelector`, matched against the labels of the request's namespace (the
+    /// empty selector matches every namespace).
+    pub namespace_selector: LabelSelector,
     pub match_condition: Option<MatchCondition>,
 }
 
 impl MutatingWebhook {
-    fn applies(&self, rt: ResourceType, operation: &str, namespace: &str, object: &Value) -> bool {
+    /// As kube-apiserver matches a webhook (k8s staging/src/k8s.io/apiserver/pkg/admission/
+    /// plugin/webhook/predicates/namespace/matcher.go): the rules, then the namespaceSelector
+    /// on the labels of the object's namespace (`namespace_labels`; a cluster-scoped object
+    /// other than a Namespace always matches), then the matchConditions.
+    fn applies(
+        &self,
+        rt: ResourceType,
+        operation: &str,
+        namespace_labels: Option<&Map<String, Value>>,
+        object: &Value,
+    ) -> bool {
         rt.group == self.group
             && rt.plural == self.plural
             && self.operations.contains(&operation)
-            && !self.excluded_namespaces.iter().any(|n| n == namespace)
+            && (!rt.namespaced || self.namespace_selector.matches(namespace_labels))
             && self.match_condition.as_ref().is_none_or(|m| m(object))
     }
 }
 
-/// Runs every applicable webhook in order; returns the object to store.
+/// Runs every applicable webhook in order; returns the object to store. `namespace_labels` are
+/// the labels of the request's namespace, as the API server's namespace cache holds them.
+#[allow(clippy::too_many_arguments)]
 pub async fn admit(
     hooks: &[MutatingWebhook],
     rt: ResourceType,
     operation: &str,
     namespace: &str,
+    namespace_labels: Option<&Map<String, Value>>,
     mut object: Value,
     old: Option<&Value>,
     user: &str,
 ) -> Result<Value, ApiError> {
     for hook in hooks {
-        if !hook.applies(rt, operation, namespace, &object) {
+        if !hook.applies(rt, operation, namespace_labels, &object) {
             continue;
         }
         match call(hook, rt, operation, namespace, &object, old, user).await {

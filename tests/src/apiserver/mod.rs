@@ -187,6 +187,33 @@ impl TestApiServer {
             .push(hook);
     }
 
+    /// Unregisters every mutating admission webhook (requests are admitted as without any).
+    pub fn clear_mutating_webhooks(&self) {
+        self.shared
+            .hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Deletes an object in process, as setup that is not part of what is measured (no request
+    /// is counted; dependents are collected as on any delete).
+    pub fn delete_direct(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let rt = resources::lookup(group, version, plural)
+            .ok_or_else(|| anyhow::anyhow!("unknown resource {plural}"))?;
+        self.shared
+            .delete(rt, namespace, name, &Value::Null)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{}", e.body))
+    }
+
     pub fn handle(&self) -> ApiHandle {
         ApiHandle(self.shared.clone())
     }

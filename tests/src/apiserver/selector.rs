@@ -44,6 +44,48 @@ impl LabelSelector {
         Ok(Self(requirements))
     }
 
+    /// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`), as webhooks'
+    /// `namespaceSelector` and `objectSelector` hold it: every term must hold; the empty
+    /// selector matches everything (k8s.io/apimachinery `LabelSelectorAsSelector`).
+    pub fn from_json(selector: &Value) -> Result<Self, String> {
+        let mut requirements = Vec::new();
+        let labels = selector.get("matchLabels").and_then(Value::as_object);
+        for (key, value) in labels.into_iter().flatten() {
+            let value = value
+                .as_str()
+                .ok_or_else(|| format!("matchLabels.{key}: not a string"))?;
+            requirements.push(Requirement::Equals(key.clone(), value.to_string()));
+        }
+        let expressions = selector.get("matchExpressions").and_then(Value::as_array);
+        for expression in expressions.into_iter().flatten() {
+            let key = expression
+                .get("key")
+                .and_then(Value::as_str)
+                .ok_or("matchExpressions: a term without key")?
+                .to_string();
+            let values: Vec<String> = expression
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            let operator = expression.get("operator").and_then(Value::as_str);
+            requirements.push(match operator {
+                Some("In") if !values.is_empty() => Requirement::In(key, values),
+                Some("NotIn") if !values.is_empty() => Requirement::NotIn(key, values),
+                Some("Exists") if values.is_empty() => Requirement::Exists(key),
+                Some("DoesNotExist") if values.is_empty() => Requirement::DoesNotExist(key),
+                other => {
+                    return Err(format!(
+                        "matchExpressions: {key}: operator {other:?} with values {values:?} is not valid"
+                    ));
+                }
+            });
+        }
+        Ok(Self(requirements))
+    }
+
     pub fn matches(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|r| match r {
@@ -162,6 +204,51 @@ mod tests {
             assert!(!LabelSelector::parse(s).unwrap().matches(Some(&l)), "{s}");
         }
         assert!(LabelSelector::parse("app in web").is_err());
+    }
+
+    #[test]
+    fn label_selector_objects() {
+        let l = labels(json!({"kubernetes.io/metadata.name": "team-a", "gated": "true"}));
+        let selector = |v: Value| LabelSelector::from_json(&v).unwrap();
+        let hook = selector(json!({
+            "matchLabels": {"gated": "true"},
+            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                                  "values": ["kube-system"]}]}));
+        assert!(hook.matches(Some(&l)));
+        assert!(!hook.matches(Some(&labels(
+            json!({"kubernetes.io/metadata.name": "team-a"})
+        ))));
+        assert!(!hook.matches(Some(&labels(
+            json!({"kubernetes.io/metadata.name": "kube-system", "gated": "true"})
+        ))));
+        // NotIn holds for a missing key; In does not.
+        assert!(
+            selector(
+                json!({"matchExpressions": [{"key": "x", "operator": "NotIn", "values": ["a"]}]})
+            )
+            .matches(Some(&l))
+        );
+        assert!(
+            !selector(
+                json!({"matchExpressions": [{"key": "x", "operator": "In", "values": ["a"]}]})
+            )
+            .matches(Some(&l))
+        );
+        assert!(
+            selector(json!({"matchExpressions": [{"key": "gated", "operator": "Exists"}]}))
+                .matches(Some(&l))
+        );
+        assert!(
+            selector(json!({"matchExpressions": [{"key": "gated", "operator": "DoesNotExist"}]}))
+                .matches(None)
+        );
+        assert!(selector(json!({})).matches(None), "empty matches all");
+        assert!(
+            LabelSelector::from_json(
+                &json!({"matchExpressions": [{"key": "x", "operator": "In", "values": []}]})
+            )
+            .is_err()
+        );
     }
 
     #[test]

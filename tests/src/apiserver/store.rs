@@ -487,6 +487,7 @@ impl Shared {
         obj["apiVersion"] = json!(rt.api_version());
         obj["kind"] = json!(rt.kind);
         prepare_create_status(rt, &mut obj);
+        name_label(rt, &name, &mut obj);
         validate(rt, &name, &obj)?;
         let mut owners = Owners::default();
         owners.record_update(manager, main_scope(rt), &json!({}), &obj);
@@ -655,6 +656,7 @@ impl Shared {
         );
         new["apiVersion"] = json!(rt.api_version());
         new["kind"] = json!(rt.kind);
+        name_label(rt, name, &mut new);
         if new == old {
             // The real API server skips no-op writes: no new resourceVersion, no watch event.
             // (An apply that only shares ownership of equal values changes managedFields.)
@@ -996,6 +998,23 @@ fn prepare_create_status(rt: ResourceType, obj: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// The label `kubernetes.io/metadata.name` every Namespace carries, set to its name on create
+/// and on every update whatever was sent (k8s pkg/registry/core/namespace/strategy.go,
+/// `PrepareForCreate` and `PrepareForUpdate`): webhooks' namespaceSelectors match on it.
+fn name_label(rt: ResourceType, name: &str, obj: &mut Value) {
+    if rt.kind != "Namespace" {
+        return;
+    }
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let labels = meta.entry("labels").or_insert_with(|| json!({}));
+    if !labels.is_object() {
+        *labels = json!({});
+    }
+    labels["kubernetes.io/metadata.name"] = json!(name);
 }
 
 /// RFC 7386 merge patch.
