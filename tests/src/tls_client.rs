@@ -28,6 +28,8 @@ pub struct PinnedClient {
     addr: SocketAddr,
     server_name: ServerName<'static>,
     host: String,
+    /// Idle connections [`Self::post_keep_alive`] reuses, shared by the clones.
+    idle: Arc<std::sync::Mutex<Vec<Connection>>>,
 }
 
 enum Sender {
@@ -90,6 +92,7 @@ impl PinnedClient {
             addr,
             server_name: ServerName::try_from(server_name.to_string())?,
             host: format!("{server_name}:{}", addr.port()),
+            idle: Arc::default(),
         })
     }
 
@@ -147,6 +150,51 @@ impl PinnedClient {
         body: impl Into<Bytes>,
     ) -> anyhow::Result<Reply> {
         self.connect().await?.post(path, content_type, body).await
+    }
+}
+
+impl PinnedClient {
+    /// A POST over a kept-alive connection, as kube-apiserver calls webhooks (client-go's
+    /// transport keeps connections to a webhook open and reuses them): an idle connection of
+    /// an earlier call if there is one, else a new one; kept for the next call once answered.
+    /// A reused connection the server closed meanwhile fails before anything is answered, and
+    /// the request goes once more over a new one (as Go's transport retries a request on a
+    /// connection that turned out dead).
+    pub async fn post_keep_alive(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> anyhow::Result<Reply> {
+        let reused = loop {
+            let next = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match next {
+                Some(conn) if conn.is_closed() => continue,
+                other => break other,
+            }
+        };
+        let (conn, reply) = match reused {
+            Some(mut conn) => match conn.post(path, content_type, body.clone()).await {
+                Ok(reply) => (conn, reply),
+                Err(_) => {
+                    let mut fresh = self.connect().await?;
+                    let reply = fresh.post(path, content_type, body).await?;
+                    (fresh, reply)
+                }
+            },
+            None => {
+                let mut fresh = self.connect().await?;
+                let reply = fresh.post(path, content_type, body).await?;
+                (fresh, reply)
+            }
+        };
+        if !conn.is_closed() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
+        Ok(reply)
     }
 }
 

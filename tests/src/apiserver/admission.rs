@@ -1,6 +1,7 @@
 //! Mutating admission as kube-apiserver runs it for the webhooks our install registers: on a
 //! matching request the object (and the old object, for UPDATE) goes to the webhook in an
-//! AdmissionReview v1 over TLS, bounded by `timeoutSeconds`; a returned JSON patch is applied
+//! AdmissionReview v1 over TLS (connections kept alive and reused, as client-go's transport
+//! does), bounded by `timeoutSeconds`; a returned JSON patch is applied
 //! before the object is validated and stored; a denial fails the request with the webhook's
 //! status. With `failurePolicy: Ignore`, a call that fails (connection refused, TLS error,
 //! timeout, a non-200 answer, an unreadable response, a patch that does not apply) admits the
@@ -77,9 +78,17 @@ pub async fn admit(
         if !hook.applies(rt, operation, namespace_labels, &object) {
             continue;
         }
-        match call(hook, rt, operation, namespace, &object, old, user).await {
-            Ok(Verdict::Allowed(Some(patched))) => object = patched,
-            Ok(Verdict::Allowed(None)) => {}
+        let verdict = call(hook, rt, operation, namespace, &object, old, user)
+            .await
+            .and_then(|verdict| match verdict {
+                // In place: `json_patch::patch` reverts what it applied when an operation fails.
+                Verdict::Allowed(Some(patch)) => json_patch::patch(&mut object, &patch)
+                    .map(|()| Verdict::Allowed(None))
+                    .map_err(|e| format!("patch does not apply: {e}")),
+                other => Ok(other),
+            });
+        match verdict {
+            Ok(Verdict::Allowed(_)) => {}
             Ok(Verdict::Denied(err)) => return Err(err),
             Err(why) if hook.ignore_failures => {
                 tracing::info!(webhook = %hook.name, error = %why, "failed calling webhook, failing open (failurePolicy Ignore)");
@@ -100,8 +109,36 @@ pub async fn admit(
 }
 
 enum Verdict {
-    Allowed(Option<Value>),
+    /// With the JSON patch to apply, if any.
+    Allowed(Option<json_patch::Patch>),
     Denied(ApiError),
+}
+
+/// An AdmissionReview, serialized from borrowed objects (no copy of them).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Review<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    request: ReviewRequest<'a>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewRequest<'a> {
+    uid: &'a str,
+    kind: Value,
+    resource: Value,
+    request_kind: Value,
+    request_resource: Value,
+    name: &'a Value,
+    namespace: &'a str,
+    operation: &'a str,
+    user_info: Value,
+    object: &'a Value,
+    old_object: &'a Value,
+    dry_run: bool,
+    options: Value,
 }
 
 async fn call(
@@ -114,28 +151,34 @@ async fn call(
     user: &str,
 ) -> Result<Verdict, String> {
     let uid = format!("{:032x}", rand_u128());
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
-            "resource": {"group": rt.group, "version": rt.version, "resource": rt.plural},
-            "requestKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
-            "requestResource": {"group": rt.group, "version": rt.version, "resource": rt.plural},
-            "name": object.pointer("/metadata/name").cloned().unwrap_or(json!("")),
-            "namespace": namespace,
-            "operation": operation,
-            "userInfo": {"username": user},
-            "object": object,
-            "oldObject": old.cloned().unwrap_or(Value::Null),
-            "dryRun": false,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": if operation == "CREATE" { "CreateOptions" } else { "UpdateOptions" }}
-        }
-    });
+    let kind = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
+    let resource = json!({"group": rt.group, "version": rt.version, "resource": rt.plural});
+    let no_name = json!("");
+    let request = ReviewRequest {
+        uid: &uid,
+        request_kind: kind.clone(),
+        kind,
+        request_resource: resource.clone(),
+        resource,
+        name: object.pointer("/metadata/name").unwrap_or(&no_name),
+        namespace,
+        operation,
+        user_info: json!({"username": user}),
+        object,
+        old_object: old.unwrap_or(&Value::Null),
+        dry_run: false,
+        options: json!({"apiVersion": "meta.k8s.io/v1", "kind": if operation == "CREATE" { "CreateOptions" } else { "UpdateOptions" }}),
+    };
+    let review = Review {
+        api_version: "admission.k8s.io/v1",
+        kind: "AdmissionReview",
+        request,
+    };
     let body = serde_json::to_vec(&review).map_err(|e| e.to_string())?;
     let reply = tokio::time::timeout(
         hook.timeout,
-        hook.client.post(&hook.path, "application/json", body),
+        hook.client
+            .post_keep_alive(&hook.path, "application/json", body.into()),
     )
     .await
     .map_err(|_| format!("context deadline exceeded after {:?}", hook.timeout))?
@@ -181,9 +224,7 @@ async fn call(
         .map_err(|e| format!("patch is not base64: {e}"))?;
     let patch: json_patch::Patch =
         serde_json::from_slice(&bytes).map_err(|e| format!("patch is not a JSON patch: {e}"))?;
-    let mut patched = object.clone();
-    json_patch::patch(&mut patched, &patch).map_err(|e| format!("patch does not apply: {e}"))?;
-    Ok(Verdict::Allowed(Some(patched)))
+    Ok(Verdict::Allowed(Some(patch)))
 }
 
 fn rand_u128() -> u128 {

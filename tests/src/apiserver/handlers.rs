@@ -292,7 +292,10 @@ async fn admit(
     user: &str,
 ) -> Result<Value, ApiError> {
     let hooks = shared.hooks();
-    if hooks.is_empty() {
+    let ruled = |h: &super::admission::MutatingWebhook| {
+        h.group == rt.group && h.plural == rt.plural && h.operations.contains(&operation)
+    };
+    if !hooks.iter().any(ruled) {
         return Ok(object);
     }
     let namespace = match lookup("", "v1", "namespaces") {

@@ -180,20 +180,13 @@ impl TestApiServer {
     /// Registers a mutating admission webhook: from now on, matching requests go through it
     /// before they are stored (see `admission.rs`).
     pub fn register_mutating_webhook(&self, hook: MutatingWebhook) {
-        self.shared
-            .hooks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(hook);
+        let mut hooks = self.shared.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::make_mut(&mut hooks).push(hook);
     }
 
     /// Unregisters every mutating admission webhook (requests are admitted as without any).
     pub fn clear_mutating_webhooks(&self) {
-        self.shared
-            .hooks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        *self.shared.hooks.lock().unwrap_or_else(|p| p.into_inner()) = Arc::default();
     }
 
     /// Deletes an object in process, as setup that is not part of what is measured (no request

@@ -127,8 +127,9 @@ pub struct Shared {
     watch_epoch: watch::Sender<u64>,
     counts: Lock<BTreeMap<RequestKey, u64>>,
     faults: Lock<Vec<(Fault, u32)>>,
-    /// Mutating admission webhooks, in registration order.
-    pub hooks: Lock<Vec<super::admission::MutatingWebhook>>,
+    /// Mutating admission webhooks, in registration order: a snapshot each request reads
+    /// without copying, as kube-apiserver reads its webhook configurations from a cache.
+    pub hooks: Lock<Arc<Vec<super::admission::MutatingWebhook>>>,
 }
 
 fn lock<T>(m: &Lock<T>) -> std::sync::MutexGuard<'_, T> {
@@ -161,7 +162,7 @@ impl Shared {
             watch_epoch: watch::channel(0).0,
             counts: Lock::new(BTreeMap::new()),
             faults: Lock::new(Vec::new()),
-            hooks: Lock::new(Vec::new()),
+            hooks: Lock::new(Arc::default()),
         }
     }
 
@@ -251,7 +252,7 @@ impl Shared {
         lock(&self.faults).clear();
     }
 
-    pub fn hooks(&self) -> Vec<super::admission::MutatingWebhook> {
+    pub fn hooks(&self) -> Arc<Vec<super::admission::MutatingWebhook>> {
         lock(&self.hooks).clone()
     }
 

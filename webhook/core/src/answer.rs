@@ -179,7 +179,15 @@ impl Answer {
             reason: &'a str,
             message: &'a str,
         }
-        let patch = self.patch.as_ref().map(serde_json::to_vec).transpose()?;
+        let patch = match &self.patch {
+            Some(patch) => {
+                // Sized for the pod gate's patch (about 400 bytes), so it is written in place.
+                let mut bytes = Vec::with_capacity(512);
+                serde_json::to_writer(&mut bytes, patch)?;
+                Some(bytes)
+            }
+            None => None,
+        };
         let encoded_len = patch
             .as_ref()
             .map_or(0, |patch| patch.len().div_ceil(3) * 4);

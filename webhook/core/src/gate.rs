@@ -235,7 +235,14 @@ pub fn decide(pod: &PodFacts, inputs: &Inputs<'_>) -> Decision {
     let Some(signal) = &facts.signal else {
         return Decision::Pass(format!("{workload} has no rollout signal"));
     };
-    if !signal.images.iter().any(|i| pod.images().contains(i)) {
+    // A pod written as its template (the usual case) has the template's images, normalized
+    // when the cache was filled: no need to normalize its references again.
+    let images = if pod.references == facts.template_references {
+        &facts.template_images
+    } else {
+        pod.images()
+    };
+    if !signal.images.iter().any(|i| images.contains(i)) {
         return Decision::Pass("uses none of the rollout's new images".into());
     }
     let gating = inputs
