@@ -45,7 +45,7 @@ use serde_json::{Value, json};
 #[command(about = "Pod creates per second through the admission chain, with and without our hooks")]
 struct Args {
     /// Pods created per kind and round.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 3000)]
     pods: usize,
     /// Rounds per setting (with hooks, without); the order alternates from round to round.
     #[arg(long, default_value_t = 5)]
@@ -138,6 +138,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.rounds >= 1 && args.pods >= 1,
+        "--rounds and --pods must be at least 1"
+    );
     prefetch_tests::tls_client::install_crypto_provider();
     let dir = prefetch_tests::fixtures::TempDir::new("prefetch-admission-cost")?;
     let api = TestApiServer::start_with_history(20_000).await?;
@@ -161,8 +165,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "admission-cost: {} pods per kind and round, {} rounds, {} in flight; pod hook namespaceSelector: {:?}",
         args.pods, args.rounds, args.concurrency, args.pod_hook_selector
     );
-    let mut results: Vec<(Kind, bool, Batch)> = Vec::new();
-    for round in 0..args.rounds {
+    let mut results: Vec<(usize, Kind, bool, Batch)> = Vec::new();
+    // Round 0 warms up (connections, caches, the allocator) and is not counted.
+    for round in 0..=args.rounds {
         // Alternate which setting goes first, so that a drift of the machine cancels out.
         let order = if round % 2 == 0 {
             [true, false]
@@ -180,7 +185,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 renew_lease(&client).await?;
                 let batch = batch(&api, &client, processes, kind, with_hooks, &args).await?;
                 println!(
-                    "round {round} {kind:?} {}: {:.0} creates/s, p50 {:.2} ms, p99 {:.2} ms, CPU {:.0} µs a create ({:.0} the webhook's)",
+                    "round {round}{} {kind:?} {}: {:.0} creates/s, p50 {:.2} ms, p99 {:.2} ms, CPU {:.0} µs a create ({:.0} the webhook's)",
+                    if round == 0 { " (warm-up)" } else { "" },
                     if with_hooks { "with hooks" } else { "without" },
                     batch.rate,
                     batch.p50,
@@ -188,7 +194,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     batch.cpu_us,
                     batch.webhook_us
                 );
-                results.push((kind, with_hooks, batch));
+                if round > 0 {
+                    results.push((round, kind, with_hooks, batch));
+                }
             }
         }
     }
@@ -437,29 +445,30 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn report(results: &[(Kind, bool, Batch)]) {
+fn report(results: &[(usize, Kind, bool, Batch)]) {
     println!();
     println!(
-        "kind        creates/s with hooks / without   ratio   CPU µs a create with / without   ratio   p99 ms with / without"
+        "kind        creates/s with hooks / without   ratio   paired   CPU µs a create with / without   ratio   p99 ms with / without"
     );
     for kind in [Kind::Unselected, Kind::Gated] {
         let of = |hooks: bool, f: fn(&Batch) -> f64| {
             median(
                 results
                     .iter()
-                    .filter(|(k, h, _)| *k == kind && *h == hooks)
-                    .map(|(_, _, b)| f(b))
+                    .filter(|(_, k, h, _)| *k == kind && *h == hooks)
+                    .map(|(_, _, _, b)| f(b))
                     .collect(),
             )
         };
         let (with, without) = (of(true, |b| b.rate), of(false, |b| b.rate));
         let (cpu_with, cpu_without) = (of(true, |b| b.cpu_us), of(false, |b| b.cpu_us));
         println!(
-            "{:<11} {:>8.0} / {:<8.0}               {:.2}x   {:>6.0} / {:<6.0}                    {:.2}x   {:.2} / {:.2}",
+            "{:<11} {:>8.0} / {:<8.0}               {:.2}x   {:.2}x    {:>6.0} / {:<6.0}                    {:.2}x   {:.2} / {:.2}",
             format!("{kind:?}").to_lowercase(),
             with,
             without,
             with / without,
+            paired_ratio(results, kind),
             cpu_with,
             cpu_without,
             cpu_without / cpu_with,
@@ -468,6 +477,22 @@ fn report(results: &[(Kind, bool, Batch)]) {
         );
     }
     println!(
-        "(medians over the rounds; the CPU ratio, without / with, is the create rate the hooks leave when the machine's cores are the limit, whatever else runs on it)"
+        "(medians over the rounds after the warm-up; paired: the median of each round's own ratio, which a drift of the machine between rounds does not move; the CPU ratio, without / with, is the create rate the hooks leave when the machine's cores are the limit)"
     );
+}
+
+/// The median over rounds of creates/s with hooks over creates/s without, both of one round.
+fn paired_ratio(results: &[(usize, Kind, bool, Batch)], kind: Kind) -> f64 {
+    let rate = |round: usize, hooks: bool| {
+        results
+            .iter()
+            .find(|(r, k, h, _)| *r == round && *k == kind && *h == hooks)
+            .map(|(_, _, _, b)| b.rate)
+    };
+    let rounds = results.iter().map(|(r, ..)| *r).max().unwrap_or(0);
+    median(
+        (1..=rounds)
+            .filter_map(|round| Some(rate(round, true)? / rate(round, false)?))
+            .collect(),
+    )
 }

@@ -298,15 +298,22 @@ async fn admit(
     if !hooks.iter().any(ruled) {
         return Ok(object);
     }
-    let namespace = match lookup("", "v1", "namespaces") {
-        Some(namespaces) if rt.namespaced => shared.get(namespaces, "", ns).ok(),
-        _ => None,
+    let labels = if rt.namespaced {
+        shared.namespace_labels(ns)
+    } else {
+        None
     };
-    let labels = namespace
-        .as_ref()
-        .and_then(|n| n.pointer("/metadata/labels"))
-        .and_then(Value::as_object);
-    super::admission::admit(&hooks, rt, operation, ns, labels, object, old, user).await
+    super::admission::admit(
+        &hooks,
+        rt,
+        operation,
+        ns,
+        labels.as_deref(),
+        object,
+        old,
+        user,
+    )
+    .await
 }
 
 /// An update or patch of the main resource: the new object goes through mutating admission

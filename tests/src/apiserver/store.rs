@@ -130,6 +130,10 @@ pub struct Shared {
     /// Mutating admission webhooks, in registration order: a snapshot each request reads
     /// without copying, as kube-apiserver reads its webhook configurations from a cache.
     pub hooks: Lock<Arc<Vec<super::admission::MutatingWebhook>>>,
+    /// Each namespace's labels, kept up to date on every namespace write: webhooks'
+    /// namespaceSelectors read them here, as kube-apiserver reads a namespace informer's
+    /// cache, not under the store's lock that every write takes.
+    namespace_labels: Lock<BTreeMap<String, Arc<Map<String, Value>>>>,
 }
 
 fn lock<T>(m: &Lock<T>) -> std::sync::MutexGuard<'_, T> {
@@ -163,6 +167,7 @@ impl Shared {
             counts: Lock::new(BTreeMap::new()),
             faults: Lock::new(Vec::new()),
             hooks: Lock::new(Arc::default()),
+            namespace_labels: Lock::new(BTreeMap::new()),
         }
     }
 
@@ -254,6 +259,11 @@ impl Shared {
 
     pub fn hooks(&self) -> Arc<Vec<super::admission::MutatingWebhook>> {
         lock(&self.hooks).clone()
+    }
+
+    /// The labels of namespace `name`, from the namespace cache; `None` when it does not exist.
+    pub fn namespace_labels(&self, name: &str) -> Option<Arc<Map<String, Value>>> {
+        lock(&self.namespace_labels).get(name).cloned()
     }
 
     pub fn drop_watches(&self) {
@@ -759,6 +769,17 @@ impl Shared {
             inner.objects.remove(&key);
         } else {
             inner.objects.insert(key.clone(), object.clone());
+        }
+        if key.0.group.is_empty() && key.0.plural == "namespaces" {
+            let mut cache = lock(&self.namespace_labels);
+            if kind == ChangeKind::Deleted {
+                cache.remove(&key.2);
+            } else {
+                let labels = object
+                    .pointer("/metadata/labels")
+                    .and_then(Value::as_object);
+                cache.insert(key.2.clone(), Arc::new(labels.cloned().unwrap_or_default()));
+            }
         }
         let (rt, namespace, _) = key;
         self.record(
