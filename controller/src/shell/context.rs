@@ -16,6 +16,7 @@ use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::WriterDropped;
 use prefetch_common::Prefetch;
 use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::core::ledger::PullLedger;
 use crate::core::revisions::{OlderRevision, deployment_revisions, set_revisions};
@@ -99,6 +100,35 @@ pub(crate) async fn until_ready(store: &Store<Prefetch>) -> Result<(), WriterDro
             return ready;
         }
     }
+}
+
+/// Waits until the Prefetch cache has synced: `false` if `stop` came first or the cache's
+/// writer is gone, and the caller's loop should not start.
+pub(crate) async fn prefetches_synced(
+    prefetches: &Store<Prefetch>,
+    stop: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        ready = until_ready(prefetches) => ready.is_ok(),
+    }
+}
+
+/// [`prefetches_synced`], then `other`'s cache as well.
+pub(crate) async fn synced_with<K>(
+    prefetches: &Store<Prefetch>,
+    other: &Store<K>,
+    stop: &CancellationToken,
+) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    prefetches_synced(prefetches, stop).await
+        && tokio::select! {
+            _ = stop.cancelled() => false,
+            ready = other.wait_until_ready() => ready.is_ok(),
+        }
 }
 
 /// The workload caches' contents at one moment, held so that planning can borrow them.

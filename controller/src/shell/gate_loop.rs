@@ -74,13 +74,8 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     // A half-filled Prefetch cache would read as "Prefetch removed" and release pods early.
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        ready = crate::shell::context::until_ready(&prefetches) => if ready.is_err() { return },
-    }
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        ready = pods.wait_until_ready() => if ready.is_err() { return },
+    if !crate::shell::context::synced_with(&prefetches, &pods, &stop).await {
+        return;
     }
     tracing::info!("warm rollouts: releasing gated pods when prefetched or at gated-until");
     let mut released: HashMap<String, Instant> = HashMap::new();

@@ -67,13 +67,8 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     // A half-filled Prefetch cache would read as "no gating Prefetch" and unlabel namespaces.
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        ready = crate::shell::context::until_ready(&prefetches) => if ready.is_err() { return },
-    }
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        ready = namespaces.wait_until_ready() => if ready.is_err() { return },
+    if !crate::shell::context::synced_with(&prefetches, &namespaces, &stop).await {
+        return;
     }
     tracing::info!(
         label = GATED_NAMESPACE_LABEL,

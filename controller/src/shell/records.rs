@@ -118,9 +118,8 @@ pub fn prune(ctx: &Context, prefetches: &Store<Prefetch>) {
 /// Prunes every [`PRUNE_EVERY`] until `stop`, once the Prefetch cache has synced (on a
 /// half-filled one, images some Prefetch wants would look unwanted).
 pub async fn upkeep(ctx: Arc<Context>, prefetches: Store<Prefetch>, stop: CancellationToken) {
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        ready = crate::shell::context::until_ready(&prefetches) => if ready.is_err() { return },
+    if !crate::shell::context::prefetches_synced(&prefetches, &stop).await {
+        return;
     }
     loop {
         tokio::select! {

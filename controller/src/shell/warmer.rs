@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::severity::Severity;
 use crate::core::warmup::{self, Verdict, WarmupConfig, Wish};
 use crate::core::workload::Workload;
-use crate::shell::context::{Context, WorkloadSnapshot, cached_images, lock, until_ready};
+use crate::shell::context::{Context, WorkloadSnapshot, cached_images, lock, prefetches_synced};
 use crate::shell::events::event_type;
 
 /// What every Prefetch wants on each warming node, by node name.
@@ -74,9 +74,8 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     // Judged on a half-filled Prefetch cache, every node would look untargeted.
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        ready = until_ready(&prefetches) => if ready.is_err() { return },
+    if !prefetches_synced(&prefetches, &stop).await {
+        return;
     }
     tracing::info!(taint = %config.taint, timeout_seconds = config.timeout.as_secs(), "warm nodes: lifting the warmup taint once nodes hold their images");
     let mut state = LoopState::default();
