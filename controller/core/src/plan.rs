@@ -369,8 +369,6 @@ fn add_images(plan: &mut ImagePlan, prefetch: &Prefetch, pulls: WorkloadPulls) {
     plan.pull_secrets = secrets.into_iter().collect();
 }
 
-/// One targeted node's plan: each image is present (`has(image)` is `Some(false)`), assumed
-/// present by the full-list rule (`Some(true)`), or to pull (`None`).
 /// The well-known label a node's zone is read from (for `spec.seed`, see `seed.rs`).
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
@@ -384,6 +382,8 @@ fn zone_of(node: &Node) -> String {
         .unwrap_or_default()
 }
 
+/// One targeted node's plan: each image is present (`has(image)` is `Some(false)`), assumed
+/// present by the full-list rule (`Some(true)`), or to pull (`None`).
 fn node_plan(
     node: String,
     warming: bool,
