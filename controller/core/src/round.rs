@@ -544,19 +544,16 @@ fn read_pods(input: &RoundInput<'_>, outcomes: &mut Outcomes) -> PodsRead {
             // counted in flight.
             continue;
         }
+        let open = still_to_pull(&report);
         if report.finished || !targets.contains(node.as_str()) {
             read.delete.push(name);
-        } else if let Some(unwanted) = superseded_pulls(&report, &input.plan.images) {
+        } else if superseded(&open, &input.plan.images) {
             read.delete.push(name);
-            read.superseded.push((node, unwanted));
+            read.superseded.push((node, open));
         } else {
             read.in_flight += 1;
-            let open = report
-                .images
-                .iter()
-                .filter(|(_, outcome)| outcome.is_none());
             read.pulling
-                .extend(open.map(|(image, _)| (node.clone(), image.clone())));
+                .extend(open.into_iter().map(|image| (node.clone(), image)));
             read.earliest_deadline =
                 Some(read.earliest_deadline.map_or(deadline, |d| d.min(deadline)));
         }
@@ -564,20 +561,23 @@ fn read_pods(input: &RoundInput<'_>, outcomes: &mut Outcomes) -> PodsRead {
     read
 }
 
-/// The images a pod still has to pull, when the plan wants none of them any more: a newer
-/// rollout superseded the one it pulls for (and the old revision's pods are gone), so the pod
-/// is deleted rather than waited for, and the node is free for the images now wanted (design:
-/// docs/src/design.md#the-reconciler). `None` while any of them is still wanted, by a
-/// workload, a live revision or `spec.images`: those pulls go on.
-fn superseded_pulls(report: &PodReport, plan_images: &[String]) -> Option<Vec<String>> {
-    let remaining: Vec<String> = report
+/// The images a pod has not pulled yet (no outcome).
+fn still_to_pull(report: &PodReport) -> Vec<String> {
+    report
         .images
         .iter()
         .filter(|(_, outcome)| outcome.is_none())
         .map(|(image, _)| image.clone())
-        .collect();
-    let wanted = |image: &String| plan_images.contains(image);
-    (!remaining.is_empty() && !remaining.iter().any(wanted)).then_some(remaining)
+        .collect()
+}
+
+/// Whether the plan wants none of the images a pod still has to pull (`open`): a newer
+/// rollout superseded the one it pulls for (and the old revision's pods are gone), so the pod
+/// is deleted rather than waited for, and the node is free for the images now wanted (design:
+/// docs/src/design.md#the-reconciler). Not while any of them is still wanted, by a workload,
+/// a live revision or `spec.images`: those pulls go on.
+fn superseded(open: &[String], plan_images: &[String]) -> bool {
+    !open.is_empty() && !open.iter().any(|image| plan_images.contains(image))
 }
 
 /// PullsSuperseded, naming the images dropped and on how many nodes.
@@ -744,10 +744,9 @@ impl Creations {
         needed: Vec<String>,
         seeds: &mut ZoneSeeds,
     ) -> Vec<String> {
-        let seeded = seeds.take(target, needed.clone());
         let mut now = Vec::new();
         for image in needed {
-            let (reason, message) = if !seeded.contains(&image) {
+            let (reason, message) = if !seeds.take(target, &image) {
                 let zone = if target.zone.is_empty() {
                     "nodes without a zone"
                 } else {

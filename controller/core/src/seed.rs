@@ -67,27 +67,22 @@ impl ZoneSeeds {
         seeds
     }
 
-    /// Takes the images of `wanted` that `target` may pull now, counting them as pulling; the
-    /// others wait for a seed of their zone.
-    pub fn take(&mut self, target: &NodePlan, wanted: Vec<String>) -> Vec<String> {
+    /// Whether `target` may pull `image` now, counting it as pulling if so; otherwise it waits
+    /// for a seed of its zone.
+    pub fn take(&mut self, target: &NodePlan, image: &str) -> bool {
         let Some(per_zone) = self.per_zone else {
-            return wanted;
+            return true;
         };
-        wanted
-            .into_iter()
-            .filter(|image| {
-                let key = (target.zone.clone(), image.clone());
-                if self.seeded.contains(&key) {
-                    return true;
-                }
-                let pulling = self.pulling.entry(key).or_default();
-                let free = *pulling < per_zone;
-                if free {
-                    *pulling += 1;
-                }
-                free
-            })
-            .collect()
+        let key = (target.zone.clone(), image.to_string());
+        if self.seeded.contains(&key) {
+            return true;
+        }
+        let pulling = self.pulling.entry(key).or_default();
+        let free = *pulling < per_zone;
+        if free {
+            *pulling += 1;
+        }
+        free
     }
 }
 
@@ -113,11 +108,19 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    /// The images of `wanted` that `target` may take now.
+    fn take_all(seeds: &mut ZoneSeeds, target: &NodePlan, wanted: Vec<String>) -> Vec<String> {
+        wanted
+            .into_iter()
+            .filter(|image| seeds.take(target, image))
+            .collect()
+    }
+
     /// What each target may take, in order, from a fresh state.
     fn takes(seeds: &mut ZoneSeeds, targets: &[NodePlan]) -> Vec<Vec<String>> {
         targets
             .iter()
-            .map(|t| seeds.take(t, t.pull.clone()))
+            .map(|t| take_all(seeds, t, t.pull.clone()))
             .collect()
     }
 
@@ -178,7 +181,7 @@ mod tests {
         let mut seeds = ZoneSeeds::new(Some(1), &targets, &outcomes, &[]);
         let taken: Vec<Vec<String>> = targets[1..]
             .iter()
-            .map(|t| seeds.take(t, t.pull.clone()))
+            .map(|t| take_all(&mut seeds, t, t.pull.clone()))
             .collect();
         assert_eq!(
             taken,
@@ -197,7 +200,7 @@ mod tests {
         let in_flight = [("a1".to_string(), "x:1".to_string())];
         let mut seeds = ZoneSeeds::new(Some(1), &targets, &Outcomes::new(), &in_flight);
         assert_eq!(
-            seeds.take(&targets[1], images(&["x:1"])),
+            take_all(&mut seeds, &targets[1], images(&["x:1"])),
             Vec::<String>::new()
         );
 
@@ -208,9 +211,12 @@ mod tests {
         };
         let outcomes = Outcomes::from([(("a1".into(), "x:1".into()), failed)]);
         let mut seeds = ZoneSeeds::new(Some(1), &targets, &outcomes, &[]);
-        assert_eq!(seeds.take(&targets[1], images(&["x:1"])), images(&["x:1"]));
         assert_eq!(
-            seeds.take(&targets[2], images(&["x:1"])),
+            take_all(&mut seeds, &targets[1], images(&["x:1"])),
+            images(&["x:1"])
+        );
+        assert_eq!(
+            take_all(&mut seeds, &targets[2], images(&["x:1"])),
             Vec::<String>::new()
         );
     }

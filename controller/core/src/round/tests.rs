@@ -569,6 +569,11 @@ fn a_pod_is_superseded_only_when_every_image_it_still_pulls_is_unwanted() {
             .collect(),
         finished: false,
     };
+    // As `read_pods` reads a pod: the images it still pulls, dropped if superseded.
+    let superseded_pulls = |report: &PodReport, plan: &[String]| {
+        let open = still_to_pull(report);
+        superseded(&open, plan).then_some(open)
+    };
     let plan = ["b:2".to_string(), "c:1".to_string()];
     assert_eq!(
         superseded_pulls(&report(&[("a:1", false)]), &plan),
