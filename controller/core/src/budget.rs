@@ -170,17 +170,6 @@ impl BudgetLedger {
         let spent = self.spent.get(host).map_or(0, VecDeque::len);
         Some(budget.pulls.saturating_sub(spent))
     }
-
-    /// When `host`'s next pull frees up (`None`: it has one now, or no budget).
-    pub fn next_free(&self, host: &str, now: Timestamp) -> Option<Timestamp> {
-        let budget = self.budgets.get(host)?;
-        let pulls = self.spent.get(host)?;
-        let live: Vec<&Timestamp> = pulls
-            .iter()
-            .filter(|at| window_end(**at, budget.period) > now)
-            .collect();
-        (live.len() >= budget.pulls).then(|| window_end(*live[0], budget.period))
-    }
 }
 
 fn window_end(at: Timestamp, period: Duration) -> Timestamp {
@@ -315,20 +304,12 @@ mod tests {
         assert!(!b.take("docker.io/library/nginx:1.27"));
         ledger.spend(&b, second);
         assert_eq!(
-            ledger.next_free("docker.io", second),
-            Some(t("2026-12-07T11:00:00Z"))
-        );
-        assert_eq!(
             ledger.remaining("docker.io", t("2026-12-07T10:59:59Z")),
             Some(0)
         );
         assert_eq!(
             ledger.remaining("docker.io", t("2026-12-07T11:00:00Z")),
             Some(1)
-        );
-        assert_eq!(
-            ledger.next_free("docker.io", t("2026-12-07T11:00:00Z")),
-            None
         );
         assert_eq!(
             ledger.remaining("docker.io", t("2026-12-07T11:30:00Z")),
