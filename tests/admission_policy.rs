@@ -827,87 +827,121 @@ fn the_signal_hooks_admit_only_image_changes_of_every_kind() {
     }
 }
 
-#[test]
-fn the_pod_hook_admits_only_pods_a_workload_controller_made() {
+/// A pod as its controller makes it: `kind`'s owner reference named `owner`, and the labels
+/// that controller (or, for a Job, the API server's defaulting of the Job) puts on it.
+fn workload_pod(kind: &str, owner: &str) -> Value {
+    let labels = match kind {
+        "ReplicaSet" => json!({"app": "web", "pod-template-hash": "7d4b9c8f6"}),
+        "StatefulSet" => json!({"app": "web", "controller-revision-hash": "db-5c7f9",
+                                 "apps.kubernetes.io/pod-index": "0"}),
+        "DaemonSet" => json!({"app": "web", "controller-revision-hash": "agent-6b8d",
+                               "pod-template-generation": "3"}),
+        "Job" => json!({"app": "web", "batch.kubernetes.io/job-name": owner, "job-name": owner,
+                         "batch.kubernetes.io/controller-uid": "j-1", "controller-uid": "j-1"}),
+        _ => json!({"app": "web"}),
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "generateName": format!("{owner}-"), "namespace": "shop", "labels": labels,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": kind, "name": owner, "uid": "o-1",
+                                 "controller": true}]
+        },
+        "spec": {"containers": [{"name": "web", "image": "nginx:1.25"}]}
+    })
+}
+
+/// The names of the install's pod hooks that kube-apiserver would call for a CREATE of `pod` in
+/// a namespace they select: object selector, then the match conditions in CEL.
+fn pod_hooks_called(pod: &Value) -> Vec<String> {
     let hooks = base_documents()
         .into_iter()
         .find(|d| d.kind == "MutatingWebhookConfiguration")
         .unwrap()
         .value;
-    let hook = hooks["webhooks"]
+    hooks["webhooks"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|h| h["clientConfig"]["service"]["path"] == "/mutate/pod")
-        .expect("the pod hook")
-        .clone();
-    let conditions: Vec<Program> = hook["matchConditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| compile(c["expression"].as_str().unwrap()))
-        .collect();
-    let admits = |pod: &Value| {
-        let mut ctx = Context::default();
-        ctx.add_variable("object", pod.clone()).unwrap();
-        ctx.add_variable("request", json!({"operation": "CREATE"}))
-            .unwrap();
-        conditions
-            .iter()
-            .all(|c| c.execute(&ctx) == Ok(Cel::Bool(true)))
-    };
-    let pod = gated_pod();
-    for kind in ["ReplicaSet", "StatefulSet", "DaemonSet", "Job"] {
-        let owned = edited(&pod, |p| {
-            p["metadata"]["ownerReferences"][0]["kind"] = json!(kind);
-            p["metadata"]["ownerReferences"][0]["name"] = json!("report-29431260");
-        });
-        assert!(admits(&owned), "{kind}");
-        assert!(
-            prefetch_tests::rollout::owned_by_a_workload_controller(&owned),
-            "{kind}: the test API server's mirror agrees"
+        .filter(|h| h["clientConfig"]["service"]["path"] == "/mutate/pod")
+        .filter(|h| {
+            prefetch_tests::apiserver::LabelSelector::from_json(&h["objectSelector"])
+                .unwrap()
+                .matches(pod["metadata"]["labels"].as_object())
+        })
+        .filter(|h| match h["matchConditions"].as_array() {
+            None => true,
+            Some(_) => conditions_hold(h, "CREATE", pod, &Value::Null),
+        })
+        .map(|h| h["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_pod_hooks_admit_each_workload_pod_once_and_no_other() {
+    for (kind, owner, hook) in [
+        ("ReplicaSet", "web-7d4b9c8f6", "replicaset-pods"),
+        ("StatefulSet", "db", "revision-pods"),
+        ("DaemonSet", "agent", "revision-pods"),
+        ("Job", "report-29431260", "job-pods"),
+    ] {
+        let pod = workload_pod(kind, owner);
+        assert_eq!(
+            pod_hooks_called(&pod),
+            [format!("rollout-gate.{hook}.cache.techsquad.rocks")],
+            "{kind}"
         );
     }
-    for (what, edit) in [
+    // Labels of two kinds on one pod (a template that carries another controller's label):
+    // still one call.
+    let mut both = workload_pod("StatefulSet", "db");
+    both["metadata"]["labels"]["pod-template-hash"] = json!("x");
+    both["metadata"]["labels"]["batch.kubernetes.io/job-name"] = json!("db-1");
+    assert_eq!(pod_hooks_called(&both).len(), 1, "{both}");
+    let mut job_with_revision = workload_pod("Job", "report-29431260");
+    job_with_revision["metadata"]["labels"]["controller-revision-hash"] = json!("x");
+    assert_eq!(pod_hooks_called(&job_with_revision).len(), 1);
+
+    for (what, pod) in [
         (
-            "no owner",
-            (|p: &mut Value| {
+            "a bare pod",
+            edited(&workload_pod("None", "web"), |p| {
                 p["metadata"]
                     .as_object_mut()
                     .unwrap()
                     .remove("ownerReferences");
-            }) as fn(&mut Value),
+            }),
         ),
-        ("not the controller", |p| {
-            p["metadata"]["ownerReferences"][0]
-                .as_object_mut()
-                .unwrap()
-                .remove("controller");
-        }),
-        ("controller false", |p| {
-            p["metadata"]["ownerReferences"][0]["controller"] = json!(false)
-        }),
-        ("a ReplicationController's", |p| {
-            p["metadata"]["ownerReferences"][0]["kind"] = json!("ReplicationController")
-        }),
-        ("a Job made by hand", |p| {
-            p["metadata"]["ownerReferences"][0]["kind"] = json!("Job");
-            p["metadata"]["ownerReferences"][0]["name"] = json!("migrate");
-        }),
-        ("a Job named like no CronJob's", |p| {
-            p["metadata"]["ownerReferences"][0]["kind"] = json!("Job");
-            p["metadata"]["ownerReferences"][0]["name"] = json!("migrate-v2");
-        }),
         (
-            "a custom controller's",
-            |p| p["metadata"]["ownerReferences"] = json!([{"apiVersion": "example.com/v1", "kind": "Runner", "name": "j", "uid": "j", "controller": true}]),
+            "a ReplicationController's",
+            workload_pod("ReplicationController", "web"),
+        ),
+        ("a custom controller's", workload_pod("Runner", "web")),
+        ("a Job made by hand", workload_pod("Job", "migrate")),
+        (
+            "a Job named like no CronJob's",
+            workload_pod("Job", "migrate-v2"),
+        ),
+        (
+            "a Job's pod whose owner is not its controller",
+            edited(&workload_pod("Job", "report-1"), |p| {
+                p["metadata"]["ownerReferences"][0]["controller"] = json!(false);
+            }),
         ),
     ] {
-        let other = edited(&pod, edit);
-        assert!(!admits(&other), "{what}");
-        assert!(
-            !prefetch_tests::rollout::owned_by_a_workload_controller(&other),
-            "{what}: mirror"
+        assert_eq!(pod_hooks_called(&pod), Vec::<String>::new(), "{what}");
+    }
+    // The test API server's mirror of the Job hook's condition agrees.
+    for (owner, expected) in [
+        ("report-29431260", true),
+        ("migrate", false),
+        ("migrate-v2", false),
+    ] {
+        let pod = workload_pod("Job", owner);
+        assert_eq!(
+            prefetch_tests::rollout::owned_by_a_cron_job(&pod),
+            expected,
+            "{owner}"
         );
     }
 }

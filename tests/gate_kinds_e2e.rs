@@ -381,12 +381,17 @@ async fn a_cronjob_template_change_gates_its_next_run_until_warm() {
         )
         .await
         .unwrap();
-    let mut pod_template = job_template(new)["spec"]["template"].clone();
-    pod_template["metadata"]["labels"]["job-name"] = json!("report-29431260");
+    // The pod template as the API server labels a Job's (the pod hooks select on it).
+    let job_pod_template = |job: &str| {
+        let mut template = job_template(new)["spec"]["template"].clone();
+        template["metadata"]["labels"]["job-name"] = json!(job);
+        template["metadata"]["labels"]["batch.kubernetes.io/job-name"] = json!(job);
+        template
+    };
     let pods = create_owned_pods(
         &rig,
         &owner_of("batch/v1", "Job", &scheduled.metadata),
-        &pod_template,
+        &job_pod_template("report-29431260"),
         &[("report-29431260-x7k2p".into(), None)],
         json!({}),
     )
@@ -405,7 +410,7 @@ async fn a_cronjob_template_change_gates_its_next_run_until_warm() {
     let manual = create_owned_pods(
         &rig,
         &owner_of("batch/v1", "Job", &by_hand.metadata),
-        &job_template(new)["spec"]["template"],
+        &job_pod_template("migrate"),
         &[("migrate-q9f4z".into(), None)],
         json!({}),
     )

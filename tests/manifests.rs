@@ -203,45 +203,62 @@ fn webhook_configurations_reach_the_webhook_as_designed() {
     );
     // The rollout gate: fail-open, 2 s, the same exclusions, only the namespaces the
     // controller labels (those holding a gating Prefetch), pod CREATE only, and only pods a
-    // workload controller made.
-    let (policy, timeout, pod_hook) = &paths[MUTATE_POD];
-    assert_eq!((policy.as_deref(), *timeout), (Some("Ignore"), Some(2)));
-    assert_eq!(pod_hook.side_effects, "None");
-    let pod_selector = pod_hook.namespace_selector.clone().unwrap_or_default();
-    assert_eq!(
-        pod_selector.match_expressions,
-        deployment_hook
-            .namespace_selector
-            .as_ref()
-            .and_then(|s| s.match_expressions.clone())
-    );
-    assert_eq!(
-        pod_selector.match_labels,
-        Some(
-            [(
-                GATED_NAMESPACE_LABEL.to_string(),
-                GATED_NAMESPACE_VALUE.to_string()
-            )]
-            .into()
-        )
-    );
-    let rules = pod_hook.rules.clone().unwrap_or_default();
-    assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0].api_groups.as_deref(), Some(&[String::new()][..]));
-    assert_eq!(
-        rules[0].resources.as_deref(),
-        Some(&["pods".to_string()][..])
-    );
-    assert_eq!(
-        rules[0].operations.as_deref(),
-        Some(&["CREATE".to_string()][..])
-    );
-    let conditions = pod_hook.match_conditions.clone().unwrap_or_default();
-    assert!(
-        conditions.iter().any(|c| c.expression.contains("'ReplicaSet'")
-            && c.expression.contains("o.controller")),
-        "only ReplicaSet-owned pods may reach it: {conditions:?}"
-    );
+    // workload controller made, told apart by their labels (which pods each hook admits:
+    // tests/admission_policy.rs).
+    let pod_hooks: Vec<_> = mutating
+        .webhooks
+        .iter()
+        .flatten()
+        .filter(|h| check_client(&h.client_config, &service) == MUTATE_POD)
+        .collect();
+    assert_eq!(pod_hooks.len(), 3);
+    for pod_hook in &pod_hooks {
+        assert_eq!(
+            (pod_hook.failure_policy.as_deref(), pod_hook.timeout_seconds),
+            (Some("Ignore"), Some(2)),
+            "{}",
+            pod_hook.name
+        );
+        assert_eq!(pod_hook.side_effects, "None");
+        let pod_selector = pod_hook.namespace_selector.clone().unwrap_or_default();
+        assert_eq!(
+            pod_selector.match_expressions,
+            deployment_hook
+                .namespace_selector
+                .as_ref()
+                .and_then(|s| s.match_expressions.clone())
+        );
+        assert_eq!(
+            pod_selector.match_labels,
+            Some(
+                [(
+                    GATED_NAMESPACE_LABEL.to_string(),
+                    GATED_NAMESPACE_VALUE.to_string()
+                )]
+                .into()
+            )
+        );
+        let rules = pod_hook.rules.clone().unwrap_or_default();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].api_groups.as_deref(), Some(&[String::new()][..]));
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["pods".to_string()][..])
+        );
+        assert_eq!(
+            rules[0].operations.as_deref(),
+            Some(&["CREATE".to_string()][..])
+        );
+        assert!(
+            pod_hook
+                .object_selector
+                .as_ref()
+                .and_then(|s| s.match_expressions.as_ref())
+                .is_some_and(|e| e.iter().any(|r| r.operator == "Exists")),
+            "{}: selects pods by a workload controller's label",
+            pod_hook.name
+        );
+    }
     assert_eq!(paths.len(), 4);
 }
 
@@ -558,7 +575,7 @@ fn kustomize_renders_the_make_certs_install() {
             hooks += 1;
         }
     }
-    assert_eq!(hooks, 6);
+    assert_eq!(hooks, 8);
     let base: BTreeSet<(String, String)> = documents()
         .into_iter()
         .map(|(_, kind, name, _)| (kind, name))

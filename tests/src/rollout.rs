@@ -538,9 +538,9 @@ pub struct GateRig {
     pub controller_kubeconfig: std::path::PathBuf,
 }
 
-/// The pod hook's `matchConditions` rule of the install, mirrored: only pods whose controller
-/// owner is a ReplicaSet, StatefulSet, DaemonSet, or Job named `<cronjob>-<digits>`.
-pub fn owned_by_a_workload_controller(pod: &Value) -> bool {
+/// The Job pod hook's `matchConditions` rule of the install (`cronjob-owned`), mirrored: only
+/// pods whose controller owner is a Job named as a CronJob names its Jobs, `<cronjob>-<digits>`.
+pub fn owned_by_a_cron_job(pod: &Value) -> bool {
     let cron_job_named = |name: &str| {
         name.rsplit_once('-').is_some_and(|(prefix, suffix)| {
             !prefix.is_empty() && !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit())
@@ -552,12 +552,76 @@ pub fn owned_by_a_workload_controller(pod: &Value) -> bool {
         .flatten()
         .any(|o| {
             o.get("controller") == Some(&Value::Bool(true))
-                && match str_at(o, "/kind") {
-                    Some("ReplicaSet" | "StatefulSet" | "DaemonSet") => true,
-                    Some("Job") => str_at(o, "/name").is_some_and(cron_job_named),
-                    _ => false,
-                }
+                && str_at(o, "/kind") == Some("Job")
+                && str_at(o, "/name").is_some_and(cron_job_named)
         })
+}
+
+/// The install's pod hooks (the base manifests), each as the test API server runs it: its
+/// name, namespace and object selectors, and its match condition mirrored in Rust (the test
+/// API server has no CEL; tests/admission_policy.rs runs the CEL itself). `namespace_selector`
+/// replaces the install's when given (a benchmark's every-namespace variant).
+pub fn install_pod_hooks(
+    client: &Arc<crate::tls_client::PinnedClient>,
+    namespace_selector: Option<&crate::apiserver::LabelSelector>,
+) -> anyhow::Result<Vec<crate::apiserver::MutatingWebhook>> {
+    let selector = |hook: &Value, field: &str| {
+        crate::apiserver::LabelSelector::from_json(&hook[field])
+            .map_err(|e| anyhow::anyhow!("{}: {field}: {e}", hook["name"]))
+    };
+    install_hooks_at("/mutate/pod", "pods")?
+        .iter()
+        .map(|hook| {
+            let match_condition: Option<crate::apiserver::MatchCondition> =
+                match hook["matchConditions"].as_array().map(Vec::as_slice) {
+                    None | Some([]) => None,
+                    Some([c]) if c["name"] == "cronjob-owned" => {
+                        Some(Arc::new(owned_by_a_cron_job))
+                    }
+                    Some(other) => anyhow::bail!("no mirror of the match conditions {other:?}"),
+                };
+            Ok(crate::apiserver::MutatingWebhook {
+                name: hook["name"].as_str().unwrap_or_default().to_string(),
+                group: "",
+                plural: "pods",
+                operations: vec!["CREATE"],
+                client: client.clone(),
+                path: "/mutate/pod".into(),
+                timeout: Duration::from_secs(hook["timeoutSeconds"].as_u64().unwrap_or(10)),
+                ignore_failures: hook["failurePolicy"] == "Ignore",
+                namespace_selector: match namespace_selector {
+                    Some(s) => s.clone(),
+                    None => selector(hook, "namespaceSelector")?,
+                },
+                object_selector: selector(hook, "objectSelector")?,
+                match_condition,
+            })
+        })
+        .collect()
+}
+
+/// The install's mutating hooks at `path` for `resource` (the base manifests).
+fn install_hooks_at(path: &str, resource: &str) -> anyhow::Result<Vec<Value>> {
+    let docs =
+        crate::manifests::kustomization_resources(&crate::manifests::manifests_dir().join("base"))?;
+    let hooks = docs
+        .iter()
+        .find(|d| d.kind == "MutatingWebhookConfiguration")
+        .context("no MutatingWebhookConfiguration in the base")?;
+    let found: Vec<Value> = hooks.value["webhooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|h| {
+            h["clientConfig"]["service"]["path"] == path
+                && h["rules"][0]["resources"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&json!(resource)))
+        })
+        .cloned()
+        .collect();
+    anyhow::ensure!(!found.is_empty(), "no hook at {path} for {resource}");
+    Ok(found)
 }
 
 /// The `namespaceSelector` of the install's mutating hook at `path` for `resource` (the base
@@ -566,24 +630,8 @@ pub fn install_namespace_selector(
     path: &str,
     resource: &str,
 ) -> anyhow::Result<crate::apiserver::LabelSelector> {
-    let docs =
-        crate::manifests::kustomization_resources(&crate::manifests::manifests_dir().join("base"))?;
-    let hooks = docs
-        .iter()
-        .find(|d| d.kind == "MutatingWebhookConfiguration")
-        .context("no MutatingWebhookConfiguration in the base")?;
-    let hook = hooks.value["webhooks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|h| {
-            h["clientConfig"]["service"]["path"] == path
-                && h["rules"][0]["resources"]
-                    .as_array()
-                    .is_some_and(|r| r.contains(&json!(resource)))
-        })
-        .with_context(|| format!("no hook at {path} for {resource}"))?;
-    crate::apiserver::LabelSelector::from_json(&hook["namespaceSelector"])
+    let hooks = install_hooks_at(path, resource)?;
+    crate::apiserver::LabelSelector::from_json(&hooks[0]["namespaceSelector"])
         .map_err(|e| anyhow::anyhow!("{path}: {e}"))
 }
 
@@ -642,6 +690,7 @@ impl GateRig {
             timeout: Duration::from_secs(2),
             ignore_failures: true,
             namespace_selector: install_namespace_selector("/mutate/deployment", "deployments")?,
+            object_selector: Default::default(),
             match_condition: None,
         });
         for (group, plural) in [
@@ -659,6 +708,7 @@ impl GateRig {
                 timeout: Duration::from_secs(2),
                 ignore_failures: true,
                 namespace_selector: install_namespace_selector("/mutate/workload", plural)?,
+                object_selector: Default::default(),
                 match_condition: None,
             });
         }
@@ -669,18 +719,9 @@ impl GateRig {
         } else {
             webhook.admission_addr
         };
-        api.register_mutating_webhook(MutatingWebhook {
-            name: "pods.prefetch.cache.techsquad.rocks".into(),
-            group: "",
-            plural: "pods",
-            operations: vec!["CREATE"],
-            client: pinned(pod_addr)?,
-            path: "/mutate/pod".into(),
-            timeout: Duration::from_secs(2),
-            ignore_failures: true,
-            namespace_selector: install_namespace_selector("/mutate/pod", "pods")?,
-            match_condition: Some(Arc::new(owned_by_a_workload_controller)),
-        });
+        for hook in install_pod_hooks(&pinned(pod_addr)?, None)? {
+            api.register_mutating_webhook(hook);
+        }
 
         let mut deployment = crate::fixtures::nginx_deployment(
             &ns,

@@ -37,7 +37,7 @@ use prefetch_common::annotations::{
 use prefetch_tests::apiserver::{MutatingWebhook, TestApiServer};
 use prefetch_tests::binaries::{WebhookOptions, WebhookProcess};
 use prefetch_tests::fixtures::{realistic_deployment, realistic_pod};
-use prefetch_tests::rollout::{install_namespace_selector, owned_by_a_workload_controller};
+use prefetch_tests::rollout::{install_namespace_selector, install_pod_hooks};
 use prefetch_tests::tls_client::{PinnedClient, Protocol};
 use serde_json::{Value, json};
 
@@ -291,27 +291,18 @@ fn install_hooks(
             timeout: Duration::from_secs(2),
             ignore_failures: true,
             namespace_selector: install_namespace_selector(path, plural)?,
+            object_selector: Default::default(),
             match_condition: None,
         });
     }
-    let pod_selector = match selector {
-        Selector::Install => install_namespace_selector("/mutate/pod", "pods")?,
-        Selector::EveryNamespace => {
-            install_namespace_selector("/mutate/deployment", "deployments")?
-        }
+    let every_namespace = match selector {
+        Selector::Install => None,
+        Selector::EveryNamespace => Some(install_namespace_selector(
+            "/mutate/deployment",
+            "deployments",
+        )?),
     };
-    hooks.push(MutatingWebhook {
-        name: "pods.prefetch.cache.techsquad.rocks".into(),
-        group: "",
-        plural: "pods",
-        operations: vec!["CREATE"],
-        client: client()?,
-        path: "/mutate/pod".into(),
-        timeout: Duration::from_secs(2),
-        ignore_failures: true,
-        namespace_selector: pod_selector,
-        match_condition: Some(Arc::new(owned_by_a_workload_controller)),
-    });
+    hooks.extend(install_pod_hooks(&client()?, every_namespace.as_ref())?);
     Ok(hooks)
 }
 

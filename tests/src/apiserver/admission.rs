@@ -38,25 +38,35 @@ pub struct MutatingWebhook {
     /// The `namespaceSelector`, matched against the labels of the request's namespace (the
     /// empty selector matches every namespace).
     pub namespace_selector: LabelSelector,
+    /// The `objectSelector`, matched against the object's labels (the empty selector matches
+    /// every object).
+    pub object_selector: LabelSelector,
     pub match_condition: Option<MatchCondition>,
 }
 
 impl MutatingWebhook {
     /// As kube-apiserver matches a webhook (k8s staging/src/k8s.io/apiserver/pkg/admission/
-    /// plugin/webhook/predicates/namespace/matcher.go): the rules, then the namespaceSelector
+    /// plugin/webhook/predicates/{namespace,object}/matcher.go): the rules, the namespaceSelector
     /// on the labels of the object's namespace (`namespace_labels`; a cluster-scoped object
-    /// other than a Namespace always matches), then the matchConditions.
+    /// other than a Namespace always matches), the objectSelector on the labels of the object
+    /// or of the old one (either may match), then the matchConditions.
     fn applies(
         &self,
         rt: ResourceType,
         operation: &str,
         namespace_labels: Option<&Map<String, Value>>,
         object: &Value,
+        old: Option<&Value>,
     ) -> bool {
+        let labels = |o: &Value| {
+            self.object_selector
+                .matches(o.pointer("/metadata/labels").and_then(Value::as_object))
+        };
         rt.group == self.group
             && rt.plural == self.plural
             && self.operations.contains(&operation)
             && (!rt.namespaced || self.namespace_selector.matches(namespace_labels))
+            && (labels(object) || old.is_some_and(labels))
             && self.match_condition.as_ref().is_none_or(|m| m(object))
     }
 }
@@ -75,7 +85,7 @@ pub async fn admit(
     user: &str,
 ) -> Result<Value, ApiError> {
     for hook in hooks {
-        if !hook.applies(rt, operation, namespace_labels, &object) {
+        if !hook.applies(rt, operation, namespace_labels, &object, old) {
             continue;
         }
         let verdict = call(hook, rt, operation, namespace, &object, old, user)
