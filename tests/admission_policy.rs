@@ -12,6 +12,7 @@ use prefetch_common::annotations::{GATED_NAMESPACE_LABEL, GATED_NAMESPACE_VALUE}
 use prefetch_controller::core::gated_namespaces::{apply_body, labelled_selector};
 use prefetch_controller::core::warmup::{DEFAULT_WARMUP_TAINT, lift_patch};
 use prefetch_tests::manifests::{NAMESPACE, kustomization_resources, manifests_dir};
+use prefetch_tests::rollout::install_hooks_at;
 use serde_json::{Value, json};
 
 const CONTROLLER: &str = "system:serviceaccount:prefetch-system:prefetch-controller";
@@ -719,27 +720,9 @@ fn prefetch_pods_come_and_go_and_nobody_else_is_matched() {
     }
 }
 
-/// The pod hook's `matchConditions` (base install), evaluated as the API server would.
-/// The install's mutating hook at `path` (the first, if several).
+/// The install's mutating hook at `path` for `resource` (the first, if several).
 fn hook_at(path: &str, resource: &str) -> Value {
-    let hooks = base_documents()
-        .into_iter()
-        .find(|d| d.kind == "MutatingWebhookConfiguration")
-        .unwrap()
-        .value;
-    hooks["webhooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| {
-            h["clientConfig"]["service"]["path"] == path
-                && h["rules"][0]["resources"]
-                    .as_array()
-                    .unwrap()
-                    .contains(&json!(resource))
-        })
-        .unwrap_or_else(|| panic!("a hook at {path} for {resource}"))
-        .clone()
+    install_hooks_at(path, resource).unwrap().remove(0)
 }
 
 /// Whether every `matchConditions` rule of `hook` holds for (operation, object, oldObject).
@@ -854,16 +837,9 @@ fn workload_pod(kind: &str, owner: &str) -> Value {
 /// The names of the install's pod hooks that kube-apiserver would call for a CREATE of `pod` in
 /// a namespace they select: object selector, then the match conditions in CEL.
 fn pod_hooks_called(pod: &Value) -> Vec<String> {
-    let hooks = base_documents()
+    install_hooks_at("/mutate/pod", "pods")
+        .unwrap()
         .into_iter()
-        .find(|d| d.kind == "MutatingWebhookConfiguration")
-        .unwrap()
-        .value;
-    hooks["webhooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|h| h["clientConfig"]["service"]["path"] == "/mutate/pod")
         .filter(|h| {
             prefetch_tests::apiserver::LabelSelector::from_json(&h["objectSelector"])
                 .unwrap()

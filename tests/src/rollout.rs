@@ -600,8 +600,8 @@ pub fn install_pod_hooks(
         .collect()
 }
 
-/// The install's mutating hooks at `path` for `resource` (the base manifests).
-fn install_hooks_at(path: &str, resource: &str) -> anyhow::Result<Vec<Value>> {
+/// The install's mutating hooks at `path` for `resource` (the base manifests), in order.
+pub fn install_hooks_at(path: &str, resource: &str) -> anyhow::Result<Vec<Value>> {
     let docs =
         crate::manifests::kustomization_resources(&crate::manifests::manifests_dir().join("base"))?;
     let hooks = docs

@@ -5,8 +5,9 @@
 //! review ([`read`]), looks the pod's workload up, asks [`decide`], makes the one live read a
 //! [`Decision::ReadLive`] asks for, and sends [`answer`].
 //!
-//! The hook is fail-open and sees every pod a ReplicaSet, StatefulSet, DaemonSet or Job
-//! controls: a pod is gated only when everything says so (its owner leads to a workload that
+//! The hooks are fail-open and see the pods that a ReplicaSet, StatefulSet, DaemonSet or a
+//! CronJob's Job labelled as its own (one hook per label, in the gated namespaces only; the
+//! owner is still read here, as a label alone proves nothing): a pod is gated only when everything says so (its owner leads to a workload that
 //! rolls out: a Deployment through its ReplicaSet, a StatefulSet, a DaemonSet, a CronJob through
 //! its Job; a Prefetch with `gate_rollouts` selects that workload, whose rollout signal is
 //! younger than `gate_timeout` and not yet prefetched; the pod is of the signalled revision and
